@@ -1,0 +1,1 @@
+"""The inkind coordinator: epochs, persistence, audit and the mechanism library."""
