@@ -1,0 +1,102 @@
+"""The inkind wire protocol, sans-I/O: identities, canonical encoding, signed envelopes,
+typed messages, errors, and the checks peers share.
+
+Bytes and values in, values out: nothing in this package opens a socket, touches a
+database or reads a clock (time is always an argument ``now`` in integer Unix seconds).
+It depends only on the standard library and ``cryptography``. The normative description
+for a second implementation is ``protocol/README.md``.
+
+Submodules: :mod:`~protocol.errors`, :mod:`~protocol.encoding`, :mod:`~protocol.fields`,
+:mod:`~protocol.identity`, :mod:`~protocol.envelope`, :mod:`~protocol.messages`,
+:mod:`~protocol.verify`, :mod:`~protocol.guards`. The names below are the public API.
+"""
+
+from protocol.encoding import MICRO, canonical, decode, decode_canonical, from_micro, to_micro
+from protocol.envelope import Envelope, signing_input
+from protocol.errors import (
+    ERROR_CLASSES,
+    InkindError,
+    ProtocolViolationError,
+    RefusedError,
+    error_from_code,
+    from_wire,
+    to_wire,
+)
+from protocol.guards import Challenge, ChallengeBook, ReplayGuard
+from protocol.identity import Identity, node_id_of, verify_signature
+from protocol.messages import (
+    MESSAGE_TYPES,
+    AccessRequest,
+    Allocation,
+    AuditReport,
+    Commitment,
+    Credential,
+    Declaration,
+    EpochAnnouncement,
+    GrantReceipt,
+    Message,
+    Refusal,
+    Registration,
+)
+from protocol.verify import (
+    VerifiedAccess,
+    check_access_request,
+    check_credential,
+    check_declaration,
+    check_epoch,
+    check_validity,
+    open_any,
+    open_embedded,
+    open_envelope,
+    open_evidence,
+    seal,
+    seal_bytes,
+)
+
+__all__ = [
+    "ERROR_CLASSES",
+    "MESSAGE_TYPES",
+    "MICRO",
+    "AccessRequest",
+    "Allocation",
+    "AuditReport",
+    "Challenge",
+    "ChallengeBook",
+    "Commitment",
+    "Credential",
+    "Declaration",
+    "Envelope",
+    "EpochAnnouncement",
+    "GrantReceipt",
+    "Identity",
+    "InkindError",
+    "Message",
+    "ProtocolViolationError",
+    "Refusal",
+    "RefusedError",
+    "Registration",
+    "ReplayGuard",
+    "VerifiedAccess",
+    "canonical",
+    "check_access_request",
+    "check_credential",
+    "check_declaration",
+    "check_epoch",
+    "check_validity",
+    "decode",
+    "decode_canonical",
+    "error_from_code",
+    "from_micro",
+    "from_wire",
+    "node_id_of",
+    "open_any",
+    "open_embedded",
+    "open_envelope",
+    "open_evidence",
+    "seal",
+    "seal_bytes",
+    "signing_input",
+    "to_micro",
+    "to_wire",
+    "verify_signature",
+]

@@ -1,0 +1,299 @@
+"""First best and the optimal (second-best) mechanism, with or without exclusion.
+
+The second best maximises expected welfare (1) subject to incentive compatibility,
+individual rationality and (weak) budget balance, which Lemma 1 and (14)-(16) reduce to
+one constraint (3) for money or one per location (24) for payments in kind. By Lemma 3
+(money) or Assumption 1 (in kind) it is found by maximising the Lagrangian (17)/(25)
+pointwise: agent j of location k is included iff θ + λ_k g_k(θ) > 0 and
+
+    Q_l = argmax_Q  Σ_k W_kl Σ_j π_kj (θ_kj + λ_k g_k(θ_kj)) / (1 + λ_l) · u_l(Q) − c_l(Q),
+
+with the multipliers λ chosen so the constraints bind (complementary slackness).
+Interim V comes from (8), interim payments from (12) with the lowest type's net
+benefit zero, P(θ) = θ V(θ) − ∫_low^θ V (V = 0 below the exclusion threshold), and the ex-post payment of an included agent
+is P(θ)/E[π | θ] = P(θ) (π depends on the agent's own type only), as the paper's
+Section 3 prescribes after (16). The first best is the same computation at λ = 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import interpolate, optimize
+
+from .market import Market
+from .provision import Provision, provision_for
+from .result import Allocation, MechanismResult
+from .sums import Group, SumLaw, sum_law, virtual_weight
+
+FloatArray = npt.NDArray[np.float64]
+
+TABLE_POINTS = 1025
+LAMBDA_XTOL = 1e-13
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Expectations of the pointwise solution at one vector of multipliers λ."""
+
+    lambdas: FloatArray
+    welfare: float
+    constraints: FloatArray  # one entry (money) or one per location (in kind)
+    benefit_theta: FloatArray  # [k, l] = E[Σ_j π θ_kj u_l(Q_l)]
+    benefit_g: FloatArray  # [k, l] = E[Σ_j π g(θ_kj) u_l(Q_l)]
+    cost: FloatArray  # [l] = E[c_l(Q_l)]
+    laws: tuple[SumLaw, ...]
+    rel_error: float
+
+
+def _groups(market: Market, lambdas: FloatArray, exclusion: bool, l: int) -> list[Group]:
+    return [
+        Group(loc.n, loc.dist, float(lambdas[k]),
+              float(market.weights[k, l] / (1.0 + lambdas[l])), exclusion)
+        for k, loc in enumerate(market.locations)
+    ]
+
+
+def evaluate(market: Market, lambdas: FloatArray, *, exclusion: bool,
+             provisions: list[Provision], method: str = "auto") -> Evaluation:
+    """Expected welfare and budget constraints (3)/(24) of the λ-pointwise solution."""
+    L = market.L
+    n = market.sizes.astype(float)
+    bt = np.zeros((L, L))
+    bg = np.zeros((L, L))
+    ec = np.zeros(L)
+    laws = []
+    for l in range(L):
+        prov = provisions[l]
+        law = sum_law(_groups(market, lambdas, exclusion, l), [prov.benefit, prov.cost], method)
+        laws.append(law)
+        ec[l] = law.expect(prov.cost)
+        for k in range(L):
+            if market.weights[k, l] != 0.0:
+                et, eg = law.tilted(prov.benefit, k)
+                bt[k, l] = n[k] * et
+                bg[k, l] = n[k] * eg
+    W = market.weights
+    welfare = float(np.sum(W * bt) - ec.sum())
+    per_location = np.sum(W * bg, axis=1) - ec
+    constraints = (per_location if market.payment == "in_kind"
+                   else np.array([per_location.sum()]))
+    return Evaluation(np.asarray(lambdas, dtype=float), welfare, constraints, bt, bg, ec,
+                      tuple(laws), max(law.rel_error for law in laws))
+
+
+def _solve_money(f: Any) -> tuple[float, str]:
+    """Smallest λ ≥ 0 with constraint(λ) ≥ 0, binding when λ > 0 (Lemma 3)."""
+    h0 = f(0.0)
+    if h0 >= 0.0:
+        return 0.0, "constraint slack at λ = 0: the first best is implementable"
+    # Search in t = λ/(1+λ) ∈ [0, 1): λ → ∞ is the revenue-maximising mechanism.
+    t_hi = 0.5
+    while f(t_hi / (1.0 - t_hi)) < 0.0:
+        t_hi = 1.0 - (1.0 - t_hi) / 4.0
+        if t_hi > 1.0 - 1e-12:
+            return math.inf, "no λ makes the constraint bind: only Q = 0 is feasible"
+    t = optimize.brentq(lambda s: f(s / (1.0 - s)), 0.0, t_hi, xtol=LAMBDA_XTOL, maxiter=200)
+    return t / (1.0 - t), "constraint binds"
+
+
+def solve_lambdas(market: Market, *, exclusion: bool, provisions: list[Provision],
+                  method: str = "auto") -> tuple[FloatArray, bool, str]:
+    """Multipliers λ (one, or one per location in kind) by complementary slackness."""
+    L = market.L
+
+    def money(lam: float) -> float:
+        return evaluate(market, np.full(L, lam), exclusion=exclusion,
+                        provisions=provisions, method=method).constraints.sum()
+
+    lam, status = _solve_money(money)
+    if not math.isfinite(lam):
+        return np.full(L, np.inf), False, status
+    if market.payment == "money" or L == 1:
+        return np.full(L, lam), True, status
+    scale = max(1.0, abs(evaluate(market, np.zeros(L), exclusion=exclusion,
+                                  provisions=provisions, method=method).welfare))
+
+    def fischer_burmeister(v: FloatArray) -> FloatArray:
+        lam_v = np.abs(v)  # λ = |v| keeps the multipliers nonnegative
+        c = evaluate(market, lam_v, exclusion=exclusion, provisions=provisions,
+                     method=method).constraints / scale
+        return np.asarray(lam_v + c - np.sqrt(lam_v**2 + c**2), dtype=float)
+
+    sol = optimize.root(fischer_burmeister, np.full(L, lam), method="hybr",
+                        options={"xtol": 1e-12})
+    lam_v = np.abs(sol.x)
+    resid = float(np.max(np.abs(fischer_burmeister(sol.x))))
+    ok = bool(sol.success) or resid < 1e-9
+    return lam_v, ok, ("constraints (24) bind or are slack with λ = 0"
+                       if ok else f"multiplier search failed: {sol.message} (residual {resid:.2e})")
+
+
+@dataclass(frozen=True, slots=True)
+class InterimTable:
+    """V_k(θ) of (8) and P_k(θ) of (12) on [θ₀, high], interpolated."""
+
+    theta0: float
+    high: float
+    V: Any  # callable spline
+    P: Any
+
+    def payment(self, theta: FloatArray) -> FloatArray:
+        inside = theta > self.theta0
+        out = np.zeros_like(theta)
+        out[inside] = self.P(theta[inside])
+        return out
+
+    def value(self, theta: FloatArray) -> FloatArray:
+        inside = theta > self.theta0
+        out = np.zeros_like(theta)
+        out[inside] = self.V(theta[inside])
+        return out
+
+
+def interim_tables(market: Market, ev: Evaluation, *, exclusion: bool,
+                   provisions: list[Provision], smooth: bool) -> list[InterimTable]:
+    """Tabulate V_k (8) and P_k (12) for each home location k."""
+    tables = []
+    L = market.L
+    for k, loc in enumerate(market.locations):
+        grp_k = _groups(market, ev.lambdas, exclusion, 0)[k]
+        t0 = grp_k.theta0
+        lo = t0
+        if not exclusion and not np.isfinite(virtual_weight(loc.dist, ev.lambdas[k], lo)):
+            lo = float(loc.dist.ppf(1e-12))
+        grid = np.linspace(lo, loc.dist.high, TABLE_POINTS)
+        w = virtual_weight(loc.dist, ev.lambdas[k], grid)
+        V = np.zeros_like(grid)
+        for l in range(L):
+            if market.weights[k, l] == 0.0:
+                continue
+            x = market.weights[k, l] / (1.0 + ev.lambdas[l]) * w
+            V += market.weights[k, l] * ev.laws[l].given(provisions[l].benefit, k, x)
+        if smooth:
+            Vs = interpolate.CubicSpline(grid, V)
+            antider = Vs.antiderivative()
+            tables.append(InterimTable(
+                t0, loc.dist.high, Vs,
+                lambda t, Vs=Vs, A=antider, lo=lo: t * Vs(t) - (A(t) - A(lo)),
+            ))
+        else:
+            cum = np.concatenate([[0.0], np.cumsum(0.5 * (V[1:] + V[:-1]) * np.diff(grid))])
+            tables.append(InterimTable(
+                t0, loc.dist.high,
+                lambda t, g=grid, v=V: np.interp(t, g, v),
+                lambda t, g=grid, v=V, c=cum: t * np.interp(t, g, v) - np.interp(t, g, c),
+            ))
+    return tables
+
+
+@dataclass(frozen=True)
+class LagrangianMechanism:
+    """A solved pointwise-Lagrangian mechanism (first or second best) that allocates."""
+
+    market: Market
+    result: MechanismResult
+    lambdas: FloatArray
+    exclusion: bool
+    provisions: list[Provision]
+    tables: list[InterimTable] = field(default_factory=list)
+    pay_interim: bool = True
+
+    def allocate(self, types: npt.ArrayLike) -> Allocation:
+        m = self.market
+        theta = m.split_types(types)
+        loc = m.agent_locations()
+        lam = self.lambdas
+        w = np.empty_like(theta)
+        for k, L_k in enumerate(m.locations):
+            sel = loc == k
+            w[sel] = virtual_weight(L_k.dist, float(lam[k]), theta[sel])
+        included = w > 0.0 if self.exclusion else np.ones(theta.shape, dtype=bool)
+        sums = np.bincount(loc, weights=np.where(included, w, 0.0), minlength=m.L)
+        a = (m.weights.T @ sums) / (1.0 + lam)
+        Q = np.array([float(self.provisions[l].q(np.array([a[l]]))[0]) for l in range(m.L)])
+        cost = np.array([float(np.asarray(m.locations[l].cost(m.locations[l].n, Q[l])))
+                         for l in range(m.L)])
+        pay = np.zeros_like(theta)
+        if self.pay_interim:
+            for k in range(m.L):
+                sel = (loc == k) & included
+                pay[sel] = self.tables[k].payment(theta[sel])
+        else:
+            # First best: no incentive payments; the cost is shared equally by the
+            # included agents (per location in kind, pooled for money).
+            if m.payment == "in_kind":
+                cnt = np.bincount(loc, weights=included.astype(float), minlength=m.L)
+                share = np.divide(cost, cnt, out=np.zeros_like(cost), where=cnt > 0)
+                pay = np.where(included, share[loc], 0.0)
+            else:
+                cnt = float(included.sum())
+                pay = np.where(included, cost.sum() / cnt if cnt else 0.0, 0.0)
+        return Allocation(included=included, Q=Q, payments=pay, location=loc, cost=cost)
+
+
+def _mechanism(market: Market, name: str, lambdas: FloatArray, ok: bool, status: str,
+               exclusion: bool, provisions: list[Provision], method: str,
+               pay_interim: bool) -> LagrangianMechanism:
+    ev = evaluate(market, lambdas, exclusion=exclusion, provisions=provisions, method=method)
+    thresholds = np.array([
+        _groups(market, lambdas, exclusion, 0)[k].theta0 for k in range(market.L)])
+    tables: list[InterimTable] = []
+    details: dict[str, Any] = {
+        "method": ",".join(sorted({law.method for law in ev.laws})),
+        "relative_error_estimate": ev.rel_error,
+        "constraint_values": ev.constraints,
+        "expected_cost": ev.cost,
+        "payment": market.payment,
+        "exclusion": exclusion,
+    }
+    if pay_interim:
+        tables = interim_tables(market, ev, exclusion=exclusion, provisions=provisions,
+                                smooth=market.levels is None)
+        # (14): expected payments Σ_k n_k E[P_k(θ)] must equal E[Σ π g u] per location.
+        revenue = np.array([
+            loc.n * loc.dist.expect(lambda t, T=tables[k]: T.payment(t), tables[k].theta0)
+            for k, loc in enumerate(market.locations)])
+        details["expected_payments"] = revenue
+        details["revenue_identity_gap"] = float(
+            np.max(np.abs(revenue - np.sum(market.weights * ev.benefit_g, axis=1))))
+    result = MechanismResult(
+        mechanism=name, success=ok, status=status, welfare=ev.welfare, welfare_se=0.0,
+        lambdas=lambdas, thresholds=thresholds, details=details)
+    return LagrangianMechanism(market, result, lambdas, exclusion, provisions, tables,
+                               pay_interim)
+
+
+def first_best(market: Market, *, method: str = "auto") -> LagrangianMechanism:
+    """Complete information: Q_l maximises Σ θ u − c pointwise (λ = 0, no constraint)."""
+    provisions = [provision_for(loc, market) for loc in market.locations]
+    return _mechanism(market, "first_best", np.zeros(market.L), True,
+                      "complete information (no incentive constraint)", True, provisions,
+                      method, pay_interim=False)
+
+
+def second_best(market: Market, *, exclusion: bool | None = None,
+                method: str = "auto") -> LagrangianMechanism:
+    """The optimal mechanism: maximise (1) subject to (3) or (24) via (17)/(25)."""
+    excl = market.exclusion if exclusion is None else exclusion
+    for loc in market.locations:
+        if not loc.dist.is_regular():
+            return LagrangianMechanism(market, MechanismResult(
+                mechanism="second_best", success=False,
+                status=f"virtual value g of {loc.name!r} is not nondecreasing (irregular "
+                       "prior; ironing is not implemented)", welfare=math.nan),
+                np.zeros(market.L), excl, [])
+    provisions = [provision_for(loc, market) for loc in market.locations]
+    lambdas, ok, status = solve_lambdas(market, exclusion=excl, provisions=provisions,
+                                        method=method)
+    name = "second_best" if excl else "second_best_no_exclusion"
+    if not np.all(np.isfinite(lambdas)):
+        return LagrangianMechanism(market, MechanismResult(
+            mechanism=name, success=False, status=status, welfare=0.0), lambdas, excl,
+            provisions)
+    return _mechanism(market, name, lambdas, ok, status, excl, provisions, method,
+                      pay_interim=True)

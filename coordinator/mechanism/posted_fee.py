@@ -1,0 +1,128 @@
+"""The asymptotically optimal posted-fee mechanism P̂(n): eqs. (18)-(23), Theorem 1.
+
+Location i's agents are included iff θ ≥ θ*_i and each included agent pays the fixed
+fee θ*_i Σ_l u_il(Q*_l) of (21) (money, or in kind: resource units of its own
+location), whatever the others declare; sizes Q*_l are fixed in advance. (Q*, θ*)
+maximise the expected welfare (18) subject to the budget constraint (19)/(23) for
+money, or one constraint per location for payments in kind (the in-kind analogue of
+(24)). The objective printed as (22) omits the factor ∫_θ* θ dF_i of (18); we follow
+(18) and the slides' P* (the printed (22) is a typo: it would weigh every included
+agent as if θ = 1).
+
+Solution by the same Lagrangian as (25), now with deterministic π and Q: for fixed
+multipliers λ the problem separates, θ*_i is the zero of θ + λ_i g_i(θ) and
+Q*_l = argmax (Σ_i W_il n_i m_i(λ_i)) / (1+λ_l) · u_l(Q) − c_l(Q), with
+m_i = ∫_{θ*_i} (θ + λ_i g_i) dF_i; λ is then chosen so the constraints bind. Using
+∫_{θ*} g dF = θ* (1 − F(θ*)), the constraint terms are exactly (23)'s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import optimize
+
+from .market import Market
+from .provision import Provision, provision_for
+from .result import Allocation, MechanismResult
+from .sums import partial_means, thresholds
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class PostedFeePlan:
+    thresholds: FloatArray
+    Q: FloatArray
+    welfare: float
+    constraints: FloatArray  # per location (in kind) or one pooled entry (money)
+    fees: FloatArray
+
+
+def plan_at(market: Market, lambdas: FloatArray, provisions: list[Provision]) -> PostedFeePlan:
+    """θ*, Q* and the value of (18), (19)/(23) for given multipliers."""
+    W = market.weights
+    L = market.L
+    n = market.sizes.astype(float)
+    dists = [loc.dist for loc in market.locations]
+    th = thresholds(dists, lambdas)
+    survive = np.array([float(d.sf(t)) for d, t in zip(dists, th, strict=True)])
+    mean_in = partial_means(dists, th)
+    g_in = th * survive  # ∫_{θ*} g dF = θ*(1 − F(θ*))
+    m = mean_in + lambdas * g_in
+    a = (W.T @ (n * m)) / (1.0 + lambdas)
+    Q = np.array([float(provisions[l].q(np.array([a[l]]))[0]) for l in range(L)])
+    u = np.array([float(market.locations[l].utility(Q[l])) for l in range(L)])
+    c = np.array([float(market.locations[l].cost(market.locations[l].n, Q[l]))
+                  for l in range(L)])
+    benefit = W @ u  # Σ_l u_il(Q_l) for an agent of location i
+    welfare = float(np.sum(n * mean_in * benefit) - c.sum())
+    per_location = n * g_in * benefit - c
+    constraints = per_location if market.payment == "in_kind" else np.array([per_location.sum()])
+    return PostedFeePlan(th, Q, welfare, constraints, th * benefit)
+
+
+@dataclass(frozen=True)
+class PostedFeeMechanism:
+    market: Market
+    result: MechanismResult
+    plan: PostedFeePlan
+
+    def allocate(self, types: npt.ArrayLike) -> Allocation:
+        m = self.market
+        theta = m.split_types(types)
+        loc = m.agent_locations()
+        included = theta >= self.plan.thresholds[loc]
+        pay = np.where(included, self.plan.fees[loc], 0.0)
+        cost = np.array([float(m.locations[l].cost(m.locations[l].n, self.plan.Q[l]))
+                         for l in range(m.L)])
+        return Allocation(included=included, Q=self.plan.Q.copy(), payments=pay,
+                          location=loc, cost=cost)
+
+
+def posted_fee(market: Market) -> PostedFeeMechanism:
+    """Solve P̂(n) (18)-(23) for money or payments in kind."""
+    provisions = [provision_for(loc, market) for loc in market.locations]
+    L = market.L
+
+    def pooled(lam: float) -> float:
+        return float(plan_at(market, np.full(L, lam), provisions).constraints.sum())
+
+    status = "constraint binds"
+    ok = True
+    if pooled(0.0) >= 0.0:
+        lam = 0.0
+        status = "constraint slack at λ = 0"
+    else:
+        t_hi = 0.5
+        while pooled(t_hi / (1 - t_hi)) < 0.0 and t_hi < 1 - 1e-12:
+            t_hi = 1 - (1 - t_hi) / 4
+        t = optimize.brentq(lambda s: pooled(s / (1 - s)), 0.0, t_hi, xtol=1e-14)
+        lam = t / (1 - t)
+    lambdas = np.full(L, lam)
+    if market.payment == "in_kind" and L > 1:
+        scale = max(1.0, abs(plan_at(market, np.zeros(L), provisions).welfare))
+
+        def fb(v: FloatArray) -> FloatArray:
+            lv = np.abs(v)
+            c = plan_at(market, lv, provisions).constraints / scale
+            return np.asarray(lv + c - np.sqrt(lv**2 + c**2), dtype=float)
+
+        sol = optimize.root(fb, lambdas, method="hybr", options={"xtol": 1e-13})
+        lambdas = np.abs(sol.x)
+        resid = float(np.max(np.abs(fb(sol.x))))
+        ok = bool(sol.success) or resid < 1e-9
+        status = ("each location's constraint binds or is slack with λ = 0" if ok
+                  else f"multiplier search failed: {sol.message} (residual {resid:.2e})")
+    plan = plan_at(market, lambdas, provisions)
+    details: dict[str, Any] = {"constraint_values": plan.constraints, "payment": market.payment,
+                               "lambda_note": "multipliers of (19)/(23)"}
+    result = MechanismResult(
+        mechanism="posted_fee", success=ok and all(math.isfinite(x) for x in plan.Q),
+        status=status, welfare=plan.welfare, lambdas=lambdas, thresholds=plan.thresholds,
+        Q=plan.Q, fees=plan.fees, details=details)
+    return PostedFeeMechanism(market, result, plan)

@@ -1,0 +1,245 @@
+"""Canonical, deterministic JSON for signed payloads, and its strict parser.
+
+The canonical form (normative; see ``protocol/README.md``, section "Canonical encoding"):
+
+* values are objects, arrays, strings and integers only: no floats, no ``true``/``false``,
+  no ``null`` (optional fields are omitted instead);
+* integers lie in [-(2**53 - 1), 2**53 - 1] (the I-JSON range, RFC 7493, so that every
+  JSON implementation reads them exactly), written in plain decimal, no ``+``, no
+  leading zeros, no ``-0``;
+* object keys match ``[a-z][a-z0-9_]{0,63}``, so sorting them by code point is plain
+  ASCII byte order; no key appears twice;
+* no whitespace; separators are ``,`` and ``:``;
+* strings are UTF-8; ``"`` and ``\\`` are escaped as ``\\"`` and ``\\\\``; U+0008, U+0009,
+  U+000A, U+000C, U+000D as ``\\b \\t \\n \\f \\r``; other code points below U+0020 as
+  ``\\u00XX`` with lowercase hex; everything else (U+007F and non-ASCII included) is
+  written as raw UTF-8. Lone surrogates are not allowed.
+
+Quantities are integers in micro-units (1e-6 of the unit); :func:`to_micro` and
+:func:`from_micro` convert with an explicit rounding rule.
+
+This module deliberately does not sign or verify anything and knows no message types:
+it turns values into bytes and bytes into values, nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from fractions import Fraction
+from typing import Literal, NoReturn, TypeAlias
+
+from protocol.errors import MalformedError, OutOfRangeError, TooLargeError, WrongTypeError
+
+JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int"
+JsonObject: TypeAlias = "dict[str, JsonValue]"
+
+#: Largest integer magnitude allowed anywhere in a payload (RFC 7493 I-JSON).
+MAX_SAFE_INTEGER = 2**53 - 1
+#: Default size limit for one JSON body, in bytes (callers pass larger limits as data).
+DEFAULT_MAX_BYTES = 64 * 1024
+#: Default nesting limit (an object inside a list inside an object has depth 3).
+DEFAULT_MAX_DEPTH = 8
+#: Micro-units per unit.
+MICRO = 1_000_000
+
+KEY_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# 16 digits hold 2**53 - 1; anything longer is refused before int() sees it (cost bound).
+_MAX_INT_DIGITS = 16
+
+Rounding = Literal["half_even", "floor", "ceiling"]
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def canonical(value: JsonValue, *, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
+    """Encode ``value`` in the canonical form; raise if it holds anything not allowed.
+
+    Raises :class:`WrongTypeError` for floats, booleans, None or other objects,
+    :class:`OutOfRangeError` for integers beyond the safe range and
+    :class:`MalformedError` for bad keys, lone surrogates or nesting beyond ``max_depth``.
+    """
+    _check_tree(value, max_depth)
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return text.encode("utf-8")  # cannot fail: _check_tree refused lone surrogates
+
+
+# --- decoding -------------------------------------------------------------------------
+
+
+def _refuse_float(text: str) -> NoReturn:
+    raise MalformedError(f"floats are not allowed: {text[:40]!r}")
+
+
+def _refuse_constant(text: str) -> NoReturn:
+    raise MalformedError(f"non-JSON constant {text!r}")
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise OutOfRangeError(f"integer with {len(text)} characters")
+    return int(text)
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, val in pairs:
+        if key in out:  # json.loads would silently keep the last one
+            raise MalformedError(f"duplicate key {key!r}")
+        out[key] = val
+    return out
+
+
+def decode(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
+) -> JsonValue:
+    """Parse JSON strictly: UTF-8 only, size and depth bounded, canonical value types.
+
+    Whitespace and key order are tolerated (use :func:`decode_canonical` to refuse
+    them). Every failure is an :class:`~protocol.errors.InkindError`.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WrongTypeError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise TooLargeError(f"body of {len(data)} bytes exceeds {max_bytes}")
+    try:
+        # Decode ourselves: json.loads(bytes) would also guess UTF-16 and UTF-32.
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedError(f"not UTF-8: {exc.reason}") from None
+    try:
+        value: object = json.loads(
+            text,
+            object_pairs_hook=_pairs,
+            parse_float=_refuse_float,
+            parse_int=_parse_int,
+            parse_constant=_refuse_constant,
+        )
+    except RecursionError:
+        raise MalformedError("nesting too deep") from None
+    except json.JSONDecodeError as exc:
+        raise MalformedError(f"invalid JSON: {exc.msg} at {exc.pos}") from None
+    _check_tree(value, max_depth)
+    return value  # type: ignore[return-value]  # _check_tree proved the shape
+
+
+def decode_canonical(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
+) -> JsonValue:
+    """Like :func:`decode`, but also refuse any byte string that is not canonical.
+
+    Signed payloads must be canonical so that one message has exactly one encoding.
+    """
+    value = decode(data, max_bytes=max_bytes, max_depth=max_depth)
+    if canonical(value, max_depth=max_depth) != bytes(data):
+        raise MalformedError("payload is not in canonical form")
+    return value
+
+
+def decode_object(
+    data: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    require_canonical: bool = True,
+) -> JsonObject:
+    """Decode bytes that must hold a JSON object (the shape of every payload)."""
+    parse = decode_canonical if require_canonical else decode
+    value = parse(data, max_bytes=max_bytes, max_depth=max_depth)
+    if not isinstance(value, dict):
+        raise WrongTypeError(f"expected a JSON object, got {_json_type(value)}")
+    return value
+
+
+# --- shared value check ---------------------------------------------------------------
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _check_tree(value: object, max_depth: int) -> None:
+    # Iterative, so a hostile structure cannot exhaust the Python stack.
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, bool) or not isinstance(item, int | str | list | dict):
+            raise WrongTypeError(f"{_json_type(item)} is not allowed in a payload")
+        if isinstance(item, int):
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                raise OutOfRangeError("integer outside [-(2**53-1), 2**53-1]")
+        elif isinstance(item, str):
+            _check_text(item)
+        else:
+            if depth > max_depth:
+                raise MalformedError(f"nesting deeper than {max_depth}")
+            if isinstance(item, dict):
+                for key, sub in item.items():
+                    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+                        raise MalformedError(f"bad object key {key!r:.80}")
+                    stack.append((sub, depth + 1))
+            else:
+                stack.extend((sub, depth + 1) for sub in item)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedError("string holds a lone surrogate") from None
+
+
+# --- micro-units ----------------------------------------------------------------------
+
+
+def to_micro(value: float | int, *, rounding: Rounding = "half_even") -> int:
+    """Convert a quantity in units to integer micro-units.
+
+    The exact binary value of a float is scaled by 10**6 with rational arithmetic and then
+    rounded: ``"half_even"`` to the nearest integer, ties to even (the default);
+    ``"floor"`` toward minus infinity; ``"ceiling"`` toward plus infinity (use it for
+    what a node owes, so rounding never lowers an obligation). NaN, infinities, booleans
+    and results outside the safe integer range are refused.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WrongTypeError(f"expected a number, got {_json_type(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OutOfRangeError(f"{value!r} has no micro-unit value")
+    scaled = Fraction(value) * MICRO
+    if rounding == "half_even":
+        micro = round(scaled)
+    elif rounding == "floor":
+        micro = math.floor(scaled)
+    elif rounding == "ceiling":
+        micro = math.ceil(scaled)
+    else:
+        raise ValueError(f"unknown rounding {rounding!r}")
+    if not -MAX_SAFE_INTEGER <= micro <= MAX_SAFE_INTEGER:
+        raise OutOfRangeError(f"{value!r} units is outside the micro-unit range")
+    return micro
+
+
+def from_micro(micro: int) -> float:
+    """Micro-units to units, as the float nearest to ``micro / 10**6``.
+
+    Exact inverse of :func:`to_micro` (half_even) for ``|micro| < 2**52``.
+    """
+    if isinstance(micro, bool) or not isinstance(micro, int):
+        raise WrongTypeError(f"expected an integer, got {_json_type(micro)}")
+    return micro / MICRO  # int / int is correctly rounded in Python

@@ -1,0 +1,159 @@
+"""Signed envelopes: a message type, a signer, the exact payload bytes and a signature.
+
+Wire form (a JSON object with exactly these four string fields)::
+
+    {"payload": <standard base64 of the payload bytes, with padding>,
+     "signature": <128 lowercase hex characters: the 64-byte Ed25519 signature>,
+     "signer": <64 lowercase hex characters: the raw Ed25519 public key>,
+     "type": <message type, [a-z][a-z0-9_]{0,31}>}
+
+The signature covers the *signing input* (normative; README "Signing rule")::
+
+    b"inkind/v1" 0x00 || type (ASCII) || 0x00 || u64 big-endian len(payload) || payload
+
+The domain prefix keeps inkind signatures from being valid anywhere else; the message type
+inside the signed bytes means a payload signed as one type is never accepted as another;
+the length prefix leaves no ambiguity about where the payload starts and ends.
+
+Because the payload travels as opaque bytes (base64), the signature is always checked over
+exactly the bytes received, before anything parses them, and re-serialising the envelope
+object (for instance when it is embedded in another message) cannot change what was
+signed.
+
+This module deliberately does not parse payloads and knows no message classes; see
+:mod:`protocol.verify` for opening an envelope into a typed message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from protocol.encoding import canonical, decode
+from protocol.errors import (
+    BadSignatureError,
+    MalformedError,
+    MissingFieldError,
+    OutOfRangeError,
+    UnknownFieldError,
+    WrongTypeError,
+)
+from protocol.fields import check_hex, check_public_key, check_str
+from protocol.identity import SIGNATURE_BYTES, Identity, verify_signature
+
+DOMAIN = b"inkind/v1\x00"
+TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+ENVELOPE_FIELDS = frozenset({"type", "signer", "payload", "signature"})
+#: Bytes the envelope adds around a base64 payload (keys, quotes, key, signature), rounded up.
+ENVELOPE_OVERHEAD_BYTES = 512
+
+
+def envelope_size_limit(max_payload_bytes: int) -> int:
+    """Largest encoded envelope that can carry a payload of ``max_payload_bytes``."""
+    return 4 * -(-max_payload_bytes // 3) + ENVELOPE_OVERHEAD_BYTES
+
+
+def check_message_type(name: str, value: object) -> str:
+    """A message type: ``[a-z][a-z0-9_]{0,31}``."""
+    text = check_str(name, value, max_chars=32, min_chars=1)
+    if not TYPE_PATTERN.fullmatch(text):
+        raise OutOfRangeError(f"{name}: {text!r} is not a message type")
+    return text
+
+
+def signing_input(message_type: str, payload: bytes) -> bytes:
+    """The exact bytes an envelope's signature covers (see the module docstring)."""
+    check_message_type("type", message_type)
+    return (
+        DOMAIN
+        + message_type.encode("ascii")
+        + b"\x00"
+        + len(payload).to_bytes(8, "big")
+        + bytes(payload)
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """A signed payload. Building one checks the formats, not the signature."""
+
+    type: str
+    signer: str
+    payload: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        check_message_type("type", self.type)
+        check_public_key("signer", self.signer)
+        if not isinstance(self.payload, bytes):
+            raise WrongTypeError("payload: expected bytes")
+        if not isinstance(self.signature, bytes):
+            raise WrongTypeError("signature: expected bytes")
+        if len(self.signature) != SIGNATURE_BYTES:
+            raise OutOfRangeError(f"signature: expected {SIGNATURE_BYTES} bytes")
+
+    @classmethod
+    def seal(cls, identity: Identity, message_type: str, payload: bytes) -> Envelope:
+        """Sign ``payload`` as ``message_type`` with ``identity``."""
+        signature = identity.sign(signing_input(message_type, payload))
+        return cls(
+            type=message_type, signer=identity.public_key, payload=payload, signature=signature
+        )
+
+    def verify(self) -> None:
+        """Raise :class:`BadSignatureError` unless the signature verifies for ``signer``."""
+        if not verify_signature(
+            self.signer, self.signature, signing_input(self.type, self.payload)
+        ):
+            raise BadSignatureError(f"{self.type} signature does not verify")
+
+    def to_obj(self) -> dict[str, str]:
+        """The envelope as a JSON object (for embedding in another payload)."""
+        return {
+            "type": self.type,
+            "signer": self.signer,
+            "payload": base64.b64encode(self.payload).decode("ascii"),
+            "signature": self.signature.hex(),
+        }
+
+    def to_bytes(self) -> bytes:
+        """The envelope's canonical JSON encoding (what goes on the wire)."""
+        return canonical(dict(self.to_obj()))
+
+    @classmethod
+    def from_obj(cls, obj: object) -> Envelope:
+        """Parse the JSON object form; unknown or missing fields are refused."""
+        if not isinstance(obj, dict):
+            raise WrongTypeError("envelope: expected a JSON object")
+        unknown = set(obj) - ENVELOPE_FIELDS
+        if unknown:
+            raise UnknownFieldError(f"envelope: unknown fields {sorted(unknown)}")
+        missing = ENVELOPE_FIELDS - set(obj)
+        if missing:
+            raise MissingFieldError(f"envelope: missing fields {sorted(missing)}")
+        payload = check_str("payload", obj["payload"], max_chars=1 << 62)
+        sig = check_hex("signature", obj["signature"], 2 * SIGNATURE_BYTES)
+        return cls(
+            type=obj["type"],
+            signer=obj["signer"],
+            payload=_b64decode(payload),
+            signature=bytes.fromhex(sig),
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, *, max_size: int) -> Envelope:
+        """Parse wire bytes (whitespace and key order are tolerated: they are not signed)."""
+        return cls.from_obj(decode(raw, max_bytes=max_size, max_depth=1))
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedError("payload: not standard base64") from None
+    # Refuse alternative spellings (missing padding, non-zero pad bits): one encoding only.
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise MalformedError("payload: non-canonical base64")
+    return raw

@@ -1,0 +1,514 @@
+"""The message catalogue: one frozen dataclass per message type, and the type registry.
+
+Every message is a frozen, slotted, keyword-only dataclass that validates itself in
+``__post_init__``: an invalid message cannot be built, whether by a caller or by
+:meth:`Message.from_payload` from a peer's payload. Limits are module constants, so the
+README, the checks and the tests share one source.
+
+Conventions (normative, README "Messages"):
+
+* quantities (capacities, fees, Q_l, contributions, theta) are integers in micro-units;
+* times are integer Unix seconds (UTC), supplied by the caller; nothing here reads a clock;
+* sequences are tuples in Python and arrays on the wire; an optional field is omitted
+  from the payload when it is None (``null`` never appears);
+* an unknown field, a missing required field, a wrong JSON type (a boolean is not an
+  integer) or a value out of range is refused with ``unknown_field``, ``missing_field``,
+  ``wrong_type`` or ``out_of_range`` (``too_large`` for an over-long list).
+
+This module deliberately does not verify signatures or check anything that depends on
+the receiver's state (current epoch, clock, registered keys, inclusion): see
+:mod:`protocol.verify` and :mod:`protocol.guards`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, ClassVar, Self
+
+from protocol.encoding import MAX_SAFE_INTEGER, JsonObject, JsonValue
+from protocol.envelope import Envelope
+from protocol.errors import (
+    WIRE_CODES,
+    MissingFieldError,
+    OutOfRangeError,
+    UnexpectedMessageError,
+    UnknownFieldError,
+    WrongTypeError,
+)
+from protocol.fields import (
+    check_choice,
+    check_endpoint,
+    check_epoch,
+    check_int,
+    check_int_tuple,
+    check_node_id,
+    check_nonce,
+    check_public_key,
+    check_str,
+    check_time,
+    check_tuple,
+)
+from protocol.identity import node_id_of
+
+# --- limits (normative; mirrored in protocol/README.md) -------------------------------
+
+#: Locations are indexed 0 .. MAX_LOCATIONS - 1.
+MAX_LOCATIONS = 1024
+#: Most node ids one allocation may include.
+MAX_INCLUDED = 100_000
+#: Most receipts and refusals one audit report may carry.
+MAX_AUDIT_ITEMS = 1_000
+MAX_ENDPOINT_CHARS = 255
+MAX_RESOURCE_CHARS = 128
+#: theta in [0, 1] as micro-units.
+THETA_MAX_MICRO = 1_000_000
+#: Upper bound of any non-negative quantity: 1e9 units.
+MAX_QUANTITY_MICRO = 10**15
+#: Bound of |expected welfare|.
+MAX_WELFARE_MICRO = MAX_SAFE_INTEGER
+#: Longest validity window of a credential, in seconds (31 days).
+MAX_CREDENTIAL_LIFETIME = 31 * 24 * 3600
+#: Payload size limit of every message type unless it sets its own.
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
+
+RESOURCE_KINDS = frozenset({"wlan_coverage", "wlan_channels", "files", "compute"})
+MECHANISMS = frozenset({"posted_fee", "optimal"})
+PAYMENTS = frozenset({"money", "in_kind"})
+#: Message types an audit report may carry as evidence.
+EVIDENCE_TYPES = frozenset({"grant_receipt", "refusal"})
+#: Codes a refusal may give as its reason (every wire code except the abstract branches).
+REFUSAL_REASONS = WIRE_CODES - {"internal", "protocol_violation", "refused"}
+
+
+def _check_quantity(name: str, value: object) -> int:
+    return check_int(name, value, 0, MAX_QUANTITY_MICRO)
+
+
+def _check_location(name: str, value: object) -> int:
+    return check_int(name, value, 0, MAX_LOCATIONS - 1)
+
+
+def _check_resource(name: str, value: object) -> str:
+    text = check_str(name, value, max_chars=MAX_RESOURCE_CHARS, min_chars=1)
+    # Printable ASCII only: a resource name is an identifier (a hash, a job id), not prose.
+    if not (text.isascii() and text.isprintable()):
+        raise OutOfRangeError(f"{name}: must be printable ASCII")
+    return text
+
+
+def _check_embedded(name: str, value: object, allowed: frozenset[str]) -> Envelope:
+    if not isinstance(value, Envelope):
+        raise WrongTypeError(f"{name}: expected an envelope")
+    if value.type not in allowed:
+        raise UnexpectedMessageError(f"{name}: {value.type!r} not one of {sorted(allowed)}")
+    return value
+
+
+def _to_json(value: object) -> JsonValue:
+    if isinstance(value, Envelope):
+        return dict(value.to_obj())
+    if isinstance(value, tuple):
+        return [_to_json(item) for item in value]
+    if isinstance(value, int | str):
+        return value
+    raise WrongTypeError(f"cannot encode {type(value).__name__}")  # unreachable if valid
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """Base of every message: the payload mapping and the signer rule.
+
+    Subclasses set ``TYPE`` (the envelope type) and ``SIGNER`` (who signs it: ``"node"``
+    is the node the message names, see :meth:`signer_node_id`; ``"coordinator"`` is a key
+    the receiver trusts as coordinator; ``"credential_holder"`` is the key in the embedded
+    credential), and may raise ``MAX_PAYLOAD_BYTES`` and ``MAX_DEPTH``.
+    """
+
+    TYPE: ClassVar[str] = ""
+    SIGNER: ClassVar[str] = ""
+    MAX_PAYLOAD_BYTES: ClassVar[int] = DEFAULT_MAX_PAYLOAD_BYTES
+    MAX_DEPTH: ClassVar[int] = 2
+    #: Fields holding an embedded envelope or a tuple of them.
+    ENVELOPE_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    def to_payload(self) -> JsonObject:
+        """The payload object; fields that are None are omitted."""
+        out: JsonObject = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is not None:
+                out[spec.name] = _to_json(value)
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: object) -> Self:
+        """Build the message from a decoded payload, refusing anything not in the catalogue."""
+        if not isinstance(payload, dict):
+            raise WrongTypeError(f"{cls.TYPE}: payload must be a JSON object")
+        specs = {spec.name: spec for spec in fields(cls)}
+        unknown = set(payload) - set(specs)
+        if unknown:
+            raise UnknownFieldError(f"{cls.TYPE}: unknown fields {sorted(unknown)}")
+        values: dict[str, Any] = {}
+        for name, spec in specs.items():
+            if name not in payload:
+                if spec.default is MISSING:
+                    raise MissingFieldError(f"{cls.TYPE}: missing field {name!r}")
+                continue
+            value = payload[name]
+            if value is None:  # the canonical form omits optional fields; null is refused
+                raise WrongTypeError(f"{cls.TYPE}: {name} is null")
+            if isinstance(value, tuple):  # payloads hold JSON values: arrays are lists
+                raise WrongTypeError(f"{cls.TYPE}: {name} is a tuple, not a JSON array")
+            if isinstance(value, list):
+                value = tuple(value)
+            if name in cls.ENVELOPE_FIELDS:
+                value = (
+                    tuple(Envelope.from_obj(item) for item in value)
+                    if isinstance(value, tuple)
+                    else Envelope.from_obj(value)
+                )
+            values[name] = value
+        return cls(**values)
+
+    def signer_node_id(self) -> str | None:
+        """The node id that must have signed this message, or None if the trusted-key set
+        decides (coordinator-signed messages, and access requests whose signer is bound to
+        the embedded credential by :func:`protocol.verify.check_access_request`)."""
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Registration(Message):
+    """node -> coordinator: join, or update one's registration from ``epoch`` on.
+
+    A coordinator keeps the registration with the highest ``epoch`` per node and refuses
+    an older one (``stale_epoch``), so a replayed registration cannot roll back a newer one.
+    """
+
+    TYPE = "registration"
+    SIGNER = "node"
+
+    public_key: str
+    epoch: int
+    home_location: int
+    capacity: int
+    kind: str
+    endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        check_public_key("public_key", self.public_key)
+        check_epoch("epoch", self.epoch)
+        _check_location("home_location", self.home_location)
+        _check_quantity("capacity", self.capacity)
+        check_choice("kind", self.kind, RESOURCE_KINDS)
+        if self.endpoint is not None:
+            check_endpoint("endpoint", self.endpoint, max_chars=MAX_ENDPOINT_CHARS)
+
+    @property
+    def node_id(self) -> str:
+        return node_id_of(self.public_key)
+
+    def signer_node_id(self) -> str:
+        return self.node_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochAnnouncement(Message):
+    """coordinator -> all: epoch ``epoch`` is open for declarations until ``deadline``.
+
+    ``fees[l]`` and ``q[l]`` are the posted fee and Q*_l of location l (micro-units);
+    both are required and of equal length for ``posted_fee``, possibly empty for
+    ``optimal``. ``coordinator_key`` must equal the envelope's signer.
+    """
+
+    TYPE = "epoch_announcement"
+    SIGNER = "coordinator"
+
+    epoch: int
+    mechanism: str
+    payment: str
+    deadline: int
+    fees: tuple[int, ...]
+    q: tuple[int, ...]
+    coordinator_key: str
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_choice("mechanism", self.mechanism, MECHANISMS)
+        check_choice("payment", self.payment, PAYMENTS)
+        check_time("deadline", self.deadline)
+        check_int_tuple("fees", self.fees, 0, MAX_QUANTITY_MICRO, max_len=MAX_LOCATIONS)
+        check_int_tuple("q", self.q, 0, MAX_QUANTITY_MICRO, max_len=MAX_LOCATIONS)
+        check_public_key("coordinator_key", self.coordinator_key)
+        if len(self.fees) != len(self.q):
+            raise OutOfRangeError("fees and q must have one entry per location each")
+        if self.mechanism == "posted_fee" and not self.fees:
+            raise OutOfRangeError("posted_fee needs fees and q for every location")
+
+    def signer_node_id(self) -> str:
+        return node_id_of(self.coordinator_key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Declaration(Message):
+    """node -> coordinator: my type theta for ``epoch`` (micro-units of [0, 1]).
+
+    ``nonce`` is 16 random bytes (hex); the coordinator refuses a nonce seen before in the
+    epoch (``replay``) and a second declaration by the node (``duplicate_declaration``).
+    """
+
+    TYPE = "declaration"
+    SIGNER = "node"
+
+    epoch: int
+    node_id: str
+    theta: int
+    nonce: str
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_node_id("node_id", self.node_id)
+        check_int("theta", self.theta, 0, THETA_MAX_MICRO)
+        check_nonce("nonce", self.nonce)
+
+    def signer_node_id(self) -> str:
+        return self.node_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Allocation(Message):
+    """coordinator -> all: the outcome of ``epoch``.
+
+    ``q[l]`` is Q_l per location; ``included`` the included node ids in strictly
+    increasing order; ``contributions[i]`` what ``included[i]`` owes (in kind: units of
+    its own location's resource; in money: money units), all micro-units.
+    """
+
+    TYPE = "allocation"
+    SIGNER = "coordinator"
+    MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # 100_000 ids and amounts fit in about 9 MB
+
+    epoch: int
+    mechanism: str
+    q: tuple[int, ...]
+    included: tuple[str, ...]
+    contributions: tuple[int, ...]
+    expected_welfare: int
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_choice("mechanism", self.mechanism, MECHANISMS)
+        check_int_tuple("q", self.q, 0, MAX_QUANTITY_MICRO, max_len=MAX_LOCATIONS)
+        check_tuple("included", self.included, max_len=MAX_INCLUDED)
+        for i, node in enumerate(self.included):
+            check_node_id(f"included[{i}]", node)
+        # Strictly increasing: one encoding per set, and duplicates are impossible.
+        if any(a >= b for a, b in zip(self.included, self.included[1:], strict=False)):
+            raise OutOfRangeError("included must be sorted and free of duplicates")
+        check_int_tuple(
+            "contributions", self.contributions, 0, MAX_QUANTITY_MICRO, max_len=MAX_INCLUDED
+        )
+        if len(self.contributions) != len(self.included):
+            raise OutOfRangeError("contributions must have one entry per included node")
+        check_int("expected_welfare", self.expected_welfare, -MAX_WELFARE_MICRO, MAX_WELFARE_MICRO)
+
+    def contribution_of(self, node_id: str) -> int | None:
+        """What ``node_id`` owes, or None if it is not included (binary search)."""
+        i = bisect_left(self.included, node_id)
+        if i < len(self.included) and self.included[i] == node_id:
+            return self.contributions[i]
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credential(Message):
+    """coordinator -> included node: proof of inclusion, valid in [not_before, expires).
+
+    ``node_id`` must be the id of ``public_key``; ``location`` is the holder's home
+    location (where its contribution is owed), for attribution in audits.
+    """
+
+    TYPE = "credential"
+    SIGNER = "coordinator"
+
+    node_id: str
+    public_key: str
+    epoch: int
+    not_before: int
+    expires: int
+    location: int
+
+    def __post_init__(self) -> None:
+        check_node_id("node_id", self.node_id)
+        check_public_key("public_key", self.public_key)
+        check_epoch("epoch", self.epoch)
+        check_time("not_before", self.not_before)
+        check_time("expires", self.expires)
+        _check_location("location", self.location)
+        if node_id_of(self.public_key) != self.node_id:
+            raise OutOfRangeError("node_id is not the id of public_key")
+        if not self.not_before < self.expires <= self.not_before + MAX_CREDENTIAL_LIFETIME:
+            raise OutOfRangeError(
+                f"need not_before < expires <= not_before + {MAX_CREDENTIAL_LIFETIME}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Commitment(Message):
+    """included node -> coordinator: I have opened ``contribution`` for ``epoch``."""
+
+    TYPE = "commitment"
+    SIGNER = "node"
+
+    epoch: int
+    node_id: str
+    contribution: int
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_node_id("node_id", self.node_id)
+        _check_quantity("contribution", self.contribution)
+
+    def signer_node_id(self) -> str:
+        return self.node_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessRequest(Message):
+    """requester -> host: proof of possession plus the coordinator's credential.
+
+    The host first issues ``challenge`` (fresh, single use). The requester signs this
+    message with the key named in ``credential``; the host verifies the credential with
+    the coordinator key, then that the envelope signer is the credential's key.
+    ``amount`` is how much of the host's resource is asked for (micro-units; one WLAN
+    channel is 1_000_000); ``resource`` optionally names it (a file hash, a job id).
+    """
+
+    TYPE = "access_request"
+    SIGNER = "credential_holder"
+    MAX_DEPTH = 2
+    ENVELOPE_FIELDS = frozenset({"credential"})
+
+    credential: Envelope
+    host_id: str
+    challenge: str
+    amount: int
+    resource: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_embedded("credential", self.credential, frozenset({Credential.TYPE}))
+        check_node_id("host_id", self.host_id)
+        check_nonce("challenge", self.challenge)
+        check_int("amount", self.amount, 1, MAX_QUANTITY_MICRO)
+        if self.resource is not None:
+            _check_resource("resource", self.resource)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrantReceipt(Message):
+    """host -> requester (and, via audits, coordinator): access granted at ``time``."""
+
+    TYPE = "grant_receipt"
+    SIGNER = "node"
+
+    epoch: int
+    host_id: str
+    requester_id: str
+    challenge: str
+    amount: int
+    time: int
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_node_id("host_id", self.host_id)
+        check_node_id("requester_id", self.requester_id)
+        check_nonce("challenge", self.challenge)
+        check_int("amount", self.amount, 1, MAX_QUANTITY_MICRO)
+        check_time("time", self.time)
+
+    def signer_node_id(self) -> str:
+        return self.host_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refusal(Message):
+    """host -> requester (and, via audits, coordinator): access refused, with a code."""
+
+    TYPE = "refusal"
+    SIGNER = "node"
+
+    epoch: int
+    host_id: str
+    requester_id: str
+    challenge: str
+    reason: str
+    time: int
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_node_id("host_id", self.host_id)
+        check_node_id("requester_id", self.requester_id)
+        check_nonce("challenge", self.challenge)
+        check_choice("reason", self.reason, REFUSAL_REASONS)
+        check_time("time", self.time)
+
+    def signer_node_id(self) -> str:
+        return self.host_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditReport(Message):
+    """node -> coordinator: signed receipts and refusals it holds for ``epoch``.
+
+    The evidence envelopes are carried as received, so the coordinator verifies each
+    host's signature itself; the reporter cannot forge or alter them.
+    """
+
+    TYPE = "audit_report"
+    SIGNER = "node"
+    MAX_PAYLOAD_BYTES = 1024 * 1024
+    MAX_DEPTH = 3
+    ENVELOPE_FIELDS = frozenset({"evidence"})
+
+    epoch: int
+    reporter_id: str
+    evidence: tuple[Envelope, ...]
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_node_id("reporter_id", self.reporter_id)
+        check_tuple("evidence", self.evidence, max_len=MAX_AUDIT_ITEMS)
+        for i, item in enumerate(self.evidence):
+            _check_embedded(f"evidence[{i}]", item, EVIDENCE_TYPES)
+
+    def signer_node_id(self) -> str:
+        return self.reporter_id
+
+
+#: Every message type string mapped to its class: the one registry of the catalogue.
+MESSAGE_TYPES: Mapping[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Registration,
+        EpochAnnouncement,
+        Declaration,
+        Allocation,
+        Credential,
+        Commitment,
+        AccessRequest,
+        GrantReceipt,
+        Refusal,
+        AuditReport,
+    )
+}
+
+
+def message_from_payload(message_type: str, payload: object) -> Message:
+    """Build a message of a registered type from a decoded payload."""
+    cls = MESSAGE_TYPES.get(message_type)
+    if cls is None:
+        raise UnexpectedMessageError(f"unknown message type {message_type!r:.40}")
+    return cls.from_payload(payload)
