@@ -45,8 +45,12 @@ DirectRule = Callable[[FloatArray, FloatArray], tuple[BoolArray, FloatArray, Flo
 TOL = 1e-9
 """A property "holds" when its worst violation is at most this."""
 
-# Composite Gauss–Legendre rule on [0, 1], mapped onto each integration piece.
-_X01, _W01 = gauss_nodes(0.0, 1.0)
+# A 48-node Gauss–Legendre rule on [0, 1], mapped onto each inner integration piece
+# (the pieces are split at every kink, so each integrand is smooth on its piece, and for
+# U[0, 1] a polynomial of low degree: the rule is exact). Outer integrals use the
+# composite rule of ``distributions.gauss_nodes``.
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(48)
+_X01, _W01 = 0.5 * (_GL_X + 1.0), 0.5 * _GL_W
 
 
 def _nodes(lo: npt.ArrayLike, hi: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -60,23 +64,46 @@ def _nodes(lo: npt.ArrayLike, hi: npt.ArrayLike) -> tuple[FloatArray, FloatArray
 def _bisect_increasing(
     fun: Callable[[FloatArray], FloatArray], y: FloatArray, lo: float, hi: float
 ) -> FloatArray:
-    """Vectorised bisection: the x in [lo, hi] with fun(x) = y (fun nondecreasing).
+    """Vectorised root of fun(x) = y on [lo, hi] for nondecreasing ``fun``.
 
-    Returns lo where y ≤ fun(lo) and hi where y > fun(hi).
+    Illinois (modified regula falsi) steps, with a bisection step whenever the secant
+    point is not finite (fun may be −∞ at an end of the support) or the bracket shrank
+    too little; stops at the resolution of floating point. Returns lo where
+    y ≤ fun(lo) and hi where y > fun(hi).
     """
     y = np.asarray(y, dtype=float)
-    a = np.full(y.shape, lo)
-    b = np.full(y.shape, hi)
-    for _ in range(80):
-        m = 0.5 * (a + b)
-        up = fun(m) < y
-        a = np.where(up, m, a)
-        b = np.where(up, b, m)
-        if np.all(b - a <= 4 * np.finfo(float).eps * np.maximum(1.0, np.abs(b))):
-            break
+    a = np.full(y.shape, float(lo))
+    b = np.full(y.shape, float(hi))
+    with np.errstate(invalid="ignore"):
+        fa = fun(a) - y
+        fb = fun(b) - y
+    below = ~(fa < 0.0)  # y ≤ fun(lo), or y = −∞
+    above = fb < 0.0
+    eps = np.finfo(float).eps
     x = 0.5 * (a + b)
-    x = np.where(y <= fun(np.full(y.shape, lo)), lo, x)
-    return np.where(y > fun(np.full(y.shape, hi)), hi, x)
+    last = -np.ones(y.shape, dtype=np.int8)  # which end was replaced last (0 = a, 1 = b)
+    for it in range(200):
+        width = b - a
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            x = b - fb * width / (fb - fa)
+        ok = np.isfinite(x) & (x > a) & (x < b)
+        x = np.where(ok & (it % 4 != 3), x, 0.5 * (a + b))
+        with np.errstate(invalid="ignore"):
+            fx = fun(x) - y
+        left = fx < 0.0  # root is right of x: replace a
+        # Illinois: halve the kept end's value if the same end is replaced twice.
+        fb = np.where(left & (last == 0), 0.5 * fb, fb)
+        fa = np.where(~left & (last == 1), 0.5 * fa, fa)
+        a, fa = np.where(left, x, a), np.where(left, fx, fa)
+        b, fb = np.where(left, b, x), np.where(left, fb, fx)
+        last = np.where(left, 0, 1).astype(np.int8)
+        done = (b - a <= 4 * eps * np.maximum(1.0, np.abs(b))) | (fx == 0.0) | below | above
+        if np.all(done):
+            break
+    x = np.where(fa == 0.0, a, np.where(fb == 0.0, b, x))
+    x = np.clip(x, lo, hi)
+    x = np.where(below, lo, x)
+    return np.where(above, hi, x)
 
 
 def virtual_value(dist: TypeDistribution, x: npt.ArrayLike) -> FloatArray:

@@ -161,8 +161,10 @@ class TypeDistribution:
     def g(self, x: npt.ArrayLike) -> FloatArray:
         """Virtual value g(θ) = θ − (1 − F(θ)) / f(θ), paper eq. (2)."""
         x = np.asarray(x, dtype=float)
+        S = self.sf(x)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return x - self.sf(x) / self.pdf(x)
+            # At the top of the support 1 − F = 0: g = θ there even where f = 0 too.
+            return np.where(S > 0.0, x - S / self.pdf(x), x)
 
     def is_regular(self, points: int = 2001) -> bool:
         """Whether g is nondecreasing (the paper's standing assumption after eq. 2)."""

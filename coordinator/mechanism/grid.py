@@ -82,6 +82,8 @@ _JACOBI_KAPPA_MAX = 300.0
 _CHECK_TOL = 1e-9
 _IC_TOL = 1e-10
 _EPS = float(np.finfo(float).eps)
+# Relative rounding slack when a price is matched against [0, p_max].
+_PRICE_SLACK = 1e-12
 
 
 # ----------------------------------------------------------------------------------
@@ -95,7 +97,9 @@ class _Rule:
     gl_x: FloatArray
     gl_w: FloatArray
     inner_x: FloatArray
-    inner_w: FloatArray  # weights for ∫_{-1}^{1} ((1+x)/2)^κ f(x) dx / 2 (Jacobi case)
+    # Jacobi case: ω = (Jacobi weights for (1+x)^κ)/2^{κ+1}, so that
+    # ∫_t^{t+δ} ĥ^κ ds = δ Σ ω_i (δ/((1 − t) s_i))^κ; Legendre case: ω = w/2.
+    inner_w: FloatArray
     inner_jacobi: bool
     sub: int  # Legendre sub-panels per graded panel (more when κ is large)
 
@@ -280,15 +284,6 @@ class GridTariff:
         x = _as_types(a)
         return x * self.x2(x) - self.x1(x)
 
-    def p_prime(self, a: npt.ArrayLike) -> FloatArray:
-        """p'(a) = a x2'(a) (> 0 above t*, so the tariff is a function of the price)."""
-        x = _as_types(a)
-        t, kappa = self.threshold, self.kappa
-        h = _hhat(x, t)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            val = self.u_top * kappa * h ** (kappa - 1.0) * t / ((1.0 - t) * x)
-        return np.where(x > t, val, 0.0)
-
     # -- the menu as a tariff: quantity as a function of the price -------------------
     def type_of_price(self, price: npt.ArrayLike) -> FloatArray:
         """The type a ∈ [t*, 1] whose item costs ``price`` (NaN outside [0, p_max])."""
@@ -303,13 +298,18 @@ class GridTariff:
         return self.y_max * self._level(price) ** (1.0 + 1.0 / self.kappa)
 
     def _level(self, price: npt.ArrayLike) -> FloatArray:
-        """x2/u(y_fb) of the item that costs ``price`` (NaN outside [0, p_max])."""
+        """x2/u(y_fb) of the item that costs ``price`` (NaN outside [0, p_max]).
+
+        Prices within ``_PRICE_SLACK·p_max`` outside the interval (rounding, e.g. p(1)
+        recomputed from the menu) are clamped to it.
+        """
         q = np.asarray(price, dtype=float)
         flat = q.ravel()
-        ok = (flat >= 0.0) & (flat <= self.p_max)
+        slack = _PRICE_SLACK * self.p_max
+        ok = (flat >= -slack) & (flat <= self.p_max + slack)
         out = np.full(flat.shape, np.nan)
         if np.any(ok):
-            out[ok] = _level_of_price(flat[ok], self)
+            out[ok] = _level_of_price(np.clip(flat[ok], 0.0, self.p_max), self)
         return out.reshape(q.shape)
 
 

@@ -256,7 +256,9 @@ def market_from_dict(d: dict[str, Any]) -> Market:
             raise ValueError(f"{where} must be a table")
         unknown = set(ld) - _LOCATION_KEYS
         if unknown:
-            raise ValueError(f"unknown keys in {where}: {sorted(unknown)}")
+            hint = (" (in TOML, top-level keys such as weights must come before the first "
+                    "[table] header)") if "weights" in unknown else ""
+            raise ValueError(f"unknown keys in {where}: {sorted(unknown)}{hint}")
         if "n" not in ld:
             raise ValueError(f"{where} needs n, the number of agents")
         n = ld["n"]

@@ -202,6 +202,7 @@ class LagrangianMechanism:
     provisions: list[Provision]
     tables: list[InterimTable] = field(default_factory=list)
     pay_interim: bool = True
+    evaluation: Evaluation | None = None
 
     def allocate(self, types: npt.ArrayLike) -> Allocation:
         m = self.market
@@ -265,7 +266,7 @@ def _mechanism(market: Market, name: str, lambdas: FloatArray, ok: bool, status:
         mechanism=name, success=ok, status=status, welfare=ev.welfare, welfare_se=0.0,
         lambdas=lambdas, thresholds=thresholds, details=details)
     return LagrangianMechanism(market, result, lambdas, exclusion, provisions, tables,
-                               pay_interim)
+                               pay_interim, ev)
 
 
 def first_best(market: Market, *, method: str = "auto") -> LagrangianMechanism:

@@ -49,6 +49,9 @@ WINDOW_SDS = 40.0
 def virtual_weight(dist: TypeDistribution, lam: float, theta: npt.ArrayLike) -> FloatArray:
     """θ + λ g(θ): the agent's weight in the Lagrangian (17)/(25)."""
     t = np.asarray(theta, dtype=float)
+    if lam == 0.0:
+        # g may be −∞ where the density vanishes; 0 · (−∞) must not poison the weight.
+        return t.astype(float, copy=True)
     return np.asarray(t + lam * dist.g(t), dtype=float)
 
 
@@ -421,8 +424,14 @@ class LatticeLaw(SumLaw):
 
 def sum_law(groups: list[Group], phis: list[Phi], method: str = "auto") -> SumLaw:
     """The cheapest exact law of Z for these groups and functions (module docstring)."""
-    if method not in ("auto", "moments", "lattice"):
+    if method not in ("auto", "moments", "lattice", "relaxed"):
         raise ValueError(f"unknown method {method!r}")
+    if method == "relaxed":
+        # Evidence only: moments of Z with the positive part dropped, i.e. the relaxed
+        # problem that lets Q(θ) follow the pointwise formula even where the weighted
+        # sum is negative. Not a feasible mechanism; see README ("disagreements").
+        return MomentLaw(groups, max(e for e in (integer_exponent(p) for p in phis)
+                                     if e is not None))
     exps = [integer_exponent(p) for p in phis]
     moments_ok = all(e is not None for e in exps) and (
         all(g.exclusion or g.coef == 0.0 for g in groups)
@@ -453,7 +462,8 @@ def thresholds(dists: list[TypeDistribution], lambdas: FloatArray) -> FloatArray
         hi = np.full(lam.shape, dist.high)
 
         def w(t: FloatArray, lam: FloatArray = lam, dist: TypeDistribution = dist) -> FloatArray:
-            v = virtual_weight(dist, 0.0, t) + lam * dist.g(t)
+            with np.errstate(invalid="ignore"):
+                v = t + np.where(lam == 0.0, 0.0, lam * dist.g(t))
             return np.where(np.isfinite(v), v, -np.inf)
 
         w_lo = w(lo)
