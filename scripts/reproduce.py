@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coordinator.mechanism import figures, grid  # noqa: E402
-from coordinator.mechanism.market import slides_market  # noqa: E402
+from coordinator.mechanism import figures, grid
+from coordinator.mechanism.market import slides_market
 
 
 def plot_welfare(path: Path, say: object) -> None:

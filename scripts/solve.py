@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coordinator.mechanism import MECHANISMS, load_market, solve  # noqa: E402
+from coordinator.mechanism import MECHANISMS, load_market, solve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mechanism       {r.mechanism}  ({MECHANISMS[args.mechanism][1]})")
     print(f"status          {'ok' if r.success else 'FAILED'}: {r.status}")
     se = f" ± {r.welfare_se:.3g} (Monte Carlo s.e.)" if r.welfare_se else " (exact/quadrature)"
-    print(f"welfare         {r.welfare:.10g} money units, expected{se}")
-    print(f"payment         {market.payment}; exclusion {'allowed' if market.exclusion else 'not allowed'}")
+    unit = "money units" if market.payment == "money" else "resource units (in kind)"
+    print(f"welfare         {r.welfare:.10g} {unit}, expected{se}")
+    excl = "allowed" if market.exclusion else "not allowed"
+    print(f"payment         {market.payment}; exclusion {excl}")
     if r.lambdas is not None:
         print(f"lambda          {np.array2string(np.asarray(r.lambdas), precision=8)}")
     header = f"{'location':<14}{'n':>8}{'threshold θ*':>16}{'Q':>16}{'fee':>16}"

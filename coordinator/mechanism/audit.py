@@ -59,7 +59,6 @@ def audit(mech: Mechanism, market: Market, rng: np.random.Generator, *,
           samples: int = 400, grid: int = 11, location: int = 0) -> Audit:
     """Check one agent of ``location`` for interim IC and IR; the budget on full profiles."""
     dist = market.locations[location].dist
-    agent = int(np.searchsorted(np.cumsum(market.sizes), location, side="right"))
     agent = int(np.concatenate([[0], np.cumsum(market.sizes)])[location])
     th_grid = dist.ppf((np.arange(grid) + 0.5) / grid)
     others = market.sample_types(rng, samples)
@@ -81,7 +80,7 @@ def audit(mech: Mechanism, market: Market, rng: np.random.Generator, *,
     diff = U - U[np.arange(grid), np.arange(grid)][:, None, :]
     gain = diff.mean(axis=2)
     se = diff.std(axis=2, ddof=1) / np.sqrt(samples)
-    t, r = np.unravel_index(int(np.argmax(gain)), gain.shape)
+    t, r = (int(i) for i in np.unravel_index(int(np.argmax(gain)), gain.shape))
     truth = U[np.arange(grid), np.arange(grid)]
     ir = -truth.mean(axis=1)
     ir_se = truth.std(axis=1, ddof=1) / np.sqrt(samples)

@@ -15,6 +15,7 @@ paper notes (Theorem 2), the transfers may charge or pay excluded agents.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ class BalancedMechanism:
 
     base: LagrangianMechanism
     result: MechanismResult
-    cond_cost: list[interpolate.CubicSpline]  # θ ↦ E[c_budget | θ_i = θ], per location k
+    cond_cost: list[Callable[[FloatArray], FloatArray]]  # θ ↦ E[c_budget | θ_i = θ], per location k
     mean_cost: FloatArray  # E c per budget group
     mean_payment: FloatArray  # E P_k(θ) per agent of location k
     mean_cond_cost: FloatArray  # E over θ of E[c_budget | θ] per location k (= E c)
@@ -74,7 +75,8 @@ def balance_ex_post(mech: LagrangianMechanism) -> BalancedMechanism:
         raise ValueError("(33) needs a solved second-best mechanism with interim payments")
     m = mech.market
     L = m.L
-    cond, mean_pay, mean_cond = [], np.zeros(L), np.zeros(L)
+    cond: list[Callable[[FloatArray], FloatArray]] = []
+    mean_pay, mean_cond = np.zeros(L), np.zeros(L)
     for k, loc in enumerate(m.locations):
         grp = _groups(m, ev.lambdas, mech.exclusion, 0)[k]
         lo = loc.dist.low
@@ -100,11 +102,12 @@ def balance_ex_post(mech: LagrangianMechanism) -> BalancedMechanism:
         def cc(t: FloatArray, spl: interpolate.CubicSpline | None = spl, t0: float = t0,
                b: float = below_val) -> FloatArray:
             t = np.asarray(t, dtype=float)
-            return np.where(t >= t0, spl(t) if spl is not None else b, b)
+            return np.asarray(np.where(t >= t0, spl(t) if spl is not None else b, b),
+                              dtype=np.float64)
 
         cond.append(cc)
-        mean_pay[k] = loc.dist.expect(lambda t, T=mech.tables[k]: T.payment(t), t0)
-        mean_cond[k] = loc.dist.expect(lambda t, f=cc: f(t))
+        mean_pay[k] = loc.dist.expect(mech.tables[k].payment, t0)
+        mean_cond[k] = loc.dist.expect(cc)
     mean_cost = ev.cost if m.payment == "in_kind" else np.array([ev.cost.sum()])
     r = mech.result
     result = MechanismResult(

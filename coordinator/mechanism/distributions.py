@@ -59,7 +59,8 @@ class TypeDistribution:
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.low) and np.isfinite(self.high)) or self.high <= self.low:
-            raise ValueError(f"type support must be a finite interval, got [{self.low}, {self.high}]")
+            raise ValueError(
+                f"type support must be a finite interval, got [{self.low}, {self.high}]")
         Fa = float(self.base.cdf(self.low))
         Sb = float(self.base.sf(self.high))
         mass = float(self.base.cdf(self.high) - Fa)
@@ -139,11 +140,13 @@ class TypeDistribution:
     # -- the truncated distribution -----------------------------------------------
     def cdf(self, x: npt.ArrayLike) -> FloatArray:
         x = np.clip(np.asarray(x, dtype=float), self.low, self.high)
-        return np.clip((self.base.cdf(x) - self._Fa) / self._mass, 0.0, 1.0)
+        return np.asarray(np.clip((self.base.cdf(x) - self._Fa) / self._mass, 0.0, 1.0),
+                          dtype=np.float64)
 
     def sf(self, x: npt.ArrayLike) -> FloatArray:
         x = np.clip(np.asarray(x, dtype=float), self.low, self.high)
-        return np.clip((self.base.sf(x) - self._Sb) / self._mass, 0.0, 1.0)
+        return np.asarray(np.clip((self.base.sf(x) - self._Sb) / self._mass, 0.0, 1.0),
+                          dtype=np.float64)
 
     def pdf(self, x: npt.ArrayLike) -> FloatArray:
         x = np.asarray(x, dtype=float)
@@ -152,7 +155,8 @@ class TypeDistribution:
 
     def ppf(self, u: npt.ArrayLike) -> FloatArray:
         u = np.asarray(u, dtype=float)
-        return np.clip(self.base.ppf(self._Fa + u * self._mass), self.low, self.high)
+        return np.asarray(np.clip(self.base.ppf(self._Fa + u * self._mass), self.low, self.high),
+                          dtype=np.float64)
 
     def rvs(self, size: int | tuple[int, ...], rng: np.random.Generator) -> FloatArray:
         """Draws by inversion, so the same generator state gives the same types."""

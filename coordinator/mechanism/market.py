@@ -42,7 +42,8 @@ class PowerUtility:
             raise ValueError(f"power utility needs A > 0 and 0 < alpha <= 1, got {self}")
 
     def __call__(self, Q: npt.ArrayLike) -> FloatArray:
-        return self.A * np.power(np.asarray(Q, dtype=float), self.alpha)
+        return np.asarray(self.A * np.power(np.asarray(Q, dtype=float), self.alpha),
+                          dtype=np.float64)
 
     def describe(self) -> str:
         return f"{self.A:g} Q^{self.alpha:g}"
@@ -61,7 +62,9 @@ class PowerCost:
             raise ValueError(f"power cost needs B > 0, beta >= 1, delta >= 0, got {self}")
 
     def __call__(self, n: int, Q: npt.ArrayLike) -> FloatArray:
-        return self.B * float(n) ** self.delta * np.power(np.asarray(Q, dtype=float), self.beta)
+        return np.asarray(
+            self.B * float(n) ** self.delta * np.power(np.asarray(Q, dtype=float), self.beta),
+            dtype=np.float64)
 
     def describe(self) -> str:
         return f"{self.B:g} n^{self.delta:g} Q^{self.beta:g}"
@@ -180,9 +183,10 @@ class Market:
                       self.q_max, self.spec)
 
     def replace(self, **changes: Any) -> Market:
-        fields = {"locations": self.locations, "weights": self.weights, "payment": self.payment,
-                  "exclusion": self.exclusion, "levels": self.levels, "q_max": self.q_max,
-                  "spec": self.spec}
+        fields: dict[str, Any] = {
+            "locations": self.locations, "weights": self.weights, "payment": self.payment,
+            "exclusion": self.exclusion, "levels": self.levels, "q_max": self.q_max,
+            "spec": self.spec}
         fields.update(changes)
         return Market(**fields)
 

@@ -10,7 +10,8 @@ pointwise: agent j of location k is included iff θ + λ_k g_k(θ) > 0 and
 
 with the multipliers λ chosen so the constraints bind (complementary slackness).
 Interim V comes from (8), interim payments from (12) with the lowest type's net
-benefit zero, P(θ) = θ V(θ) − ∫_low^θ V (V = 0 below the exclusion threshold), and the ex-post payment of an included agent
+benefit zero, P(θ) = θ V(θ) − ∫_low^θ V (V = 0 below the exclusion
+threshold), and the ex-post payment of an included agent
 is P(θ)/E[π | θ] = P(θ) (π depends on the agent's own type only), as the paper's
 Section 3 prescribes after (16). The first best is the same computation at λ = 0.
 """
@@ -107,8 +108,8 @@ def solve_lambdas(market: Market, *, exclusion: bool, provisions: list[Provision
     L = market.L
 
     def money(lam: float) -> float:
-        return evaluate(market, np.full(L, lam), exclusion=exclusion,
-                        provisions=provisions, method=method).constraints.sum()
+        return float(evaluate(market, np.full(L, lam), exclusion=exclusion,
+                              provisions=provisions, method=method).constraints.sum())
 
     lam, status = _solve_money(money)
     if not math.isfinite(lam):
@@ -232,8 +233,8 @@ class LagrangianMechanism:
                 share = np.divide(cost, cnt, out=np.zeros_like(cost), where=cnt > 0)
                 pay = np.where(included, share[loc], 0.0)
             else:
-                cnt = float(included.sum())
-                pay = np.where(included, cost.sum() / cnt if cnt else 0.0, 0.0)
+                total = float(included.sum())
+                pay = np.where(included, cost.sum() / total if total else 0.0, 0.0)
         return Allocation(included=included, Q=Q, payments=pay, location=loc, cost=cost)
 
 
@@ -257,7 +258,7 @@ def _mechanism(market: Market, name: str, lambdas: FloatArray, ok: bool, status:
                                 smooth=market.levels is None)
         # (14): expected payments Σ_k n_k E[P_k(θ)] must equal E[Σ π g u] per location.
         revenue = np.array([
-            loc.n * loc.dist.expect(lambda t, T=tables[k]: T.payment(t), tables[k].theta0)
+            loc.n * loc.dist.expect(tables[k].payment, tables[k].theta0)
             for k, loc in enumerate(market.locations)])
         details["expected_payments"] = revenue
         details["revenue_identity_gap"] = float(

@@ -51,7 +51,7 @@ def virtual_weight(dist: TypeDistribution, lam: float, theta: npt.ArrayLike) -> 
     t = np.asarray(theta, dtype=float)
     if lam == 0.0:
         # g may be −∞ where the density vanishes; 0 · (−∞) must not poison the weight.
-        return t.astype(float, copy=True)
+        return np.array(t, dtype=np.float64)
     return np.asarray(t + lam * dist.g(t), dtype=float)
 
 
@@ -90,7 +90,7 @@ def invert_weight(dist: TypeDistribution, lam: float, values: FloatArray,
         above = np.where(np.isfinite(wm), wm, -np.inf) >= values
         b = np.where(above, mid, b)
         a = np.where(above, a, mid)
-    return 0.5 * (a + b)
+    return np.asarray(0.5 * (a + b), dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +259,7 @@ def _negative_part_negligible(groups: list[Group]) -> bool:
 # -- the lattice method ---------------------------------------------------------------
 
 
-class _TooWide(Exception):
+class _TooWideError(Exception):
     """The lattice would need more than MAX_FFT points."""
 
 
@@ -328,14 +328,15 @@ class _Lattice:
             N = 1 << max(4, math.ceil(math.log2(span + 1)))
             self.start = 0
         else:
-            mean = sum(g.n * float(np.arange(p.size) @ p) for g, p in zip(groups, pmfs, strict=True))
+            mean = sum(g.n * float(np.arange(p.size) @ p)
+                       for g, p in zip(groups, pmfs, strict=True))
             var = sum(g.n * (float((np.arange(p.size) ** 2) @ p)
                              - float(np.arange(p.size) @ p) ** 2)
                       for g, p in zip(groups, pmfs, strict=True))
             width = 2 * WINDOW_SDS * math.sqrt(max(var, 1.0)) + max(p.size for p in pmfs)
             N = 1 << math.ceil(math.log2(width))
             if N > MAX_FFT:
-                raise _TooWide
+                raise _TooWideError
             self.start = int(mean - N // 2)
         self.N = N
         F_ = [np.fft.rfft(p, N) for p in pmfs]
@@ -394,7 +395,7 @@ class LatticeLaw(SumLaw):
                 self.coarse = _Lattice(groups, bins)
                 self.fine = _Lattice(groups, 2 * bins)
                 break
-            except _TooWide:
+            except _TooWideError:
                 if bins <= 16:
                     raise ValueError("the sum's law is too wide for the lattice method") from None
                 bins //= 2
