@@ -50,10 +50,9 @@ def plot_welfare(path: Path, say: object) -> None:
         curves["second best, no exclusion"].append(
             second_best(m, exclusion=False).result.welfare / n)
         curves["posted fee (P̂(n))"].append(posted_fee(m).result.welfare / n)
-        curves["equal share, post Q"].append(
-            ec.post_size_share_cost(int(n), loc.dist, loc.utility, loc.cost).result.welfare / n)
-        curves["equal share, post φ"].append(
-            ec.post_fee_build_largest(int(n), loc.dist, loc.utility, loc.cost).result.welfare / n)
+        e = ec.Economy(loc.dist, int(n), loc.utility, loc.cost)
+        curves["equal share, post Q"].append(ec.post_size_share_cost(e).result.welfare / n)
+        curves["equal share, post φ"].append(ec.post_fee_build_largest(e).result.welfare / n)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, ys in curves.items():
         axes[0].plot(ns, ys, marker="o", ms=3, label=name)

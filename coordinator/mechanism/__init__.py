@@ -23,7 +23,7 @@ def _equal(name: str) -> Callable[[Market], Any]:
                              f"{market.L}")
         loc = market.locations[0]
         func = getattr(ec, name)
-        return func(loc.n, loc.dist, loc.utility, loc.cost)
+        return func(ec.Economy(loc.dist, loc.n, loc.utility, loc.cost))
 
     return build
 

@@ -173,7 +173,8 @@ class BridgeSolution:
         theta = np.asarray(theta, dtype=float)
         top = np.clip(theta, self.theta_min, self.theta_all)
         x, w = _nodes(np.full(theta.shape, self.theta_min), top)
-        return np.sum(w * self.V(x), axis=-1) + np.maximum(theta - self.theta_all, 0.0)
+        inside = np.asarray(np.sum(w * self.V(x), axis=-1), dtype=float)
+        return inside + np.maximum(theta - self.theta_all, 0.0)
 
     def lemma1_payment(self, theta: npt.ArrayLike) -> FloatArray:
         """Lemma 1 interim payment P(θ) = θ V(θ) − ∫_low^θ V, i.e. U(low) = 0.
@@ -228,7 +229,7 @@ def _outer(
 def _partial_mean(dist: TypeDistribution, b: FloatArray) -> FloatArray:
     """M(b) = ∫_b^high θ f(θ) dθ, vectorised in b."""
     x, w = _nodes(b, np.full(b.shape, dist.high))
-    return np.sum(w * x * dist.pdf(x), axis=-1)
+    return np.asarray(np.sum(w * x * dist.pdf(x), axis=-1), dtype=float)
 
 
 def _solution(dist: TypeDistribution, cost: float, lam: float) -> BridgeSolution:
@@ -368,20 +369,43 @@ def solution_rule(solution: BridgeSolution, rule: Rule) -> DirectRule:
     if rule == "c" and not _is_slides_case(solution.dist, solution.cost):
         raise ValueError("rule 'c' is the slides' formula for U[0, 1] and cost 1 only")
     half = 0.5 * solution.cost
+    P = _clipped_chebyshev(solution.lemma1_payment, solution.theta_min, solution.theta_all)
+    V = _clipped_chebyshev(solution.V, solution.theta_min, solution.theta_all)
 
     def run(t1: FloatArray, t2: FloatArray) -> tuple[BoolArray, FloatArray, FloatArray]:
         t1, t2 = np.broadcast_arrays(np.asarray(t1, float), np.asarray(t2, float))
         built = solution.build(t1, t2)
         if rule == "a":
-            return built, solution.lemma1_payment(t1), solution.lemma1_payment(t2)
+            return built, P(t1), P(t2)
         if rule == "b":
-            h1 = solution.lemma1_payment(t1) - half * solution.V(t1)
-            h2 = solution.lemma1_payment(t2) - half * solution.V(t2)
+            h1 = P(t1) - half * V(t1)
+            h2 = P(t2) - half * V(t2)
             return built, half * built + h1 - h2, half * built + h2 - h1
         return (built, np.where(built, (t1 - t2) / 3.0 + 0.5, 0.0),
                 np.where(built, (t2 - t1) / 3.0 + 0.5, 0.0))
 
     return run
+
+
+def _clipped_chebyshev(
+    fun: Callable[[FloatArray], FloatArray], a: float, b: float, degree: int = 64
+) -> Callable[[FloatArray], FloatArray]:
+    """fun on [a, b] as a Chebyshev interpolant, constant (fun(a), fun(b)) outside.
+
+    P and V of a solved bridge are constant below theta_min and above theta_all and
+    analytic in between (polynomials for U[0, 1], where the interpolant is exact), so
+    this is accurate to rounding and spares a root solve per evaluation.
+    """
+    if b <= a:
+        va = float(fun(np.array([a]))[0])
+        return lambda x: np.full(np.shape(x), va)
+    cheb = np.polynomial.Chebyshev.interpolate(
+        lambda x: fun(np.asarray(x, dtype=float)), degree, domain=[a, b])
+
+    def evaluate(x: FloatArray) -> FloatArray:
+        return np.asarray(cheb(np.clip(np.asarray(x, dtype=float), a, b)), dtype=float)
+
+    return evaluate
 
 
 # -- property analysis ---------------------------------------------------------------

@@ -164,10 +164,10 @@ def _equal_rows(n: int) -> Iterator[Row]:
          3 * n * n / 128 + 7 * n / 1536, 0.5),
     ]
     for fn, figure, doc, tol in specs:
-        w = getattr(ec, fn)(n, loc.dist, loc.utility, loc.cost).result.welfare
+        w = getattr(ec, fn)(ec.Economy(loc.dist, n, loc.utility, loc.cost)).result.welfare
         yield _asymptotic(figure, f"{SLIDES} 'Simple Equal Contribution Schemes'", doc, w, n,
                           tol, "")
-    w = ec.post_fee_and_size(n, loc.dist, loc.utility, loc.cost).result.welfare
+    w = ec.post_fee_and_size(ec.Economy(loc.dist, n, loc.utility, loc.cost)).result.welfare
     yield _exact("equal contribution, post φ and Q: 3n²/128",
                  f"{SLIDES} 'Simple Equal Contribution Schemes'", 3 * n * n / 128, w, n)
 
@@ -178,7 +178,8 @@ def _equal_fits() -> Iterator[Row]:
     def wf(name: str) -> Callable[[int], float]:
         def f(n: int) -> float:
             loc = slides_market(n).locations[0]
-            return float(getattr(ec, name)(n, loc.dist, loc.utility, loc.cost).result.welfare)
+            e = ec.Economy(loc.dist, n, loc.utility, loc.cost)
+            return float(getattr(ec, name)(e).result.welfare)
         return f
 
     src = f"{SLIDES} 'Simple Equal Contribution Schemes'"
