@@ -150,8 +150,8 @@ def test_bad_market_specs_are_refused_with_a_clear_message(bad: dict[str, object
 def test_solve_script_json_has_the_promised_fields() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "solve.py"),
-         str(ROOT / "scripts/specs/slides.toml"), "--mechanism", "posted_fee", "--json"], capture_output=True, text=True, timeout=120,
-        check=True)
+         str(ROOT / "scripts/specs/slides.toml"), "--mechanism", "posted_fee", "--json"],
+        capture_output=True, text=True, timeout=120, check=True)
     data = json.loads(out.stdout)
     for key in ("mechanism", "welfare", "lambda", "thresholds", "Q", "fees"):
         assert key in data

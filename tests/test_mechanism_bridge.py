@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from coordinator.mechanism.bridge import (
     RULES,
-    Rule,
     BridgeMechanism,
+    Rule,
     RuleReport,
     analyse_rule,
     first_best,
@@ -166,7 +166,7 @@ def test_solved_rules_equal_the_slides_formulas(rule: Rule) -> None:
     got = solution_rule(sb, rule)(t1[away], t2[away])
     want = slide_rule(rule)(t1[away], t2[away])
     for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(g, float), np.asarray(w, float), atol=1e-12)
 
 
 # -- the mechanism --------------------------------------------------------------------
@@ -183,7 +183,7 @@ def test_allocate_monte_carlo_matches_expected_welfare_and_budget(rule: Rule) ->
     assert res.details["first_best_welfare"] == pytest.approx(1 / 6, rel=1e-13)
     assert res.details["fixed_fee_welfare"] == pytest.approx(1 / 8, rel=1e-13)
     rng = np.random.default_rng(2024)
-    draws = rng.random((20000, 2))
+    draws = rng.random((4000, 2))
     welfare = np.empty(len(draws))
     surplus = np.empty(len(draws))
     for k, th in enumerate(draws):
