@@ -158,9 +158,11 @@ class BridgeSolution:
         """Whether the bridge is built at declared types (θ1, θ2)."""
         t1 = np.asarray(theta1, dtype=float)
         t2 = np.asarray(theta2, dtype=float)
+        t1, t2 = np.broadcast_arrays(t1, t2)
         inside = (t1 >= self.theta_min) & (t2 >= self.theta_min)
+        h = self.h(np.stack([t1, t2]))
         with np.errstate(invalid="ignore"):
-            return inside & (self.h(t1) + self.h(t2) >= self.level)
+            return np.asarray(inside & (h[0] + h[1] >= self.level), dtype=bool)
 
     def V(self, theta: npt.ArrayLike) -> FloatArray:
         """Interim probability of building given one's own type: P(θ2 ≥ b(θ))."""
@@ -232,16 +234,24 @@ def _partial_mean(dist: TypeDistribution, b: FloatArray) -> FloatArray:
     return np.asarray(np.sum(w * x * dist.pdf(x), axis=-1), dtype=float)
 
 
+def _budget(dist: TypeDistribution, cost: float, lam: float) -> float:
+    """E[(Σ_i g(θ_i) − cost) 1{build}] for the rule with multiplier λ."""
+    level = (1.0 + lam) * cost
+    theta_min, theta_all = _kinks(dist, lam, level)
+
+    def budget_inner(t1: FloatArray, b: FloatArray) -> FloatArray:
+        # ∫_b^high g dF = b (1 − F(b)), so the θ2-integral is closed form.
+        return (virtual_value(dist, t1) + b - cost) * dist.sf(b)
+
+    return _outer(dist, lam, level, theta_min, theta_all, budget_inner)
+
+
 def _solution(dist: TypeDistribution, cost: float, lam: float) -> BridgeSolution:
     level = (1.0 + lam) * cost
     theta_min, theta_all = _kinks(dist, lam, level)
 
     def welfare_inner(t1: FloatArray, b: FloatArray) -> FloatArray:
         return (t1 - cost) * dist.sf(b) + _partial_mean(dist, b)
-
-    def budget_inner(t1: FloatArray, b: FloatArray) -> FloatArray:
-        # ∫_b^high g dF = b (1 − F(b)), so the θ2-integral is closed form.
-        return (virtual_value(dist, t1) + b - cost) * dist.sf(b)
 
     def build_inner(t1: FloatArray, b: FloatArray) -> FloatArray:
         return dist.sf(b)
@@ -259,7 +269,7 @@ def _solution(dist: TypeDistribution, cost: float, lam: float) -> BridgeSolution
         theta_min=theta_min,
         theta_all=theta_all,
         welfare=_outer(*args, welfare_inner),
-        budget=_outer(*args, budget_inner),
+        budget=_budget(dist, cost, lam),
         prob_build=_outer(*args, build_inner),
     )
 
@@ -281,7 +291,7 @@ def second_best(dist: TypeDistribution | None = None, cost: float = 1.0) -> Brid
         raise ValueError(f"{dist.label}: g is not nondecreasing; the threshold rule needs it")
 
     def budget(lam: float) -> float:
-        return _solution(dist, cost, lam).budget
+        return _budget(dist, cost, lam)
 
     if budget(0.0) >= 0.0:
         return _solution(dist, cost, 0.0)
@@ -401,6 +411,8 @@ def _clipped_chebyshev(
         return lambda x: np.full(np.shape(x), va)
     cheb = np.polynomial.Chebyshev.interpolate(
         lambda x: fun(np.asarray(x, dtype=float)), degree, domain=[a, b])
+    # Drop the coefficients below rounding (a quadratic for U[0, 1]): cheaper to evaluate.
+    cheb = cheb.trim(1e-13 * max(1.0, float(np.max(np.abs(cheb.coef)))))
 
     def evaluate(x: FloatArray) -> FloatArray:
         return np.asarray(cheb(np.clip(np.asarray(x, dtype=float), a, b)), dtype=float)

@@ -13,6 +13,11 @@ nonrivalrous, excludable good of size Q giving a participant of type θ the bene
 (c) :func:`post_fee_and_size` — post φ and Q; θ joins iff θ u(Q) ≥ φ; expected fees
     cover the cost. Slides: exactly 3n²/128 with Q* = n²/64, φ* = n/48.
 
+Computed here (tests/test_mechanism_equal_contribution.py pins the evidence): (c) is
+3n²/128 exactly; (a) is (2/9) n² θ(1 − θ)³/(1 − θ^n) at its best θ, i.e. 3n²/128 up to a
+relative 4^-n, so its n-coefficient is 0, not −1/384; (b)'s n-coefficient is 9/1536,
+not 7/1536.
+
 All expectations are exact: binomial sums with ``scipy.stats.binom`` pmf vectors, the
 closed form E[1/(1 + Bin(n − 1, p))] = (1 − (1 − p)^n)/(n p), and the Gauss–Legendre rule
 of :class:`TypeDistribution` for ∫_θ* θ dF. Fixed points by Brent's root finder, the
@@ -39,17 +44,17 @@ CostFn = Callable[[int, FloatArray], FloatArray]
 _EPS = float(np.finfo(float).eps)
 
 
-def slides_utility(Q: FloatArray) -> FloatArray:
+def slides_utility(Q: npt.ArrayLike) -> FloatArray:
     """The slides' example utility u(Q) = ⅔ √Q."""
     return np.asarray((2.0 / 3.0) * np.sqrt(np.asarray(Q, dtype=float)), dtype=float)
 
 
-def slides_cost(n: int, Q: FloatArray) -> FloatArray:
+def slides_cost(n: int, Q: npt.ArrayLike) -> FloatArray:
     """The slides' example cost c(n, Q) = Q."""
     return np.asarray(Q, dtype=float) * 1.0
 
 
-def slides_cost_inverse(n: int, y: FloatArray) -> FloatArray:
+def slides_cost_inverse(n: int, y: npt.ArrayLike) -> FloatArray:
     """Inverse in Q of :func:`slides_cost`."""
     return np.asarray(y, dtype=float) * 1.0
 
@@ -138,9 +143,15 @@ def prob_some(n: int, p: npt.ArrayLike) -> FloatArray:
 
 
 def _binom_rows(n: int, p: FloatArray) -> FloatArray:
-    """pmf of Bin(n, p_r) at k = 0..n, one row per p_r."""
+    """pmf of Bin(n, p_r) at k = 0..n, one row per p_r.
+
+    p below 1e-300 is taken as 0 (scipy's pmf overflows near the smallest normal float;
+    the change in any pmf value is below n·1e-300).
+    """
     k = np.arange(n + 1)
-    return np.asarray(stats.binom.pmf(k[None, :], n, np.asarray(p, float)[:, None]))
+    p = np.asarray(p, dtype=float)
+    p = np.where(p < 1e-300, 0.0, p)
+    return np.asarray(stats.binom.pmf(k[None, :], n, p[:, None]))
 
 
 # -- numerical helpers --------------------------------------------------------------------
