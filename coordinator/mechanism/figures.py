@@ -184,9 +184,14 @@ def _equal_fits() -> Iterator[Row]:
 
     src = f"{SLIDES} 'Simple Equal Contribution Schemes'"
     _, b, _, _, _ = _fit(FIT_NS, wf("post_size_share_cost"))
-    yield _exact("equal contribution, post Q: n coefficient −1/384", src, -1 / 384, b, tol=1e-3)
+    yield _exact("equal contribution, post Q: n coefficient −1/384", src, -1 / 384, b, tol=1e-3,
+                 note="engine: 0. With exact E[1/X] the welfare is (2/9)n²θ(1−θ)³/(1−θⁿ) ≥ "
+                      "3n²/128; using 1/E[X] instead gives +1/384")
     _, b, _, _, _ = _fit(FIT_NS, wf("post_fee_build_largest"))
-    yield _exact("equal contribution, post φ: n coefficient 7/1536", src, 7 / 1536, b, tol=1e-3)
+    yield _exact("equal contribution, post φ: n coefficient 7/1536", src, 7 / 1536, b, tol=1e-3,
+                 note="engine: 9/1536 = 3/512 (E[√X]² expansion at θ* = 1/4)")
+    yield _exact("equal contribution, post φ: n coefficient 9/1536 (engine's reading)",
+                 "engine", 9 / 1536, b, tol=1e-3)
 
 
 def _bridge_rows() -> Iterator[Row]:
@@ -213,6 +218,13 @@ def _bridge_rows() -> Iterator[Row]:
             yield Row(f"bridge rule ({rule}): {text}", src, float(claimed), float(chk.holds),
                       chk.holds == claimed, "the property holds (1) or not (0)", 2,
                       f"worst violation {chk.violation:.3g} at {chk.at}")
+        if rule == "c":
+            strict = rep.ex_post_ir_if_built
+            yield Row("bridge rule (c): θ1 − p1 > 0 strictly when built", src, 1.0,
+                      float(strict.extreme > 1e-12), strict.extreme > 1e-12,
+                      "the strict inequality holds (1) or not (0)", 2,
+                      f"min of θ1 − p1 over built profiles is {strict.extreme:.3g} at "
+                      f"{strict.at}: it holds only weakly")
         ic = rep.interim_ic
         yield Row(f"bridge rule ({rule}): interim incentive compatible", src, 1.0,
                   float(ic.holds), ic.holds, "the property holds (1) or not (0)", 2,

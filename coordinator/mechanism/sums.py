@@ -387,7 +387,13 @@ class _Lattice:
 class LatticeLaw(SumLaw):
     method = "lattice"
 
-    def __init__(self, groups: list[Group], bins: int = LATTICE_BINS) -> None:
+    def __init__(self, groups: list[Group], bins: int | None = None) -> None:
+        if bins is None:
+            # Rounding each agent's weight to the lattice perturbs Z by O(√n δ) while Z's
+            # own spread grows like √n: the relative error is O(δ²/n) before Richardson,
+            # so larger markets get proportionally coarser bins (never below 64).
+            total = sum(g.n for g in groups if g.coef != 0.0)
+            bins = int(max(64, min(LATTICE_BINS, LATTICE_BINS * math.sqrt(10.0 / max(total, 1)))))
         # Many agents need fewer bins per agent: the discretisation error relative to
         # E[φ(Z)] shrinks like 1/n, while the lattice must span √n standard deviations.
         while True:
