@@ -30,14 +30,14 @@ class Power:
     exponent: float
 
     def __call__(self, a: npt.ArrayLike) -> FloatArray:
-        a = np.maximum(np.asarray(a, dtype=float), 0.0)
+        x: FloatArray = np.maximum(np.asarray(a, dtype=float), 0.0)
         # Integer exponents (the slides' example) by multiplication: np.power with a
         # float exponent dominates the lattice method's run time otherwise.
         if self.exponent == 1.0:
-            return self.coef * a
+            return self.coef * x
         if self.exponent == 2.0:
-            return self.coef * (a * a)
-        return self.coef * np.power(a, self.exponent)
+            return self.coef * (x * x)
+        return self.coef * np.power(x, self.exponent)
 
 
 Phi = Power | Callable[[FloatArray], FloatArray]
