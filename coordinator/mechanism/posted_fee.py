@@ -26,10 +26,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize
 
-from .market import Market
-from .provision import Provision, provision_for
+from .market import Market, PowerCost, PowerUtility
+from .provision import Power, Provision, provision_for
 from .result import Allocation, MechanismResult
-from .sums import partial_means, thresholds
+from .sums import partial_means, survival, thresholds
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -46,24 +46,42 @@ class PostedFeePlan:
 def plan_at(market: Market, lambdas: FloatArray, provisions: list[Provision]) -> PostedFeePlan:
     """θ*, Q* and the value of (18), (19)/(23) for given multipliers."""
     W = market.weights
-    L = market.L
     n = market.sizes.astype(float)
     dists = [loc.dist for loc in market.locations]
     th = thresholds(dists, lambdas)
-    survive = np.array([float(d.sf(t)) for d, t in zip(dists, th, strict=True)])
+    survive = survival(dists, th)
     mean_in = partial_means(dists, th)
     g_in = th * survive  # ∫_{θ*} g dF = θ*(1 − F(θ*))
     m = mean_in + lambdas * g_in
     a = (W.T @ (n * m)) / (1.0 + lambdas)
-    Q = np.array([float(provisions[l].q(np.array([a[l]]))[0]) for l in range(L)])
-    u = np.array([float(market.locations[l].utility(Q[l])) for l in range(L)])
-    c = np.array([float(market.locations[l].cost(market.locations[l].n, Q[l]))
-                  for l in range(L)])
+    Q, u, c = _sizes(market, provisions, a)
     benefit = W @ u  # Σ_l u_il(Q_l) for an agent of location i
     welfare = float(np.sum(n * mean_in * benefit) - c.sum())
     per_location = n * g_in * benefit - c
     constraints = per_location if market.payment == "in_kind" else np.array([per_location.sum()])
     return PostedFeePlan(th, Q, welfare, constraints, th * benefit)
+
+
+def _sizes(market: Market, provisions: list[Provision],
+           a: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Q_l = argmax a_l u_l − c_l and u_l(Q_l), c_l(Q_l); one array pass for power forms."""
+    locs = market.locations
+    if all(isinstance(p.q, Power) for p in provisions) and all(
+            isinstance(loc.utility, PowerUtility) and isinstance(loc.cost, PowerCost)
+            for loc in locs):
+        qk = np.array([p.q.coef for p in provisions if isinstance(p.q, Power)])
+        qe = np.array([p.q.exponent for p in provisions if isinstance(p.q, Power)])
+        Q = qk * np.power(np.maximum(a, 0.0), qe)
+        A = np.array([loc.utility.A for loc in locs if isinstance(loc.utility, PowerUtility)])
+        al = np.array([loc.utility.alpha for loc in locs if isinstance(loc.utility, PowerUtility)])
+        Bn = np.array([loc.cost.B * float(loc.n) ** loc.cost.delta for loc in locs
+                       if isinstance(loc.cost, PowerCost)])
+        be = np.array([loc.cost.beta for loc in locs if isinstance(loc.cost, PowerCost)])
+        return Q, A * np.power(Q, al), Bn * np.power(Q, be)
+    Q = np.array([float(provisions[l].q(np.array([a[l]]))[0]) for l in range(market.L)])
+    u = np.array([float(locs[l].utility(Q[l])) for l in range(market.L)])
+    c = np.array([float(locs[l].cost(locs[l].n, Q[l])) for l in range(market.L)])
+    return Q, u, c
 
 
 @dataclass(frozen=True)
