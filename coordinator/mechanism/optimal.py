@@ -293,10 +293,23 @@ def second_best(market: Market, *, exclusion: bool | None = None,
                 status=f"virtual value g of {loc.name!r} is not nondecreasing (irregular "
                        "prior; ironing is not implemented)", welfare=math.nan),
                 np.zeros(market.L), excl, [])
+    name = "second_best" if excl else "second_best_no_exclusion"
+    if not excl:
+        for loc in market.locations:
+            if not np.isfinite(loc.dist.g(loc.dist.low)):
+                # Without exclusion every agent's weight θ + λ g(θ) enters the sum, and
+                # g → −∞ where the density vanishes: the weight's law has an unbounded
+                # lower tail (infinite variance for f(θ) ~ θ − low), which the lattice
+                # cannot resolve to the promised accuracy. Refuse rather than mislead.
+                return LagrangianMechanism(market, MechanismResult(
+                    mechanism=name, success=False,
+                    status=f"no exclusion with {loc.dist.label} at {loc.name!r}: its density "
+                           "vanishes at the bottom of the support, so virtual values are "
+                           "unbounded below; not supported", welfare=math.nan),
+                    np.zeros(market.L), excl, [])
     provisions = [provision_for(loc, market) for loc in market.locations]
     lambdas, ok, status = solve_lambdas(market, exclusion=excl, provisions=provisions,
                                         method=method)
-    name = "second_best" if excl else "second_best_no_exclusion"
     if not np.all(np.isfinite(lambdas)):
         return LagrangianMechanism(market, MechanismResult(
             mechanism=name, success=False, status=status, welfare=0.0), lambdas, excl,
