@@ -455,13 +455,19 @@ def _dist_key(dist: TypeDistribution) -> object:
     return repr(sorted(dist.spec.items())) if dist.spec else id(dist)
 
 
+def _by_distribution(dists: list[TypeDistribution]) -> dict[object, list[int]]:
+    """Indices of ``dists`` grouped by distinct distribution (alike specs share a group)."""
+    groups: dict[object, list[int]] = {}
+    for i, d in enumerate(dists):
+        groups.setdefault(_dist_key(d), []).append(i)
+    return groups
+
+
 def thresholds(dists: list[TypeDistribution], lambdas: FloatArray) -> FloatArray:
     """:func:`threshold` for many (distribution, λ) pairs: one vectorised bisection per
     distinct distribution, so a market of many alike locations costs one solve."""
     out = np.empty(len(dists))
-    groups: dict[object, list[int]] = {}
-    for i, d in enumerate(dists):
-        groups.setdefault(_dist_key(d), []).append(i)
+    groups = _by_distribution(dists)
     for idx in groups.values():
         dist = dists[idx[0]]
         lam = np.asarray(lambdas, dtype=float)[idx]
@@ -522,9 +528,7 @@ _GL64 = np.polynomial.legendre.leggauss(64)
 def survival(dists: list[TypeDistribution], points: FloatArray) -> FloatArray:
     """1 − F_i(points[i]) for each i, one vectorised call per distinct distribution."""
     out = np.empty(len(dists))
-    groups: dict[object, list[int]] = {}
-    for i, d in enumerate(dists):
-        groups.setdefault(_dist_key(d), []).append(i)
+    groups = _by_distribution(dists)
     for idx in groups.values():
         out[idx] = dists[idx[0]].sf(np.asarray(points, dtype=float)[idx])
     return out
@@ -533,9 +537,7 @@ def survival(dists: list[TypeDistribution], points: FloatArray) -> FloatArray:
 def partial_means(dists: list[TypeDistribution], lows: FloatArray) -> FloatArray:
     """∫_{lows[i]}^{high} θ f_i(θ) dθ for each i, vectorised per distinct distribution."""
     out = np.empty(len(dists))
-    groups: dict[object, list[int]] = {}
-    for i, d in enumerate(dists):
-        groups.setdefault(_dist_key(d), []).append(i)
+    groups = _by_distribution(dists)
     gx, gw = _GL64
     for idx in groups.values():
         dist = dists[idx[0]]
