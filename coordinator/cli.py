@@ -1,0 +1,145 @@
+"""``inkind-coordinator``: run the coordinator service (also ``python -m coordinator``).
+
+Prints one JSON line on stdout once the socket is bound, so a launcher can read where the
+coordinator listens and which key it signs with::
+
+    {"coordinator": "http://127.0.0.1:PORT", "public_key": HEX, "node_id": HEX, "epoch": E}
+
+and stops cleanly on SIGINT or SIGTERM. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from coordinator.allocation import ENGINE_MECHANISMS
+from coordinator.config import CoordinatorConfig
+from coordinator.service import COORDINATOR, make_app
+from coordinator.store import Store, StoreError
+from protocol import Identity
+from protocol.errors import KeyFileError
+
+log = logging.getLogger("coordinator")
+
+DESCRIPTION = """\
+Run the inkind coordinator: nodes register, the coordinator announces epochs, collects
+signed declarations until each deadline, runs the mechanism on them, and publishes a
+signed allocation and per-node credentials; commitments and audit reports decide who is
+excluded from the next epoch. State lives in an SQLite database (WAL, synchronous=FULL):
+restarting on the same --db resumes the same epoch with the same declarations.
+"""
+
+EPILOG = """\
+On start-up one JSON line is printed on stdout:
+  {"coordinator": "http://HOST:PORT", "public_key": ..., "node_id": ..., "epoch": ...}
+Endpoints: protocol/HTTP.md. Example:
+  inkind-coordinator --spec scripts/specs/slides.toml --mechanism posted_fee \\
+      --db coord.db --key coord.pem --port 0 --epoch-seconds 30
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="inkind-coordinator", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", required=True, type=Path,
+                   help="market spec file (.toml or .json; README 'Market spec format')")
+    p.add_argument("--mechanism", choices=ENGINE_MECHANISMS, default="posted_fee",
+                   help="mechanism to run at each close (default: %(default)s); money or "
+                        "in kind comes from the spec")
+    p.add_argument("--db", required=True, type=Path, help="SQLite database file (created)")
+    p.add_argument("--key", required=True, type=Path,
+                   help="coordinator's Ed25519 key, PKCS#8 PEM with mode 0600 (created if "
+                        "missing)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=0,
+                   help="TCP port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--epoch-seconds", type=int, default=60, metavar="S",
+                   help="declarations are accepted S seconds after an epoch opens "
+                        "(default: %(default)s)")
+    p.add_argument("--pause-seconds", type=int, default=5, metavar="S",
+                   help="pause between a close and the next open (default: %(default)s)")
+    p.add_argument("--grace-seconds", type=int, default=300, metavar="S",
+                   help="credentials stay valid S seconds after the next epoch's deadline "
+                        "(default: %(default)s)")
+    p.add_argument("--manual", action="store_true",
+                   help="no automatic schedule: epochs open and close only through "
+                        "POST /v1/admin/open and /v1/admin/close")
+    p.add_argument("--admin-token", metavar="T",
+                   help="bearer token for /v1/admin/* (or set INKIND_ADMIN_TOKEN; without "
+                        "one the admin endpoints refuse everything)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
+    return p
+
+
+def load_or_create_key(path: Path) -> Identity:
+    if path.exists():
+        return Identity.load(path)
+    identity = Identity.generate()
+    identity.save(path)
+    log.info("created coordinator key %s", path)
+    return identity
+
+
+async def serve(config: CoordinatorConfig, store: Store, identity: Identity, host: str,
+                port: int) -> None:
+    app = make_app(config, store=store, identity=identity)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        addresses = runner.addresses
+        bound = int(addresses[0][1]) if addresses else port
+        shown = f"[{host}]" if ":" in host else host
+        core = app[COORDINATOR].core
+        print(json.dumps({"coordinator": f"http://{shown}:{bound}",
+                          "public_key": identity.public_key, "node_id": identity.node_id,
+                          "epoch": core.epoch, "phase": core.phase.value}), flush=True)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = args.admin_token or os.environ.get("INKIND_ADMIN_TOKEN") or None
+    try:
+        config = CoordinatorConfig.from_spec_file(
+            args.spec, mechanism=args.mechanism, epoch_seconds=args.epoch_seconds,
+            pause_seconds=args.pause_seconds, credential_grace=args.grace_seconds,
+            auto_schedule=not args.manual, admin_token=token)
+        identity = load_or_create_key(args.key)
+        store = Store(args.db)
+    except (OSError, ValueError, KeyFileError) as exc:
+        print(f"inkind-coordinator: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config, store, identity, args.host, args.port))
+    except (StoreError, OSError) as exc:
+        print(f"inkind-coordinator: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

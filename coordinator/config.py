@@ -1,0 +1,53 @@
+"""The coordinator's configuration: which market, which mechanism, which schedule.
+
+A plain frozen record, built by the CLI from its flags or by tests directly; it reads
+nothing itself except through :meth:`CoordinatorConfig.from_spec_file`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.allocation import ENGINE_MECHANISMS
+from coordinator.mechanism import Market, load_market
+
+#: Refuse bodies above this many bytes whatever the type (largest inbound: audit reports).
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoordinatorConfig:
+    """Everything the service needs besides its store, key and clock.
+
+    ``epoch_seconds``: how long declarations are accepted after an epoch opens;
+    ``pause_seconds``: between a close and the next open (auto-scheduling only);
+    ``credential_grace``: credentials stay valid this long after the next epoch's
+    deadline; ``auto_schedule``: close epochs at their deadline and open the next ones
+    by themselves (otherwise only ``POST /v1/admin/open|close`` drive epochs);
+    ``admin_token``: the bearer token of the admin endpoints (None disables them).
+    """
+
+    market: Market
+    mechanism: str = "posted_fee"
+    epoch_seconds: int = 60
+    pause_seconds: int = 5
+    credential_grace: int = 300
+    auto_schedule: bool = True
+    admin_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in ENGINE_MECHANISMS:
+            raise ValueError(f"mechanism must be one of {ENGINE_MECHANISMS}")
+        if not 1 <= self.epoch_seconds <= 7 * 24 * 3600:
+            raise ValueError("epoch_seconds must be in [1, 604800]")
+        if not 0 <= self.pause_seconds <= 7 * 24 * 3600:
+            raise ValueError("pause_seconds must be in [0, 604800]")
+        if not 0 <= self.credential_grace <= 7 * 24 * 3600:
+            raise ValueError("credential_grace must be in [0, 604800]")
+        if self.admin_token is not None and len(self.admin_token) < 8:
+            raise ValueError("an admin token needs at least 8 characters")
+
+    @classmethod
+    def from_spec_file(cls, path: str | Path, **kwargs: object) -> CoordinatorConfig:
+        return cls(market=load_market(path), **kwargs)  # type: ignore[arg-type]

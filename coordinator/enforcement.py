@@ -1,0 +1,135 @@
+"""Who free-rode in an epoch: pure rules over the allocation, commitments and evidence.
+
+A host is a free rider detected in epoch e (the epoch of the allocation it was part of)
+and is excluded from epoch e + 1 (π = 0, no credential) when, at the audit cut-off:
+
+(a) it was included with a positive contribution and sent no commitment
+    (``no_commitment``), or committed less than it owes (``short_commitment``); or
+(b) audit evidence holds its signed refusal of a requester that was included in
+    epoch e and whose credential was valid at the refusal's time, for a reason that is
+    not legitimate (``unjustified_refusal``).
+
+Legitimate reasons (:data:`LEGITIMATE_REASONS`) are the requester's own faults in the
+access exchange, which the coordinator cannot re-check from a refusal alone (a malformed
+request, a bad proof, a replayed or expired challenge). ``capacity_exhausted`` is
+legitimate only if the host's receipts of epoch e up to the refusal's time already reach
+the capacity it committed (no commitment counts as zero). Any other reason
+(``not_included``, ``revoked``, ``not_yet_valid``, ``stale_epoch`` ...) refuses someone the
+coordinator admitted, so it is not. A host that was not included owes nothing, so its
+refusals are never held against it.
+
+Nothing here reads a clock, the database or the network; the audit cut-off is whenever
+the caller evaluates (the epoch state machine does so when it closes epoch e + 1).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from protocol import Allocation, GrantReceipt, Refusal
+
+#: Refusal reasons that are the requester's fault in the exchange (README §7).
+LEGITIMATE_REASONS = frozenset({
+    "malformed", "too_large", "unknown_field", "missing_field", "wrong_type",
+    "out_of_range", "unexpected_message", "bad_signature", "wrong_signer", "bad_proof",
+    "replay", "expired",
+})
+#: Legitimate only when the host's receipts already reach its committed capacity.
+CAPACITY_REASON = "capacity_exhausted"
+
+NO_COMMITMENT = "no_commitment"
+SHORT_COMMITMENT = "short_commitment"
+UNJUSTIFIED_REFUSAL = "unjustified_refusal"
+#: Every reason an exclusion may record.
+EXCLUSION_REASONS = frozenset({NO_COMMITMENT, SHORT_COMMITMENT, UNJUSTIFIED_REFUSAL})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class Exclusion:
+    """``node_id`` was found free-riding in ``detected_epoch``; out of ``excluded_epoch``."""
+
+    node_id: str
+    excluded_epoch: int
+    detected_epoch: int
+    reason: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason not in EXCLUSION_REASONS:
+            raise ValueError(f"unknown exclusion reason {self.reason!r}")
+        if self.excluded_epoch != self.detected_epoch + 1:
+            raise ValueError("a free rider is excluded from the epoch after detection")
+
+
+def refusal_is_legitimate(refusal: Refusal, *, received: int, committed: int) -> bool:
+    """Whether ``refusal`` (of a validly credentialed, included requester) is justified.
+
+    ``received`` is what the host had granted in the epoch up to the refusal's time
+    (micro-units), ``committed`` what it committed to open.
+    """
+    if refusal.reason in LEGITIMATE_REASONS:
+        return True
+    if refusal.reason == CAPACITY_REASON:
+        return received >= committed
+    return False
+
+
+def find_free_riders(
+    *,
+    allocation: Allocation,
+    commitments: Mapping[str, int],
+    evidence: Iterable[GrantReceipt | Refusal],
+    credential_windows: Mapping[str, tuple[int, int]],
+) -> list[Exclusion]:
+    """The exclusions for ``allocation.epoch + 1``, sorted, one per (node, reason).
+
+    ``commitments`` maps node id to the contribution it committed for the epoch;
+    ``evidence`` holds the verified receipts and refusals of that epoch (duplicates of one
+    (host, challenge) are counted once); ``credential_windows`` maps each included node to
+    its credential's ``(not_before, expires)``.
+    """
+    epoch = allocation.epoch
+    found: dict[tuple[str, str], Exclusion] = {}
+
+    def flag(node: str, reason: str, detail: str) -> None:
+        found.setdefault((node, reason), Exclusion(
+            node_id=node, excluded_epoch=epoch + 1, detected_epoch=epoch, reason=reason,
+            detail=detail))
+
+    owed = dict(zip(allocation.included, allocation.contributions, strict=True))
+    for node, amount in owed.items():
+        if amount <= 0:
+            continue
+        if node not in commitments:
+            flag(node, NO_COMMITMENT, f"owed {amount} micro-units, committed nothing")
+        elif commitments[node] < amount:
+            flag(node, SHORT_COMMITMENT,
+                 f"owed {amount} micro-units, committed {commitments[node]}")
+
+    receipts: dict[tuple[str, str], GrantReceipt] = {}
+    refusals: dict[tuple[str, str], Refusal] = {}
+    for item in evidence:
+        if item.epoch != epoch:
+            continue
+        table: dict[tuple[str, str], GrantReceipt] | dict[tuple[str, str], Refusal]
+        table = receipts if isinstance(item, GrantReceipt) else refusals
+        table.setdefault((item.host_id, item.challenge), item)  # type: ignore[arg-type]
+    granted: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for r in receipts.values():
+        granted[r.host_id].append((r.time, r.amount))
+
+    for (host, _), refusal in sorted(refusals.items()):
+        if host not in owed or refusal.requester_id not in owed:
+            continue  # a host that was not included owes nothing; nor to a non-included
+        window = credential_windows.get(refusal.requester_id)
+        if window is None or not window[0] <= refusal.time < window[1]:
+            continue  # the credential was not valid then: any refusal is fair
+        received = sum(a for t, a in granted.get(host, ()) if t <= refusal.time)
+        committed = commitments.get(host, 0)
+        if not refusal_is_legitimate(refusal, received=received, committed=committed):
+            flag(host, UNJUSTIFIED_REFUSAL,
+                 f"refused {refusal.requester_id[:16]}... with {refusal.reason} at "
+                 f"{refusal.time} (granted {received} of {committed} committed)")
+    return sorted(found.values())

@@ -1,0 +1,547 @@
+"""The coordinator's epoch state machine: pure, sans-I/O, time passed in as ``now``.
+
+Phases and the transition table (:data:`TRANSITIONS`; a (phase, event) pair missing from
+it is refused with ``wrong_phase`` unless a more precise protocol code applies)::
+
+    idle --open--> open(e) --begin_close--> closing(e) --finish_close--> closed(e)
+                      ^                          |                          |
+                      +-------abort_close--------+        open: e + 1 ------+
+
+Registrations are accepted in every phase; declarations only in ``open(e)`` while
+``now < deadline``; commitments and audit reports for the last closed epoch while
+``closed(e)`` and during ``open(e + 1)``. ``begin_close`` of epoch e + 1 is the audit
+cut-off of epoch e: enforcement (:mod:`coordinator.enforcement`) runs then, and the free
+riders it finds take no part in epoch e + 1 (their declarations, accepted earlier, are
+ignored: π = 0, no credential). ``closing`` is transient (the mechanism runs in a worker
+thread meanwhile) and is never persisted: a coordinator that dies while closing restarts
+in ``open(e)`` and closes again.
+
+Every input goes through three steps, which is how "refused input changes no state"
+and "acknowledged means durable" are both kept:
+
+1. ``check_*`` / ``plan_*`` validate against the current state and return a *change*
+   record without touching the state (or raise a protocol error);
+2. the shell persists the change (one SQLite transaction);
+3. :meth:`EpochCore.apply` applies it, which cannot fail.
+
+The shell runs step 1 to 3 with no ``await`` between them, so no other request
+interleaves. Signing happens here (Ed25519 is deterministic; allocations carry no time),
+so identical declarations give a byte-identical allocation envelope. This module
+deliberately does no I/O and imports neither numpy nor aiohttp: the mechanism is a
+function passed in (:meth:`EpochCore.close`) or run by the shell between
+:meth:`EpochCore.begin_close` and :meth:`EpochCore.finish_close`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from coordinator.allocation import Outcome, Participant
+from coordinator.enforcement import Exclusion, find_free_riders
+from coordinator.errors import WrongPhaseError
+from protocol import (
+    Allocation,
+    AuditReport,
+    Commitment,
+    Credential,
+    Declaration,
+    EpochAnnouncement,
+    GrantReceipt,
+    Identity,
+    Refusal,
+    Registration,
+    ReplayGuard,
+    check_declaration,
+    check_epoch,
+    open_evidence,
+    seal_bytes,
+)
+from protocol.errors import (
+    CapacityExhaustedError,
+    DuplicateDeclarationError,
+    EpochClosedError,
+    FutureEpochError,
+    NotIncludedError,
+    OutOfRangeError,
+    ReplayError,
+    StaleEpochError,
+    UnknownKeyError,
+)
+from protocol.messages import MAX_CREDENTIAL_LIFETIME
+
+
+class Phase(enum.StrEnum):
+    IDLE = "idle"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Event(enum.StrEnum):
+    REGISTER = "register"
+    OPEN = "open"
+    DECLARE = "declare"
+    BEGIN_CLOSE = "begin_close"
+    FINISH_CLOSE = "finish_close"
+    ABORT_CLOSE = "abort_close"
+    COMMIT = "commit"
+    AUDIT = "audit"
+
+
+#: The whole state machine: (phase, event) -> next phase. Anything missing is an error.
+TRANSITIONS: Mapping[tuple[Phase, Event], Phase] = {
+    (Phase.IDLE, Event.REGISTER): Phase.IDLE,
+    (Phase.OPEN, Event.REGISTER): Phase.OPEN,
+    (Phase.CLOSING, Event.REGISTER): Phase.CLOSING,
+    (Phase.CLOSED, Event.REGISTER): Phase.CLOSED,
+    (Phase.IDLE, Event.OPEN): Phase.OPEN,
+    (Phase.CLOSED, Event.OPEN): Phase.OPEN,
+    (Phase.OPEN, Event.DECLARE): Phase.OPEN,
+    (Phase.OPEN, Event.BEGIN_CLOSE): Phase.CLOSING,
+    (Phase.CLOSING, Event.FINISH_CLOSE): Phase.CLOSED,
+    (Phase.CLOSING, Event.ABORT_CLOSE): Phase.OPEN,
+    (Phase.OPEN, Event.COMMIT): Phase.OPEN,
+    (Phase.CLOSED, Event.COMMIT): Phase.CLOSED,
+    (Phase.OPEN, Event.AUDIT): Phase.OPEN,
+    (Phase.CLOSED, Event.AUDIT): Phase.CLOSED,
+}
+
+
+def step(phase: Phase, event: Event) -> Phase:
+    """The next phase, or ``wrong_phase`` if the table has no such transition."""
+    try:
+        return TRANSITIONS[(phase, event)]
+    except KeyError:
+        raise WrongPhaseError(f"no transition for {event.value} in phase {phase.value}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """What the state machine needs to know about the market and the schedule."""
+
+    mechanism: str  # wire name: posted_fee or optimal
+    payment: str  # money or in_kind
+    theta_bounds: tuple[tuple[int, int], ...]  # per location, declarable θ (micro-units)
+    epoch_seconds: int  # declarations are open this long after an epoch opens
+    pause_seconds: int  # between a close and the next open (auto-scheduling)
+    credential_grace: int  # credentials outlive the next epoch's deadline by this much
+    max_evidence_per_epoch: int = 1_000_000
+
+    @property
+    def n_locations(self) -> int:
+        return len(self.theta_bounds)
+
+
+# --- records and changes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeRecord:
+    registration: Registration
+    envelope: bytes
+
+    @property
+    def node_id(self) -> str:
+        return self.registration.node_id
+
+    @property
+    def public_key(self) -> str:
+        return self.registration.public_key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochRecord:
+    epoch: int
+    deadline: int
+    opened_at: int
+    announcement: EpochAnnouncement
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeclarationRecord:
+    declaration: Declaration
+    envelope: bytes
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialRecord:
+    credential: Credential
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvidenceRecord:
+    item: GrantReceipt | Refusal
+    envelope: bytes
+    reporter_id: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        kind = "grant_receipt" if isinstance(self.item, GrantReceipt) else "refusal"
+        return (self.item.host_id, self.item.challenge, kind)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Registered:
+    node: NodeRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Opened:
+    record: EpochRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Declared:
+    record: DeclarationRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Closed:
+    epoch: int
+    closed_at: int
+    allocation: Allocation
+    envelope: bytes
+    credentials: tuple[CredentialRecord, ...]
+    exclusions: tuple[Exclusion, ...]
+    status: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Committed:
+    commitment: Commitment
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Audited:
+    epoch: int
+    reporter_id: str
+    new_items: tuple[EvidenceRecord, ...]
+    n_items: int
+
+
+Change = Registered | Opened | Declared | Closed | Committed | Audited
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClosePlan:
+    """What :meth:`EpochCore.begin_close` hands to the mechanism."""
+
+    epoch: int
+    now: int
+    participants: tuple[Participant, ...]
+    exclusions: tuple[Exclusion, ...]  # newly detected at this cut-off (for this epoch)
+
+
+@dataclass(slots=True)
+class AuditState:
+    """The last closed epoch, while its commitments and evidence are collected."""
+
+    allocation: Allocation
+    windows: dict[str, tuple[int, int]]
+    commitments: dict[str, int] = field(default_factory=dict)
+    evidence: dict[tuple[str, str, str], GrantReceipt | Refusal] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        return self.allocation.epoch
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything the state machine is rebuilt from after a restart (see the store)."""
+
+    nodes: tuple[NodeRecord, ...] = ()
+    current: EpochRecord | None = None
+    closed: bool = False  # the current epoch has an allocation
+    declarations: tuple[DeclarationRecord, ...] = ()  # of the current epoch
+    previous_nonces: tuple[str, ...] = ()  # of the epoch before (replay window)
+    audit_allocation: Allocation | None = None
+    audit_credentials: tuple[Credential, ...] = ()
+    commitments: tuple[Commitment, ...] = ()
+    evidence: tuple[GrantReceipt | Refusal, ...] = ()
+    exclusions: tuple[Exclusion, ...] = ()
+    last_status: str = ""
+
+
+# --- the machine -----------------------------------------------------------------------
+
+
+class EpochCore:
+    """The coordinator's state and every decision on it (see the module docstring)."""
+
+    def __init__(self, *, identity: Identity, settings: Settings) -> None:
+        self.identity = identity
+        self.settings = settings
+        self.phase = Phase.IDLE
+        self.current: EpochRecord | None = None
+        self.nodes: dict[str, NodeRecord] = {}
+        self.keys: set[str] = set()  # registered public keys (the trusted signer set)
+        self.declarations: dict[str, DeclarationRecord] = {}
+        self.guard = ReplayGuard(current_epoch=0, window=2)
+        self.audit: AuditState | None = None
+        self.exclusions: list[Exclusion] = []
+        self.last_status = ""
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int | None:
+        return None if self.current is None else self.current.epoch
+
+    def excluded_from(self, epoch: int) -> set[str]:
+        return {x.node_id for x in self.exclusions if x.excluded_epoch == epoch}
+
+    def next_deadline_after_close(self, now: int) -> int:
+        """When the epoch after one closing at ``now`` stops taking declarations."""
+        return now + self.settings.pause_seconds + self.settings.epoch_seconds
+
+    # -- registration ------------------------------------------------------------------
+
+    def check_registration(self, reg: Registration, envelope: bytes) -> Registered | None:
+        """A new or newer registration; None if it repeats the stored one (idempotent)."""
+        step(self.phase, Event.REGISTER)
+        if reg.home_location >= self.settings.n_locations:
+            raise OutOfRangeError(
+                f"home_location {reg.home_location}: the market has "
+                f"{self.settings.n_locations} locations")
+        old = self.nodes.get(reg.node_id)
+        if old is not None:
+            if reg.epoch < old.registration.epoch:
+                raise StaleEpochError(
+                    f"a registration for epoch {old.registration.epoch} is already stored")
+            if reg == old.registration:
+                return None
+        return Registered(node=NodeRecord(registration=reg, envelope=envelope))
+
+    # -- opening -----------------------------------------------------------------------
+
+    def plan_open(
+        self, now: int, *, fees: Sequence[int], q: Sequence[int], sign: bool = True
+    ) -> Opened:
+        """Open the next epoch at ``now`` (deadline ``now + epoch_seconds``)."""
+        step(self.phase, Event.OPEN)
+        epoch = 0 if self.current is None else self.current.epoch + 1
+        ann = EpochAnnouncement(
+            epoch=epoch, mechanism=self.settings.mechanism, payment=self.settings.payment,
+            deadline=now + self.settings.epoch_seconds, fees=tuple(fees), q=tuple(q),
+            coordinator_key=self.identity.public_key)
+        return Opened(record=EpochRecord(
+            epoch=epoch, deadline=ann.deadline, opened_at=now, announcement=ann,
+            envelope=seal_bytes(self.identity, ann)))
+
+    # -- declarations ------------------------------------------------------------------
+
+    def check_declaration(self, decl: Declaration, envelope: bytes, now: int) -> Declared:
+        """README §5 order: epoch, deadline, nonce, duplicate; then θ in the prior's support.
+
+        The shell opened the envelope with the registered keys as the trusted signers, so
+        the signer is registered and is ``decl.node_id``; the first check repeats that.
+        """
+        if decl.node_id not in self.nodes:
+            raise UnknownKeyError(f"node {decl.node_id[:16]}... is not registered")
+        if self.current is None:
+            raise FutureEpochError(f"epoch {decl.epoch} has not been opened")
+        if self.phase == Phase.OPEN:
+            check_declaration(decl, self.current.announcement, now=now)
+        else:
+            check_epoch(decl.epoch, current=self.current.epoch)
+            raise EpochClosedError(f"epoch {self.current.epoch} is closed")
+        step(self.phase, Event.DECLARE)
+        if self.guard.seen(decl.epoch, decl.nonce):
+            raise ReplayError(f"nonce already used in epoch {decl.epoch}")
+        if decl.node_id in self.declarations:
+            raise DuplicateDeclarationError(
+                f"node {decl.node_id[:16]}... already declared in epoch {decl.epoch}")
+        location = self.nodes[decl.node_id].registration.home_location
+        lo, hi = self.settings.theta_bounds[location]
+        if not lo <= decl.theta <= hi:
+            raise OutOfRangeError(
+                f"theta {decl.theta} is outside location {location}'s type support [{lo}, {hi}]")
+        if len(self.declarations) >= 1_000_000:
+            raise CapacityExhaustedError("declaration table is full")
+        return Declared(record=DeclarationRecord(
+            declaration=decl, envelope=envelope, received_at=now))
+
+    # -- closing -----------------------------------------------------------------------
+
+    def begin_close(self, now: int) -> ClosePlan:
+        """The audit cut-off of the previous epoch, then who takes part in this one.
+
+        Moves to ``closing`` (declarations are refused from here on).
+        """
+        nxt = step(self.phase, Event.BEGIN_CLOSE)
+        assert self.current is not None
+        epoch = self.current.epoch
+        new: tuple[Exclusion, ...] = ()
+        if self.audit is not None and self.audit.epoch == epoch - 1:
+            known = {(x.node_id, x.reason) for x in self.exclusions if x.excluded_epoch == epoch}
+            new = tuple(
+                x for x in find_free_riders(
+                    allocation=self.audit.allocation, commitments=self.audit.commitments,
+                    evidence=self.audit.evidence.values(), credential_windows=self.audit.windows)
+                if (x.node_id, x.reason) not in known)
+        out = self.excluded_from(epoch) | {x.node_id for x in new}
+        participants = tuple(sorted(
+            (Participant(
+                node_id=node_id, public_key=self.nodes[node_id].public_key,
+                location=self.nodes[node_id].registration.home_location,
+                theta=rec.declaration.theta)
+             for node_id, rec in self.declarations.items() if node_id not in out),
+            key=lambda p: (p.location, p.node_id)))
+        self.phase = nxt
+        return ClosePlan(epoch=epoch, now=now, participants=participants, exclusions=new)
+
+    def abort_close(self, plan: ClosePlan) -> None:
+        """The mechanism could not run: back to ``open`` (the epoch can be closed again)."""
+        self.phase = step(self.phase, Event.ABORT_CLOSE)
+
+    def finish_close(self, plan: ClosePlan, outcome: Outcome) -> Closed:
+        """Sign the allocation and one credential per included node (no state change)."""
+        step(self.phase, Event.FINISH_CLOSE)
+        allocation = Allocation(
+            epoch=plan.epoch, mechanism=self.settings.mechanism, q=outcome.q,
+            included=outcome.included, contributions=outcome.contributions,
+            expected_welfare=outcome.expected_welfare)
+        by_id = {p.node_id: p for p in plan.participants}
+        expires = min(
+            self.next_deadline_after_close(plan.now) + self.settings.credential_grace,
+            plan.now + MAX_CREDENTIAL_LIFETIME)
+        expires = max(expires, plan.now + 1)
+        creds = []
+        for node_id in outcome.included:
+            p = by_id[node_id]
+            cred = Credential(node_id=node_id, public_key=p.public_key, epoch=plan.epoch,
+                              not_before=plan.now, expires=expires, location=p.location)
+            creds.append(CredentialRecord(credential=cred,
+                                          envelope=seal_bytes(self.identity, cred)))
+        return Closed(epoch=plan.epoch, closed_at=plan.now, allocation=allocation,
+                      envelope=seal_bytes(self.identity, allocation), credentials=tuple(creds),
+                      exclusions=plan.exclusions, status=outcome.status)
+
+    def close(self, now: int, run: Callable[[Sequence[Participant]], Outcome]) -> Closed:
+        """Synchronous close: begin, run the mechanism, finish and apply."""
+        plan = self.begin_close(now)
+        try:
+            outcome = run(plan.participants)
+        except BaseException:
+            self.abort_close(plan)
+            raise
+        change = self.finish_close(plan, outcome)
+        self.apply(change)
+        return change
+
+    # -- commitments and audit ---------------------------------------------------------
+
+    def _check_audit_epoch(self, epoch: int, event: Event) -> AuditState:
+        if self.phase == Phase.CLOSING and self.current is not None:
+            if epoch < self.current.epoch:
+                raise StaleEpochError(f"the audit cut-off of epoch {epoch} has passed")
+            raise FutureEpochError(f"epoch {epoch} has not closed yet")
+        if self.audit is None:
+            if self.current is not None and epoch < self.current.epoch:
+                raise StaleEpochError(f"epoch {epoch} is no longer audited")
+            raise FutureEpochError(f"epoch {epoch} has not closed yet")
+        check_epoch(epoch, current=self.audit.epoch)
+        step(self.phase, event)
+        return self.audit
+
+    def check_commitment(self, c: Commitment, envelope: bytes) -> Committed:
+        """A commitment for the last closed epoch by one of its included nodes.
+
+        The highest commitment counts (a replayed older one cannot lower it).
+        """
+        audit = self._check_audit_epoch(c.epoch, Event.COMMIT)
+        if audit.allocation.contribution_of(c.node_id) is None:
+            raise NotIncludedError(f"node {c.node_id[:16]}... was not included in epoch {c.epoch}")
+        best = max(c.contribution, audit.commitments.get(c.node_id, 0))
+        if best != c.contribution:
+            c = Commitment(epoch=c.epoch, node_id=c.node_id, contribution=best)
+        return Committed(commitment=c, envelope=envelope)
+
+    def check_audit(self, reporter_id: str, report: AuditReport) -> Audited:
+        """Verify every evidence item (registered host, the host it names, the report's
+        epoch); the first bad item refuses the whole report. Items already held (same
+        host, challenge and kind) are counted once."""
+        audit = self._check_audit_epoch(report.epoch, Event.AUDIT)
+        opened = open_evidence(report, host_keys=self.keys)
+        new: dict[tuple[str, str, str], EvidenceRecord] = {}
+        for (_, item), envelope in zip(opened, report.evidence, strict=True):
+            rec = EvidenceRecord(item=item, envelope=envelope.to_bytes(), reporter_id=reporter_id)
+            if rec.key not in audit.evidence and rec.key not in new:
+                new[rec.key] = rec
+        if len(audit.evidence) + len(new) > self.settings.max_evidence_per_epoch:
+            raise CapacityExhaustedError(f"evidence table of epoch {report.epoch} is full")
+        return Audited(epoch=report.epoch, reporter_id=reporter_id,
+                       new_items=tuple(new.values()), n_items=len(opened))
+
+    # -- applying ----------------------------------------------------------------------
+
+    def apply(self, change: Change) -> None:
+        """Apply a validated (and persisted) change. Never raises for a valid change."""
+        if isinstance(change, Registered):
+            self.nodes[change.node.node_id] = change.node
+            self.keys.add(change.node.public_key)
+        elif isinstance(change, Opened):
+            self.phase = step(self.phase, Event.OPEN)
+            self.current = change.record
+            self.declarations = {}
+            self.guard.advance(change.record.epoch)
+        elif isinstance(change, Declared):
+            d = change.record.declaration
+            self.guard.check_and_record(d.epoch, d.nonce)
+            self.declarations[d.node_id] = change.record
+        elif isinstance(change, Closed):
+            self.phase = step(self.phase, Event.FINISH_CLOSE)
+            self.exclusions.extend(change.exclusions)
+            self.audit = AuditState(
+                allocation=change.allocation,
+                windows={c.credential.node_id: (c.credential.not_before, c.credential.expires)
+                         for c in change.credentials})
+            self.last_status = change.status
+        elif isinstance(change, Committed):
+            assert self.audit is not None
+            c = change.commitment
+            self.audit.commitments[c.node_id] = c.contribution
+        elif isinstance(change, Audited):
+            assert self.audit is not None
+            for rec in change.new_items:
+                self.audit.evidence[rec.key] = rec.item
+
+    # -- restoring ---------------------------------------------------------------------
+
+    @classmethod
+    def restore(cls, snap: Snapshot, *, identity: Identity, settings: Settings) -> EpochCore:
+        """Rebuild the machine from stored records: same epoch, same declarations."""
+        core = cls(identity=identity, settings=settings)
+        for node in snap.nodes:
+            core.nodes[node.node_id] = node
+            core.keys.add(node.public_key)
+        core.exclusions = list(snap.exclusions)
+        core.last_status = snap.last_status
+        if snap.current is None:
+            return core
+        epoch = snap.current.epoch
+        core.current = snap.current
+        core.phase = Phase.CLOSED if snap.closed else Phase.OPEN
+        core.guard = ReplayGuard(current_epoch=max(0, epoch - 1), window=2)
+        for nonce in snap.previous_nonces:
+            core.guard.check_and_record(epoch - 1, nonce)
+        core.guard.advance(epoch)
+        for rec in snap.declarations:
+            core.guard.check_and_record(epoch, rec.declaration.nonce)
+            core.declarations[rec.declaration.node_id] = rec
+        if snap.audit_allocation is not None:
+            core.audit = AuditState(
+                allocation=snap.audit_allocation,
+                windows={c.node_id: (c.not_before, c.expires) for c in snap.audit_credentials},
+                commitments={c.node_id: c.contribution for c in snap.commitments})
+            for item in snap.evidence:
+                kind = "grant_receipt" if isinstance(item, GrantReceipt) else "refusal"
+                core.audit.evidence[(item.host_id, item.challenge, kind)] = item
+        return core

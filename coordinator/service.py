@@ -1,0 +1,429 @@
+"""The coordinator's aiohttp service: a thin shell over :mod:`coordinator.epoch`.
+
+Handlers read the body (bounded), open the envelope with :func:`protocol.open_envelope`
+before anything else, call the pure core, persist its change record in one SQLite
+transaction, apply it, and only then answer; there is no ``await`` between the check and
+the apply, so requests never interleave inside one change. One middleware turns every
+:class:`protocol.InkindError` into ``{"code", "message"}`` with the class's HTTP status.
+Time is read once per request from the injected ``clock``.
+
+A background task (``auto_schedule``) closes the open epoch at its deadline and opens
+the next after ``pause_seconds``; ``POST /v1/admin/open|close`` (bearer token) do the
+same on demand. The mechanism runs in a worker thread (``run_in_executor``), one solve
+at a time, while the core sits in its ``closing`` phase.
+
+Endpoints: ``protocol/HTTP.md``, "Coordinator".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from coordinator.allocation import MechanismRunner
+from coordinator.config import MAX_BODY_BYTES, CoordinatorConfig
+from coordinator.epoch import Closed, EpochCore, EpochRecord, Phase, Settings
+from coordinator.errors import (
+    MethodNotAllowedError,
+    NoEpochError,
+    NotFoundError,
+    UnauthorizedError,
+    UnknownEpochError,
+)
+from coordinator.store import Store
+from protocol import (
+    AuditReport,
+    Commitment,
+    Declaration,
+    Identity,
+    InkindError,
+    Message,
+    Registration,
+    node_id_of,
+    open_envelope,
+    to_wire,
+)
+from protocol.encoding import MAX_SAFE_INTEGER
+from protocol.envelope import envelope_size_limit
+from protocol.errors import MalformedError, NotIncludedError, OutOfRangeError, TooLargeError
+from protocol.fields import check_node_id
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+JSON = "application/json"
+
+
+def wall_clock() -> int:
+    """Unix time in whole seconds (the default clock)."""
+    return int(time.time())
+
+
+class Coordinator:
+    """The service state: core, store, mechanism runner, clock and the epoch schedule."""
+
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        *,
+        store: Store,
+        identity: Identity,
+        clock: Clock,
+        runner: MechanismRunner | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.identity = identity
+        self.clock = clock
+        self.runner = runner or MechanismRunner(config.market, config.mechanism)
+        self.settings = Settings(
+            mechanism=self.runner.wire_mechanism, payment=self.runner.payment,
+            theta_bounds=self.runner.theta_bounds(), epoch_seconds=config.epoch_seconds,
+            pause_seconds=config.pause_seconds, credential_grace=config.credential_grace)
+        store.bind(coordinator_key=identity.public_key, mechanism=config.mechanism)
+        self.core = EpochCore.restore(
+            store.snapshot(identity.public_key), identity=identity, settings=self.settings)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechanism")
+        self.lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        # When the last close happened, so a restarted schedule keeps the same pause.
+        self.closed_at: int | None = (
+            store.closed_at(self.core.epoch)
+            if self.core.phase == Phase.CLOSED and self.core.epoch is not None else None)
+        self._terms: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- epochs ------------------------------------------------------------------------
+
+    async def terms(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The announcement's (fees, q), solved once from the priors, off the loop."""
+        if self._terms is None:
+            loop = asyncio.get_running_loop()
+            self._terms = await loop.run_in_executor(
+                self.executor, self.runner.announcement_terms)
+        return self._terms
+
+    async def open_epoch(self) -> EpochRecord:
+        async with self.lock:
+            fees, q = await self.terms()
+            change = self.core.plan_open(self.clock(), fees=fees, q=q)
+            self.store.persist(change)
+            self.core.apply(change)
+        log.info("epoch %d open until %d", change.record.epoch, change.record.deadline)
+        self.wake.set()
+        return change.record
+
+    async def close_epoch(self) -> Closed:
+        async with self.lock:
+            plan = self.core.begin_close(self.clock())
+            try:
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(
+                    self.executor, self.runner.run, plan.participants)
+                change = self.core.finish_close(plan, outcome)
+                self.store.persist(change)
+            except BaseException:
+                self.core.abort_close(plan)
+                raise
+            self.core.apply(change)
+            self.closed_at = change.closed_at
+        log.info("epoch %d closed: %d of %d included (%s); %d newly excluded",
+                 change.epoch, len(change.allocation.included), len(plan.participants),
+                 change.status, len(change.exclusions))
+        self.wake.set()
+        return change
+
+    async def schedule(self) -> None:
+        """Close at the deadline, open after the pause, forever (auto-scheduling)."""
+        while True:
+            self.wake.clear()
+            try:
+                delay = await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("epoch schedule step failed; retrying in 1 s")
+                delay = 1.0
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=delay)
+
+    async def _tick(self) -> float:
+        core, now = self.core, self.clock()
+        if core.phase == Phase.IDLE:
+            await self.open_epoch()
+            return 0.0
+        if core.phase == Phase.OPEN:
+            assert core.current is not None
+            if now >= core.current.deadline:
+                await self.close_epoch()
+                return 0.0
+            return max(0.05, float(core.current.deadline - now))
+        if core.phase == Phase.CLOSED:
+            due = (self.closed_at if self.closed_at is not None else now) + \
+                self.config.pause_seconds
+            if now >= due:
+                await self.open_epoch()
+                return 0.0
+            return max(0.05, float(due - now))
+        return 0.2  # closing: the close in progress will wake us
+
+    async def start(self) -> None:
+        if self.config.auto_schedule and self._task is None:
+            self._task = asyncio.create_task(self.schedule(), name="epoch-schedule")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the status page ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        audit = core.audit
+        return {
+            "coordinator_key": self.identity.public_key,
+            "epoch": core.epoch,
+            "phase": core.phase.value,
+            "deadline": None if core.current is None else core.current.deadline,
+            "mechanism": self.settings.mechanism,
+            "engine_mechanism": self.config.mechanism,
+            "payment": self.settings.payment,
+            "auto_schedule": self.config.auto_schedule,
+            "counts": {
+                "nodes": len(core.nodes),
+                "declarations": len(core.declarations),
+                "audit_epoch": None if audit is None else audit.epoch,
+                "included": 0 if audit is None else len(audit.allocation.included),
+                "commitments": 0 if audit is None else len(audit.commitments),
+                "evidence": 0 if audit is None else len(audit.evidence),
+            },
+            "last_close": core.last_status,
+            "excluded": [
+                {"node_id": x.node_id, "excluded_epoch": x.excluded_epoch,
+                 "detected_epoch": x.detected_epoch, "reason": x.reason, "detail": x.detail}
+                for x in core.exclusions
+            ],
+        }
+
+
+COORDINATOR: web.AppKey[Coordinator] = web.AppKey("coordinator", Coordinator)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _limit(cls: type[Message]) -> int:
+    return min(envelope_size_limit(cls.MAX_PAYLOAD_BYTES), MAX_BODY_BYTES)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused as ``too_large`` before reading past ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}")
+    buf = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        buf += chunk
+        if len(buf) > limit:
+            raise TooLargeError(f"body exceeds {limit} bytes")
+    return bytes(buf)
+
+
+def _epoch_arg(request: web.Request) -> int:
+    text = request.match_info["epoch"]
+    if not text.isascii() or not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+        raise OutOfRangeError("epoch: a decimal integer without leading zeros")
+    if len(text) > 16 or int(text) > MAX_SAFE_INTEGER:
+        raise OutOfRangeError("epoch: out of range")
+    return int(text)
+
+
+def _envelope(raw: bytes) -> web.Response:
+    return web.Response(body=raw, content_type=JSON)
+
+
+def _coordinator(request: web.Request) -> Coordinator:
+    return request.app[COORDINATOR]
+
+
+# --- handlers ----------------------------------------------------------------------------
+
+
+async def register(request: web.Request) -> web.Response:
+    raw = await read_body(request, _limit(Registration))
+    _, reg = open_envelope(raw, Registration, trusted=None)
+    c = _coordinator(request)
+    change = c.core.check_registration(reg, raw)
+    if change is not None:
+        c.store.persist(change)
+        c.core.apply(change)
+    return web.json_response({"node_id": reg.node_id, "epoch": reg.epoch})
+
+
+async def announcement(request: web.Request) -> web.Response:
+    current = _coordinator(request).core.current
+    if current is None:
+        raise NoEpochError("no epoch has been opened yet")
+    return _envelope(current.envelope)
+
+
+async def declare(request: web.Request) -> web.Response:
+    raw = await read_body(request, _limit(Declaration))
+    c = _coordinator(request)
+    _, decl = open_envelope(raw, Declaration, trusted=c.core.keys)
+    change = c.core.check_declaration(decl, raw, c.clock())
+    c.store.persist(change)  # durable before it is acknowledged
+    c.core.apply(change)
+    return web.json_response({"epoch": decl.epoch, "node_id": decl.node_id, "accepted": 1})
+
+
+async def allocation(request: web.Request) -> web.Response:
+    epoch = _epoch_arg(request)
+    raw = _coordinator(request).store.allocation(epoch)
+    if raw is None:
+        raise UnknownEpochError(f"epoch {epoch} has no allocation")
+    return _envelope(raw)
+
+
+async def credential(request: web.Request) -> web.Response:
+    epoch = _epoch_arg(request)
+    node_id = check_node_id("node_id", request.match_info["node_id"])
+    store = _coordinator(request).store
+    if store.allocation(epoch) is None:
+        raise UnknownEpochError(f"epoch {epoch} has no allocation")
+    raw = store.credential(epoch, node_id)
+    if raw is None:
+        raise NotIncludedError(f"node {node_id[:16]}... was not included in epoch {epoch}")
+    return _envelope(raw)
+
+
+async def directory(request: web.Request) -> web.Response:
+    epoch = _epoch_arg(request)
+    store = _coordinator(request).store
+    if store.allocation(epoch) is None:
+        raise UnknownEpochError(f"epoch {epoch} has no allocation")
+    return web.json_response({"epoch": epoch, "nodes": store.directory(epoch)})
+
+
+async def commit(request: web.Request) -> web.Response:
+    raw = await read_body(request, _limit(Commitment))
+    c = _coordinator(request)
+    _, commitment = open_envelope(raw, Commitment, trusted=c.core.keys)
+    change = c.core.check_commitment(commitment, raw)
+    c.store.persist(change)
+    c.core.apply(change)
+    return web.json_response({"accepted": 1})
+
+
+async def audit(request: web.Request) -> web.Response:
+    raw = await read_body(request, _limit(AuditReport))
+    c = _coordinator(request)
+    signer, report = open_envelope(raw, AuditReport, trusted=c.core.keys)
+    change = c.core.check_audit(node_id_of(signer), report)
+    c.store.persist(change)
+    c.core.apply(change)
+    return web.json_response({"accepted": change.n_items})
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(_coordinator(request).status())
+
+
+def _authorize(request: web.Request) -> None:
+    token = _coordinator(request).config.admin_token
+    given = request.headers.get("Authorization", "")
+    if token is None or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise UnauthorizedError("admin actions need Authorization: Bearer <token>")
+
+
+async def admin_open(request: web.Request) -> web.Response:
+    _authorize(request)
+    record = await _coordinator(request).open_epoch()
+    return web.json_response({"epoch": record.epoch, "phase": "open",
+                              "deadline": record.deadline})
+
+
+async def admin_close(request: web.Request) -> web.Response:
+    _authorize(request)
+    change = await _coordinator(request).close_epoch()
+    return web.json_response({
+        "epoch": change.epoch, "phase": "closed", "included": len(change.allocation.included),
+        "excluded": [x.node_id for x in change.exclusions], "status": change.status})
+
+
+# --- the app -----------------------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The one place errors become ``{"code", "message"}`` with their HTTP status."""
+    try:
+        return await handler(request)
+    except InkindError as exc:
+        return web.json_response(to_wire(exc), status=exc.http_status)
+    except web.HTTPException as exc:
+        err: InkindError
+        if exc.status == 404:
+            err = NotFoundError(f"no such path {request.path[:100]}")
+        elif exc.status == 405:
+            err = MethodNotAllowedError(f"{request.method} is not allowed here")
+        elif exc.status == 413:
+            err = TooLargeError("body too large")
+        elif exc.status < 400:
+            raise
+        else:
+            err = MalformedError(exc.reason)
+        return web.json_response(to_wire(err), status=err.http_status)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return web.json_response({"code": "internal", "message": "internal error"}, status=500)
+
+
+def make_app(
+    config: CoordinatorConfig,
+    *,
+    store: Store,
+    identity: Identity,
+    clock: Clock = wall_clock,
+    runner: MechanismRunner | None = None,
+) -> web.Application:
+    """The coordinator app. The store is the caller's to close; the schedule task and the
+    mechanism thread start and stop with the app. ``runner`` lets tests share solved
+    mechanisms between apps."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    coordinator = Coordinator(config, store=store, identity=identity, clock=clock,
+                              runner=runner)
+    app[COORDINATOR] = coordinator
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await coordinator.start()
+        yield
+        await coordinator.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/v1/register", register)
+    app.router.add_get("/v1/announcement", announcement)
+    app.router.add_post("/v1/declarations", declare)
+    app.router.add_get("/v1/allocation/{epoch}", allocation)
+    app.router.add_get("/v1/credential/{epoch}/{node_id}", credential)
+    app.router.add_get("/v1/directory/{epoch}", directory)
+    app.router.add_post("/v1/commitments", commit)
+    app.router.add_post("/v1/audit", audit)
+    app.router.add_get("/v1/status", status)
+    app.router.add_post("/v1/admin/open", admin_open)
+    app.router.add_post("/v1/admin/close", admin_close)
+    return app

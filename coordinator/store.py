@@ -1,0 +1,308 @@
+"""SQLite persistence of the coordinator: WAL, ``synchronous=FULL``, one transaction per
+acknowledged change.
+
+Each change record of :mod:`coordinator.epoch` is written by :meth:`Store.persist` in a
+single ``BEGIN IMMEDIATE ... COMMIT``; the service answers only after the commit
+returns, so an acknowledged declaration survives ``kill -9`` (and, with
+``synchronous=FULL``, a power cut). :meth:`Store.snapshot` reads back what the state
+machine needs to resume the same epoch with the same declarations; signed messages are
+kept as the exact envelope bytes and verified again when loaded, so a tampered database
+or a different coordinator key is noticed at start-up rather than served.
+
+Tables: ``meta`` (coordinator key, mechanism), ``nodes``, ``epochs`` (phase, deadline,
+announcement envelope), ``declarations`` (unique (epoch, node) and (epoch, nonce)),
+``allocations`` (envelope), ``credentials``, ``commitments``, ``evidence``,
+``exclusions``. This module deliberately makes no decisions: it stores what the state
+machine accepted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from coordinator.enforcement import Exclusion
+from coordinator.epoch import (
+    Audited,
+    Change,
+    Closed,
+    Committed,
+    DeclarationRecord,
+    Declared,
+    EpochRecord,
+    NodeRecord,
+    Opened,
+    Registered,
+    Snapshot,
+)
+from protocol import (
+    Allocation,
+    Commitment,
+    Credential,
+    Declaration,
+    EpochAnnouncement,
+    GrantReceipt,
+    Refusal,
+    Registration,
+    open_envelope,
+)
+
+SCHEMA_VERSION = "1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY, public_key TEXT NOT NULL UNIQUE, reg_epoch INTEGER NOT NULL,
+    home_location INTEGER NOT NULL, capacity INTEGER NOT NULL, kind TEXT NOT NULL,
+    endpoint TEXT, envelope BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch INTEGER PRIMARY KEY, phase TEXT NOT NULL CHECK (phase IN ('open', 'closed')),
+    deadline INTEGER NOT NULL, opened_at INTEGER NOT NULL, closed_at INTEGER,
+    announcement BLOB NOT NULL, status TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS declarations (
+    epoch INTEGER NOT NULL, node_id TEXT NOT NULL, theta INTEGER NOT NULL,
+    nonce TEXT NOT NULL, received_at INTEGER NOT NULL, envelope BLOB NOT NULL,
+    PRIMARY KEY (epoch, node_id), UNIQUE (epoch, nonce));
+CREATE TABLE IF NOT EXISTS allocations (
+    epoch INTEGER PRIMARY KEY, envelope BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS credentials (
+    epoch INTEGER NOT NULL, node_id TEXT NOT NULL, location INTEGER NOT NULL,
+    contribution INTEGER NOT NULL, envelope BLOB NOT NULL, PRIMARY KEY (epoch, node_id));
+CREATE TABLE IF NOT EXISTS commitments (
+    epoch INTEGER NOT NULL, node_id TEXT NOT NULL, contribution INTEGER NOT NULL,
+    envelope BLOB NOT NULL, PRIMARY KEY (epoch, node_id));
+CREATE TABLE IF NOT EXISTS evidence (
+    epoch INTEGER NOT NULL, host_id TEXT NOT NULL, challenge TEXT NOT NULL,
+    kind TEXT NOT NULL, requester_id TEXT NOT NULL, reporter_id TEXT NOT NULL,
+    envelope BLOB NOT NULL, PRIMARY KEY (epoch, host_id, challenge, kind));
+CREATE TABLE IF NOT EXISTS exclusions (
+    node_id TEXT NOT NULL, excluded_epoch INTEGER NOT NULL, detected_epoch INTEGER NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL,
+    PRIMARY KEY (node_id, excluded_epoch, reason));
+"""
+
+
+class StoreError(RuntimeError):
+    """The database does not belong to this coordinator or is inconsistent."""
+
+
+class Store:
+    """One SQLite database file; used from one thread at a time (the event loop)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self._meta_default("schema_version", SCHEMA_VERSION)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def pragma(self, name: str) -> Any:
+        return self._db.execute(f"PRAGMA {name}").fetchone()[0]
+
+    # -- meta --------------------------------------------------------------------------
+
+    def _meta_default(self, key: str, value: str) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return value
+        return str(row[0])
+
+    def bind(self, *, coordinator_key: str, mechanism: str) -> None:
+        """Record (first run) or check (restart) whose database this is."""
+        for key, value in (("coordinator_key", coordinator_key), ("mechanism", mechanism)):
+            stored = self._meta_default(key, value)
+            if stored != value:
+                raise StoreError(f"{self.path}: database was created with {key} {stored!r}, "
+                                 f"not {value!r}")
+
+    # -- writing -----------------------------------------------------------------------
+
+    def persist(self, change: Change) -> None:
+        """Write ``change`` in one durable transaction (or not at all)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._write(change)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _write(self, change: Change) -> None:
+        db = self._db
+        if isinstance(change, Registered):
+            r = change.node.registration
+            db.execute(
+                "INSERT INTO nodes (node_id, public_key, reg_epoch, home_location, capacity,"
+                " kind, endpoint, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (node_id) DO UPDATE SET reg_epoch = excluded.reg_epoch,"
+                " home_location = excluded.home_location, capacity = excluded.capacity,"
+                " kind = excluded.kind, endpoint = excluded.endpoint,"
+                " envelope = excluded.envelope",
+                (r.node_id, r.public_key, r.epoch, r.home_location, r.capacity, r.kind,
+                 r.endpoint, change.node.envelope))
+        elif isinstance(change, Opened):
+            e = change.record
+            db.execute(
+                "INSERT INTO epochs (epoch, phase, deadline, opened_at, announcement)"
+                " VALUES (?, 'open', ?, ?, ?)", (e.epoch, e.deadline, e.opened_at, e.envelope))
+        elif isinstance(change, Declared):
+            d = change.record.declaration
+            db.execute(
+                "INSERT INTO declarations (epoch, node_id, theta, nonce, received_at, envelope)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (d.epoch, d.node_id, d.theta, d.nonce, change.record.received_at,
+                 change.record.envelope))
+        elif isinstance(change, Closed):
+            cur = db.execute(
+                "UPDATE epochs SET phase = 'closed', closed_at = ?, status = ?"
+                " WHERE epoch = ? AND phase = 'open'",
+                (change.closed_at, change.status, change.epoch))
+            if cur.rowcount != 1:
+                raise StoreError(f"epoch {change.epoch} is not open in the database")
+            db.execute("INSERT INTO allocations (epoch, envelope) VALUES (?, ?)",
+                       (change.epoch, change.envelope))
+            owed = dict(zip(change.allocation.included, change.allocation.contributions,
+                            strict=True))
+            db.executemany(
+                "INSERT INTO credentials (epoch, node_id, location, contribution, envelope)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(change.epoch, c.credential.node_id, c.credential.location,
+                  owed[c.credential.node_id], c.envelope) for c in change.credentials])
+            db.executemany(
+                "INSERT OR IGNORE INTO exclusions (node_id, excluded_epoch, detected_epoch,"
+                " reason, detail) VALUES (?, ?, ?, ?, ?)",
+                [(x.node_id, x.excluded_epoch, x.detected_epoch, x.reason, x.detail)
+                 for x in change.exclusions])
+        elif isinstance(change, Committed):
+            c = change.commitment
+            db.execute(
+                "INSERT INTO commitments (epoch, node_id, contribution, envelope)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (epoch, node_id) DO UPDATE SET"
+                " contribution = excluded.contribution, envelope = excluded.envelope"
+                " WHERE excluded.contribution > commitments.contribution",
+                (c.epoch, c.node_id, c.contribution, change.envelope))
+        elif isinstance(change, Audited):
+            db.executemany(
+                "INSERT OR IGNORE INTO evidence (epoch, host_id, challenge, kind,"
+                " requester_id, reporter_id, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(change.epoch, rec.item.host_id, rec.item.challenge, rec.key[2],
+                  rec.item.requester_id, rec.reporter_id, rec.envelope)
+                 for rec in change.new_items])
+        else:  # pragma: no cover - the Change union is closed
+            raise TypeError(f"not a change: {change!r}")
+
+    # -- reading -----------------------------------------------------------------------
+
+    def snapshot(self, coordinator_key: str) -> Snapshot:
+        """What :meth:`coordinator.epoch.EpochCore.restore` needs, every signature re-checked."""
+        db = self._db
+        me = frozenset({coordinator_key})
+        nodes = []
+        for (raw,) in db.execute("SELECT envelope FROM nodes ORDER BY node_id"):
+            _, reg = open_envelope(bytes(raw), Registration, trusted=None)
+            nodes.append(NodeRecord(registration=reg, envelope=bytes(raw)))
+        row = db.execute(
+            "SELECT epoch, phase, deadline, opened_at, announcement, status FROM epochs"
+            " ORDER BY epoch DESC LIMIT 1").fetchone()
+        exclusions = tuple(
+            Exclusion(node_id=n, excluded_epoch=e, detected_epoch=d, reason=r, detail=t)
+            for n, e, d, r, t in db.execute(
+                "SELECT node_id, excluded_epoch, detected_epoch, reason, detail"
+                " FROM exclusions ORDER BY excluded_epoch, node_id, reason"))
+        if row is None:
+            return Snapshot(nodes=tuple(nodes), exclusions=exclusions)
+        epoch, phase, deadline, opened_at, raw_ann, status = row
+        _, ann = open_envelope(bytes(raw_ann), EpochAnnouncement, trusted=me)
+        current = EpochRecord(epoch=epoch, deadline=deadline, opened_at=opened_at,
+                              announcement=ann, envelope=bytes(raw_ann))
+        decls = []
+        for raw, received_at in db.execute(
+            "SELECT envelope, received_at FROM declarations WHERE epoch = ? ORDER BY node_id",
+            (epoch,),
+        ):
+            _, d = open_envelope(bytes(raw), Declaration, trusted=None)
+            decls.append(DeclarationRecord(declaration=d, envelope=bytes(raw),
+                                           received_at=received_at))
+        previous = tuple(n for (n,) in db.execute(
+            "SELECT nonce FROM declarations WHERE epoch = ? ORDER BY nonce", (epoch - 1,)))
+        closed = phase == "closed"
+        audit_epoch = epoch if closed else epoch - 1
+        raw_alloc = self.allocation(audit_epoch)
+        alloc = None
+        creds: list[Credential] = []
+        commits: list[Commitment] = []
+        evidence: list[GrantReceipt | Refusal] = []
+        if raw_alloc is not None:
+            _, alloc = open_envelope(raw_alloc, Allocation, trusted=me)
+            for (raw,) in db.execute(
+                "SELECT envelope FROM credentials WHERE epoch = ?", (audit_epoch,)
+            ):
+                creds.append(open_envelope(bytes(raw), Credential, trusted=me)[1])
+            for (raw,) in db.execute(
+                "SELECT envelope FROM commitments WHERE epoch = ?", (audit_epoch,)
+            ):
+                commits.append(open_envelope(bytes(raw), Commitment, trusted=None)[1])
+            for kind, raw in db.execute(
+                "SELECT kind, envelope FROM evidence WHERE epoch = ?", (audit_epoch,)
+            ):
+                item: GrantReceipt | Refusal
+                if kind == "grant_receipt":
+                    item = open_envelope(bytes(raw), GrantReceipt, trusted=None)[1]
+                else:
+                    item = open_envelope(bytes(raw), Refusal, trusted=None)[1]
+                evidence.append(item)
+        return Snapshot(
+            nodes=tuple(nodes), current=current, closed=closed, declarations=tuple(decls),
+            previous_nonces=previous, audit_allocation=alloc, audit_credentials=tuple(creds),
+            commitments=tuple(commits), evidence=tuple(evidence), exclusions=exclusions,
+            last_status=str(status))
+
+    def allocation(self, epoch: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT envelope FROM allocations WHERE epoch = ?", (epoch,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def closed_at(self, epoch: int) -> int | None:
+        row = self._db.execute(
+            "SELECT closed_at FROM epochs WHERE epoch = ?", (epoch,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def credential(self, epoch: int, node_id: str) -> bytes | None:
+        row = self._db.execute(
+            "SELECT envelope FROM credentials WHERE epoch = ? AND node_id = ?",
+            (epoch, node_id)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def directory(self, epoch: int) -> list[dict[str, Any]]:
+        """Included hosts of a closed epoch: where they listen and what each owes."""
+        rows = self._db.execute(
+            "SELECT c.node_id, n.public_key, c.location, n.endpoint, n.kind, c.contribution"
+            " FROM credentials c JOIN nodes n ON n.node_id = c.node_id"
+            " WHERE c.epoch = ? ORDER BY c.node_id", (epoch,))
+        keys = ("node_id", "public_key", "location", "endpoint", "kind", "contribution")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def declarations(self, epoch: int) -> list[tuple[str, int, str]]:
+        """(node id, θ micro-units, nonce) of every stored declaration of ``epoch``."""
+        return [(str(n), int(t), str(c)) for n, t, c in self._db.execute(
+            "SELECT node_id, theta, nonce FROM declarations WHERE epoch = ? ORDER BY node_id",
+            (epoch,))]
+
+    def count(self, table: str, epoch: int | None = None) -> int:
+        if table not in {"nodes", "epochs", "declarations", "allocations", "credentials",
+                         "commitments", "evidence", "exclusions"}:
+            raise ValueError(f"no table {table!r}")
+        if epoch is None:
+            return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        column = "excluded_epoch" if table == "exclusions" else "epoch"
+        return int(self._db.execute(
+            f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (epoch,)).fetchone()[0])

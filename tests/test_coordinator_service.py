@@ -1,0 +1,439 @@
+"""The HTTP service end to end, and every bad input refused with its code and no change."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from test_coordinator_support import (
+    ADMIN_TOKEN,
+    COORDINATOR,
+    EPOCH_SECONDS,
+    T0,
+    FakeClock,
+    audit_report,
+    commitment,
+    declaration,
+    envelope_obj,
+    flip_signature,
+    forge_payload,
+    market,
+    node,
+    nonce,
+    raw,
+    refusal,
+    registration,
+    relabel,
+    runner,
+)
+
+from coordinator.config import CoordinatorConfig
+from coordinator.service import COORDINATOR as APP_KEY
+from coordinator.service import make_app
+from coordinator.store import Store
+from protocol import (
+    Allocation,
+    Credential,
+    Envelope,
+    EpochAnnouncement,
+    Identity,
+    Refusal,
+    canonical,
+    check_credential,
+    open_envelope,
+)
+from protocol.envelope import envelope_size_limit
+from protocol.messages import Declaration
+
+A, B, C, D, U = (node(i) for i in range(5))  # U never registers
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+TRUSTED = {COORDINATOR.public_key}
+
+
+@dataclass
+class Harness:
+    client: TestClient[Any, Any]
+    store: Store
+    clock: FakeClock
+    log: list[Any] = field(default_factory=list)
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None
+                   ) -> tuple[int, Any]:
+        resp = await self.client.post(path, data=body, headers=headers or {})
+        return resp.status, await resp.json(content_type=None)
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        resp = await self.client.get(path)
+        return resp.status, await resp.read()
+
+    async def ok(self, path: str, body: bytes = b"", admin: bool = False) -> Any:
+        status, data = await self.post(path, body, ADMIN if admin else None)
+        assert status == 200, data
+        return data
+
+    async def fingerprint(self) -> Any:
+        _, status = await self.get("/v1/status")
+        counts = [self.store.count(t) for t in ("nodes", "epochs", "declarations", "allocations",
+                                                 "credentials", "commitments", "evidence",
+                                                 "exclusions")]
+        return (json.loads(status), counts, self.store.declarations(0),
+                self.store.declarations(1))
+
+
+def config(**kw: Any) -> CoordinatorConfig:
+    base: dict[str, Any] = {"market": market(), "mechanism": "posted_fee",
+                            "epoch_seconds": EPOCH_SECONDS, "pause_seconds": 5,
+                            "credential_grace": 30, "auto_schedule": False,
+                            "admin_token": ADMIN_TOKEN}
+    base.update(kw)
+    return CoordinatorConfig(**base)
+
+
+@pytest_asyncio.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    store = Store(tmp_path / "coord.db")
+    clock = FakeClock()
+    app = make_app(config(), store=store, identity=COORDINATOR, clock=clock,
+                   runner=runner())
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        yield Harness(client=client, store=store, clock=clock)
+    store.close()
+
+
+async def register_all(h: Harness, people: list[Identity], epoch: int = 0) -> None:
+    for i, p in enumerate(people):
+        reg = registration(p, epoch=epoch, endpoint=f"127.0.0.1:{9000 + i}")
+        data = await h.ok("/v1/register", raw(p, reg))
+        assert data == {"node_id": p.node_id, "epoch": epoch}
+
+
+async def declare(h: Harness, who: Identity, *, epoch: int = 0, theta: int = 950_000) -> None:
+    data = await h.ok("/v1/declarations", raw(who, declaration(who, epoch=epoch, theta=theta)))
+    assert data == {"epoch": epoch, "node_id": who.node_id, "accepted": 1}
+
+
+# --- the whole path ----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_register_announce_declare_close_commit_audit_exclude(harness: Harness) -> None:
+    h = harness
+    host, lazy, rude, guest = A, B, C, D
+    await register_all(h, [host, lazy, rude, guest])
+    assert (await h.get("/v1/announcement"))[0] == 404
+    assert (await h.ok("/v1/admin/open", admin=True))["epoch"] == 0
+    status, body = await h.get("/v1/announcement")
+    _, ann = open_envelope(body, EpochAnnouncement, trusted=TRUSTED)
+    assert ann.epoch == 0 and ann.deadline == T0 + EPOCH_SECONDS and ann.fees
+
+    h.clock.now += 1
+    for p in (host, lazy, rude, guest):
+        await declare(h, p)
+    h.clock.now = T0 + EPOCH_SECONDS
+    closed = await h.ok("/v1/admin/close", admin=True)
+    assert closed["included"] == 4
+
+    _, body = await h.get("/v1/allocation/0")
+    _, alloc = open_envelope(body, Allocation, trusted=TRUSTED)
+    assert set(alloc.included) == {p.node_id for p in (host, lazy, rude, guest)}
+    _, body = await h.get(f"/v1/credential/0/{guest.node_id}")
+    cred = check_credential(body, COORDINATOR.public_key, epoch=0, now=h.clock.now + 10)
+    assert cred.node_id == guest.node_id and cred.location == 0
+    _, body = await h.get("/v1/directory/0")
+    directory = json.loads(body)
+    assert [n["node_id"] for n in directory["nodes"]] == list(alloc.included)
+    assert {n["endpoint"] for n in directory["nodes"]} == {f"127.0.0.1:{9000 + i}"
+                                                          for i in range(4)}
+    assert [n["contribution"] for n in directory["nodes"]] == list(alloc.contributions)
+
+    owed = dict(zip(alloc.included, alloc.contributions, strict=True))
+    for p in (host, rude, guest):
+        c = commitment(p, amount=owed[p.node_id])
+        assert await h.ok("/v1/commitments", raw(p, c)) == {"accepted": 1}
+    t = h.clock.now + 5
+    report = audit_report(guest, [refusal(rude, guest, reason="not_included", time=t)])
+    assert await h.ok("/v1/audit", raw(guest, report)) == {"accepted": 1}
+
+    h.clock.now += 10
+    assert (await h.ok("/v1/admin/open", admin=True))["epoch"] == 1
+    for p in (host, lazy, rude, guest):
+        await declare(h, p, epoch=1)
+    h.clock.now += EPOCH_SECONDS
+    closed = await h.ok("/v1/admin/close", admin=True)
+    assert sorted(closed["excluded"]) == sorted([lazy.node_id, rude.node_id])
+    _, body = await h.get("/v1/allocation/1")
+    _, alloc1 = open_envelope(body, Allocation, trusted=TRUSTED)
+    assert set(alloc1.included) == {host.node_id, guest.node_id}
+    status, body = await h.get(f"/v1/credential/1/{lazy.node_id}")
+    assert status == 403 and json.loads(body)["code"] == "not_included"
+    _, body = await h.get("/v1/status")
+    excluded = {(x["node_id"], x["reason"], x["detected_epoch"], x["excluded_epoch"])
+                for x in json.loads(body)["excluded"]}
+    assert excluded == {(lazy.node_id, "no_commitment", 0, 1),
+                        (rude.node_id, "unjustified_refusal", 0, 1)}
+
+
+@pytest.mark.asyncio
+async def test_allocations_are_byte_identical_across_coordinators(tmp_path: Path) -> None:
+    bodies = []
+    for name in ("one", "two"):
+        store = Store(tmp_path / f"{name}.db")
+        clock = FakeClock()
+        app = make_app(config(), store=store, identity=COORDINATOR, clock=clock,
+                       runner=runner())
+        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+            h = Harness(client=client, store=store, clock=clock)
+            people = [A, B, C] if name == "one" else [C, A, B]
+            await register_all(h, people)
+            await h.ok("/v1/admin/open", admin=True)
+            for i, p in enumerate(people):
+                await declare(h, p, theta=700_000 + 100_000 * sorted(people, key=id).index(p))
+                h.clock.now += i
+            await h.ok("/v1/admin/close", admin=True)
+            bodies.append((await h.get("/v1/allocation/0"))[1])
+        store.close()
+    assert bodies[0] == bodies[1]
+
+
+@pytest.mark.asyncio
+async def test_auto_schedule_closes_at_the_deadline_and_opens_the_next(tmp_path: Path) -> None:
+    store = Store(tmp_path / "auto.db")
+    app = make_app(config(auto_schedule=True, epoch_seconds=1, pause_seconds=0),
+                   store=store, identity=COORDINATOR, runner=runner())
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        core = app[APP_KEY].core
+        async with asyncio.timeout(15):
+            while (core.epoch or 0) < 2:
+                await asyncio.sleep(0.05)
+        assert store.allocation(0) is not None and store.allocation(1) is not None
+        resp = await client.get("/v1/status")
+        assert (await resp.json())["epoch"] >= 2
+    store.close()
+
+
+# --- bad input: every case refused with its code, and nothing changes -----------------------
+
+DECL_LIMIT = envelope_size_limit(Declaration.MAX_PAYLOAD_BYTES)
+
+
+def decl_payload(who: Identity, **changes: Any) -> dict[str, Any]:
+    base = {"epoch": 0, "node_id": who.node_id, "theta": 500_000, "nonce": nonce(4242)}
+    base.update(changes)
+    return base
+
+
+def with_field(body: bytes, key: str, value: Any) -> bytes:
+    obj = envelope_obj(body)
+    obj[key] = value
+    return json.dumps(obj).encode()
+
+
+def without_field(body: bytes, key: str) -> bytes:
+    obj = envelope_obj(body)
+    del obj[key]
+    return json.dumps(obj).encode()
+
+
+B_DECL = raw(B, declaration(B, theta=500_000))
+A_FIRST = raw(A, declaration(A, n=1))
+
+Case = tuple[str, str, Callable[[], bytes], dict[str, str] | None, int, str]
+
+OPEN_CASES: list[Case] = [
+    ("not json", "/v1/declarations", lambda: b"{not json", None, 400, "malformed"),
+    ("json array", "/v1/declarations", lambda: b"[]", None, 400, "wrong_type"),
+    ("oversized", "/v1/declarations", lambda: b" " * (DECL_LIMIT + 1), None, 413, "too_large"),
+    ("unknown envelope field", "/v1/declarations", lambda: with_field(B_DECL, "extra", "x"),
+     None, 400, "unknown_field"),
+    ("unknown payload field", "/v1/declarations",
+     lambda: forge_payload(B, "declaration", decl_payload(B, colour="red")), None, 400,
+     "unknown_field"),
+    ("wrong type", "/v1/declarations",
+     lambda: forge_payload(B, "declaration", decl_payload(B, theta="0.5")), None, 400,
+     "wrong_type"),
+    ("boolean for integer", "/v1/declarations",
+     lambda: forge_payload(B, "declaration", decl_payload(B, theta=True)), None, 400,
+     "wrong_type"),
+    ("theta out of range", "/v1/declarations",
+     lambda: forge_payload(B, "declaration", decl_payload(B, theta=1_000_001)), None, 400,
+     "out_of_range"),
+    ("negative epoch", "/v1/declarations",
+     lambda: forge_payload(B, "declaration", decl_payload(B, epoch=-1)), None, 400,
+     "out_of_range"),
+    ("missing payload field", "/v1/declarations",
+     lambda: forge_payload(B, "declaration",
+                           {k: v for k, v in decl_payload(B).items() if k != "nonce"}),
+     None, 400, "missing_field"),
+    ("missing signature", "/v1/declarations", lambda: without_field(B_DECL, "signature"),
+     None, 400, "missing_field"),
+    ("forged signature", "/v1/declarations", lambda: flip_signature(B_DECL), None, 401,
+     "bad_signature"),
+    ("signed by another node", "/v1/declarations",
+     lambda: forge_payload(B, "declaration", decl_payload(A)), None, 401, "wrong_signer"),
+    ("key never registered", "/v1/declarations", lambda: raw(U, declaration(U)), None, 403,
+     "unknown_key"),
+    ("declaration posted as registration", "/v1/register", lambda: B_DECL, None, 400,
+     "unexpected_message"),
+    ("registration posted as declaration", "/v1/declarations",
+     lambda: raw(U, registration(U)), None, 400, "unexpected_message"),
+    ("declaration relabelled as commitment", "/v1/commitments",
+     lambda: relabel(B_DECL, "commitment"), None, 401, "bad_signature"),
+    ("replayed declaration", "/v1/declarations", lambda: A_FIRST, None, 409, "replay"),
+    ("reused nonce", "/v1/declarations", lambda: raw(B, declaration(B, n=1)), None, 409,
+     "replay"),
+    ("second declaration", "/v1/declarations", lambda: raw(A, declaration(A, n=2)), None, 409,
+     "duplicate_declaration"),
+    ("future epoch", "/v1/declarations", lambda: raw(B, declaration(B, epoch=1)), None, 409,
+     "future_epoch"),
+    ("location outside the market", "/v1/register",
+     lambda: raw(U, registration(U, location=3)), None, 400, "out_of_range"),
+    ("uppercase key", "/v1/register",
+     lambda: forge_payload(U, "registration", {
+         "public_key": U.public_key.upper(), "epoch": 0, "home_location": 0,
+         "capacity": 1, "kind": "files"}), None, 400, "out_of_range"),
+    ("older registration", "/v1/register", lambda: raw(A, registration(A, epoch=1)), None, 409,
+     "stale_epoch"),
+    ("unknown kind", "/v1/register",
+     lambda: forge_payload(U, "registration", {
+         "public_key": U.public_key, "epoch": 0, "home_location": 0, "capacity": 1,
+         "kind": "gold"}), None, 400, "out_of_range"),
+    ("commitment before any close", "/v1/commitments",
+     lambda: raw(A, commitment(A, amount=1)), None, 409, "future_epoch"),
+    ("commitment by a stranger", "/v1/commitments", lambda: raw(U, commitment(U, amount=1)),
+     None, 403, "unknown_key"),
+    ("audit before any close", "/v1/audit", lambda: raw(A, audit_report(A, [])), None, 409,
+     "future_epoch"),
+    ("admin without token", "/v1/admin/close", lambda: b"", None, 401, "unauthorized"),
+    ("admin with wrong token", "/v1/admin/open", lambda: b"",
+     {"Authorization": "Bearer wrong-token-000"}, 401, "unauthorized"),
+    ("open while open", "/v1/admin/open", lambda: b"", ADMIN, 409, "wrong_phase"),
+    ("unknown path", "/v1/nothing", lambda: b"", None, 404, "not_found"),
+]
+
+
+async def open_epoch_with_a_declared(h: Harness) -> None:
+    for who, epoch in ((A, 2), (B, 0), (C, 0)):
+        await h.ok("/v1/register", raw(who, registration(who, epoch=epoch)))
+    await h.ok("/v1/admin/open", admin=True)
+    h.clock.now += 1
+    await h.ok("/v1/declarations", A_FIRST)
+
+
+@pytest.mark.asyncio
+async def test_bad_input_while_open_is_refused_without_change(harness: Harness) -> None:
+    h = harness
+    await open_epoch_with_a_declared(h)
+    for name, path, body, headers, status, code in OPEN_CASES:
+        before = await h.fingerprint()
+        got_status, got = await h.post(path, body(), headers)
+        assert (got_status, got["code"]) == (status, code), name
+        assert set(got) == {"code", "message"}
+        assert await h.fingerprint() == before, name
+
+
+@pytest.mark.asyncio
+async def test_oversized_chunked_body_is_refused(harness: Harness) -> None:
+    h = harness
+    await open_epoch_with_a_declared(h)
+    before = await h.fingerprint()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(DECL_LIMIT // 1024 + 2):
+            yield b" " * 1024
+
+    resp = await h.client.post("/v1/declarations", data=chunks())
+    assert resp.status == 413 and (await resp.json())["code"] == "too_large"
+    assert await h.fingerprint() == before
+
+
+@pytest.mark.asyncio
+async def test_bad_input_after_close_is_refused_without_change(harness: Harness) -> None:
+    h = harness
+    await open_epoch_with_a_declared(h)
+    h.clock.now = T0 + EPOCH_SECONDS
+    await h.ok("/v1/admin/close", admin=True)
+    t = h.clock.now + 1
+    unregistered_host = refusal(U, A, reason="not_included", time=t)
+    impostor = Envelope.seal(B, "refusal", canonical(_refusal_msg(C, A, t).to_payload()))
+    cases: list[Case] = [
+        ("declaration after close", "/v1/declarations", lambda: raw(B, declaration(B)), None,
+         409, "epoch_closed"),
+        ("commitment by a non-included node", "/v1/commitments",
+         lambda: raw(B, commitment(B, amount=1)), None, 403, "not_included"),
+        ("commitment for a future epoch", "/v1/commitments",
+         lambda: raw(A, commitment(A, epoch=1, amount=1)), None, 409, "future_epoch"),
+        ("audit by a stranger", "/v1/audit", lambda: raw(U, audit_report(U, [])), None, 403,
+         "unknown_key"),
+        ("evidence by an unregistered host", "/v1/audit",
+         lambda: raw(A, audit_report(A, [unregistered_host])), None, 403, "unknown_key"),
+        ("evidence for another epoch", "/v1/audit",
+         lambda: raw(A, audit_report(A, [refusal(B, A, epoch=1, reason="revoked", time=t)])),
+         None, 409, "future_epoch"),
+        ("evidence signed by another host", "/v1/audit",
+         lambda: raw(A, audit_report(A, [impostor])), None, 401, "wrong_signer"),
+        ("evidence of a non-evidence type", "/v1/audit",
+         lambda: forge_payload(A, "audit_report", {
+             "epoch": 0, "reporter_id": A.node_id,
+             "evidence": [envelope_obj(raw(B, declaration(B)))]}), None, 400,
+         "unexpected_message"),
+        ("audit for a future epoch", "/v1/audit", lambda: raw(A, audit_report(A, [], epoch=1)),
+         None, 409, "future_epoch"),
+        ("close while closed", "/v1/admin/close", lambda: b"", ADMIN, 409, "wrong_phase"),
+    ]
+    for name, path, body, headers, status, code in cases:
+        before = await h.fingerprint()
+        got_status, got = await h.post(path, body(), headers)
+        assert (got_status, got["code"]) == (status, code), name
+        assert await h.fingerprint() == before, name
+    for path, status, code in (
+        (f"/v1/credential/0/{B.node_id}", 403, "not_included"),
+        ("/v1/allocation/1", 404, "unknown_epoch"),
+        ("/v1/allocation/01", 400, "out_of_range"),
+        ("/v1/directory/7", 404, "unknown_epoch"),
+        (f"/v1/credential/1/{A.node_id}", 404, "unknown_epoch"),
+        ("/v1/credential/0/XYZ", 400, "out_of_range"),
+    ):
+        got_status, got = await h.get(path)
+        assert (got_status, json.loads(got)["code"]) == (status, code), path
+    # the next epoch: epoch 0 declarations are now stale
+    await h.ok("/v1/admin/open", admin=True)
+    before = await h.fingerprint()
+    got_status, got = await h.post("/v1/declarations", raw(B, declaration(B, epoch=0)))
+    assert (got_status, got["code"]) == (409, "stale_epoch")
+    assert await h.fingerprint() == before
+
+
+def _refusal_msg(host: Identity, requester: Identity, t: int) -> Refusal:
+    return Refusal(epoch=0, host_id=host.node_id, requester_id=requester.node_id,
+                   challenge=nonce(77), reason="not_included", time=t)
+
+
+@pytest.mark.asyncio
+async def test_registration_is_idempotent_and_newer_ones_replace(harness: Harness) -> None:
+    h = harness
+    body = raw(A, registration(A, epoch=0))
+    await h.ok("/v1/register", body)
+    before = await h.fingerprint()
+    await h.ok("/v1/register", body)
+    assert await h.fingerprint() == before
+    await h.ok("/v1/register", raw(A, registration(A, epoch=1, location=0, capacity=7)))
+    assert h.client.app is not None
+    assert h.client.app[APP_KEY].core.nodes[A.node_id].registration.capacity == 7
+
+
+@pytest.mark.asyncio
+async def test_credentials_verify_for_the_holder(harness: Harness) -> None:
+    h = harness
+    await open_epoch_with_a_declared(h)
+    h.clock.now = T0 + EPOCH_SECONDS
+    await h.ok("/v1/admin/close", admin=True)
+    _, body = await h.get(f"/v1/credential/0/{A.node_id}")
+    _, cred = open_envelope(body, Credential, trusted=TRUSTED)
+    assert cred.public_key == A.public_key and cred.not_before == T0 + EPOCH_SECONDS

@@ -1,0 +1,189 @@
+"""Shared helpers for the coordinator tests (no tests here): markets, a fake clock,
+deterministic node identities and builders of signed messages."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from coordinator.allocation import MechanismRunner
+from coordinator.epoch import EpochCore, Settings
+from coordinator.mechanism import Market, market_from_dict
+from protocol import (
+    AuditReport,
+    Commitment,
+    Declaration,
+    Envelope,
+    GrantReceipt,
+    Identity,
+    Refusal,
+    Registration,
+    seal,
+    seal_bytes,
+)
+
+T0 = 1_700_000_000
+EPOCH_SECONDS = 60
+PAUSE_SECONDS = 5
+GRACE = 30
+ADMIN_TOKEN = "test-admin-token-123"
+
+
+def one_town(n: int = 4, *, high: float = 1.0, payment: str = "money") -> dict[str, Any]:
+    """The slides' market (u = 2/3 sqrt(Q), c = Q, θ ~ U[0, high]) as a spec dict."""
+    return {
+        "market": {"payment": payment, "exclusion": True},
+        "locations": [{
+            "name": "town", "n": n,
+            "type": {"dist": "uniform", "low": 0.0, "high": high},
+            "utility": {"kind": "power", "A": 2.0 / 3.0, "alpha": 0.5},
+            "cost": {"kind": "power", "B": 1.0, "beta": 1.0},
+        }],
+    }
+
+
+def two_towns(payment: str = "money") -> dict[str, Any]:
+    loc = one_town()["locations"][0]
+    return {
+        "weights": [[1.0, 0.5], [0.5, 1.0]],
+        "market": {"payment": payment, "exclusion": True},
+        "locations": [dict(loc, name="a", n=3), dict(loc, name="b", n=3)],
+    }
+
+
+SPEC_TOML = """\
+[market]
+payment = "money"
+exclusion = true
+
+[[locations]]
+name = "town"
+n = 4
+type = { dist = "uniform", low = 0.0, high = 1.0 }
+utility = { kind = "power", A = 0.6666666666666666, alpha = 0.5 }
+cost = { kind = "power", B = 1.0, delta = 0.0, beta = 1.0 }
+"""
+
+_MARKETS: dict[str, Market] = {}
+_RUNNERS: dict[tuple[str, str], MechanismRunner] = {}
+
+
+def market(name: str = "one") -> Market:
+    if name not in _MARKETS:
+        spec = {"one": one_town(), "two": two_towns(), "narrow": one_town(high=0.8),
+                "two_in_kind": two_towns("in_kind")}[name]
+        _MARKETS[name] = market_from_dict(spec)
+    return _MARKETS[name]
+
+
+def runner(name: str = "one", mechanism: str = "posted_fee") -> MechanismRunner:
+    """Shared across tests so a size vector is solved once per session."""
+    key = (name, mechanism)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = MechanismRunner(market(name), mechanism)
+    return _RUNNERS[key]
+
+
+def settings(run: MechanismRunner) -> Settings:
+    return Settings(mechanism=run.wire_mechanism, payment=run.payment,
+                    theta_bounds=run.theta_bounds(), epoch_seconds=EPOCH_SECONDS,
+                    pause_seconds=PAUSE_SECONDS, credential_grace=GRACE)
+
+
+COORDINATOR = Identity.from_seed(bytes(range(32)))
+
+
+def node(i: int) -> Identity:
+    return Identity.from_seed(bytes([i + 1]) * 32)
+
+
+def new_core(run: MechanismRunner | None = None) -> EpochCore:
+    run = run or runner()
+    return EpochCore(identity=COORDINATOR, settings=settings(run))
+
+
+class FakeClock:
+    def __init__(self, now: int = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def nonce(i: int) -> str:
+    return f"{i:032x}"
+
+
+def registration(who: Identity, *, location: int = 0, epoch: int = 0,
+                 capacity: int = 5_000_000, endpoint: str | None = None) -> Registration:
+    return Registration(public_key=who.public_key, epoch=epoch, home_location=location,
+                        capacity=capacity, kind="wlan_channels", endpoint=endpoint)
+
+
+def declaration(who: Identity, *, epoch: int = 0, theta: int = 900_000,
+                n: int | None = None) -> Declaration:
+    seq = n if n is not None else int(who.node_id[:8], 16) + epoch
+    return Declaration(epoch=epoch, node_id=who.node_id, theta=theta, nonce=nonce(seq))
+
+
+def commitment(who: Identity, *, epoch: int = 0, amount: int) -> Commitment:
+    return Commitment(epoch=epoch, node_id=who.node_id, contribution=amount)
+
+
+def refusal(host: Identity, requester: Identity, *, epoch: int = 0, reason: str,
+            time: int, n: int = 1) -> Envelope:
+    return seal(host, Refusal(epoch=epoch, host_id=host.node_id,
+                              requester_id=requester.node_id, challenge=nonce(n),
+                              reason=reason, time=time))
+
+
+def receipt(host: Identity, requester: Identity, *, epoch: int = 0, amount: int,
+            time: int, n: int = 1) -> Envelope:
+    return seal(host, GrantReceipt(epoch=epoch, host_id=host.node_id,
+                                   requester_id=requester.node_id, challenge=nonce(n),
+                                   amount=amount, time=time))
+
+
+def audit_report(reporter: Identity, evidence: Sequence[Envelope], *,
+                 epoch: int = 0) -> AuditReport:
+    return AuditReport(epoch=epoch, reporter_id=reporter.node_id, evidence=tuple(evidence))
+
+
+def raw(who: Identity, message: Any) -> bytes:
+    return seal_bytes(who, message)
+
+
+def forge_payload(who: Identity, message_type: str, payload: dict[str, Any]) -> bytes:
+    """Sign an arbitrary payload object as ``message_type`` (valid signature, bad content).
+
+    Encoded like the canonical form (sorted keys, no whitespace) but without its checks,
+    so booleans and other refused values can be signed."""
+    data = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return Envelope.seal(who, message_type, data).to_bytes()
+
+
+def envelope_obj(data: bytes) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(data)
+    return obj
+
+
+def relabel(data: bytes, new_type: str) -> bytes:
+    """The same payload and signature under another type (the signature then fails)."""
+    obj = envelope_obj(data)
+    obj["type"] = new_type
+    return json.dumps(obj).encode()
+
+
+def flip_signature(data: bytes) -> bytes:
+    obj = envelope_obj(data)
+    sig = bytearray(bytes.fromhex(obj["signature"]))
+    sig[0] ^= 1
+    obj["signature"] = sig.hex()
+    return json.dumps(obj).encode()
+
+
+def payload_of(data: bytes) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(base64.b64decode(envelope_obj(data)["payload"]))
+    return obj
