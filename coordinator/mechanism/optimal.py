@@ -27,6 +27,7 @@ import numpy.typing as npt
 from scipy import interpolate, optimize
 
 from .market import Market
+from .multipliers import kkt_multipliers
 from .provision import Provision, provision_for
 from .result import Allocation, MechanismResult
 from .sums import Group, SumLaw, sum_law, virtual_weight
@@ -120,19 +121,11 @@ def solve_lambdas(market: Market, *, exclusion: bool, provisions: list[Provision
     scale = max(1.0, abs(evaluate(market, np.zeros(L), exclusion=exclusion,
                                   provisions=provisions, method=method).welfare))
 
-    def fischer_burmeister(v: FloatArray) -> FloatArray:
-        lam_v = np.abs(v)  # λ = |v| keeps the multipliers nonnegative
-        c = evaluate(market, lam_v, exclusion=exclusion, provisions=provisions,
-                     method=method).constraints / scale
-        return np.asarray(lam_v + c - np.sqrt(lam_v**2 + c**2), dtype=float)
+    def values(lam_v: FloatArray) -> tuple[float, FloatArray]:
+        ev = evaluate(market, lam_v, exclusion=exclusion, provisions=provisions, method=method)
+        return ev.welfare, ev.constraints
 
-    sol = optimize.root(fischer_burmeister, np.full(L, lam), method="hybr",
-                        options={"xtol": 1e-12})
-    lam_v = np.abs(sol.x)
-    resid = float(np.max(np.abs(fischer_burmeister(sol.x))))
-    ok = bool(sol.success) or resid < 1e-9
-    return lam_v, ok, ("constraints (24) bind or are slack with λ = 0"
-                       if ok else f"multiplier search failed: {sol.message} (residual {resid:.2e})")
+    return kkt_multipliers(values, np.full(L, lam), scale)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ import numpy.typing as npt
 from scipy import optimize
 
 from .market import Market, PowerCost, PowerUtility
+from .multipliers import kkt_multipliers
 from .provision import Power, Provision, provision_for
 from .result import Allocation, MechanismResult
 from .sums import partial_means, survival, thresholds
@@ -125,17 +126,11 @@ def posted_fee(market: Market) -> PostedFeeMechanism:
     if market.payment == "in_kind" and L > 1:
         scale = max(1.0, abs(plan_at(market, np.zeros(L), provisions).welfare))
 
-        def fb(v: FloatArray) -> FloatArray:
-            lv = np.abs(v)
-            c = plan_at(market, lv, provisions).constraints / scale
-            return np.asarray(lv + c - np.sqrt(lv**2 + c**2), dtype=float)
+        def values(lv: FloatArray) -> tuple[float, FloatArray]:
+            p = plan_at(market, lv, provisions)
+            return p.welfare, p.constraints
 
-        sol = optimize.root(fb, lambdas, method="hybr", options={"xtol": 1e-13})
-        lambdas = np.abs(sol.x)
-        resid = float(np.max(np.abs(fb(sol.x))))
-        ok = bool(sol.success) or resid < 1e-9
-        status = ("each location's constraint binds or is slack with λ = 0" if ok
-                  else f"multiplier search failed: {sol.message} (residual {resid:.2e})")
+        lambdas, ok, status = kkt_multipliers(values, lambdas, scale)
     plan = plan_at(market, lambdas, provisions)
     details: dict[str, Any] = {"constraint_values": plan.constraints, "payment": market.payment,
                                "lambda_note": "multipliers of (19)/(23)"}
