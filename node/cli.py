@@ -1,0 +1,251 @@
+"""``inkind-node`` (also ``python -m node``): run one node against a coordinator.
+
+The node binds its host service, prints ONE JSON line on stdout once it listens::
+
+    {"node_id": ..., "public_key": ..., "url": "http://127.0.0.1:PORT",
+     "endpoint": "127.0.0.1:PORT", "location": L, "kind": KIND, "strategy": S}
+
+and then runs its epoch loop (:class:`node.agent.Agent`) until SIGINT or SIGTERM, on
+which it stops the loop, closes its listener and exits 0. Logs go to stderr. Exit code 2
+for bad arguments or an unusable key file.
+
+This module only parses arguments and wires the parts; the logic lives in
+:mod:`node.agent`, :mod:`node.host` and :mod:`node.service`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+
+from node.agent import DEFAULT_ROAM_AMOUNT
+from node.launch import NodeSpec, start_node
+from node.resources import KINDS, Tariff, parse_micro
+from node.strategy import Strategy, parse_strategy
+from protocol import Identity, InkindError
+from protocol.errors import KeyFileError
+from protocol.fields import check_public_key
+
+log = logging.getLogger("inkind.node")
+
+EPILOG = """\
+units: --capacity and --roam-amount are in units of the node's resource kind
+  (wlan_coverage: cells; wlan_channels: simultaneous channels; files: MB served,
+  1 MB = 1e6 bytes; compute: compute units); --theta is the type θ in [0, 1].
+  All are sent as integer micro-units (1 unit = 1000000).
+
+strategies: truthful (default) | misreport:F (declare F·θ) | misreport:=V (declare V)
+  | free-ride (declare truthfully, open and commit nothing)
+  | free-ride:commit (commit what is owed but open nothing).
+
+example:
+  inkind-node --coordinator http://127.0.0.1:8080 --key n1.pem --location 0 \\
+      --kind wlan_coverage --capacity 2 --theta 0.6
+"""
+
+
+def _location(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 1023:
+        raise argparse.ArgumentTypeError("a location is an integer in 0..1023")
+    return value
+
+
+def _units(text: str) -> int:
+    try:
+        return parse_micro(text)
+    except InkindError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _theta(text: str) -> int:
+    try:
+        return parse_micro(text, high=1_000_000)
+    except InkindError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _strategy(text: str) -> Strategy:
+    try:
+        return parse_strategy(text)
+    except InkindError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _tariff(text: str) -> Tariff:
+    try:
+        return Tariff.parse(text)
+    except InkindError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _key(text: str) -> str:
+    try:
+        return check_public_key("coordinator key", text)
+    except InkindError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="inkind-node",
+        description="Run one inkind node: register with the coordinator, declare its\n"
+        "type each epoch, open its contribution in kind behind an access gate,\n"
+        "roam to other locations and report the signed receipts and refusals.\n"
+        "Prints one JSON line (node_id, public_key, url, endpoint, location, kind,\n"
+        "strategy) once it listens; stops cleanly on SIGINT or SIGTERM.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--coordinator", required=True, metavar="URL", help="coordinator base URL")
+    p.add_argument(
+        "--coordinator-key",
+        type=_key,
+        metavar="HEX",
+        help="trusted coordinator public key (64 hex); without it the signer of the first "
+        "announcement is trusted (testbeds only)",
+    )
+    p.add_argument(
+        "--key",
+        required=True,
+        metavar="PATH",
+        help="the node's Ed25519 key file (PKCS#8 PEM, mode 0600); created if missing",
+    )
+    p.add_argument("--location", required=True, type=_location, help="home location 0..1023")
+    p.add_argument("--kind", required=True, choices=KINDS, help="resource kind shared")
+    p.add_argument(
+        "--capacity", required=True, type=_units, metavar="X", help="capacity offered, units"
+    )
+    p.add_argument("--theta", required=True, type=_theta, metavar="T", help="true type θ in [0, 1]")
+    p.add_argument(
+        "--strategy",
+        type=_strategy,
+        default=parse_strategy("truthful"),
+        metavar="S",
+        help="truthful | misreport:F | misreport:=V | free-ride | free-ride:commit",
+    )
+    p.add_argument("--files-dir", metavar="DIR", help="directory of files to share (--kind files)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=0, help="port to listen on; 0 = any free port")
+    p.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="endpoint registered with the coordinator (default: the bound address)",
+    )
+    p.add_argument(
+        "--session-seconds",
+        type=int,
+        default=60,
+        help="wlan_channels: how long a granted channel is held (default %(default)s)",
+    )
+    p.add_argument(
+        "--tariff",
+        type=_tariff,
+        metavar="P:Y,...",
+        help="compute: tariff menu points (contribution p buys share y, units); default y = p",
+    )
+    p.add_argument("--roam-moves", type=int, default=1, help="random moves per epoch")
+    p.add_argument(
+        "--roam-amount",
+        type=_units,
+        default=DEFAULT_ROAM_AMOUNT,
+        metavar="X",
+        help="units asked per access (coverage, compute; channels: always 1; default 0.1)",
+    )
+    p.add_argument("--max-skew", type=int, default=60, help="clock tolerance, seconds")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between idle polls")
+    p.add_argument("--seed", type=int, help="seed of the roaming moves (default: random)")
+    p.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="stderr log level (default %(default)s)",
+    )
+    return p
+
+
+def load_or_create_key(path: Path) -> Identity:
+    if path.exists():
+        return Identity.load(path)
+    identity = Identity.generate()
+    identity.save(path)
+    log.warning("created a new key %s (node %s...)", path, identity.node_id[:16])
+    return identity
+
+
+def spec_from_args(args: argparse.Namespace) -> NodeSpec:
+    return NodeSpec(
+        coordinator=args.coordinator,
+        location=args.location,
+        kind=args.kind,
+        capacity=args.capacity,
+        theta=args.theta,
+        strategy=args.strategy,
+        coordinator_key=args.coordinator_key,
+        files_dir=args.files_dir,
+        host=args.host,
+        port=args.port,
+        advertise=args.advertise,
+        session_seconds=args.session_seconds,
+        tariff=args.tariff,
+        roam_moves=args.roam_moves,
+        roam_amount=args.roam_amount,
+        max_skew=args.max_skew,
+        seed=args.seed,
+    )
+
+
+async def serve(spec: NodeSpec, identity: Identity, *, poll_seconds: float) -> int:
+    """Run one node until SIGINT/SIGTERM; 0 on a clean stop, 1 if the loop crashed."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        node = await start_node(spec, identity, session)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            print(json.dumps(node.info()), flush=True)
+            task = asyncio.create_task(node.agent.run(stop.is_set, poll_seconds=poll_seconds))
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            crashed = task.done() and not task.cancelled() and task.exception() is not None
+            for t in (task, stopped):
+                t.cancel()
+            await asyncio.gather(task, stopped, return_exceptions=True)
+            if crashed:
+                log.error("the epoch loop stopped: %r", task.exception())
+                return 1
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await node.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        identity = load_or_create_key(Path(args.key))
+    except KeyFileError as exc:
+        print(f"inkind-node: {exc}", file=sys.stderr)
+        return 2
+    if args.kind == "files" and not args.files_dir:
+        print("inkind-node: --kind files needs --files-dir", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(spec_from_args(args), identity, poll_seconds=args.poll))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,473 @@
+"""HTTP clients a node uses: one for the coordinator, one for other nodes (hosts).
+
+Both follow ``protocol/HTTP.md`` and wrap an :class:`aiohttp.ClientSession` the caller
+owns (one session serves many nodes in one event loop).
+
+* :class:`CoordinatorClient` turns every ``{"code", "message"}`` error answer back into
+  the typed error with :func:`protocol.from_wire` and raises it; coordinator-signed
+  answers (announcement, allocation, credential) are verified against the trusted
+  coordinator key before they are returned. Codes the protocol does not define (such as
+  ``no_epoch``) arrive as :class:`~protocol.errors.UnrecognizedError` keeping the code.
+* :class:`PeerClient` asks a host for a challenge and access (plain, a file download or
+  a compute job). A refusal is an answer, not an exception: :class:`AccessAnswer` carries
+  the host-signed receipt or refusal (checked against the host's key from the directory)
+  or the plain error of a request the host could not verify.
+
+Response bodies are read with size limits. Network failures surface as
+:class:`aiohttp.ClientError` / :class:`TimeoutError`; this module does not retry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from protocol import (
+    AccessRequest,
+    Allocation,
+    Challenge,
+    Credential,
+    Envelope,
+    EpochAnnouncement,
+    GrantReceipt,
+    Identity,
+    InkindError,
+    Refusal,
+    from_wire,
+    node_id_of,
+    open_embedded,
+    seal,
+)
+from protocol.envelope import envelope_size_limit
+from protocol.errors import (
+    BadProofError,
+    MalformedError,
+    OutOfRangeError,
+    TooLargeError,
+    UnknownKeyError,
+    UnrecognizedError,
+    WrongSignerError,
+)
+from protocol.fields import check_node_id, check_nonce, check_public_key, check_time
+
+#: Largest JSON answer that is not an envelope (directory, status), bytes.
+MAX_JSON_BYTES = 32 * 1024 * 1024
+#: Largest file a download accepts, bytes.
+MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
+RECEIPT_HEADER = "X-Inkind-Receipt"
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    if resp.content_length is not None and resp.content_length > limit:
+        raise TooLargeError(f"answer of {resp.content_length} bytes exceeds {limit}")
+    data = await resp.content.read(limit + 1)
+    if len(data) > limit:
+        raise TooLargeError(f"answer exceeds {limit} bytes")
+    return data
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedError(f"answer is not JSON: {data[:80]!r}") from None
+
+
+def _error_of(body: object, status: int) -> InkindError:
+    if isinstance(body, dict) and "code" in body and "message" in body:
+        return from_wire({"code": body["code"], "message": body["message"]})
+    return MalformedError(f"HTTP {status} without an error body: {body!r:.120}")
+
+
+async def _raise_for(resp: aiohttp.ClientResponse) -> None:
+    if resp.status < 400:
+        return
+    data = await _read(resp, 64 * 1024)
+    try:
+        body: object = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        body = data[:200]
+    raise _error_of(body, resp.status)
+
+
+def wire_code(exc: InkindError) -> str:
+    """The code a peer sent, also when this implementation does not know it (``no_epoch``)."""
+    return exc.wire_code if isinstance(exc, UnrecognizedError) else exc.code
+
+
+def base_url(endpoint: str) -> str:
+    """``host:port`` from the directory to an HTTP base URL."""
+    return endpoint if "://" in endpoint else f"http://{endpoint}"
+
+
+# --- coordinator --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectoryEntry:
+    """An included host: where it listens and what it owes (micro-units)."""
+
+    node_id: str
+    public_key: str
+    location: int
+    endpoint: str | None
+    kind: str
+    contribution: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Directory:
+    epoch: int
+    nodes: tuple[DirectoryEntry, ...]
+
+    def by_id(self) -> dict[str, DirectoryEntry]:
+        return {n.node_id: n for n in self.nodes}
+
+
+def parse_directory(body: object) -> Directory:
+    """Validate the unsigned directory JSON; an entry whose id is not its key's is refused."""
+    if not isinstance(body, dict) or not isinstance(body.get("nodes"), list):
+        raise MalformedError("directory: expected {epoch, nodes: [...]}")
+    epoch = body.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise OutOfRangeError("directory: bad epoch")
+    nodes: list[DirectoryEntry] = []
+    for item in body["nodes"]:
+        if not isinstance(item, dict):
+            raise MalformedError("directory: an entry is not an object")
+        key = check_public_key("public_key", item.get("public_key"))
+        nid = check_node_id("node_id", item.get("node_id"))
+        if node_id_of(key) != nid:
+            raise WrongSignerError("directory: node_id is not the id of public_key")
+        location, contribution = item.get("location"), item.get("contribution", 0)
+        endpoint, kind = item.get("endpoint"), item.get("kind", "")
+        if isinstance(location, bool) or not isinstance(location, int):
+            raise OutOfRangeError("directory: bad location")
+        if isinstance(contribution, bool) or not isinstance(contribution, int):
+            raise OutOfRangeError("directory: bad contribution")
+        if endpoint is not None and not isinstance(endpoint, str):
+            raise OutOfRangeError("directory: bad endpoint")
+        if not isinstance(kind, str):
+            raise OutOfRangeError("directory: bad kind")
+        nodes.append(
+            DirectoryEntry(
+                node_id=nid,
+                public_key=key,
+                location=location,
+                endpoint=endpoint or None,
+                kind=kind,
+                contribution=contribution,
+            )
+        )
+    return Directory(epoch=epoch, nodes=tuple(nodes))
+
+
+class CoordinatorClient:
+    """The coordinator's endpoints (HTTP.md "Coordinator").
+
+    ``coordinator_key`` is the trusted coordinator key; if None and
+    ``trust_on_first_use`` is set, the signer of the first announcement is trusted from
+    then on (convenient for a local testbed; configure the key in production).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        *,
+        coordinator_key: str | None = None,
+        trust_on_first_use: bool = False,
+        timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.session = session
+        self.url = url.rstrip("/")
+        self.coordinator_key = coordinator_key
+        self.trust_on_first_use = trust_on_first_use
+        self.timeout = timeout
+
+    def _trusted(self) -> frozenset[str]:
+        if self.coordinator_key is None:
+            raise UnknownKeyError("no coordinator key is trusted")
+        return frozenset({self.coordinator_key})
+
+    async def _get(self, path: str, limit: int) -> bytes:
+        async with self.session.get(self.url + path, timeout=self.timeout) as resp:
+            await _raise_for(resp)
+            return await _read(resp, limit)
+
+    async def _post(self, path: str, envelope: Envelope) -> dict[str, Any]:
+        async with self.session.post(
+            self.url + path,
+            data=envelope.to_bytes(),
+            headers={"Content-Type": "application/json"},
+            timeout=self.timeout,
+        ) as resp:
+            await _raise_for(resp)
+            body = _json(await _read(resp, MAX_JSON_BYTES))
+        if not isinstance(body, dict):
+            raise MalformedError("answer is not a JSON object")
+        return body
+
+    async def register(self, envelope: Envelope) -> dict[str, Any]:
+        """``POST /v1/register`` with a signed ``registration``."""
+        return await self._post("/v1/register", envelope)
+
+    async def announcement(self) -> tuple[Envelope, EpochAnnouncement]:
+        """``GET /v1/announcement``, verified (the coordinator key, as signer)."""
+        raw = await self._get(
+            "/v1/announcement", envelope_size_limit(EpochAnnouncement.MAX_PAYLOAD_BYTES)
+        )
+        env = Envelope.from_bytes(
+            raw, max_size=envelope_size_limit(EpochAnnouncement.MAX_PAYLOAD_BYTES)
+        )
+        if self.coordinator_key is None and self.trust_on_first_use:
+            _, ann = open_embedded(env, EpochAnnouncement, trusted=frozenset({env.signer}))
+            self.coordinator_key = env.signer
+            return env, ann
+        _, ann = open_embedded(env, EpochAnnouncement, trusted=self._trusted())
+        return env, ann
+
+    async def declare(self, envelope: Envelope) -> dict[str, Any]:
+        """``POST /v1/declarations`` with a signed ``declaration``."""
+        return await self._post("/v1/declarations", envelope)
+
+    async def allocation(self, epoch: int) -> Allocation:
+        """``GET /v1/allocation/{epoch}``, verified and checked to be for ``epoch``."""
+        limit = envelope_size_limit(Allocation.MAX_PAYLOAD_BYTES)
+        raw = await self._get(f"/v1/allocation/{epoch}", limit)
+        env = Envelope.from_bytes(raw, max_size=limit)
+        _, alloc = open_embedded(env, Allocation, trusted=self._trusted())
+        if alloc.epoch != epoch:
+            raise OutOfRangeError(f"asked for the allocation of epoch {epoch}, got {alloc.epoch}")
+        return alloc
+
+    async def credential(self, epoch: int, node_id: str) -> tuple[Envelope, Credential]:
+        """``GET /v1/credential/{epoch}/{node_id}``, verified; ``not_included`` if excluded."""
+        limit = envelope_size_limit(Credential.MAX_PAYLOAD_BYTES)
+        raw = await self._get(f"/v1/credential/{epoch}/{node_id}", limit)
+        env = Envelope.from_bytes(raw, max_size=limit)
+        _, cred = open_embedded(env, Credential, trusted=self._trusted())
+        if cred.epoch != epoch or cred.node_id != node_id:
+            raise OutOfRangeError("credential for another epoch or node than asked")
+        return env, cred
+
+    async def directory(self, epoch: int) -> Directory:
+        """``GET /v1/directory/{epoch}`` (unsigned; receipts are checked against its keys)."""
+        raw = await self._get(f"/v1/directory/{epoch}", MAX_JSON_BYTES)
+        directory = parse_directory(_json(raw))
+        if directory.epoch != epoch:
+            raise OutOfRangeError(f"asked for the directory of epoch {epoch}")
+        return directory
+
+    async def commit(self, envelope: Envelope) -> dict[str, Any]:
+        """``POST /v1/commitments`` with a signed ``commitment``."""
+        return await self._post("/v1/commitments", envelope)
+
+    async def audit(self, envelope: Envelope) -> dict[str, Any]:
+        """``POST /v1/audit`` with a signed ``audit_report``."""
+        return await self._post("/v1/audit", envelope)
+
+    async def status(self) -> dict[str, Any]:
+        """``GET /v1/status`` (unsigned operator JSON)."""
+        body = _json(await self._get("/v1/status", MAX_JSON_BYTES))
+        if not isinstance(body, dict):
+            raise MalformedError("status is not a JSON object")
+        return body
+
+
+# --- peers ------------------------------------------------------------------------------
+
+
+def make_access_request(
+    identity: Identity,
+    credential: Envelope,
+    *,
+    host_id: str,
+    challenge: str,
+    amount: int,
+    resource: str | None = None,
+) -> Envelope:
+    """The signed ``access_request`` a roamer sends (README section 7, step 2)."""
+    request = AccessRequest(
+        credential=credential,
+        host_id=host_id,
+        challenge=challenge,
+        amount=amount,
+        resource=resource,
+    )
+    return seal(identity, request)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessAnswer:
+    """A host's answer: a verified receipt, a verified refusal, or a plain error."""
+
+    receipt_envelope: Envelope | None = None
+    receipt: GrantReceipt | None = None
+    refusal_envelope: Envelope | None = None
+    refusal: Refusal | None = None
+    error: InkindError | None = None
+
+    @property
+    def granted(self) -> bool:
+        return self.receipt is not None
+
+    @property
+    def reason(self) -> str:
+        if self.receipt is not None:
+            return "granted"
+        if self.refusal is not None:
+            return self.refusal.reason
+        return self.error.code if self.error is not None else "internal"
+
+    @property
+    def evidence(self) -> Envelope | None:
+        """What goes into an audit report (a host-signed receipt or refusal)."""
+        return self.receipt_envelope or self.refusal_envelope
+
+
+def _check_answer(
+    message: GrantReceipt | Refusal, host_id: str | None, challenge: str | None
+) -> None:
+    if host_id is not None and message.host_id != host_id:
+        raise WrongSignerError("answer names another host")
+    if challenge is not None and message.challenge != challenge:
+        raise BadProofError("answer is for another challenge")
+
+
+class PeerClient:
+    """A node's client for other nodes' host endpoints (HTTP.md "Node").
+
+    Pass ``host_key`` (from the directory) to the access methods so that a receipt or
+    refusal signed by anyone else is refused (``unknown_key``) rather than kept.
+    """
+
+    def __init__(
+        self, session: aiohttp.ClientSession, *, timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT
+    ) -> None:
+        self.session = session
+        self.timeout = timeout
+
+    async def challenge(self, url: str) -> Challenge:
+        """``GET /v1/challenge``."""
+        async with self.session.get(url.rstrip("/") + "/v1/challenge", timeout=self.timeout) as r:
+            await _raise_for(r)
+            body = _json(await _read(r, 4096))
+        if not isinstance(body, dict):
+            raise MalformedError("challenge answer is not an object")
+        return Challenge(
+            value=check_nonce("challenge", body.get("challenge")),
+            expires=check_time("expires", body.get("expires")),
+        )
+
+    async def _send(
+        self, url: str, path: str, request: Envelope, host_key: str | None
+    ) -> tuple[AccessAnswer, aiohttp.ClientResponse, bytes]:
+        async with self.session.post(
+            url.rstrip("/") + path,
+            data=request.to_bytes(),
+            headers={"Content-Type": "application/json"},
+            timeout=self.timeout,
+        ) as resp:
+            data = await _read(resp, MAX_DOWNLOAD_BYTES if resp.status < 400 else 256 * 1024)
+        if resp.status < 400:
+            return AccessAnswer(), resp, data
+        try:
+            body: object = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            body = data[:200]
+        error = _error_of(body, resp.status)
+        if isinstance(body, dict) and "refusal" in body:
+            try:
+                env = Envelope.from_obj(body["refusal"])
+                refusal = self._open(env, Refusal, host_key)
+            except InkindError as exc:
+                return AccessAnswer(error=exc), resp, data
+            return AccessAnswer(refusal_envelope=env, refusal=refusal, error=error), resp, data
+        return AccessAnswer(error=error), resp, data
+
+    @staticmethod
+    def _open(env: Envelope, cls: type[GrantReceipt] | type[Refusal], host_key: str | None) -> Any:
+        trusted = frozenset({host_key}) if host_key is not None else None
+        _, message = open_embedded(env, cls, trusted=trusted)
+        return message
+
+    def _granted(self, env: Envelope, host_key: str | None, request: Envelope) -> AccessAnswer:
+        try:
+            receipt: GrantReceipt = self._open(env, GrantReceipt, host_key)
+            _, req = open_embedded(request, AccessRequest, trusted=None)
+            _check_answer(receipt, req.host_id, req.challenge)
+        except InkindError as exc:
+            return AccessAnswer(error=exc)
+        return AccessAnswer(receipt_envelope=env, receipt=receipt)
+
+    async def access(
+        self, url: str, request: Envelope, *, host_key: str | None = None
+    ) -> AccessAnswer:
+        """``POST /v1/access`` (WLAN coverage and channels)."""
+        answer, _, data = await self._send(url, "/v1/access", request, host_key)
+        if answer.error is not None or answer.refusal is not None:
+            return answer
+        try:
+            env = Envelope.from_bytes(data, max_size=64 * 1024)
+        except InkindError as exc:
+            return AccessAnswer(error=exc)
+        return self._granted(env, host_key, request)
+
+    async def download(
+        self, url: str, sha256: str, request: Envelope, *, host_key: str | None = None
+    ) -> tuple[AccessAnswer, bytes | None]:
+        """``POST /v1/files/{sha256}``: the file's bytes (checked against the hash)."""
+        answer, resp, data = await self._send(url, f"/v1/files/{sha256}", request, host_key)
+        if answer.error is not None or answer.refusal is not None:
+            return answer, None
+        try:
+            header = resp.headers.get(RECEIPT_HEADER, "")
+            env = Envelope.from_bytes(base64.b64decode(header, validate=True), max_size=64 * 1024)
+        except (binascii.Error, ValueError, InkindError):
+            return AccessAnswer(error=MalformedError("download without a valid receipt")), None
+        answer = self._granted(env, host_key, request)
+        if answer.granted and hashlib.sha256(data).hexdigest() != sha256:
+            return AccessAnswer(error=MalformedError("downloaded bytes do not match")), None
+        return answer, data if answer.granted else None
+
+    async def compute(
+        self, url: str, request: Envelope, *, host_key: str | None = None
+    ) -> tuple[AccessAnswer, dict[str, Any] | None]:
+        """``POST /v1/compute``: ``{"receipt", "result"}``."""
+        answer, _, data = await self._send(url, "/v1/compute", request, host_key)
+        if answer.error is not None or answer.refusal is not None:
+            return answer, None
+        try:
+            body = _json(data)
+            if not isinstance(body, dict) or not isinstance(body.get("result"), dict):
+                raise MalformedError("compute answer without a result")
+            env = Envelope.from_obj(body.get("receipt"))
+        except InkindError as exc:
+            return AccessAnswer(error=exc), None
+        answer = self._granted(env, host_key, request)
+        return answer, body["result"] if answer.granted else None
+
+    async def files(self, url: str) -> list[dict[str, Any]]:
+        """``GET /v1/files``: the host's shared files ``[{"sha256", "size"}]``."""
+        async with self.session.get(url.rstrip("/") + "/v1/files", timeout=self.timeout) as r:
+            await _raise_for(r)
+            body = _json(await _read(r, MAX_JSON_BYTES))
+        if not isinstance(body, dict) or not isinstance(body.get("files"), list):
+            raise MalformedError("files answer is not {files: [...]}")
+        return [f for f in body["files"] if isinstance(f, dict)]
+
+    async def status(self, url: str) -> dict[str, Any]:
+        async with self.session.get(url.rstrip("/") + "/v1/status", timeout=self.timeout) as r:
+            await _raise_for(r)
+            body = _json(await _read(r, MAX_JSON_BYTES))
+        if not isinstance(body, dict):
+            raise MalformedError("status is not a JSON object")
+        return body

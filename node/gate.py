@@ -1,0 +1,213 @@
+"""The host's access gate: one pure function, :func:`authorize`, deny by default.
+
+A host admits a roaming (downloading, computing) peer only if the coordinator included
+it in the epoch's allocation, and only within the capacity the host contributed
+(DESIGN "One epoch, end to end", step 6; protocol README section 7). The checks, in
+order; the first that fails decides, and every decision carries a wire error code as its
+machine-readable ``reason``:
+
+1. the cryptographic part, :func:`protocol.check_access_request`: the request envelope
+   and its signature (``malformed``, ``bad_signature``, ...), the addressee
+   (``bad_proof``), the coordinator's signature on the embedded credential
+   (``unknown_key``, ``bad_signature``), its epoch (``stale_epoch``, ``future_epoch``)
+   and validity window with bounded clock skew (``not_yet_valid``, ``expired``), proof of
+   possession (``bad_proof``) and last the single-use challenge (``bad_proof``,
+   ``expired``, ``replay``);
+2. policy, only once the requester's identity is proven: revocation (``revoked``),
+   inclusion in the allocation (``not_included``), the resource the endpoint serves and
+   the amount's form (``out_of_range``: wrong resource, not a whole number of channels,
+   not the file's size, more than the requester's remaining compute share), and the
+   host's remaining contributed capacity (``capacity_exhausted``).
+
+Partial grants: when the host has some capacity left but less than asked, a divisible
+resource (coverage, whole channels, compute) is granted what is left, rounded down to the
+unit, and the receipt says so (``amount`` granted); ``capacity_exhausted`` is answered
+only when nothing (no whole unit) is left, or for an indivisible resource (a file) that
+does not fit. So a host never refuses for capacity while it still has some, which is
+what the coordinator's audit holds it to (receipts reaching the committed capacity).
+
+Only a request that passes every check is granted; an exception that is not an
+:class:`~protocol.InkindError` is a bug and propagates (the request is not granted).
+
+Purity: the gate reads the clock from ``now`` and the host's state from ``view``, an
+immutable snapshot, and changes nothing -- except that a fully verified proof uses up its
+challenge in the host's :class:`~protocol.ChallengeBook` (``view.challenges``), which is
+what makes a challenge single use. Applying a grant (consuming capacity, signing the
+receipt) is the caller's job (:mod:`node.host`), so a refused request never changes the
+host's capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from protocol import (
+    AccessRequest,
+    ChallengeBook,
+    InkindError,
+    check_access_request,
+    error_from_code,
+)
+from protocol.errors import (
+    CapacityExhaustedError,
+    NotIncludedError,
+    OutOfRangeError,
+    RevokedError,
+    UnknownKeyError,
+)
+
+#: The reason of a granted decision (every other reason is a wire error code).
+GRANTED = "granted"
+#: Default clock tolerance between coordinator and host, seconds (protocol default).
+DEFAULT_MAX_SKEW = 60
+
+_EMPTY: Mapping[str, int] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostView:
+    """What the host knows when a request arrives (a snapshot; build one per request).
+
+    * ``coordinator_key``: the trusted coordinator key (None: none trusted yet, so every
+      request is refused ``unknown_key``);
+    * ``epoch``: the epoch of the allocation the host enforces;
+    * ``included``: that allocation's included node ids; ``revoked``: ids revoked or
+      excluded since (they are refused even if included);
+    * ``remaining``: the host's remaining contributed capacity, micro-units of its kind;
+      ``partial``: whether less than asked may be granted (see the module docstring);
+    * ``unit``: the granularity of an amount (one WLAN channel = 1 000 000; else 1);
+    * ``costs``: exact amounts of named resources (a file's size in bytes);
+    * ``shares``: per requester, the compute share bought this epoch (None: no
+      per-requester limit); ``share_used``: what each requester already used here;
+    * ``challenges``: the host's challenge book (the one mutable thing the gate touches).
+    """
+
+    host_id: str
+    coordinator_key: str | None
+    epoch: int
+    included: frozenset[str]
+    revoked: frozenset[str] = frozenset()
+    remaining: int
+    partial: bool = True
+    unit: int = 1
+    costs: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    shares: Mapping[str, int] | None = None
+    share_used: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    max_skew: int = DEFAULT_MAX_SKEW
+    challenges: ChallengeBook
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The gate's answer. ``reason`` is ``"granted"`` or a wire error code; ``amount`` is
+    what is granted (at most what was asked; 0 when refused).
+
+    ``requester_id`` and ``request`` are set once the proof of possession verified: only
+    then may the host sign a refusal naming the requester (an unverified request gets a
+    plain error, never a signed statement about someone it may not come from).
+    """
+
+    granted: bool
+    reason: str
+    message: str = ""
+    epoch: int
+    amount: int = 0
+    requester_id: str | None = None
+    request: AccessRequest | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.request is not None
+
+    def error(self) -> InkindError:
+        """The refusal as a typed error (for the service's error answer)."""
+        if self.granted:
+            raise ValueError("a granted decision is not an error")
+        return error_from_code(self.reason, self.message or self.reason)
+
+
+def authorize(request: bytes, view: HostView, *, now: int, resource: str | None = None) -> Decision:
+    """Decide an access request (wire bytes of an ``access_request`` envelope).
+
+    ``resource``, if given, is what the endpoint serves (``"file:" + sha256``,
+    ``"compute"``): the request must name exactly it. Deny by default: the only
+    ``granted=True`` is the last line.
+    """
+    if view.coordinator_key is None:
+        return _deny(UnknownKeyError("no coordinator key is trusted yet"), view.epoch)
+    try:
+        verified = check_access_request(
+            request,
+            coordinator_key=view.coordinator_key,
+            host_id=view.host_id,
+            epoch=view.epoch,
+            now=now,
+            challenges=view.challenges,
+            max_skew=view.max_skew,
+        )
+    except InkindError as exc:
+        return _deny(exc, view.epoch)
+    req = verified.request
+    who = verified.requester_id
+    try:
+        amount = _check_policy(req, who, view, resource)
+    except InkindError as exc:
+        return _deny(exc, view.epoch, requester_id=who, request=req)
+    return Decision(
+        granted=True,
+        reason=GRANTED,
+        epoch=view.epoch,
+        amount=amount,
+        requester_id=who,
+        request=req,
+    )
+
+
+def _check_policy(req: AccessRequest, who: str, view: HostView, resource: str | None) -> int:
+    """Raise the first policy refusal, or return the amount to grant."""
+    if who in view.revoked:
+        raise RevokedError(f"node {who[:16]}... is revoked")
+    if who not in view.included:
+        raise NotIncludedError(f"node {who[:16]}... is not included in epoch {view.epoch}")
+    if resource is not None and req.resource != resource:
+        raise OutOfRangeError(f"this endpoint serves {resource!r}, not {req.resource!r}")
+    if req.amount % view.unit:
+        raise OutOfRangeError(f"amount must be a multiple of {view.unit}")
+    indivisible = req.resource is not None and req.resource in view.costs
+    if req.resource is not None and indivisible:
+        cost = view.costs[req.resource]
+        if req.amount != cost:
+            raise OutOfRangeError(f"{req.resource} costs exactly {cost}, not {req.amount}")
+    if view.shares is not None:
+        left = view.shares.get(who, 0) - view.share_used.get(who, 0)
+        if req.amount > left:
+            # The requester's own limit, not the host's: out_of_range rather than
+            # capacity_exhausted, so an audit never reads it as a host refusing service.
+            raise OutOfRangeError(f"amount {req.amount} exceeds the share left ({left})")
+    if req.amount <= view.remaining:
+        return req.amount
+    left = view.remaining - view.remaining % view.unit
+    if view.partial and not indivisible and left > 0:
+        return left
+    raise CapacityExhaustedError(
+        f"amount {req.amount} exceeds the remaining capacity {view.remaining}"
+    )
+
+
+def _deny(
+    exc: InkindError,
+    epoch: int,
+    *,
+    requester_id: str | None = None,
+    request: AccessRequest | None = None,
+) -> Decision:
+    return Decision(
+        granted=False,
+        reason=exc.code,
+        message=str(exc),
+        epoch=epoch,
+        requester_id=requester_id,
+        request=request,
+    )

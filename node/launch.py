@@ -1,0 +1,143 @@
+"""Wiring one node in a running event loop: host, service, clients and agent.
+
+:func:`start_node` builds a node from a :class:`NodeSpec` and an identity, binds its
+service (port 0: an ephemeral port) and returns a :class:`RunningNode` whose agent the
+caller drives: ``await node.agent.run(stop)`` for the real loop, or
+``await node.agent.run_epoch_step()`` step by step. Many nodes may share one event loop
+and one :class:`aiohttp.ClientSession`; this is what the ``inkind-node`` command and an
+in-process testbed both use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from node.agent import DEFAULT_ROAM_AMOUNT, Agent
+from node.client import CoordinatorClient, PeerClient
+from node.files import FileStore
+from node.host import Host
+from node.resources import Tariff
+from node.service import make_app, start_site
+from node.strategy import Strategy, Truthful
+from protocol import Identity
+
+
+def wall_clock() -> int:
+    """Integer Unix seconds (the clock of a real node)."""
+    return int(time.time())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSpec:
+    """Everything a node is configured with; quantities in micro-units."""
+
+    coordinator: str
+    location: int
+    kind: str
+    capacity: int
+    theta: int
+    strategy: Strategy = field(default_factory=Truthful)
+    coordinator_key: str | None = None  # None: trust the first announcement's signer
+    files_dir: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise: str | None = None
+    session_seconds: int = 60
+    tariff: Tariff | None = None
+    roam_moves: int = 1
+    roam_script: Mapping[int, Sequence[int]] | None = None
+    roam_amount: int = DEFAULT_ROAM_AMOUNT
+    max_skew: int = 60
+    seed: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RunningNode:
+    spec: NodeSpec
+    identity: Identity
+    host: Host
+    agent: Agent
+    runner: web.AppRunner
+    bound: str  # host:port the service listens on
+    endpoint: str  # host:port registered with the coordinator
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.bound}"
+
+    def info(self) -> dict[str, object]:
+        """The JSON line ``inkind-node`` prints once it listens."""
+        return {
+            "node_id": self.identity.node_id,
+            "public_key": self.identity.public_key,
+            "url": self.url,
+            "endpoint": self.endpoint,
+            "location": self.spec.location,
+            "kind": self.spec.kind,
+            "strategy": self.spec.strategy.name,
+        }
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_node(
+    spec: NodeSpec,
+    identity: Identity,
+    session: aiohttp.ClientSession,
+    *,
+    clock: Callable[[], int] = wall_clock,
+) -> RunningNode:
+    """Build and bind one node (its agent is not started: the caller drives it)."""
+    files = FileStore(spec.files_dir)
+    if spec.files_dir:
+        await asyncio.to_thread(files.scan)
+    host = Host(
+        identity,
+        kind=spec.kind,
+        location=spec.location,
+        coordinator_key=spec.coordinator_key,
+        files=files,
+        session_seconds=spec.session_seconds,
+        max_skew=spec.max_skew,
+    )
+    runner, bound = await start_site(make_app(host, clock=clock), host=spec.host, port=spec.port)
+    endpoint = spec.advertise or bound
+    coordinator = CoordinatorClient(
+        session,
+        spec.coordinator,
+        coordinator_key=spec.coordinator_key,
+        trust_on_first_use=spec.coordinator_key is None,
+    )
+    agent = Agent(
+        identity,
+        host,
+        coordinator,
+        PeerClient(session),
+        theta=spec.theta,
+        capacity=spec.capacity,
+        clock=clock,
+        strategy=spec.strategy,
+        endpoint=endpoint,
+        tariff=spec.tariff,
+        roam_moves=spec.roam_moves,
+        roam_script=spec.roam_script,
+        roam_amount=spec.roam_amount,
+        rng=random.Random(spec.seed),
+    )
+    return RunningNode(
+        spec=spec,
+        identity=identity,
+        host=host,
+        agent=agent,
+        runner=runner,
+        bound=bound,
+        endpoint=endpoint,
+    )

@@ -1,0 +1,353 @@
+"""The node's epoch loop against a fake coordinator, several nodes in one event loop.
+
+The fake coordinator (``test_node_support.FakeCoordinator``) signs its announcement,
+allocation and credentials with a test identity; the tests open and close its epochs and
+drive each agent with ``run_epoch_step`` and an injected clock, so nothing waits on time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from test_node_support import NOW, FakeCoordinator, ident
+
+from node.agent import DEFAULT_ROAM_AMOUNT, Agent
+from node.client import CoordinatorClient, PeerClient
+from node.files import FileStore
+from node.host import Host
+from node.launch import NodeSpec, start_node
+from node.service import make_app, start_site
+from node.strategy import parse_strategy
+from protocol import MICRO, GrantReceipt, Refusal, open_embedded
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@dataclass
+class Spec:
+    seed: int
+    location: int
+    kind: str
+    theta: int
+    strategy: str = "truthful"
+    capacity: int = 2 * MICRO
+    script: Sequence[int] = ()
+    files_dir: Path | None = None
+
+
+@asynccontextmanager
+async def node_bed(
+    specs: Sequence[Spec], clock: Clock, *, trust_on_first_use: bool = False
+) -> AsyncIterator[tuple[FakeCoordinator, list[Agent]]]:
+    coord_id = ident(90)
+    fake = FakeCoordinator(coord_id, clock=clock)
+    runners: list[web.AppRunner] = []
+    try:
+        runner, coord_endpoint = await start_site(fake.app(), port=0)
+        runners.append(runner)
+        async with aiohttp.ClientSession() as session:
+            agents = []
+            for spec in specs:
+                identity = ident(spec.seed)
+                files = FileStore(spec.files_dir)
+                files.scan()
+                key = None if trust_on_first_use else coord_id.public_key
+                host = Host(
+                    identity,
+                    kind=spec.kind,
+                    location=spec.location,
+                    coordinator_key=key,
+                    files=files,
+                )
+                runner, endpoint = await start_site(make_app(host, clock=clock), port=0)
+                runners.append(runner)
+                coordinator = CoordinatorClient(
+                    session,
+                    f"http://{coord_endpoint}",
+                    coordinator_key=key,
+                    trust_on_first_use=trust_on_first_use,
+                )
+                agents.append(
+                    Agent(
+                        identity,
+                        host,
+                        coordinator,
+                        PeerClient(session),
+                        theta=spec.theta,
+                        capacity=spec.capacity,
+                        clock=clock,
+                        strategy=parse_strategy(spec.strategy),
+                        endpoint=endpoint,
+                        roam_script={1: spec.script},
+                        rng=random.Random(spec.seed),
+                    )
+                )
+            yield fake, agents
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+async def step_all(agents: Sequence[Agent]) -> list[str]:
+    return [await a.run_epoch_step() for a in agents]
+
+
+@pytest.mark.asyncio
+async def test_one_epoch_end_to_end_with_a_free_rider_and_a_misreporter() -> None:
+    clock = Clock()
+    specs = [
+        Spec(seed=11, location=0, kind="wlan_coverage", theta=600_000, script=(1, 2)),
+        Spec(
+            seed=12,
+            location=1,
+            kind="wlan_coverage",
+            theta=500_000,
+            strategy="free-ride",
+            script=(0,),
+        ),
+        Spec(
+            seed=13,
+            location=2,
+            kind="wlan_channels",
+            theta=800_000,
+            strategy="misreport:0.5",
+            script=(0, 1),
+        ),
+    ]
+    async with node_bed(specs, clock) as (fake, agents):
+        a, b, c = agents
+        assert await step_all(agents) == ["registered"] * 3
+        assert fake.registrations[a.node_id].endpoint == a.endpoint
+        assert await step_all(agents) == ["waiting"] * 3  # no epoch yet
+
+        fake.open(1, deadline=NOW + 60, locations=3)
+        assert await step_all(agents) == ["declared"] * 3
+        thetas = {n: d.theta for n, d in fake.declarations[1].items()}
+        assert thetas == {a.node_id: 600_000, b.node_id: 500_000, c.node_id: 400_000}
+        assert await step_all(agents) == ["waiting"] * 3  # not closed yet
+
+        clock.now = NOW + 60
+        fake.close(1, owed={a.node_id: 2 * MICRO, c.node_id: MICRO})
+        assert await step_all(agents) == ["provided"] * 3
+        assert set(fake.commitments[1]) == {a.node_id, c.node_id}  # the free rider sends none
+        assert fake.commitments[1][a.node_id].contribution == 2 * MICRO
+        assert (a.host.resource.opened, b.host.resource.opened, c.host.resource.opened) == (
+            2 * MICRO,
+            0,
+            MICRO,
+        )
+
+        assert await step_all(agents) == ["roamed"] * 3
+        reasons = {
+            agent.node_id: [answer.reason for answer in agent.history[1].answers]
+            for agent in agents
+        }
+        assert reasons == {
+            a.node_id: ["capacity_exhausted", "granted"],  # the free rider refuses, C grants
+            b.node_id: ["granted"],
+            c.node_id: ["granted", "capacity_exhausted"],
+        }
+        assert a.host.resource.remaining(clock.now) == 2 * MICRO - 2 * DEFAULT_ROAM_AMOUNT
+
+        assert await step_all(agents) == ["reported"] * 3
+        assert len(fake.audits) == 3
+        for report in fake.audits:
+            for env in report.evidence:
+                item: GrantReceipt | Refusal
+                if env.type == "grant_receipt":
+                    _, item = open_embedded(env, GrantReceipt, trusted=env.signer)
+                else:
+                    _, item = open_embedded(env, Refusal, trusted=env.signer)
+                assert item.epoch == 1 and item.requester_id == report.reporter_id
+        refusals = [
+            env for report in fake.audits for env in report.evidence if env.type == "refusal"
+        ]
+        b_key = fake.registrations[b.node_id].public_key
+        assert len(refusals) == 2 and all(env.signer == b_key for env in refusals)
+
+        assert await step_all(agents) == ["waiting"] * 3
+        fake.open(2, deadline=NOW + 200, locations=3)
+        assert await step_all(agents) == ["declared"] * 3
+
+
+@pytest.mark.asyncio
+async def test_files_and_compute_hosts_serve_roamers(tmp_path: Path) -> None:
+    (tmp_path / "paper.pdf").write_bytes(b"%PDF" + bytes(range(256)) * 4)
+    clock = Clock()
+    specs = [
+        Spec(seed=21, location=0, kind="files", theta=700_000, files_dir=tmp_path, script=(1,)),
+        Spec(seed=22, location=1, kind="compute", theta=700_000, script=(0,)),
+    ]
+    async with node_bed(specs, clock, trust_on_first_use=True) as (fake, agents):
+        files_node, compute_node = agents
+        await step_all(agents)
+        fake.open(1, deadline=NOW + 60)
+        assert await step_all(agents) == ["declared"] * 2
+        # Trusted on first use: the hosts now enforce credentials of that coordinator.
+        assert files_node.host.coordinator_key == fake.identity.public_key
+        clock.now = NOW + 60
+        fake.close(1, owed={files_node.node_id: 2000, compute_node.node_id: 3 * MICRO})
+        assert await step_all(agents) == ["provided"] * 2
+        assert compute_node.host.shares == {
+            files_node.node_id: 2000,
+            compute_node.node_id: 3 * MICRO,
+        }
+        assert await step_all(agents) == ["roamed"] * 2
+        (download,) = compute_node.history[1].answers
+        assert download.granted and download.receipt is not None
+        assert download.receipt.amount == 4 + 1024
+        (job,) = files_node.history[1].answers
+        # The files node contributed 2000 micro-units, so its compute share is 2000.
+        assert job.granted and job.receipt is not None and job.receipt.amount == 2000
+        assert await step_all(agents) == ["reported"] * 2
+
+
+@pytest.mark.asyncio
+async def test_an_excluded_node_gets_no_credential_opens_nothing_and_is_refused() -> None:
+    clock = Clock()
+    specs = [
+        Spec(seed=31, location=0, kind="wlan_coverage", theta=600_000),
+        Spec(seed=32, location=1, kind="wlan_coverage", theta=0, script=(0,)),
+    ]
+    async with node_bed(specs, clock) as (fake, agents):
+        host, outsider = agents
+        await step_all(agents)
+        fake.open(1, deadline=NOW + 60)
+        await step_all(agents)
+        fake.close(1)  # θ = 0 is not included
+        assert await step_all(agents) == ["provided"] * 2
+        assert outsider.history[1].owed is None and outsider.history[1].credential is None
+        assert outsider.host.resource.opened == 0
+        assert outsider.node_id not in fake.commitments.get(1, {})
+        assert await step_all(agents) == ["roamed"] * 2
+        assert outsider.history[1].answers == []  # nothing to present
+        # With someone else's credential it is refused: the proof of possession fails.
+        entry = fake.registrations[host.node_id]
+        assert entry.endpoint is not None
+        cred = fake.credentials[(1, host.node_id)]
+        directory = host.history[1].directory
+        assert directory is not None
+        answer = await outsider.ask(directory.by_id()[host.node_id], cred)
+        assert answer is not None and answer.reason == "bad_proof"
+        assert host.host.resource.remaining(clock.now) == MICRO
+
+
+@pytest.mark.asyncio
+async def test_a_committing_free_rider_claims_what_it_owes_but_opens_nothing() -> None:
+    clock = Clock()
+    specs = [
+        Spec(seed=41, location=0, kind="wlan_coverage", theta=500_000, strategy="free-ride:commit")
+    ]
+    async with node_bed(specs, clock) as (fake, agents):
+        (agent,) = agents
+        await step_all(agents)
+        fake.open(1, deadline=NOW + 60)
+        await step_all(agents)
+        fake.close(1, owed={agent.node_id: 3 * MICRO // 2})
+        assert await step_all(agents) == ["provided"]
+        assert fake.commitments[1][agent.node_id].contribution == 3 * MICRO // 2
+        assert agent.host.resource.opened == 0
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_coordinator_is_an_error_step_not_a_crash() -> None:
+    async with aiohttp.ClientSession() as session:
+        identity = ident(51)
+        host = Host(identity, kind="wlan_coverage", location=0)
+        agent = Agent(
+            identity,
+            host,
+            CoordinatorClient(session, "http://127.0.0.1:9", coordinator_key=ident(90).public_key),
+            PeerClient(session),
+            theta=1,
+            capacity=1,
+            clock=Clock(),
+        )
+        assert await agent.run_epoch_step() == "error"
+        assert not agent.registered
+
+
+@pytest.mark.asyncio
+async def test_a_declaration_refused_as_late_is_not_retried() -> None:
+    node_clock, coord_clock = Clock(), Clock()
+    coord_clock.now = NOW + 100  # the coordinator's clock is ahead of the node's
+    async with node_bed([Spec(seed=61, location=0, kind="wlan_coverage", theta=1)], node_clock) as (
+        fake,
+        agents,
+    ):
+        fake.clock = coord_clock
+        (agent,) = agents
+        await agent.run_epoch_step()
+        fake.open(1, deadline=NOW + 60)
+        assert await agent.run_epoch_step() == "declared"
+        assert agent.history[1].declaration_refused == "epoch_closed"
+        assert fake.declarations[1] == {}
+        assert await agent.run_epoch_step() == "waiting"  # no second declaration
+        fake.close(1)
+        assert await agent.run_epoch_step() == "provided"
+        assert agent.history[1].owed is None
+
+
+@pytest.mark.asyncio
+async def test_a_node_joining_late_registers_at_the_current_epoch_and_skips_it() -> None:
+    clock = Clock()
+    async with node_bed([Spec(seed=62, location=0, kind="wlan_coverage", theta=1)], clock) as (
+        fake,
+        agents,
+    ):
+        (agent,) = agents
+        fake.open(4, deadline=NOW + 60)
+        assert await agent.run_epoch_step() == "registered"
+        assert fake.registrations[agent.node_id].epoch == 4
+        clock.now = NOW + 60  # too late to declare in epoch 4
+        assert await agent.run_epoch_step() == "waiting"
+        fake.open(5, deadline=NOW + 120)
+        assert await agent.run_epoch_step() == "announced"
+        assert await agent.run_epoch_step() == "declared"
+        assert agent.node_id in fake.declarations[5]
+
+
+@pytest.mark.asyncio
+async def test_start_node_wires_a_node_that_can_be_stepped(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"shared")
+    clock = Clock()
+    fake = FakeCoordinator(ident(90), clock=clock)
+    runner, coord_endpoint = await start_site(fake.app(), port=0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            spec = NodeSpec(
+                coordinator=f"http://{coord_endpoint}",
+                location=2,
+                kind="files",
+                capacity=MICRO,
+                theta=300_000,
+                files_dir=str(tmp_path),
+            )
+            node = await start_node(spec, ident(71), session, clock=clock)
+            try:
+                info = node.info()
+                assert info["node_id"] == ident(71).node_id and info["kind"] == "files"
+                assert await node.agent.run_epoch_step() == "registered"
+                assert fake.registrations[node.identity.node_id].endpoint == node.endpoint
+                assert len(await PeerClient(session).files(node.url)) == 1
+                fake.open(1, deadline=NOW + 60)
+                assert await node.agent.run_epoch_step() == "declared"
+                # No key configured: the first announcement's signer is trusted from now on.
+                assert node.host.coordinator_key == fake.identity.public_key
+            finally:
+                await node.stop()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,160 @@
+"""The ``inkind-node`` command: help, the JSON line, registration and clean shutdown; and
+the node's import boundary (no ``coordinator``, no numpy or scipy)."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from test_node_support import FakeCoordinator, ident
+
+import node
+from node.cli import build_parser, main
+from node.service import start_site
+
+NODE_DIR = Path(node.__file__).parent
+FORBIDDEN = {"coordinator", "numpy", "scipy", "matplotlib"}
+
+
+def test_help_names_every_flag() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "node", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in (
+        "--coordinator",
+        "--coordinator-key",
+        "--key",
+        "--location",
+        "--kind",
+        "--capacity",
+        "--theta",
+        "--strategy",
+        "--files-dir",
+        "--host",
+        "--port",
+        "free-ride",
+        "micro-units",
+    ):
+        assert flag in out, flag
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--theta", "1.5"],
+        ["--strategy", "greedy"],
+        ["--location", "2000"],
+        ["--capacity", "-1"],
+        ["--kind", "spectrum"],
+    ],
+)
+def test_bad_arguments_exit_2(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--coordinator", "http://x", "--key", "k", "--location", "0"]
+    argv += ["--kind", "files", "--capacity", "1", "--theta", "0.5", *extra]
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_a_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "k.pem"
+    ident(7).save(key)
+    key.chmod(0o644)
+    argv = ["--coordinator", "http://127.0.0.1:9", "--key", str(key), "--location", "0"]
+    argv += ["--kind", "wlan_coverage", "--capacity", "1", "--theta", "0.5"]
+    assert main(argv) == 2
+
+
+def test_node_never_imports_the_coordinator_or_numerics() -> None:
+    for path in sorted(NODE_DIR.glob("*.py")):
+        roots: set[str] = set()
+        for item in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(item, ast.Import):
+                roots.update(alias.name.split(".")[0] for alias in item.names)
+            elif isinstance(item, ast.ImportFrom) and item.level == 0 and item.module:
+                roots.add(item.module.split(".")[0])
+        assert not roots & FORBIDDEN, f"{path.name} imports {sorted(roots & FORBIDDEN)}"
+
+
+def test_starting_a_node_loads_no_numerics() -> None:
+    code = (
+        "import sys, node.cli, node.agent, node.service\n"
+        "bad = [m for m in ('numpy', 'scipy', 'coordinator') if m in sys.modules]\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.asyncio
+async def test_the_command_prints_its_id_registers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    coord = ident(90)
+    fake = FakeCoordinator(coord, clock=lambda: 1_700_000_000)
+    runner, endpoint = await start_site(fake.app(), port=0)
+    key = tmp_path / "node.pem"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "node",
+        "--coordinator",
+        f"http://{endpoint}",
+        "--coordinator-key",
+        coord.public_key,
+        "--key",
+        str(key),
+        "--location",
+        "3",
+        "--kind",
+        "wlan_channels",
+        "--capacity",
+        "2",
+        "--theta",
+        "0.4",
+        "--poll",
+        "0.05",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+        info = json.loads(line)
+        assert set(info) == {
+            "node_id",
+            "public_key",
+            "url",
+            "endpoint",
+            "location",
+            "kind",
+            "strategy",
+        }
+        assert (info["location"], info["kind"], info["strategy"]) == (
+            3,
+            "wlan_channels",
+            "truthful",
+        )
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        await asyncio.wait_for(fake.registered.wait(), timeout=30)
+        reg = fake.registrations[info["node_id"]]
+        assert (reg.home_location, reg.capacity, reg.kind) == (3, 2_000_000, "wlan_channels")
+        assert reg.endpoint == info["endpoint"]
+        async with aiohttp.ClientSession() as session, session.get(info["url"] + "/v1/status") as r:
+            assert (await r.json())["node_id"] == info["node_id"]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await runner.cleanup()

@@ -1,0 +1,521 @@
+"""The access gate: every reason code, as tables, at the gate and at the host.
+
+Single-step cases are data: a name, how to build the request (and the view), the clock,
+and the expected reason. Multi-step scenarios are lists of steps against one host with the
+expected reason per step. Every refusal is also run through :class:`node.host.Host` to
+check that the host's capacity did not change and that only a verified requester gets a
+signed refusal. Hypothesis checks the two invariants: grants never exceed capacity, and an
+excluded (not included, or revoked) requester is never granted whatever else holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_node_support import NOW, World, ident
+
+from node.gate import GRANTED, authorize
+from node.host import Host
+from protocol import (
+    MICRO,
+    AccessRequest,
+    Declaration,
+    Envelope,
+    GrantReceipt,
+    Refusal,
+    open_embedded,
+    seal,
+)
+
+Build = Callable[[World], bytes]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Build
+    expected: str
+    view: dict[str, Any] | None = None
+    now: int = NOW
+    verified: bool = False  # a signed refusal is due (the requester's proof verified)
+    amount: int | None = None  # the amount granted, if not what was asked
+
+
+def _tamper_signature(raw: bytes) -> bytes:
+    env = Envelope.from_bytes(raw, max_size=1 << 20)
+    bad = bytes([env.signature[0] ^ 1]) + env.signature[1:]
+    return replace(env, signature=bad).to_bytes()
+
+
+def _forged_credential(w: World) -> Envelope:
+    # Claims the coordinator as signer, but the signature is by someone else.
+    good = w.credential(w.alice)
+    forged = w.credential(w.alice, signer=w.mallory)
+    return replace(good, signature=forged.signature)
+
+
+def _declaration(w: World) -> bytes:
+    decl = Declaration(epoch=5, node_id=w.alice.node_id, theta=1, nonce="00" * 16)
+    return seal(w.alice, decl).to_bytes()
+
+
+CASES = [
+    Case("granted", lambda w: w.request(w.alice), GRANTED, verified=True),
+    Case("malformed body", lambda w: b"{not json", "malformed"),
+    Case("too large body", lambda w: b" " * 200_000, "too_large"),
+    Case("another message type", _declaration, "unexpected_message"),
+    Case(
+        "request signature tampered",
+        lambda w: _tamper_signature(w.request(w.alice)),
+        "bad_signature",
+    ),
+    Case(
+        "addressed to another host",
+        lambda w: w.request(w.alice, host_id=w.bob.node_id),
+        "bad_proof",
+    ),
+    Case(
+        "credential from an untrusted coordinator",
+        lambda w: w.request(w.alice, credential=w.credential(w.alice, signer=w.mallory)),
+        "unknown_key",
+    ),
+    Case(
+        "credential signature forged",
+        lambda w: w.request(w.alice, credential=_forged_credential(w)),
+        "bad_signature",
+    ),
+    Case(
+        "stale credential epoch",
+        lambda w: w.request(w.alice, credential=w.credential(w.alice, epoch=4)),
+        "stale_epoch",
+    ),
+    Case(
+        "future credential epoch",
+        lambda w: w.request(w.alice, credential=w.credential(w.alice, epoch=6)),
+        "future_epoch",
+    ),
+    Case(
+        "credential expired beyond the skew",
+        lambda w: w.request(w.alice, credential=w.credential(w.alice, expires=NOW - 60)),
+        "expired",
+    ),
+    Case(
+        "credential expired within the skew",
+        lambda w: w.request(w.alice, credential=w.credential(w.alice, expires=NOW - 59)),
+        GRANTED,
+        verified=True,
+    ),
+    Case(
+        "credential not yet valid beyond the skew",
+        lambda w: w.request(w.alice, credential=w.credential(w.alice, not_before=NOW + 61)),
+        "not_yet_valid",
+    ),
+    Case(
+        "credential not yet valid within the skew",
+        lambda w: w.request(w.alice, credential=w.credential(w.alice, not_before=NOW + 60)),
+        GRANTED,
+        verified=True,
+    ),
+    Case(
+        "smaller skew makes it expired",
+        lambda w: w.request(w.alice, credential=w.credential(w.alice, expires=NOW - 5)),
+        "expired",
+        view={"max_skew": 0},
+    ),
+    Case(
+        "someone else's credential (no proof of possession)",
+        lambda w: w.request(w.alice, signer=w.mallory),
+        "bad_proof",
+    ),
+    Case("challenge never issued", lambda w: w.request(w.alice, challenge="ab" * 16), "bad_proof"),
+    Case(
+        "challenge expired",
+        lambda w: w.request(w.alice, challenge=w.book.issue(NOW - 30).value),
+        "expired",
+    ),
+    Case(
+        "no coordinator key trusted",
+        lambda w: w.request(w.alice),
+        "unknown_key",
+        view={"coordinator_key": None},
+    ),
+    Case("revoked", lambda w: w.request(w.carol), "revoked", verified=True),
+    Case(
+        "revoked wins over not included",
+        lambda w: w.request(w.bob),
+        "revoked",
+        view={"revoked": frozenset({ident(4).node_id})},
+        verified=True,
+    ),
+    Case("not included", lambda w: w.request(w.bob), "not_included", verified=True),
+    Case(
+        "more than is left: a partial grant of what is left",
+        lambda w: w.request(w.alice, amount=3 * MICRO + 1),
+        GRANTED,
+        verified=True,
+        amount=3 * MICRO,
+    ),
+    Case(
+        "more than is left, no partial grants",
+        lambda w: w.request(w.alice, amount=3 * MICRO + 1),
+        "capacity_exhausted",
+        view={"partial": False},
+        verified=True,
+    ),
+    Case(
+        "less than one whole channel left",
+        lambda w: w.request(w.alice, amount=MICRO),
+        "capacity_exhausted",
+        view={"unit": MICRO, "remaining": MICRO - 1},
+        verified=True,
+    ),
+    Case(
+        "a file larger than the byte budget left",
+        lambda w: w.request(w.alice, amount=11, resource="file:" + "a" * 64),
+        "capacity_exhausted",
+        view={"costs": {"file:" + "a" * 64: 11}, "remaining": 10},
+        verified=True,
+    ),
+    Case(
+        "a compute job larger than the capacity left runs partly",
+        lambda w: w.request(w.alice, amount=2 * MICRO),
+        GRANTED,
+        view={"shares": {ident(3).node_id: 3 * MICRO}, "remaining": MICRO},
+        verified=True,
+        amount=MICRO,
+    ),
+    Case(
+        "capacity exactly used up",
+        lambda w: w.request(w.alice, amount=3 * MICRO),
+        GRANTED,
+        verified=True,
+    ),
+    Case(
+        "nothing opened (free rider)",
+        lambda w: w.request(w.alice, amount=1),
+        "capacity_exhausted",
+        view={"remaining": 0},
+        verified=True,
+    ),
+    Case(
+        "not a whole channel",
+        lambda w: w.request(w.alice, amount=MICRO // 2),
+        "out_of_range",
+        view={"unit": MICRO},
+        verified=True,
+    ),
+    Case(
+        "file of another size",
+        lambda w: w.request(w.alice, amount=10, resource="file:" + "a" * 64),
+        "out_of_range",
+        view={"costs": {"file:" + "a" * 64: 11}},
+        verified=True,
+    ),
+    Case(
+        "file at its size",
+        lambda w: w.request(w.alice, amount=11, resource="file:" + "a" * 64),
+        GRANTED,
+        view={"costs": {"file:" + "a" * 64: 11}},
+        verified=True,
+    ),
+    Case(
+        "compute beyond the share bought",
+        lambda w: w.request(w.alice, amount=2 * MICRO),
+        "out_of_range",
+        view={"shares": {ident(3).node_id: 3 * MICRO}, "share_used": {ident(3).node_id: 2 * MICRO}},
+        verified=True,
+    ),
+    Case(
+        "compute without a share",
+        lambda w: w.request(w.alice, amount=1),
+        "out_of_range",
+        view={"shares": {}},
+        verified=True,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_gate_decides_each_case_with_its_reason(case: Case) -> None:
+    w = World()
+    raw = case.build(w)
+    decision = authorize(raw, w.view(**(case.view or {})), now=case.now)
+    assert decision.reason == case.expected, decision.message
+    assert decision.granted == (case.expected == GRANTED)
+    assert decision.verified == case.verified
+    if decision.granted:
+        assert decision.request is not None
+        asked = decision.request.amount
+        assert decision.amount == (asked if case.amount is None else case.amount)
+    else:
+        assert decision.amount == 0
+        assert decision.error().code == case.expected
+
+
+def _host(w: World, view: dict[str, Any] | None, capacity: int = 3 * MICRO) -> Host:
+    """A host whose state matches ``w.view(**view)``."""
+    view = view or {}
+    kind = "wlan_channels" if view.get("unit") == MICRO else "wlan_coverage"
+    if "shares" in view:
+        kind = "compute"
+    host = Host(
+        w.host,
+        kind=kind,
+        location=0,
+        coordinator_key=view.get("coordinator_key", w.coord.public_key),
+        max_skew=view.get("max_skew", 60),
+        partial_grants=view.get("partial", True),
+    )
+    host.challenges = w.book
+    host.open_epoch(
+        epoch=w.epoch,
+        included=w.included,
+        opened=view.get("remaining", capacity),
+        now=NOW,
+        shares=view.get("shares"),
+    )
+    for who, used in view.get("share_used", {}).items():
+        host.resource.opened += used
+        host.resource.consume(used, now=NOW, requester=who)
+    host.revoke(view.get("revoked", {w.carol.node_id}))
+    host._costs = view.get("costs", {})
+    return host
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_host_applies_each_decision_and_refusals_leave_capacity_unchanged(case: Case) -> None:
+    w = World()
+    host = _host(w, case.view)
+    before = host.resource.remaining(NOW)
+    outcome = host.access(case.build(w), now=case.now)
+    assert outcome.decision.reason == case.expected
+    after = host.resource.remaining(NOW)
+    if case.expected == GRANTED:
+        assert outcome.receipt is not None and outcome.refusal is None
+        _, receipt = open_embedded(outcome.receipt, GrantReceipt, trusted=w.host.public_key)
+        assert before - after == receipt.amount
+        assert receipt.requester_id == outcome.decision.requester_id
+        return
+    assert after == before, "a refusal must not change the host's capacity"
+    assert outcome.receipt is None
+    if case.verified:
+        assert outcome.refusal is not None
+        _, refusal = open_embedded(outcome.refusal, Refusal, trusted=w.host.public_key)
+        assert refusal.reason == case.expected
+        assert refusal.epoch == w.epoch and refusal.time == case.now
+    else:
+        assert outcome.refusal is None, "never sign a refusal for an unverified requester"
+    assert host.status(NOW)["refusals"] == {case.expected: 1}
+
+
+# --- multi-step scenarios --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    build: Callable[[World, list[bytes], int], bytes]  # world, requests sent so far, now
+    expected: str
+    now: int = NOW
+
+
+def _fresh(
+    amount: int = MICRO, who: str = "alice", resource: str | None = None
+) -> Callable[[World, list[bytes], int], bytes]:
+    return lambda w, sent, now: w.request(
+        getattr(w, who), amount=amount, resource=resource, challenge=w.challenge(now)
+    )
+
+
+def _again(index: int) -> Callable[[World, list[bytes], int], bytes]:
+    return lambda w, sent, now: sent[index]
+
+
+SCENARIOS: dict[str, tuple[str, int, list[Step]]] = {
+    # name: (kind, opened, steps)
+    "a replayed request is refused and uses no capacity": (
+        "wlan_coverage",
+        3 * MICRO,
+        [Step(_fresh(), GRANTED), Step(_again(0), "replay"), Step(_fresh(), GRANTED)],
+    ),
+    "a partial grant, then nothing is left": (
+        "wlan_coverage",
+        3 * MICRO // 2,
+        [Step(_fresh(), GRANTED), Step(_fresh(), GRANTED), Step(_fresh(1), "capacity_exhausted")],
+    ),
+    "coverage is used up and stays used up": (
+        "wlan_coverage",
+        2 * MICRO,
+        [
+            Step(_fresh(), GRANTED),
+            Step(_fresh(), GRANTED),
+            Step(_fresh(), "capacity_exhausted"),
+            Step(_fresh(), "capacity_exhausted", now=NOW + 3000),
+        ],
+    ),
+    "a channel is released when its session ends": (
+        "wlan_channels",
+        MICRO,
+        [
+            Step(_fresh(), GRANTED),
+            Step(_fresh(), "capacity_exhausted", now=NOW + 59),
+            Step(_fresh(), GRANTED, now=NOW + 60),
+        ],
+    ),
+    "a refused stranger does not block an included roamer": (
+        "wlan_coverage",
+        MICRO,
+        [Step(_fresh(who="bob"), "not_included"), Step(_fresh(), GRANTED)],
+    ),
+    "compute jobs add up to the share bought": (
+        "compute",
+        10 * MICRO,
+        [
+            Step(_fresh(MICRO, resource="compute"), GRANTED),
+            Step(_fresh(2 * MICRO, resource="compute"), "out_of_range"),
+            Step(_fresh(MICRO, resource="compute"), GRANTED),
+            Step(_fresh(1, resource="compute"), "out_of_range"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_steps_give_the_expected_reasons(name: str) -> None:
+    kind, opened, steps = SCENARIOS[name]
+    w = World()
+    host = Host(
+        w.host, kind=kind, location=0, coordinator_key=w.coord.public_key, session_seconds=60
+    )
+    host.challenges = w.book
+    shares = {w.alice.node_id: 2 * MICRO} if kind == "compute" else None
+    host.open_epoch(epoch=w.epoch, included=w.included, opened=opened, now=NOW, shares=shares)
+    sent: list[bytes] = []
+    for i, step in enumerate(steps):
+        raw = step.build(w, sent, step.now)
+        sent.append(raw)
+        before = host.resource.remaining(step.now)
+        outcome = host.access(raw, now=step.now, resource="compute" if kind == "compute" else None)
+        assert outcome.decision.reason == step.expected, f"step {i}: {outcome.decision.message}"
+        if not outcome.granted:
+            assert host.resource.remaining(step.now) == before
+
+
+def test_a_challenge_is_not_used_up_by_a_request_that_fails_its_proof() -> None:
+    w = World()
+    challenge = w.challenge()
+    bad = w.request(w.alice, challenge=challenge, signer=w.mallory)
+    assert authorize(bad, w.view(), now=NOW).reason == "bad_proof"
+    good = w.request(w.alice, challenge=challenge)
+    assert authorize(good, w.view(), now=NOW).granted
+
+
+def test_a_policy_refusal_uses_up_the_challenge() -> None:
+    w = World()
+    raw = w.request(w.bob)
+    assert authorize(raw, w.view(), now=NOW).reason == "not_included"
+    assert authorize(raw, w.view(), now=NOW).reason == "replay"
+
+
+def test_the_endpoint_resource_must_match_the_request() -> None:
+    w = World()
+    raw = w.request(w.alice, resource="file:" + "b" * 64)
+    decision = authorize(raw, w.view(), now=NOW, resource="file:" + "c" * 64)
+    assert decision.reason == "out_of_range" and decision.verified
+
+
+def test_a_granted_decision_is_not_an_error() -> None:
+    w = World()
+    decision = authorize(w.request(w.alice), w.view(), now=NOW)
+    with pytest.raises(ValueError):
+        decision.error()
+
+
+# --- invariants ------------------------------------------------------------------------
+
+WHO = ("alice", "bob", "carol")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    opened=st.integers(0, 5 * MICRO),
+    requests=st.lists(
+        st.tuples(st.sampled_from(WHO), st.integers(1, 2 * MICRO), st.integers(0, 100)),
+        max_size=12,
+    ),
+    kind=st.sampled_from(["wlan_coverage", "wlan_channels", "compute"]),
+)
+def test_grants_never_exceed_the_capacity_opened(
+    opened: int, requests: list[tuple[str, int, int]], kind: str
+) -> None:
+    w = World()
+    host = Host(
+        w.host, kind=kind, location=0, coordinator_key=w.coord.public_key, session_seconds=50
+    )
+    host.challenges = w.book
+    shares = {w.alice.node_id: 3 * MICRO} if kind == "compute" else None
+    host.open_epoch(epoch=w.epoch, included=w.included, opened=opened, now=NOW, shares=shares)
+    host.revoke([w.carol.node_id])
+    now = NOW
+    held: list[tuple[int, int]] = []  # (end, amount) of granted sessions
+    granted_total = 0
+    for who, amount, dt in requests:
+        now += dt
+        if kind == "wlan_channels":
+            amount = max(1, amount // MICRO) * MICRO
+        outcome = host.access(
+            w.request(
+                getattr(w, who),
+                amount=amount,
+                challenge=w.challenge(now),
+                resource="compute" if kind == "compute" else None,
+            ),
+            now=now,
+            resource="compute" if kind == "compute" else None,
+        )
+        if outcome.granted:
+            assert who == "alice"
+            assert 0 < outcome.decision.amount <= amount
+            granted_total += outcome.decision.amount
+            held.append((now + 50, outcome.decision.amount))
+        in_use = (
+            sum(a for end, a in held if end > now) if kind == "wlan_channels" else granted_total
+        )
+        assert in_use <= host.resource.opened <= opened
+        assert host.resource.remaining(now) == host.resource.opened - in_use
+    if kind == "compute":
+        assert granted_total <= 3 * MICRO
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    who=st.sampled_from(["bob", "carol"]),
+    remaining=st.integers(0, 10**15),
+    unit=st.sampled_from([1, MICRO]),
+    amount=st.integers(1, 4 * MICRO),
+    shares=st.none() | st.just("generous"),
+    included_too=st.booleans(),
+)
+def test_an_excluded_requester_is_never_granted(
+    who: str, remaining: int, unit: int, amount: int, shares: str | None, included_too: bool
+) -> None:
+    w = World()
+    requester = getattr(w, who)
+    included = w.included | {requester.node_id} if (included_too and who == "carol") else w.included
+    share_map = {requester.node_id: 10**15} if shares else None
+    view = w.view(remaining=remaining, unit=unit, shares=share_map, included=included)
+    decision = authorize(w.request(requester, amount=amount), view, now=NOW)
+    assert not decision.granted
+    assert decision.reason in ("not_included", "revoked")
+
+
+def test_the_request_class_is_the_protocols() -> None:
+    # The gate accepts exactly protocol access requests; a sanity check on the fixture.
+    w = World()
+    env = Envelope.from_bytes(w.request(w.alice), max_size=1 << 20)
+    _, req = open_embedded(env, AccessRequest, trusted=None)
+    assert req.host_id == w.host.node_id

@@ -1,0 +1,294 @@
+"""Shared fixtures of the node tests: a signed world and a fake coordinator.
+
+* :class:`World` holds a coordinator, a host and some requesters with fixed keys, builds
+  credentials and access requests (with mutate-and-re-sign knobs, after python-tuf's
+  repository simulator) and host views.
+* :class:`FakeCoordinator` is a small aiohttp app serving the Coordinator table of
+  ``protocol/HTTP.md`` with messages signed by a test identity; tests open and close
+  epochs on it explicitly. It is not the real coordinator (which the node never imports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from node.gate import HostView
+from protocol import (
+    MICRO,
+    AccessRequest,
+    Allocation,
+    AuditReport,
+    ChallengeBook,
+    Commitment,
+    Credential,
+    Declaration,
+    Envelope,
+    EpochAnnouncement,
+    Identity,
+    InkindError,
+    Registration,
+    open_envelope,
+    seal,
+    to_wire,
+)
+from protocol.errors import DuplicateDeclarationError, EpochClosedError, UnknownKeyError
+
+NOW = 1_700_000_000
+EPOCH = 5
+
+
+def ident(n: int) -> Identity:
+    return Identity.from_seed(bytes([n]) * 32)
+
+
+def counter_rng() -> Callable[[int], bytes]:
+    """A deterministic random source for challenge books (distinct values)."""
+    counter = itertools.count(1)
+    return lambda n: next(counter).to_bytes(n, "big")
+
+
+def test_counter_rng_gives_distinct_values() -> None:
+    rng = counter_rng()
+    assert rng(16) != rng(16)
+
+
+@dataclass
+class World:
+    """Keys and builders for gate and host tests (all times near :data:`NOW`)."""
+
+    coord: Identity = field(default_factory=lambda: ident(1))
+    host: Identity = field(default_factory=lambda: ident(2))
+    alice: Identity = field(default_factory=lambda: ident(3))  # included
+    bob: Identity = field(default_factory=lambda: ident(4))  # not included
+    carol: Identity = field(default_factory=lambda: ident(5))  # included but revoked
+    mallory: Identity = field(default_factory=lambda: ident(6))  # no credential of her own
+    epoch: int = EPOCH
+    book: ChallengeBook = field(default_factory=lambda: ChallengeBook(ttl=30, rng=counter_rng()))
+
+    @property
+    def included(self) -> frozenset[str]:
+        return frozenset({self.alice.node_id, self.carol.node_id})
+
+    def credential(
+        self,
+        who: Identity,
+        *,
+        epoch: int | None = None,
+        not_before: int = NOW - 100,
+        expires: int = NOW + 3600,
+        signer: Identity | None = None,
+    ) -> Envelope:
+        cred = Credential(
+            node_id=who.node_id,
+            public_key=who.public_key,
+            epoch=self.epoch if epoch is None else epoch,
+            not_before=not_before,
+            expires=expires,
+            location=1,
+        )
+        return seal(signer or self.coord, cred)
+
+    def challenge(self, now: int = NOW) -> str:
+        return self.book.issue(now).value
+
+    def request(
+        self,
+        who: Identity,
+        *,
+        amount: int = MICRO,
+        challenge: str | None = None,
+        credential: Envelope | None = None,
+        host_id: str | None = None,
+        signer: Identity | None = None,
+        resource: str | None = None,
+    ) -> bytes:
+        req = AccessRequest(
+            credential=credential if credential is not None else self.credential(who),
+            host_id=host_id or self.host.node_id,
+            challenge=challenge or self.challenge(),
+            amount=amount,
+            resource=resource,
+        )
+        return seal(signer or who, req).to_bytes()
+
+    def view(self, **overrides: Any) -> HostView:
+        values: dict[str, Any] = {
+            "host_id": self.host.node_id,
+            "coordinator_key": self.coord.public_key,
+            "epoch": self.epoch,
+            "included": self.included,
+            "revoked": frozenset({self.carol.node_id}),
+            "remaining": 3 * MICRO,
+            "challenges": self.book,
+        }
+        values.update(overrides)
+        return HostView(**values)
+
+
+# --- a fake coordinator ------------------------------------------------------------------
+
+
+class FakeCoordinator:
+    """The Coordinator table of HTTP.md, enough for the node's agent; state in the open."""
+
+    def __init__(self, identity: Identity, *, clock: Callable[[], int]) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.registrations: dict[str, Registration] = {}
+        self.announcement: EpochAnnouncement | None = None
+        self.declarations: dict[int, dict[str, Declaration]] = {}
+        self.allocations: dict[int, Allocation] = {}
+        self.credentials: dict[tuple[int, str], Envelope] = {}
+        self.commitments: dict[int, dict[str, Commitment]] = {}
+        self.audits: list[AuditReport] = []
+        self.excluded: list[dict[str, Any]] = []
+        self.registered = asyncio.Event()
+
+    # operator actions, called by the tests
+    def open(
+        self, epoch: int, *, deadline: int, payment: str = "in_kind", locations: int = 2
+    ) -> None:
+        self.announcement = EpochAnnouncement(
+            epoch=epoch,
+            mechanism="posted_fee",
+            payment=payment,
+            deadline=deadline,
+            fees=(100_000,) * locations,
+            q=(MICRO,) * locations,
+            coordinator_key=self.identity.public_key,
+        )
+        self.declarations.setdefault(epoch, {})
+
+    def close(
+        self, epoch: int, *, owed: dict[str, int] | None = None, lifetime: int = 3600
+    ) -> Allocation:
+        """Include every node that declared θ > 0; each owes ``owed[id]`` (default 1 unit)."""
+        decls = self.declarations.get(epoch, {})
+        included = tuple(sorted(n for n, d in decls.items() if d.theta > 0))
+        owed = owed or {}
+        alloc = Allocation(
+            epoch=epoch,
+            mechanism="posted_fee",
+            q=(MICRO, MICRO),
+            included=included,
+            contributions=tuple(owed.get(n, MICRO) for n in included),
+            expected_welfare=0,
+        )
+        self.allocations[epoch] = alloc
+        now = self.clock()
+        for n in included:
+            reg = self.registrations[n]
+            cred = Credential(
+                node_id=n,
+                public_key=reg.public_key,
+                epoch=epoch,
+                not_before=now - 10,
+                expires=now + lifetime,
+                location=reg.home_location,
+            )
+            self.credentials[(epoch, n)] = seal(self.identity, cred)
+        return alloc
+
+    def _keys(self) -> frozenset[str]:
+        return frozenset(r.public_key for r in self.registrations.values())
+
+    def app(self) -> web.Application:
+        @web.middleware
+        async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+            try:
+                response: web.StreamResponse = await handler(request)
+                return response
+            except InkindError as exc:
+                return web.json_response(to_wire(exc), status=exc.http_status)
+
+        def err(code: str, status: int) -> web.Response:
+            return web.json_response({"code": code, "message": code}, status=status)
+
+        async def register(request: web.Request) -> web.Response:
+            _, reg = open_envelope(await request.read(), Registration, trusted=None)
+            self.registrations[reg.node_id] = reg
+            self.registered.set()
+            return web.json_response({"node_id": reg.node_id, "epoch": reg.epoch})
+
+        async def announcement(request: web.Request) -> web.Response:
+            if self.announcement is None:
+                return err("no_epoch", 404)
+            return web.Response(
+                body=seal(self.identity, self.announcement).to_bytes(),
+                content_type="application/json",
+            )
+
+        async def declare(request: web.Request) -> web.Response:
+            _, decl = open_envelope(await request.read(), Declaration, trusted=self._keys())
+            if self.announcement is None or self.clock() >= self.announcement.deadline:
+                raise EpochClosedError("the epoch is closed")
+            table = self.declarations.setdefault(decl.epoch, {})
+            if decl.node_id in table:
+                raise DuplicateDeclarationError("already declared")
+            table[decl.node_id] = decl
+            return web.json_response({"epoch": decl.epoch, "node_id": decl.node_id, "accepted": 1})
+
+        async def allocation(request: web.Request) -> web.Response:
+            alloc = self.allocations.get(int(request.match_info["epoch"]))
+            if alloc is None:
+                return err("unknown_epoch", 404)
+            body = seal(self.identity, alloc).to_bytes()
+            return web.Response(body=body, content_type="application/json")
+
+        async def credential(request: web.Request) -> web.Response:
+            key = (int(request.match_info["epoch"]), request.match_info["node_id"])
+            env = self.credentials.get(key)
+            if env is None:
+                return err("not_included", 403)
+            return web.Response(body=env.to_bytes(), content_type="application/json")
+
+        async def directory(request: web.Request) -> web.Response:
+            epoch = int(request.match_info["epoch"])
+            alloc = self.allocations.get(epoch)
+            if alloc is None:
+                return err("unknown_epoch", 404)
+            nodes = [
+                {
+                    "node_id": n,
+                    "public_key": self.registrations[n].public_key,
+                    "location": self.registrations[n].home_location,
+                    "endpoint": self.registrations[n].endpoint,
+                    "kind": self.registrations[n].kind,
+                    "contribution": c,
+                }
+                for n, c in zip(alloc.included, alloc.contributions, strict=True)
+            ]
+            return web.json_response({"epoch": epoch, "nodes": nodes})
+
+        async def commit(request: web.Request) -> web.Response:
+            _, com = open_envelope(await request.read(), Commitment, trusted=self._keys())
+            self.commitments.setdefault(com.epoch, {})[com.node_id] = com
+            return web.json_response({"accepted": 1})
+
+        async def audit(request: web.Request) -> web.Response:
+            _, rep = open_envelope(await request.read(), AuditReport, trusted=self._keys())
+            if rep.reporter_id not in self.registrations:
+                raise UnknownKeyError("not registered")
+            self.audits.append(rep)
+            return web.json_response({"accepted": len(rep.evidence)})
+
+        async def status(request: web.Request) -> web.Response:
+            return web.json_response({"excluded": self.excluded})
+
+        app = web.Application(middlewares=[errors])
+        app.router.add_post("/v1/register", register)
+        app.router.add_get("/v1/announcement", announcement)
+        app.router.add_post("/v1/declarations", declare)
+        app.router.add_get("/v1/allocation/{epoch}", allocation)
+        app.router.add_get("/v1/credential/{epoch}/{node_id}", credential)
+        app.router.add_get("/v1/directory/{epoch}", directory)
+        app.router.add_post("/v1/commitments", commit)
+        app.router.add_post("/v1/audit", audit)
+        app.router.add_get("/v1/status", status)
+        return app
