@@ -53,7 +53,13 @@ cost = { B = 1.0, beta = 1.0 }
 [[locations]]
 name = "suburb"
 n = 3
-type = { dist = "scipy", name = "truncnorm", params = { a = -2.0, b = 2.0, loc = 0.5, scale = 0.25 }, low = 0.0, high = 1.0 }
+
+[locations.type]
+dist = "scipy"
+name = "truncnorm"
+params = { a = -2.0, b = 2.0, loc = 0.5, scale = 0.25 }
+low = 0.0
+high = 1.0
 """
 
 JSON_SPEC: dict[str, Any] = {

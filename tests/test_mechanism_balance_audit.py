@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +36,7 @@ def _two_towns(payment: str) -> Market:
 MARKETS = ["slides6", "two-towns-money", "two-towns-in-kind"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def solved(name: str) -> tuple[Market, LagrangianMechanism, BalancedMechanism]:
     m = {"slides6": lambda: slides_market(6),
          "two-towns-money": lambda: _two_towns("money"),
@@ -56,7 +56,7 @@ def _budgets(market: Market, alloc: Allocation) -> np.ndarray:
 # ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", MARKETS)
 def test_balanced_payments_sum_to_cost_per_budget_on_every_profile(name: str) -> None:
-    m, base, bal = solved(name)
+    m, _base, bal = solved(name)
     rng = np.random.default_rng(33)
     for types in m.sample_types(rng, 300):
         al = bal.allocate(types)
@@ -175,8 +175,8 @@ class _FlatMechanism:
     Q: float
     share: float
     fee: float
-    result: MechanismResult = MechanismResult(mechanism="flat", success=True, status="test",
-                                              welfare=math.nan)
+    result: MechanismResult = field(default_factory=lambda: MechanismResult(
+        mechanism="flat", success=True, status="test", welfare=math.nan))
 
     def allocate(self, types: npt.ArrayLike) -> Allocation:
         theta = self.market.split_types(types)

@@ -55,7 +55,7 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.shape[0]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def slides_second_best(n: int, exclusion: bool) -> LagrangianMechanism:
     return second_best(slides_market(n), exclusion=exclusion)
 
@@ -255,7 +255,7 @@ def _three_town_market(payment: str) -> Market:
     return Market(locs, W, payment)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def town_mechanisms(towns: int, payment: str) -> tuple[Market, LagrangianMechanism,
                                                       LagrangianMechanism, float]:
     m = _two_town_market(payment) if towns == 2 else _three_town_market(payment)
@@ -265,7 +265,7 @@ def town_mechanisms(towns: int, payment: str) -> tuple[Market, LagrangianMechani
 INTERIM_CASES = ["slides7", "slides7-no-exclusion", "two-towns-in-kind"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def interim_case(name: str) -> tuple[Market, LagrangianMechanism]:
     if name == "slides7":
         return slides_market(7), slides_second_best(7, True)
@@ -301,7 +301,7 @@ def test_interim_V_and_P_are_monotone_and_net_benefit_is_the_integral_of_V(case:
         lo = table.theta0 if np.isfinite(dist.g(np.array([table.theta0]))[0]) else float(
             dist.ppf(1e-12))
         for tt in (t[0], t[100], t[250], t[-1]):
-            integral = integrate.quad(lambda x: float(table.V(x)), lo, tt, limit=200,
+            integral = integrate.quad(lambda x, T=table: float(T.V(x)), lo, tt, limit=200,
                                       epsabs=1e-12, epsrel=1e-10)[0]
             assert tt * float(table.value(np.array([tt]))[0]) - float(
                 table.payment(np.array([tt]))[0]) == pytest.approx(integral, rel=1e-7, abs=1e-10)
@@ -340,7 +340,7 @@ def test_interim_V_matches_monte_carlo_of_allocate(case: str) -> None:
 # ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("towns", [2, 3])
 def test_in_kind_has_one_multiplier_per_location_with_complementary_slackness(towns: int) -> None:
-    m, sb, _, _ = town_mechanisms(towns, "in_kind")
+    _m, sb, _, _ = town_mechanisms(towns, "in_kind")
     r = sb.result
     assert r.success
     assert r.lambdas is not None and r.lambdas.shape == (towns,)
@@ -382,7 +382,7 @@ def test_in_kind_multipliers_are_found_when_one_location_values_only_the_other()
 
 @pytest.mark.parametrize("towns", [2, 3])
 def test_money_has_one_pooled_constraint_that_binds(towns: int) -> None:
-    m, sb, _, _ = town_mechanisms(towns, "money")
+    _m, sb, _, _ = town_mechanisms(towns, "money")
     r = sb.result
     assert r.success
     cons = np.asarray(r.details["constraint_values"])

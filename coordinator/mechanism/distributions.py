@@ -126,14 +126,25 @@ class TypeDistribution:
         unknown = set(d) - known[kind]
         if unknown:
             raise ValueError(f"unknown keys in type table: {sorted(unknown)}")
-        low = float(d.get("low", 0.0))
-        high = float(d.get("high", 1.0))
+        required = {"uniform": (), "beta": ("a", "b"), "scipy": ("name",)}[kind]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"type table for dist = {kind!r} needs {', '.join(missing)}")
+
+        def num(key: str, default: float) -> float:
+            x = d.get(key, default)
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise ValueError(f"type.{key} must be a number, got {x!r}")
+            return float(x)
+
+        low, high = num("low", 0.0), num("high", 1.0)
         if kind == "uniform":
             return cls.uniform(low, high)
         if kind == "beta":
-            return cls.beta(float(d["a"]), float(d["b"]), low, high)
+            return cls.beta(num("a", 0.0), num("b", 0.0), low, high)
         params = d.get("params", {})
-        if not isinstance(params, dict):
+        if not isinstance(params, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in params.values()):
             raise ValueError("type.params must be a table of numbers")
         return cls.from_scipy(str(d["name"]), low, high, **{k: float(v) for k, v in params.items()})
 

@@ -218,25 +218,43 @@ _MARKET_KEYS = {"payment", "exclusion", "levels", "q_max", "name", "description"
 _LOCATION_KEYS = {"name", "n", "type", "utility", "cost"}
 
 
+def _table(x: object, where: str) -> dict[str, Any]:
+    if not isinstance(x, dict):
+        raise ValueError(f"{where} must be a table, got {type(x).__name__}")
+    return x
+
+
+def _number(d: dict[str, Any], key: str, default: float, where: str) -> float:
+    x = d.get(key, default)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"{where}.{key} must be a number, got {x!r}")
+    return float(x)
+
+
 def _utility_from(d: dict[str, Any], where: str) -> Utility:
+    d = _table(d, f"{where}.utility")
     kind = d.get("kind", "power")
     if kind != "power":
         raise ValueError(f"{where}.utility.kind must be 'power' in a spec file (callables are "
-                         "for the Python API), got {kind!r}")
+                         f"for the Python API), got {kind!r}")
     unknown = set(d) - {"kind", "A", "alpha"}
     if unknown:
         raise ValueError(f"unknown keys in {where}.utility: {sorted(unknown)}")
-    return PowerUtility(float(d.get("A", 1.0)), float(d.get("alpha", 0.5)))
+    w = f"{where}.utility"
+    return PowerUtility(_number(d, "A", 1.0, w), _number(d, "alpha", 0.5, w))
 
 
 def _cost_from(d: dict[str, Any], where: str) -> Cost:
+    d = _table(d, f"{where}.cost")
     kind = d.get("kind", "power")
     if kind != "power":
         raise ValueError(f"{where}.cost.kind must be 'power' in a spec file, got {kind!r}")
     unknown = set(d) - {"kind", "B", "beta", "delta"}
     if unknown:
         raise ValueError(f"unknown keys in {where}.cost: {sorted(unknown)}")
-    return PowerCost(float(d.get("B", 1.0)), float(d.get("beta", 1.0)), float(d.get("delta", 0.0)))
+    w = f"{where}.cost"
+    return PowerCost(_number(d, "B", 1.0, w), _number(d, "beta", 1.0, w),
+                     _number(d, "delta", 0.0, w))
 
 
 def market_from_dict(d: dict[str, Any]) -> Market:
@@ -246,7 +264,7 @@ def market_from_dict(d: dict[str, Any]) -> Market:
     unknown = set(d) - _TOP_KEYS
     if unknown:
         raise ValueError(f"unknown top-level keys: {sorted(unknown)}")
-    m = d.get("market", {})
+    m = _table(d.get("market", {}), "[market]")
     unknown = set(m) - _MARKET_KEYS
     if unknown:
         raise ValueError(f"unknown keys in [market]: {sorted(unknown)}")
@@ -271,7 +289,8 @@ def market_from_dict(d: dict[str, Any]) -> Market:
         locs.append(Location(
             name=str(ld.get("name", f"location-{k}")),
             n=n,
-            dist=TypeDistribution.from_dict(ld.get("type", {"dist": "uniform"})),
+            dist=TypeDistribution.from_dict(_table(ld.get("type", {"dist": "uniform"}),
+                                                   f"{where}.type")),
             utility=_utility_from(ld.get("utility", {}), where),
             cost=_cost_from(ld.get("cost", {}), where),
         ))
@@ -281,11 +300,18 @@ def market_from_dict(d: dict[str, Any]) -> Market:
     if W is not None and weights.ndim == 1 and weights.size == 1 and L == 1:
         weights = weights.reshape(1, 1)
     levels = m.get("levels")
+    exclusion = m.get("exclusion", True)
+    if not isinstance(exclusion, bool):
+        raise ValueError(f"[market].exclusion must be true or false, got {exclusion!r}")
+    payment = m.get("payment", "money")
+    if levels is not None and (not isinstance(levels, list)
+                               or not all(isinstance(x, (int, float)) for x in levels)):
+        raise ValueError("[market].levels must be a list of sizes")
     return Market(
         locations=tuple(locs),
         weights=weights,
-        payment=m.get("payment", "money"),
-        exclusion=bool(m.get("exclusion", True)),
+        payment=payment,
+        exclusion=exclusion,
         levels=None if levels is None else tuple(float(x) for x in levels),
         q_max=float(m.get("q_max", 1e12)),
         spec=d,
