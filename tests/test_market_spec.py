@@ -353,7 +353,7 @@ def test_direct_construction_validates_too() -> None:
     with pytest.raises(ValueError, match="1 to"):
         Market((), np.eye(0))
     with pytest.raises(ValueError, match="n must be an integer"):
-        Location("b", True, TypeDistribution.uniform(), PowerUtility(1.0, 0.5),  # type: ignore[arg-type]
+        Location("b", True, TypeDistribution.uniform(), PowerUtility(1.0, 0.5),
                  PowerCost(1.0, 1.0))
     with pytest.raises(ValueError, match="payment"):
         Market((loc,), np.eye(1), "barter")  # type: ignore[arg-type]

@@ -235,6 +235,26 @@ def test_second_best_without_exclusion_refuses_a_prior_whose_density_vanishes_at
     assert sb.result.success and 0 < sb.result.welfare <= first_best(m).result.welfare
 
 
+@pytest.mark.parametrize("exclusion", [True, False], ids=["exclusion", "no-exclusion"])
+def test_equivalent_truncated_normal_specs_give_the_same_second_best(exclusion: bool) -> None:
+    # N(0.4, 0.3²) truncated to [0, 1], written two ways. scipy's truncnorm puts the bottom
+    # of its support at 0.4 + (−4/3)·0.3 = 5.6e-17 (rounding), so its pdf at exactly θ = 0
+    # is 0 although the density there is 0.62: that must not make the prior look like one
+    # whose density vanishes at the bottom (which the no-exclusion solver refuses).
+    def market(dist: TypeDistribution) -> Market:
+        return Market((Location("c", 3, dist, PowerUtility(2 / 3, 0.5), PowerCost(1.0, 1.0)),),
+                      np.eye(1))
+
+    norm = TypeDistribution.from_scipy("norm", 0.0, 1.0, loc=0.4, scale=0.3)
+    trunc = TypeDistribution.from_scipy("truncnorm", 0.0, 1.0, a=-4.0 / 3.0, b=2.0, loc=0.4,
+                                        scale=0.3)
+    a = second_best(market(norm), exclusion=exclusion).result
+    b = second_best(market(trunc), exclusion=exclusion).result
+    assert a.success, a.status
+    assert b.success, b.status
+    assert b.welfare == pytest.approx(a.welfare, rel=1e-6)
+
+
 # ---------------------------------------------------------------------------------
 # interim quantities: (8), (12), (14), Lemma 1
 # ---------------------------------------------------------------------------------
@@ -317,7 +337,7 @@ def test_interim_V_matches_monte_carlo_of_allocate(case: str) -> None:
     m, mech = interim_case(case)
     rng = np.random.default_rng(8)
     starts = np.concatenate([[0], np.cumsum(m.sizes)])
-    S = 1000
+    S = 600
     others = m.sample_types(rng, S)
     for k, table in enumerate(mech.tables):
         agent = int(starts[k])
@@ -412,7 +432,7 @@ def test_multi_location_second_best_lies_between_posted_fee_and_first_best(
 @pytest.mark.parametrize("towns", [2, 3])
 def test_in_kind_second_best_matches_monte_carlo_per_location(towns: int) -> None:
     m, sb, _, _ = town_mechanisms(towns, "in_kind")
-    welfare, surplus = monte_carlo(sb, m, seed=300 + towns, samples=2500)
+    welfare, surplus = monte_carlo(sb, m, seed=300 + towns, samples=1500)
     mc, se = mean_se(welfare)
     assert abs(mc - sb.result.welfare) < 3 * se
     # Each location's expected payments minus expected cost is its constraint value (24).
@@ -450,7 +470,9 @@ def small_markets(draw: st.DrawFn) -> Market:
             low = draw(st.floats(0.0, 0.5))
             dist = TypeDistribution.uniform(low, low + draw(st.floats(0.5, 1.5)))
         else:
-            dist = TypeDistribution.beta(draw(st.floats(1.0, 3.0)), draw(st.floats(1.0, 3.0)))
+            # Integer shape parameters: scipy's Beta sf is ~3x slower otherwise.
+            shapes = st.sampled_from([1.0, 2.0, 3.0])
+            dist = TypeDistribution.beta(draw(shapes), draw(shapes))
         locs.append(Location(f"loc{l}", n, dist, PowerUtility(A, alpha),
                              PowerCost(B, beta, delta)))
     W = np.eye(L)
@@ -462,7 +484,7 @@ def small_markets(draw: st.DrawFn) -> Market:
 
 # No shrinking: an example costs about a second, and shrinking a failure would take
 # minutes; the unshrunk failing market is reported as is.
-@settings(max_examples=6, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
+@settings(max_examples=5, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(m=small_markets(), seed=st.integers(0, 2**32 - 1))
 def test_second_best_on_random_small_markets(m: Market, seed: int) -> None:

@@ -136,7 +136,7 @@ def _towns(payment: str, towns: int) -> Market:
     return Market(locs, np.array([[1.0, 0.5, 0.2], [0.3, 1.0, 0.0], [0.2, 0.0, 1.0]]), payment)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def town_posted_fee(payment: str, towns: int) -> PostedFeeMechanism:
     return posted_fee(_towns(payment, towns))
 

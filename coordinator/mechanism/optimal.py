@@ -289,7 +289,11 @@ def second_best(market: Market, *, exclusion: bool | None = None,
     name = "second_best" if excl else "second_best_no_exclusion"
     if not excl:
         for loc in market.locations:
-            if not np.isfinite(loc.dist.g(loc.dist.low)):
+            d = loc.dist
+            width = d.high - d.low
+            # Judge the density just inside the support: scipy may place the support's
+            # end a rounding error inside `low` (truncnorm), where pdf(low) reads 0.
+            if float(d.pdf(d.low + 1e-9 * width)) * width < 1e-6:
                 # Without exclusion every agent's weight θ + λ g(θ) enters the sum, and
                 # g → −∞ where the density vanishes: the weight's law has an unbounded
                 # lower tail (infinite variance for f(θ) ~ θ − low), which the lattice
