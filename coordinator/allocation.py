@@ -7,6 +7,13 @@ restricted to the populated locations, with ``with_sizes(counts)``. The engine's
 ``allocate`` takes the types ordered by location then node id; its arrays are mapped
 back to node ids and to the spec's location indices.
 
+The posted-fee mechanism is the exception: its terms are posted before anyone declares
+and are binding. The announcement carries the fees and Q*_l solved from the priors with
+the spec's n per location (:meth:`MechanismRunner.announcement_terms`); at close the same
+plan allocates, whatever the actual declarant counts: a node of location l is included
+iff its θ ≥ θ*_l, owes exactly the announced fee of l, and Q_l is the announced Q*_l
+(the announcement's integers, not a re-solve with the counts).
+
 Solving is the expensive part (a second or more for several locations), so solved
 mechanisms are cached by the size vector. :class:`MechanismRunner` is thread-safe: the
 service calls :meth:`MechanismRunner.run` from a worker thread (``run_in_executor``).
@@ -135,17 +142,32 @@ class MechanismRunner:
         priors with the spec's n per location; empty for the optimal mechanism."""
         if self.mechanism != "posted_fee":
             return (), ()
-        result = self.solved([loc.n for loc in self.market.locations]).result
+        result = self._posted().result
         fees = tuple(_quantity(x, rounding="ceiling") for x in result.fees)
         q = tuple(_quantity(x) for x in result.Q)
         return fees, q
 
-    def run(self, participants: Sequence[Participant]) -> Outcome:
-        """Allocate among ``participants``; a solver failure includes nobody (logged)."""
+    def _posted(self) -> Any:
+        """The posted-fee mechanism solved with the spec's sizes (the announced plan)."""
+        return self.solved([loc.n for loc in self.market.locations])
+
+    def run(
+        self,
+        participants: Sequence[Participant],
+        *,
+        posted: tuple[Sequence[int], Sequence[int]] | None = None,
+    ) -> Outcome:
+        """Allocate among ``participants``; a solver failure includes nobody (logged).
+
+        ``posted``: the (fees, q) the epoch's announcement carried (posted fee only;
+        default: :meth:`announcement_terms`). They are binding: see the module docstring.
+        """
         L = self.market.L
         people = sorted(participants, key=lambda p: (p.location, p.node_id))
         if not people:
             return Outcome.empty(L, "no declarations")
+        if self.mechanism == "posted_fee":
+            return self._run_posted(people, posted)
         counts = [0] * L
         for p in people:
             counts[p.location] += 1
@@ -175,11 +197,45 @@ class MechanismRunner:
         except (ValueError, ArithmeticError, RuntimeError) as exc:
             log.error("mechanism %s failed for sizes %s: %s", self.mechanism, counts, exc)
             return Outcome.empty(L, f"failed: {exc}")
-        included = tuple(sorted(owed))
-        return Outcome(
-            q=tuple(q),
-            included=included,
-            contributions=tuple(owed[n] for n in included),
-            expected_welfare=w,
-            status=status,
-        )
+        return _outcome(q, owed, w, status)
+
+    def _run_posted(
+        self, people: Sequence[Participant], posted: tuple[Sequence[int], Sequence[int]] | None
+    ) -> Outcome:
+        """The announced plan applied to the declared types (θ ≥ θ*_l, fixed fee, Q*)."""
+        L = self.market.L
+        try:
+            mech = self._posted()
+            own = self.announcement_terms()
+            fees, q = (tuple(posted[0]), tuple(posted[1])) if posted is not None else own
+            if len(fees) != L or len(q) != L:
+                raise ValueError(f"posted terms for {len(fees)} locations, market has {L}")
+            if (fees, q) != own:
+                log.error("the announced posted-fee terms differ from this spec's; the "
+                          "announced ones are binding")
+            result = mech.result
+            thresholds = [float(x) for x in result.thresholds]
+            if not all(math.isfinite(x) for x in thresholds):
+                raise ValueError("the posted-fee plan has non-finite thresholds")
+            welfare = float(result.welfare)
+            w = to_micro(welfare) if math.isfinite(welfare) else 0
+            w = min(max(w, -MAX_WELFARE_MICRO), MAX_WELFARE_MICRO)
+            status = str(result.status) if result.success else f"not converged: {result.status}"
+        except (ValueError, ArithmeticError, RuntimeError) as exc:
+            log.error("posted-fee plan unavailable: %s", exc)
+            return Outcome.empty(L, f"failed: {exc}")
+        owed = {p.node_id: fees[p.location] for p in people
+                if from_micro(p.theta) >= thresholds[p.location]}
+        status = f"posted terms ({len(people)} declarations): {status}"
+        return _outcome(list(q), owed, w, status)
+
+
+def _outcome(q: Sequence[int], owed: dict[str, int], welfare: int, status: str) -> Outcome:
+    included = tuple(sorted(owed))
+    return Outcome(
+        q=tuple(q),
+        included=included,
+        contributions=tuple(owed[n] for n in included),
+        expected_welfare=welfare,
+        status=status,
+    )

@@ -12,8 +12,12 @@ and is excluded from epoch e + 1 (π = 0, no credential) when, at the audit cut-
 Legitimate reasons (:data:`LEGITIMATE_REASONS`) are the requester's own faults in the
 access exchange, which the coordinator cannot re-check from a refusal alone (a malformed
 request, a bad proof, a replayed or expired challenge). ``capacity_exhausted`` is
-legitimate only if the host's receipts of epoch e up to the refusal's time already reach
-the capacity it committed (no commitment counts as zero). Any other reason
+legitimate only if what the host's receipts of epoch e up to the refusal's time leave of
+the capacity it committed (no commitment counts as zero) is less than the amount the
+request asked (the refusal's ``amount``; absent, 1): ``committed - received < amount``.
+With ``amount`` = 1 that is "the receipts reach the commitment"; a larger indivisible
+request (a file bigger than the bytes left) may be refused earlier, and the host proves
+it with its receipts (protocol README section 7, step 5). Any other reason
 (``not_included``, ``revoked``, ``not_yet_valid``, ``stale_epoch`` ...) refuses someone the
 coordinator admitted, so it is not. A host that was not included owes nothing, so its
 refusals are never held against it.
@@ -72,7 +76,8 @@ def refusal_is_legitimate(refusal: Refusal, *, received: int, committed: int) ->
     if refusal.reason in LEGITIMATE_REASONS:
         return True
     if refusal.reason == CAPACITY_REASON:
-        return received >= committed
+        asked = refusal.amount if refusal.amount is not None else 1
+        return committed - received < asked
     return False
 
 
@@ -131,5 +136,6 @@ def find_free_riders(
         if not refusal_is_legitimate(refusal, received=received, committed=committed):
             flag(host, UNJUSTIFIED_REFUSAL,
                  f"refused {refusal.requester_id[:16]}... with {refusal.reason} at "
-                 f"{refusal.time} (granted {received} of {committed} committed)")
+                 f"{refusal.time} (granted {received} of {committed} committed, "
+                 f"{refusal.amount if refusal.amount is not None else 'no amount'} asked)")
     return sorted(found.values())

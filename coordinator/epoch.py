@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 
 from coordinator.allocation import Outcome, Participant
 from coordinator.enforcement import Exclusion, find_free_riders
-from coordinator.errors import WrongPhaseError
 from protocol import (
     Allocation,
     AuditReport,
@@ -68,6 +67,7 @@ from protocol.errors import (
     ReplayError,
     StaleEpochError,
     UnknownKeyError,
+    WrongPhaseError,
 )
 from protocol.messages import MAX_CREDENTIAL_LIFETIME
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import time
@@ -31,13 +32,6 @@ from aiohttp import web
 from coordinator.allocation import MechanismRunner
 from coordinator.config import MAX_BODY_BYTES, CoordinatorConfig
 from coordinator.epoch import Closed, EpochCore, EpochRecord, Phase, Settings
-from coordinator.errors import (
-    MethodNotAllowedError,
-    NoEpochError,
-    NotFoundError,
-    UnauthorizedError,
-    UnknownEpochError,
-)
 from coordinator.store import Store
 from protocol import (
     AuditReport,
@@ -53,7 +47,17 @@ from protocol import (
 )
 from protocol.encoding import MAX_SAFE_INTEGER
 from protocol.envelope import envelope_size_limit
-from protocol.errors import MalformedError, NotIncludedError, OutOfRangeError, TooLargeError
+from protocol.errors import (
+    MalformedError,
+    MethodNotAllowedError,
+    NoEpochError,
+    NotFoundError,
+    NotIncludedError,
+    OutOfRangeError,
+    TooLargeError,
+    UnauthorizedError,
+    UnknownEpochError,
+)
 from protocol.fields import check_node_id
 
 log = logging.getLogger(__name__)
@@ -124,10 +128,13 @@ class Coordinator:
     async def close_epoch(self) -> Closed:
         async with self.lock:
             plan = self.core.begin_close(self.clock())
+            assert self.core.current is not None
+            ann = self.core.current.announcement
+            # Posted fee: the announced fees and Q are binding (coordinator/allocation.py).
+            run = functools.partial(self.runner.run, posted=(ann.fees, ann.q))
             try:
                 loop = asyncio.get_running_loop()
-                outcome = await loop.run_in_executor(
-                    self.executor, self.runner.run, plan.participants)
+                outcome = await loop.run_in_executor(self.executor, run, plan.participants)
                 change = self.core.finish_close(plan, outcome)
                 self.store.persist(change)
             except BaseException:

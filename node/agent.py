@@ -15,8 +15,16 @@
 
 Every step is a coroutine of its own and :meth:`Agent.run_epoch_step` does the next due
 one and says which, so tests drive the loop step by step with an injected clock (no
-sleeps); :meth:`Agent.run` loops until stopped. The agent keeps no state on disk: a
-restarted node registers again (idempotent) and joins at the current epoch.
+sleeps); :meth:`Agent.run` loops until stopped.
+
+A roamer may present a credential of a newly closed epoch before this agent's own loop
+has fetched that allocation. The node's service then calls :meth:`Agent.serve_epoch`
+(the credential is coordinator-signed, so the epoch has closed): step 3 and 4 for that
+epoch happen at once, and the host answers under the new allocation instead of
+``future_epoch``.
+
+The agent keeps no state on disk: a restarted node registers again (idempotent) and
+joins at the current epoch.
 
 How much a node opens: with in-kind payment, what the allocation says it owes, capped by
 the capacity it registered; with money payment, its full registered capacity. A compute
@@ -42,7 +50,6 @@ from node.client import (
     PeerClient,
     base_url,
     make_access_request,
-    wire_code,
 )
 from node.host import Host
 from node.resources import Tariff
@@ -134,6 +141,8 @@ class Agent:
         self.registered = False
         self.current: EpochProgress | None = None
         self.history: dict[int, EpochProgress] = {}
+        self._provide_lock = asyncio.Lock()
+        self._serve_retry: dict[int, int] = {}  # epoch -> earliest time to try again
 
     @property
     def node_id(self) -> str:
@@ -171,7 +180,7 @@ class Agent:
         try:
             _, ann = await self.coordinator.announcement()
         except InkindError as exc:
-            if wire_code(exc) == "no_epoch":
+            if exc.code == "no_epoch":
                 return 0
             raise
         return ann.epoch
@@ -185,15 +194,16 @@ class Agent:
         try:
             _, ann = await self.coordinator.announcement()
         except InkindError as exc:
-            if wire_code(exc) == "no_epoch":
+            if exc.code == "no_epoch":
                 return None
             raise
         if self.host.coordinator_key is None:  # trusted on first use by the client
             self.host.coordinator_key = self.coordinator.coordinator_key
         if self.current is not None and ann.epoch <= self.current.epoch:
             return None
-        self.current = EpochProgress(epoch=ann.epoch, announcement=ann)
-        self.history[ann.epoch] = self.current
+        # serve_epoch() may have started this epoch already (as a host).
+        self.current = self.history.setdefault(
+            ann.epoch, EpochProgress(epoch=ann.epoch, announcement=ann))
         return ann
 
     async def declare(self) -> dict[str, object] | None:
@@ -224,16 +234,16 @@ class Agent:
         progress.declared_theta = theta
         return answer
 
-    async def fetch_outcome(self) -> bool:
-        """Fetch the current epoch's allocation, own credential and directory.
+    async def fetch_outcome(self, progress: EpochProgress | None = None) -> bool:
+        """Fetch the epoch's allocation, own credential and directory (default: current).
 
         False while the epoch is not closed yet (``unknown_epoch``).
         """
-        progress = self._progress()
+        progress = progress if progress is not None else self._progress()
         try:
             alloc = await self.coordinator.allocation(progress.epoch)
         except InkindError as exc:
-            if wire_code(exc) in ("unknown_epoch", "not_found"):
+            if exc.code in ("unknown_epoch", "not_found"):
                 return False
             raise
         progress.allocation = alloc
@@ -243,13 +253,14 @@ class Agent:
         progress.directory = await self.coordinator.directory(progress.epoch)
         return True
 
-    async def provide(self) -> Envelope | None:
+    async def provide(self, progress: EpochProgress | None = None) -> Envelope | None:
         """Open the contribution on the host and send the signed commitment.
 
         Returns the commitment sent, or None (not included, or a free-rider that does
         not commit). A free-rider opens nothing, so its gate refuses every roamer.
+        ``progress`` defaults to the current epoch's.
         """
-        progress = self._progress()
+        progress = progress if progress is not None else self._progress()
         alloc = progress.allocation
         if alloc is None:
             raise RuntimeError("provide() before the allocation is known")
@@ -290,6 +301,56 @@ class Agent:
         await self.coordinator.commit(env)
         progress.committed = True
         return env
+
+    async def _ensure_provided(self, progress: EpochProgress) -> bool:
+        """Fetch the outcome and provide for ``progress`` once (the loop and
+        :meth:`serve_epoch` share this); False while the epoch is not closed."""
+        async with self._provide_lock:
+            if progress.provided:
+                return True
+            if progress.epoch < self.host.epoch:
+                # The host already serves a newer epoch: this one's roamers are stale.
+                progress.provided = True
+                return True
+            if progress.allocation is None and not await self.fetch_outcome(progress):
+                return False
+            await self.provide(progress)
+            return True
+
+    async def serve_epoch(self, epoch: int) -> bool:
+        """Have the host enforce ``epoch``'s allocation now; True once it does.
+
+        Called by the node's service when a roamer presents an authentic credential of
+        a newer epoch than the host enforces (so the coordinator has closed ``epoch``).
+        Fetches that epoch's allocation and provides (opens the contribution, commits),
+        without disturbing the loop's work on an older epoch. A failed attempt is not
+        repeated within the same second.
+        """
+        if self.host.epoch > epoch or not self.registered:
+            return False
+        progress = self.history.get(epoch)
+        if progress is not None and progress.provided:
+            return self.host.epoch == epoch
+        now = self.clock()
+        if self._serve_retry.get(epoch, now) > now:
+            return False
+        try:
+            if progress is None:
+                _, ann = await self.coordinator.announcement()
+                if ann.epoch != epoch:  # the coordinator has moved past it: stay put
+                    self._serve_retry[epoch] = now + 1
+                    return False
+                progress = self.history.setdefault(
+                    epoch, EpochProgress(epoch=epoch, announcement=ann))
+            if not await self._ensure_provided(progress):
+                self._serve_retry[epoch] = now + 1
+                return False
+        except (aiohttp.ClientError, TimeoutError, InkindError) as exc:
+            log.warning("node %s: catching up with epoch %d failed: %s",
+                        self.node_id[:16], epoch, exc)
+            self._serve_retry[epoch] = now + 1
+            return False
+        return self.host.epoch == epoch
 
     async def roam(self, locations: Sequence[int] | None = None) -> list[AccessAnswer]:
         """Ask hosts in other locations for access; keep their signed answers.
@@ -421,10 +482,9 @@ class Agent:
             await self.declare()
             return "declared"
         if not progress.provided:
-            if progress.allocation is None and not await self.fetch_outcome():
+            if not await self._ensure_provided(progress):
                 # A newer epoch may have opened meanwhile (we missed this one's close).
                 return "waiting" if await self.poll_announcement() is None else "announced"
-            await self.provide()
             return "provided"
         if not progress.roamed:
             await self.roam()

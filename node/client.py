@@ -6,8 +6,9 @@ owns (one session serves many nodes in one event loop).
 * :class:`CoordinatorClient` turns every ``{"code", "message"}`` error answer back into
   the typed error with :func:`protocol.from_wire` and raises it; coordinator-signed
   answers (announcement, allocation, credential) are verified against the trusted
-  coordinator key before they are returned. Codes the protocol does not define (such as
-  ``no_epoch``) arrive as :class:`~protocol.errors.UnrecognizedError` keeping the code.
+  coordinator key before they are returned. The HTTP binding's own codes (``no_epoch``,
+  ``unknown_epoch``, ...) are protocol codes too; a code this implementation does not
+  know arrives as :class:`~protocol.errors.UnrecognizedError` keeping the code.
 * :class:`PeerClient` asks a host for a challenge and access (plain, a file download or
   a compute job). A refusal is an answer, not an exception: :class:`AccessAnswer` carries
   the host-signed receipt or refusal (checked against the host's key from the directory)
@@ -51,7 +52,6 @@ from protocol.errors import (
     OutOfRangeError,
     TooLargeError,
     UnknownKeyError,
-    UnrecognizedError,
     WrongSignerError,
 )
 from protocol.fields import check_node_id, check_nonce, check_public_key, check_time
@@ -65,12 +65,18 @@ DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
 async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, refused (``too_large``) once it exceeds ``limit`` bytes.
+
+    ``StreamReader.read(n)`` returns what has arrived so far, not n bytes: read to EOF.
+    """
     if resp.content_length is not None and resp.content_length > limit:
         raise TooLargeError(f"answer of {resp.content_length} bytes exceeds {limit}")
-    data = await resp.content.read(limit + 1)
-    if len(data) > limit:
-        raise TooLargeError(f"answer exceeds {limit} bytes")
-    return data
+    buf = bytearray()
+    while chunk := await resp.content.read(min(limit + 1 - len(buf), 1 << 20)):
+        buf += chunk
+        if len(buf) > limit:
+            raise TooLargeError(f"answer exceeds {limit} bytes")
+    return bytes(buf)
 
 
 def _json(data: bytes) -> Any:
@@ -95,11 +101,6 @@ async def _raise_for(resp: aiohttp.ClientResponse) -> None:
     except (ValueError, UnicodeDecodeError):
         body = data[:200]
     raise _error_of(body, resp.status)
-
-
-def wire_code(exc: InkindError) -> str:
-    """The code a peer sent, also when this implementation does not know it (``no_epoch``)."""
-    return exc.wire_code if isinstance(exc, UnrecognizedError) else exc.code
 
 
 def base_url(endpoint: str) -> str:
@@ -342,6 +343,16 @@ def _check_answer(
         raise BadProofError("answer is for another challenge")
 
 
+def check_refusal(refusal: Refusal, request: Envelope) -> None:
+    """A refusal must answer this request: host, challenge, requester and amount asked."""
+    signer, req = open_embedded(request, AccessRequest, trusted=None)
+    _check_answer(refusal, req.host_id, req.challenge)
+    if refusal.requester_id != node_id_of(signer):
+        raise BadProofError("refusal names another requester")
+    if refusal.amount is not None and refusal.amount != req.amount:
+        raise BadProofError(f"refusal says {refusal.amount} was asked, not {req.amount}")
+
+
 class PeerClient:
     """A node's client for other nodes' host endpoints (HTTP.md "Node").
 
@@ -388,6 +399,7 @@ class PeerClient:
             try:
                 env = Envelope.from_obj(body["refusal"])
                 refusal = self._open(env, Refusal, host_key)
+                check_refusal(refusal, request)
             except InkindError as exc:
                 return AccessAnswer(error=exc), resp, data
             return AccessAnswer(refusal_envelope=env, refusal=refusal, error=error), resp, data

@@ -22,16 +22,24 @@ from node.files import FileStore
 from node.gate import Decision, HostView, authorize
 from node.resources import ComputeResource, Resource, make_resource
 from protocol import (
+    AccessRequest,
     Challenge,
     ChallengeBook,
+    Credential,
     Envelope,
     GrantReceipt,
     Identity,
+    InkindError,
     Refusal,
+    open_embedded,
+    open_envelope,
     seal,
 )
 from protocol.errors import OutOfRangeError
 from protocol.verify import DEFAULT_MAX_SKEW
+
+#: ``Host.epoch`` before any allocation is enforced (every credential is then future).
+NO_EPOCH = -1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,7 +82,10 @@ class Host:
         self.max_skew = max_skew
         self.partial_grants = partial_grants
         self.challenges = ChallengeBook(ttl=challenge_ttl, capacity=max_challenges, rng=rng)
-        self.epoch = 0
+        # The epoch whose allocation is enforced; NO_EPOCH until the first is opened, so
+        # that a credential of epoch 0 is ``future_epoch`` (the service then catches up)
+        # rather than refused as ``not_included`` by an empty allocation.
+        self.epoch = NO_EPOCH
         self.included: frozenset[str] = frozenset()
         self.revoked: set[str] = set()
         self.shares: Mapping[str, int] | None = None
@@ -115,6 +126,19 @@ class Host:
 
     def revoke(self, node_ids: Iterable[str]) -> None:
         self.revoked.update(node_ids)
+
+    def credential_epoch(self, raw: bytes) -> int | None:
+        """The epoch of the coordinator-signed credential inside an access request, or
+        None if the request or its credential does not verify (never raises)."""
+        if self.coordinator_key is None:
+            return None
+        try:
+            _, request = open_envelope(raw, AccessRequest, trusted=None)
+            _, cred = open_embedded(request.credential, Credential,
+                                    trusted=frozenset({self.coordinator_key}))
+        except InkindError:
+            return None
+        return cred.epoch
 
     def issue_challenge(self, now: int) -> Challenge:
         return self.challenges.issue(now)
@@ -157,6 +181,7 @@ class Host:
                 challenge=request.challenge,
                 reason=decision.reason,
                 time=now,
+                amount=request.amount,  # the audit judges capacity refusals by it
             )
             return AccessOutcome(decision=decision, refusal=seal(self.identity, refusal))
         self.resource.consume(decision.amount, now=now, requester=who)
@@ -177,7 +202,7 @@ class Host:
             "node_id": self.node_id,
             "location": self.location,
             "kind": self.kind,
-            "epoch": self.epoch,
+            "epoch": self.epoch if self.epoch != NO_EPOCH else None,
             "unit": "micro-units (1 unit = 1000000)",
             "owed": self.owed,
             "opened": self.resource.opened,

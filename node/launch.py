@@ -108,7 +108,13 @@ async def start_node(
         session_seconds=spec.session_seconds,
         max_skew=spec.max_skew,
     )
-    runner, bound = await start_site(make_app(host, clock=clock), host=spec.host, port=spec.port)
+    agent: Agent | None = None
+
+    async def catch_up(epoch: int) -> bool:  # a roamer came with a newer credential
+        return agent is not None and await agent.serve_epoch(epoch)
+
+    runner, bound = await start_site(
+        make_app(host, clock=clock, catch_up=catch_up), host=spec.host, port=spec.port)
     endpoint = spec.advertise or bound
     coordinator = CoordinatorClient(
         session,

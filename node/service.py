@@ -29,18 +29,26 @@ from node.host import AccessOutcome, Host
 from node.resources import hash_job, job_iterations
 from protocol import AccessRequest, InkindError, to_wire
 from protocol.envelope import envelope_size_limit
-from protocol.errors import TooLargeError
+from protocol.errors import (
+    FutureEpochError,
+    MethodNotAllowedError,
+    NotFoundError,
+    TooLargeError,
+)
 
 log = logging.getLogger("inkind.node")
 
 Clock = Callable[[], int]
+CatchUp = Callable[[int], Awaitable[bool]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Largest access request body: the envelope limit of its type.
 MAX_REQUEST_BYTES = envelope_size_limit(AccessRequest.MAX_PAYLOAD_BYTES)
 HOST_KEY: web.AppKey[Host] = web.AppKey("host", Host)
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_HTTP_CODES = {
+    404: NotFoundError.code, 405: MethodNotAllowedError.code, 413: TooLargeError.code,
+}
 
 
 def _error(code: str, message: str, status: int) -> web.Response:
@@ -68,10 +76,12 @@ async def read_body(request: web.Request, limit: int = MAX_REQUEST_BYTES) -> byt
     """The body, refused (``too_large``) as soon as it exceeds ``limit`` bytes."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}")
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise TooLargeError(f"body exceeds {limit} bytes")
-    return data
+    buf = bytearray()  # read(n) returns what has arrived, not n bytes: read to EOF
+    while chunk := await request.content.read(min(limit + 1 - len(buf), 1 << 20)):
+        buf += chunk
+        if len(buf) > limit:
+            raise TooLargeError(f"body exceeds {limit} bytes")
+    return bytes(buf)
 
 
 def _refused(outcome: AccessOutcome) -> web.Response:
@@ -84,14 +94,32 @@ def _refused(outcome: AccessOutcome) -> web.Response:
 
 
 def _kind_error(host: Host, path: str) -> web.Response:
-    return _error("not_found", f"this node shares {host.kind}; {path} is not served", 404)
+    return _error(NotFoundError.code, f"this node shares {host.kind}; {path} is not served",
+                  NotFoundError.http_status)
 
 
-def make_app(node_state: Host, *, clock: Clock) -> web.Application:
-    """The node's app. ``clock()`` returns integer Unix seconds; read once per request."""
+def make_app(
+    node_state: Host, *, clock: Clock, catch_up: CatchUp | None = None
+) -> web.Application:
+    """The node's app. ``clock()`` returns integer Unix seconds; read once per request.
+
+    ``catch_up(epoch)`` (the agent's :meth:`~node.agent.Agent.serve_epoch`) is awaited
+    when a request carries an authentic credential of a newer epoch than the host
+    enforces; if the host then enforces that epoch, the request is decided again (its
+    challenge was not used: the epoch check comes before it).
+    """
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_REQUEST_BYTES)
     app[HOST_KEY] = node_state
     host = node_state
+
+    async def decide(raw: bytes, resource: str | None = None) -> AccessOutcome:
+        outcome = host.access(raw, now=clock(), resource=resource)
+        if outcome.decision.reason != FutureEpochError.code or catch_up is None:
+            return outcome
+        epoch = host.credential_epoch(raw)
+        if epoch is None or epoch <= host.epoch or not await catch_up(epoch):
+            return outcome
+        return host.access(raw, now=clock(), resource=resource)
 
     async def challenge(request: web.Request) -> web.Response:
         issued = host.issue_challenge(clock())
@@ -101,7 +129,7 @@ def make_app(node_state: Host, *, clock: Clock) -> web.Application:
         if host.kind not in ("wlan_coverage", "wlan_channels"):
             return _kind_error(host, "/v1/access")
         raw = await read_body(request)
-        outcome = host.access(raw, now=clock())
+        outcome = await decide(raw)
         if outcome.receipt is None:
             return _refused(outcome)
         return web.Response(body=outcome.receipt.to_bytes(), content_type="application/json")
@@ -111,9 +139,9 @@ def make_app(node_state: Host, *, clock: Clock) -> web.Application:
         if host.kind != "files":
             return _kind_error(host, "/v1/files")
         if not SHA256_RE.fullmatch(sha) or sha not in host.files:
-            return _error("not_found", "no such file here", 404)
+            return _error(NotFoundError.code, "no such file here", NotFoundError.http_status)
         raw = await read_body(request)
-        outcome = host.access(raw, now=clock(), resource="file:" + sha)
+        outcome = await decide(raw, "file:" + sha)
         if outcome.receipt is None:
             return _refused(outcome)
         data = await asyncio.to_thread(host.files.read, sha)
@@ -128,7 +156,7 @@ def make_app(node_state: Host, *, clock: Clock) -> web.Application:
         if host.kind != "compute":
             return _kind_error(host, "/v1/compute")
         raw = await read_body(request)
-        outcome = host.access(raw, now=clock(), resource="compute")
+        outcome = await decide(raw, "compute")
         request_msg = outcome.decision.request
         if outcome.receipt is None or request_msg is None:
             return _refused(outcome)

@@ -11,6 +11,11 @@ a service answers with. Two branches matter to a peer:
   refuses it given its state: stale or future epoch, replay, expired credential, not
   included, capacity exhausted... (HTTP 403 or 409).
 
+The HTTP binding (``protocol/HTTP.md``) adds a few answers about the service rather than
+a message (``no_epoch``, ``unknown_epoch``, ``unauthorized``, ``wrong_phase``,
+``not_found``, ``method_not_allowed``, with HTTP 401, 404, 405 or 409); they live here
+too, so every client turns them back into typed errors (:data:`SERVICE_CODES`).
+
 :class:`KeyFileError` is local (a key file on disk) and never travels on the wire.
 
 This module deliberately does not know about HTTP frameworks: ``http_status`` is a
@@ -187,6 +192,56 @@ class CapacityExhaustedError(RefusedError):
     http_status = 409
 
 
+# --- answers of the HTTP binding (protocol/HTTP.md) -----------------------------------
+#
+# They are about the service, not about one message: nothing published yet, a missing
+# operator token, a phase that has no such transition, an unknown path or method. They
+# are wire codes like the others (clients get the typed error back), but never a
+# refusal's reason (see SERVICE_CODES).
+
+
+class NoEpochError(RefusedError):
+    """No epoch has been opened yet (``GET /v1/announcement`` before the first one)."""
+
+    code = "no_epoch"
+    http_status = 404
+
+
+class UnknownEpochError(RefusedError):
+    """The epoch asked for has not been closed (no allocation, credential or directory)."""
+
+    code = "unknown_epoch"
+    http_status = 404
+
+
+class UnauthorizedError(RefusedError):
+    """An operator action without the configured bearer token."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class WrongPhaseError(RefusedError):
+    """The epoch state machine has no transition for this event in its current phase."""
+
+    code = "wrong_phase"
+    http_status = 409
+
+
+class NotFoundError(ProtocolViolationError):
+    """No such path (or no such resource at this path)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class MethodNotAllowedError(ProtocolViolationError):
+    """The path exists, the method does not."""
+
+    code = "method_not_allowed"
+    http_status = 405
+
+
 # --- local only -----------------------------------------------------------------------
 
 
@@ -229,6 +284,12 @@ ERROR_CLASSES: Mapping[str, type[InkindError]] = _collect(InkindError)
 
 #: Codes a peer may legitimately send (local-only and meta classes excluded).
 WIRE_CODES: frozenset[str] = frozenset(ERROR_CLASSES) - {"key_file", "unrecognized"}
+
+#: Codes of the HTTP binding's own answers: wire codes, but never a refusal's reason.
+SERVICE_CODES: frozenset[str] = frozenset({
+    NoEpochError.code, UnknownEpochError.code, UnauthorizedError.code,
+    WrongPhaseError.code, NotFoundError.code, MethodNotAllowedError.code,
+})
 
 
 def error_from_code(code: str, message: str) -> InkindError:

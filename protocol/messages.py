@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Self
 from protocol.encoding import MAX_SAFE_INTEGER, JsonObject, JsonValue
 from protocol.envelope import Envelope
 from protocol.errors import (
+    SERVICE_CODES,
     WIRE_CODES,
     MissingFieldError,
     OutOfRangeError,
@@ -78,8 +79,9 @@ MECHANISMS = frozenset({"posted_fee", "optimal"})
 PAYMENTS = frozenset({"money", "in_kind"})
 #: Message types an audit report may carry as evidence.
 EVIDENCE_TYPES = frozenset({"grant_receipt", "refusal"})
-#: Codes a refusal may give as its reason (every wire code except the abstract branches).
-REFUSAL_REASONS = WIRE_CODES - {"internal", "protocol_violation", "refused"}
+#: Codes a refusal may give as its reason (every wire code except the abstract branches
+#: and the HTTP binding's service answers).
+REFUSAL_REASONS = WIRE_CODES - {"internal", "protocol_violation", "refused"} - SERVICE_CODES
 
 
 def _check_quantity(name: str, value: object) -> int:
@@ -435,7 +437,11 @@ class GrantReceipt(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Refusal(Message):
-    """host -> requester (and, via audits, coordinator): access refused, with a code."""
+    """host -> requester (and, via audits, coordinator): access refused, with a code.
+
+    ``amount`` (optional) echoes what the request asked for; the audit judges a
+    ``capacity_exhausted`` refusal by it (README section 7, step 5).
+    """
 
     TYPE = "refusal"
     SIGNER = "node"
@@ -446,6 +452,7 @@ class Refusal(Message):
     challenge: str
     reason: str
     time: int
+    amount: int | None = None  # what the refused request asked for (micro-units)
 
     def __post_init__(self) -> None:
         check_epoch("epoch", self.epoch)
@@ -454,6 +461,8 @@ class Refusal(Message):
         check_nonce("challenge", self.challenge)
         check_choice("reason", self.reason, REFUSAL_REASONS)
         check_time("time", self.time)
+        if self.amount is not None:
+            check_int("amount", self.amount, 1, MAX_QUANTITY_MICRO)
 
     def signer_node_id(self) -> str:
         return self.host_id

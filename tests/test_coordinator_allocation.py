@@ -39,11 +39,34 @@ def test_included_ids_are_sorted_and_contributions_round_up() -> None:
 
 
 def test_a_location_without_declarants_gets_nothing_and_is_left_out() -> None:
-    run = runner("two")
+    run = runner("two", "second_best")
     out = run.run(people([950_000, 900_000], [1, 1]))
     assert out.q[0] == 0 and out.q[1] > 0
     assert len(out.included) == 2
     assert (0, 2) in run._cache  # solved for the populated location only
+
+
+@pytest.mark.parametrize("name", ["two", "two_in_kind"])
+def test_posted_fee_terms_are_binding_whatever_the_declarant_counts(name: str) -> None:
+    # The spec says 3 agents per location; 1 and 4 declare. The announced plan still
+    # decides: θ ≥ θ*_l, the announced fee (to the micro-unit), the announced Q*.
+    run = MechanismRunner(market(name), "posted_fee")
+    fees, q = run.announcement_terms()
+    thresholds = run.solved([3, 3]).result.thresholds
+    thetas = [900_000, 50_000, 999_999, 10_000, 600_000]
+    ps = people(thetas, [0, 1, 1, 1, 1])
+    out = run.run(ps)
+    assert out.q == q
+    expect = {p.node_id for p in ps if from_micro(p.theta) >= thresholds[p.location]}
+    assert set(out.included) == expect and 0 < len(expect) < len(ps)
+    by_id = {p.node_id: p for p in ps}
+    assert out.contributions == tuple(fees[by_id[n].location] for n in out.included)
+    assert (1, 4) not in run._cache  # never re-solved with the counts
+    # The announced integers are what binds (a restarted coordinator applies those).
+    posted = ((fees[0] + 1, fees[1] + 2), (q[0] + 3, q[1] + 4))
+    bound = run.run(ps, posted=posted)
+    assert bound.q == posted[1] and set(bound.included) == expect
+    assert bound.contributions == tuple(posted[0][by_id[n].location] for n in bound.included)
 
 
 def test_no_declarants_is_an_empty_outcome() -> None:

@@ -107,6 +107,30 @@ def test_capacity_exhausted_is_legitimate_only_once_receipts_reach_the_commitmen
     assert riders(evidence=[half, half, refused]) == [(HOST.node_id, UNJUSTIFIED_REFUSAL)]
 
 
+def test_capacity_exhausted_is_legitimate_when_what_is_left_is_less_than_asked() -> None:
+    # A file of 1.5 units when 1.0 unit of the 2.0 committed is left: fair to refuse
+    # although the receipts do not reach the commitment; a 0.5-unit file is not.
+    half = receipt(HOST, OTHER, amount=OWED // 2, time=T0 + 5, n=1)
+    big = refusal(HOST, GUEST, reason="capacity_exhausted", time=T0 + 10, n=9,
+                  amount=OWED * 3 // 4)
+    small = refusal(HOST, GUEST, reason="capacity_exhausted", time=T0 + 10, n=8,
+                    amount=OWED // 4)
+    exact = refusal(HOST, GUEST, reason="capacity_exhausted", time=T0 + 10, n=7,
+                    amount=OWED // 2)  # exactly what is left fits: not fair
+    assert riders(evidence=[half, big]) == []
+    assert riders(evidence=[half, small]) == [(HOST.node_id, UNJUSTIFIED_REFUSAL)]
+    assert riders(evidence=[half, exact]) == [(HOST.node_id, UNJUSTIFIED_REFUSAL)]
+    # Asking more than the whole commitment is fair to refuse even with no receipts...
+    huge = refusal(HOST, GUEST, reason="capacity_exhausted", time=T0 + 10, n=6,
+                   amount=OWED + 1)
+    assert riders(evidence=[huge]) == []
+    # ...but not for a host that committed nothing it owed (caught by the commitment).
+    assert riders({GUEST.node_id: OWED}, evidence=[huge]) == [(HOST.node_id, NO_COMMITMENT)]
+    # The amount does not excuse a refusal for another reason.
+    rude = refusal(HOST, GUEST, reason="not_included", time=T0 + 10, n=5, amount=OWED * 9)
+    assert riders(evidence=[rude]) == [(HOST.node_id, UNJUSTIFIED_REFUSAL)]
+
+
 def test_refusals_outside_the_credential_window_or_by_outsiders_are_fair() -> None:
     before = refusal(HOST, GUEST, reason="not_included", time=WINDOW[0] - 1)
     after = refusal(HOST, GUEST, reason="not_included", time=WINDOW[1])

@@ -29,8 +29,8 @@ from coordinator.epoch import (
     Snapshot,
     step,
 )
-from coordinator.errors import WrongPhaseError
 from protocol import Allocation, Credential, Identity, InkindError, open_envelope
+from protocol.errors import WrongPhaseError
 
 
 def registered(core: EpochCore, n: int, *, location: int = 0) -> list[Identity]:

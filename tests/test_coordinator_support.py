@@ -133,10 +133,10 @@ def commitment(who: Identity, *, epoch: int = 0, amount: int) -> Commitment:
 
 
 def refusal(host: Identity, requester: Identity, *, epoch: int = 0, reason: str,
-            time: int, n: int = 1) -> Envelope:
+            time: int, n: int = 1, amount: int | None = None) -> Envelope:
     return seal(host, Refusal(epoch=epoch, host_id=host.node_id,
                               requester_id=requester.node_id, challenge=nonce(n),
-                              reason=reason, time=time))
+                              reason=reason, time=time, amount=amount))
 
 
 def receipt(host: Identity, requester: Identity, *, epoch: int = 0, amount: int,

@@ -16,12 +16,14 @@ import aiohttp
 import pytest
 from test_node_support import NOW, World
 
-from node.client import PeerClient, make_access_request
+from coordinator.enforcement import refusal_is_legitimate
+from node.client import PeerClient, check_refusal, make_access_request
 from node.files import FileStore
 from node.host import Host
 from node.resources import hash_job, job_iterations
 from node.service import make_app, start_site
-from protocol import MICRO, Envelope, Identity
+from protocol import MICRO, Envelope, Identity, InkindError, Refusal, open_embedded, seal
+from protocol.errors import NotFoundError
 
 
 class Clock:
@@ -196,11 +198,16 @@ async def test_files_are_downloaded_by_hash_within_the_byte_budget(tmp_path: Pat
         answer, data = await peers.download(url, sha, again)
         assert answer.reason == "capacity_exhausted" and data is None
         assert host.resource.remaining(NOW) == 500
+        # The signed refusal says what was asked, so the audit can see that 500 bytes
+        # left could not serve a 1000-byte file (receipts 1000 of 1500 committed).
+        assert answer.refusal is not None and answer.refusal.amount == 1000
+        assert refusal_is_legitimate(answer.refusal, received=1000, committed=1500)
+        assert not refusal_is_legitimate(answer.refusal, received=500, committed=1500)
         # An unknown file is not found before any check (the challenge is not used).
         other = "0" * 64
         stray, _ = await ask(peers, url, w, w.alice, amount=1000, resource="file:" + other)
         answer, _ = await peers.download(url, other, stray)
-        assert answer.error is not None and getattr(answer.error, "wire_code", "") == "not_found"
+        assert isinstance(answer.error, NotFoundError) and answer.error.code == "not_found"
 
 
 @pytest.mark.asyncio
@@ -254,3 +261,41 @@ async def test_many_nodes_share_one_event_loop() -> None:
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_a_refusal_must_echo_the_request() -> None:
+    w, clock = World(), Clock()
+    host = make_host(w, "wlan_coverage", 0)
+    async with serving(host, clock) as (url, peers):
+        request, _ = await ask(peers, url, w, w.alice, amount=3 * MICRO)
+        answer = await peers.access(url, request, host_key=w.host.public_key)
+    assert answer.refusal is not None and answer.refusal.amount == 3 * MICRO
+    good = answer.refusal
+    check_refusal(good, request)
+    fields = {"epoch": good.epoch, "host_id": good.host_id, "requester_id": good.requester_id,
+              "challenge": good.challenge, "reason": good.reason, "time": good.time}
+    for change in ({"amount": MICRO}, {"requester_id": w.bob.node_id},
+                   {"challenge": "ab" * 16}):
+        bad = Refusal(**{**fields, "amount": good.amount, **change})  # type: ignore[arg-type]
+        env = seal(w.host, bad)
+        with pytest.raises(InkindError) as info:
+            check_refusal(open_embedded(env, Refusal, trusted=None)[1], request)
+        assert info.value.code in ("bad_proof", "wrong_signer")
+    check_refusal(Refusal(**fields), request)  # type: ignore[arg-type]  # amount is optional
+
+
+@pytest.mark.asyncio
+async def test_a_large_file_arrives_whole(tmp_path: Path) -> None:
+    # The body arrives in many chunks; the client reads to the end (not one read()).
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    (tmp_path / "big.bin").write_bytes(blob)
+    store = FileStore(tmp_path)
+    store.scan()
+    sha = hashlib.sha256(blob).hexdigest()
+    w, clock = World(), Clock()
+    host = make_host(w, "files", 2 * len(blob), files=store)
+    async with serving(host, clock) as (url, peers):
+        request, _ = await ask(peers, url, w, w.alice, amount=len(blob), resource="file:" + sha)
+        answer, data = await peers.download(url, sha, request, host_key=w.host.public_key)
+    assert answer.granted and data == blob

@@ -7,6 +7,7 @@ import pytest
 from protocol import errors
 from protocol.errors import (
     ERROR_CLASSES,
+    SERVICE_CODES,
     WIRE_CODES,
     InkindError,
     MalformedError,
@@ -39,6 +40,16 @@ PROMISED = {
     "future_epoch": RefusedError,
 }
 
+# The HTTP binding's own answers (protocol/HTTP.md): code -> (branch, HTTP status).
+SERVICE = {
+    "no_epoch": (RefusedError, 404),
+    "unknown_epoch": (RefusedError, 404),
+    "unauthorized": (RefusedError, 401),
+    "wrong_phase": (RefusedError, 409),
+    "not_found": (ProtocolViolationError, 404),
+    "method_not_allowed": (ProtocolViolationError, 405),
+}
+
 
 def test_every_promised_code_exists_in_its_branch() -> None:
     for code, branch in PROMISED.items():
@@ -56,8 +67,28 @@ def test_every_class_ends_in_error_and_has_a_unique_code() -> None:
     assert set(ERROR_CLASSES.values()) == set(classes)
 
 
+def test_service_codes_are_typed_wire_codes_with_their_http_status() -> None:
+    assert set(SERVICE) == SERVICE_CODES
+    for code, (branch, status) in SERVICE.items():
+        cls = ERROR_CLASSES[code]
+        assert issubclass(cls, branch) and cls.http_status == status, code
+        assert code in WIRE_CODES
+        # A client gets the typed error back, not UnrecognizedError(http 500).
+        back = from_wire({"code": code, "message": "m"})
+        assert type(back) is cls and back.code == code and back.http_status == status
+
+
+def test_service_codes_are_never_a_refusal_reason() -> None:
+    from protocol.messages import REFUSAL_REASONS
+
+    assert not SERVICE_CODES & REFUSAL_REASONS
+    assert "not_included" in REFUSAL_REASONS and "capacity_exhausted" in REFUSAL_REASONS
+
+
 def test_violations_are_400ish_and_refusals_403_or_409() -> None:
     for cls in ERROR_CLASSES.values():
+        if cls.code in SERVICE_CODES:
+            continue  # HTTP binding answers: checked above
         if issubclass(cls, ProtocolViolationError):
             assert cls.http_status in {400, 401, 413}, cls
         elif issubclass(cls, RefusedError):
