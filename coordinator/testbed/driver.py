@@ -1,0 +1,656 @@
+"""The launcher: plays a scenario's epochs against a real coordinator and real nodes.
+
+For each mechanism the scenario names, :func:`play` starts a coordinator
+(``--manual``, so nothing moves unless the driver says so) and the node fleet, then for
+each epoch:
+
+1. faults due before the open (node crash or restart, coordinator restart, a silent
+   host answering again);
+2. ``POST /v1/admin/open``; every running node declares (its strategy, its seeded θ);
+   the driver waits until the coordinator holds all their declarations;
+3. ``POST /v1/admin/close`` (the audit cut-off of the previous epoch: free riders found
+   there are left out); the driver reads the signed allocation, the directory and the
+   included nodes' credentials;
+4. the nodes fetch the allocation, open their contribution and commit; the driver waits
+   until every running host enforces the new allocation and the commitments are in;
+5. faults due after the commitments (crash, a host going silent);
+6. roaming (:meth:`Player.roam`): the driver plays each node's roaming device -- it
+   created the node's key, so it signs the node's access requests -- following the
+   seeded roaming script, and records every answer and the decision latency;
+7. audit: each roamer's signed receipts and refusals go to the coordinator;
+8. the hosts' and the coordinator's status pages are read into the epoch's record.
+
+After the last epoch one more epoch is opened and closed without roaming: its close is
+the audit cut-off of the last played epoch, so free riders of that epoch are detected
+too. The records go to :mod:`.report`.
+
+How Q_l becomes service (the coverage model; README "Testbed"): location l is a unit
+area; the allocation's Q_l, divided by the scenario's ``area`` of l, is the fraction
+f_l = min(1, Q_l / area_l) of it that is served. The served part [0, f_l) is cut into
+consecutive segments, one per included host of l (ordered by name), with lengths in
+proportion to what each host owes (its contribution; equal if all owe nothing). A
+roaming attempt stands at the scripted point u ∈ [0, 1): if u ≥ f_l nobody covers it
+(``no_coverage``, no request is sent); otherwise the host whose segment holds u is
+asked for ``amount`` of its resource. So an included roamer is served with probability
+f_l exactly when every host delivers what it owes, and a free rider's segment turns
+into refusals. The other kinds read the same way: f_l is the probability that a channel,
+the wanted content or compute is available in l, and the covering host serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import secrets
+import shutil
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from node.client import AccessAnswer, CoordinatorClient, PeerClient, make_access_request
+from node.strategy import parse_strategy
+from protocol import (
+    MICRO,
+    AuditReport,
+    Credential,
+    Envelope,
+    Identity,
+    InkindError,
+    from_micro,
+    seal,
+)
+from protocol.messages import MAX_AUDIT_ITEMS, MAX_CREDENTIAL_LIFETIME
+
+from .fleet import Fleet, FleetError, NodeHandle, make_fleet
+from .progress import Progress
+from .scenario import (
+    MECHANISMS,
+    Attempt,
+    NodePlan,
+    Scenario,
+    load_scenario,
+    node_files,
+    population,
+    roaming_script,
+)
+
+#: How long the driver waits for the nodes to reach a phase before it goes on without
+#: the stragglers (and says so in the epoch's record).
+PHASE_TIMEOUT = 60.0
+ADMIN_TIMEOUT = aiohttp.ClientTimeout(total=300)
+POLL = 0.02
+#: Access exchanges in flight at once (one queue per host, hosts in parallel).
+ROAM_CONCURRENCY = 16
+
+
+class TestbedError(RuntimeError):
+    pass
+
+
+@dataclass(slots=True, kw_only=True)
+class AttemptResult:
+    roamer: str
+    location: int
+    included: bool
+    host: str | None
+    reason: str  # granted, no_coverage, a refusal code, unreachable, timeout, not_running
+    amount: int = 0
+    latency_ms: float | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class EpochRecord:
+    index: int
+    run: int
+    mechanism: str
+    epoch: int = -1
+    declared: dict[str, int] = field(default_factory=dict)  # name -> declared θ
+    declarations: int = 0
+    q: list[int] = field(default_factory=list)
+    included: list[str] = field(default_factory=list)
+    owed: dict[str, int] = field(default_factory=dict)
+    participants: dict[str, int] = field(default_factory=dict)  # name -> location
+    expected_welfare: int = 0
+    status: str = ""
+    newly_excluded: list[str] = field(default_factory=list)
+    commitments: int = 0
+    expected_commitments: int = 0
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attempts: list[AttemptResult] = field(default_factory=list)
+    evidence_sent: int = 0
+    faults: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)
+    cutoff: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
+class RunRecord:
+    run: int
+    mechanism: str
+    epochs: list[EpochRecord] = field(default_factory=list)
+    exclusions: list[dict[str, Any]] = field(default_factory=list)
+    coordinator_restarts: int = 0
+    startup_s: float = 0.0
+    coordinator_start_s: float = 0.0
+    nodes_start_s: float = 0.0
+    wall_s: float = 0.0
+
+
+@dataclass(slots=True, kw_only=True)
+class Options:
+    out: Path
+    seed: int
+    mode: str = "process"
+    progress: Progress = field(default_factory=lambda: Progress(enabled=False))
+    keep_run_dir: bool = True
+    plots: bool = True
+    epochs: int | None = None  # override the scenario's
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float = PHASE_TIMEOUT) -> bool:
+    """Poll ``check`` until it is true (True) or ``timeout`` seconds passed (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(POLL)
+
+
+class Player:
+    """One run: one coordinator, one fleet, one mechanism, the scenario's epochs."""
+
+    def __init__(self, scenario: Scenario, mechanism: str, options: Options, run: int,
+                 run_dir: Path, session: aiohttp.ClientSession) -> None:
+        from .fleet import CoordinatorProcess
+
+        self.scenario = scenario
+        self.mechanism = mechanism
+        self.options = options
+        self.progress = options.progress
+        self.run = run
+        self.run_dir = run_dir
+        self.session = session
+        self.plans = population(scenario, options.seed)
+        self.by_name = {p.name: p for p in self.plans}
+        self.n_epochs = options.epochs or scenario.epochs
+        self.script = roaming_script(scenario, self.plans, options.seed, self.n_epochs)
+        self.identities = {p.name: Identity.from_seed(p.seed) for p in self.plans}
+        self.name_of = {ident.node_id: name for name, ident in self.identities.items()}
+        self.files: dict[str, list[tuple[str, int]]] = {}
+        files_dirs: dict[str, Path] = {}
+        for sub in ("logs", "keys"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        if scenario.kind == "files":
+            for p in self.plans:
+                d = run_dir / "files" / p.name
+                d.mkdir(parents=True, exist_ok=True)
+                entries = []
+                for k, blob in enumerate(node_files(scenario, options.seed, p.name)):
+                    path = d / f"file-{k}.bin"
+                    if not path.exists():
+                        path.write_bytes(blob)
+                    entries.append((hashlib.sha256(blob).hexdigest(), len(blob)))
+                self.files[p.name] = entries
+                files_dirs[p.name] = d
+        spec = run_dir / "market.json"
+        spec.write_text(json.dumps(scenario.market_spec(), indent=1))
+        self.token = secrets.token_hex(16)
+        self.coordinator = CoordinatorProcess(
+            spec=spec, mechanism=MECHANISMS[mechanism], db=run_dir / "coordinator.db",
+            key=run_dir / "coordinator.pem", log=run_dir / "logs" / "coordinator.log",
+            token=self.token)
+        self.fleet: Fleet = make_fleet(
+            options.mode, self.plans, run_dir=run_dir, kind=scenario.kind,
+            session_seconds=scenario.access.session_seconds, files_dirs=files_dirs)
+        self.client: CoordinatorClient | None = None
+        self.peers = PeerClient(session, timeout=aiohttp.ClientTimeout(
+            total=scenario.access.timeout))
+        self.credentials: dict[str, Envelope] = {}  # newest credential each node holds
+        self.record = RunRecord(run=run, mechanism=mechanism)
+        self.crashed: set[str] = set()
+        self.evidence: defaultdict[str, list[Envelope]] = defaultdict(list)  # per roamer
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def admin(self, action: str) -> dict[str, Any]:
+        url = f"{self.coordinator.url}/v1/admin/{action}"
+        async with self.session.post(url, headers={"Authorization": f"Bearer {self.token}"},
+                                     timeout=ADMIN_TIMEOUT) as resp:
+            body = await resp.json()
+            if resp.status >= 400:
+                raise TestbedError(f"admin {action}: {body}")
+            return dict(body)
+
+    async def status(self) -> dict[str, Any]:
+        assert self.client is not None
+        return await self.client.status()
+
+    async def host_status(self, h: NodeHandle) -> dict[str, Any] | None:
+        try:
+            return await self.peers.status(h.url)
+        except (aiohttp.ClientError, TimeoutError, InkindError):
+            return None
+
+    # --- start and stop ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        t0 = time.monotonic()
+        self.progress.phase(f"starting the coordinator and {len(self.plans)} nodes "
+                            f"({self.fleet.mode})")
+        boot = getattr(self.fleet, "boot", None)
+        if boot is not None:  # the zygote imports while the coordinator starts
+            await asyncio.gather(self.coordinator.start(), boot())
+        else:
+            await self.coordinator.start()
+        self.record.coordinator_start_s = time.monotonic() - t0
+        self.client = CoordinatorClient(self.session, self.coordinator.url,
+                                        coordinator_key=self.coordinator.public_key)
+        t1 = time.monotonic()
+        self.fleet.on_progress = lambda done, total: self.progress.update(
+            f"starting nodes {done}/{total}")
+        await self.fleet.start(self.coordinator.url, self.coordinator.public_key)
+        await self.fleet.register_phase()
+        n = len(self.fleet.live())
+
+        async def registered() -> bool:
+            return int((await self.status())["counts"]["nodes"]) >= n
+
+        self.progress.phase(f"waiting for {n} registrations")
+        if not await wait_for(registered):
+            raise TestbedError("the nodes did not all register (see the logs in "
+                               f"{self.run_dir / 'logs'})")
+        self.record.nodes_start_s = time.monotonic() - t1
+        self.record.startup_s = time.monotonic() - t0
+        self.progress.log(f"{len(self.plans)} nodes ({self.fleet.mode}) and the coordinator "
+                          f"up in {self.record.startup_s:.1f} s")
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.fleet.stop()
+        with contextlib.suppress(Exception):
+            await self.coordinator.stop()
+
+    # --- faults ------------------------------------------------------------------------
+
+    async def faults(self, index: int, when: str, rec: EpochRecord) -> None:
+        for f in self.scenario.faults:
+            if f.kind == "coordinator_restart" and f.epoch == index and f.when == when:
+                self.progress.phase("restarting the coordinator")
+                await self.coordinator.restart()
+                self.record.coordinator_restarts += 1
+                rec.faults.append(f"coordinator restarted ({when})")
+            if f.kind == "node_crash":
+                if f.epoch == index and f.when == when:
+                    for n in f.nodes:
+                        await self.fleet.crash(n)
+                        self.crashed.add(n)
+                        rec.faults.append(f"{n} crashed ({when})")
+                if f.until == index and when == "before_open":
+                    for n in f.nodes:
+                        await self.fleet.restart(n)
+                        self.crashed.discard(n)
+                        rec.faults.append(f"{n} restarted")
+            if f.kind == "host_silent":
+                if f.epoch == index and when == "after_commit":
+                    for n in f.nodes:
+                        await self.fleet.silence(n)
+                        rec.faults.append(f"{n} went silent")
+                if f.until == index and when == "before_open":
+                    for n in f.nodes:
+                        await self.fleet.resume(n)
+                        rec.faults.append(f"{n} answers again")
+
+    # --- one epoch ---------------------------------------------------------------------
+
+    async def play_epoch(self, index: int, *, cutoff: bool = False) -> EpochRecord:
+        rec = EpochRecord(index=index, run=self.run, mechanism=self.mechanism, cutoff=cutoff)
+        label = "cut-off" if cutoff else f"{index + 1}/{self.n_epochs}"
+        self.progress.set_prefix(f"{self.mechanism} epoch {label}: ")
+        t = time.monotonic()
+        if not cutoff:
+            await self.faults(index, "before_open", rec)
+        opened = await self.admin("open")
+        rec.epoch = int(opened["epoch"])
+        self.progress.phase("declaring")
+        await self.fleet.declare_phase(rec.epoch)
+        live = self.fleet.live()
+        expected = len(live)
+
+        async def declared() -> bool:
+            return int((await self.status())["counts"]["declarations"]) >= expected
+
+        if not await wait_for(declared):
+            rec.warnings.append("not every running node declared in time")
+        rec.declarations = int((await self.status())["counts"]["declarations"])
+        for h in live:
+            p = h.plan
+            rec.declared[p.name] = parse_strategy(p.strategy).declare(p.theta)
+        rec.durations["declare"] = time.monotonic() - t
+        if not cutoff:
+            await self.faults(index, "before_close", rec)
+        t = time.monotonic()
+        self.progress.phase("closing (the mechanism runs)")
+        closed = await self.admin("close")
+        rec.status = str(closed.get("status", ""))
+        rec.newly_excluded = sorted(self.name_of.get(x, x) for x in closed.get("excluded", []))
+        assert self.client is not None
+        alloc = await self.client.allocation(rec.epoch)
+        directory = await self.client.directory(rec.epoch)
+        rec.q = list(alloc.q)
+        rec.included = sorted(self.name_of[n] for n in alloc.included)
+        rec.owed = {self.name_of[n]: c for n, c in zip(alloc.included, alloc.contributions,
+                                                       strict=True)}
+        rec.expected_welfare = alloc.expected_welfare
+        rec.durations["close"] = time.monotonic() - t
+        if cutoff:
+            return rec
+        t = time.monotonic()
+        creds = await asyncio.gather(*(self.client.credential(rec.epoch, n)
+                                       for n in alloc.included))
+        for node_id, (env, _) in zip(alloc.included, creds, strict=True):
+            self.credentials[self.name_of[node_id]] = env
+        self.progress.phase("providing")
+        await self.fleet.provide_phase(rec.epoch)
+        included = set(rec.included)
+        commits = {h.plan.name for h in live if h.plan.name in included
+                   and parse_strategy(h.plan.strategy).commits}
+        rec.expected_commitments = len(commits)
+        hosts = self.fleet.live()
+
+        async def provided() -> bool:
+            # Stepped (in-process) hosts have provided once provide_phase returned; nodes
+            # that run their own loop are asked.
+            states = [] if self.fleet.stepped else await asyncio.gather(
+                *(self.host_status(h) for h in hosts))
+            if any(s is None or s.get("epoch") != rec.epoch
+                   or s.get("included") != len(included) for s in states):
+                return False
+            st = await self.status()
+            return int(st["counts"]["commitments"]) >= len(commits)
+
+        if not await wait_for(provided):
+            rec.warnings.append("not every running host opened its contribution in time")
+        rec.commitments = int((await self.status())["counts"]["commitments"])
+        rec.durations["provide"] = time.monotonic() - t
+        await self.faults(index, "after_commit", rec)
+        t = time.monotonic()
+        entries = {self.name_of[e.node_id]: e for e in directory.nodes}
+        rec.attempts = await self.roam(index, rec, entries)
+        rec.durations["roam"] = time.monotonic() - t
+        t = time.monotonic()
+        self.progress.phase("audit reports")
+        rec.evidence_sent = await self.audit(rec)
+        await self.fleet.finish_phase(rec.epoch)
+        states = await asyncio.gather(*(self.host_status(h) for h in self.fleet.live()))
+        for h, s in zip(self.fleet.live(), states, strict=True):
+            if s is not None:
+                rec.hosts[h.plan.name] = s
+        rec.durations["audit"] = time.monotonic() - t
+        return rec
+
+    # --- roaming -----------------------------------------------------------------------
+
+    def coverage(self, rec: EpochRecord, l: int) -> float:
+        area = self.scenario.locations[l].area
+        return min(1.0, from_micro(rec.q[l]) / area) if rec.q else 0.0
+
+    def segments(self, rec: EpochRecord, l: int) -> list[tuple[float, str]]:
+        """(upper end, host) of each included host's share of [0, 1) (scaled by f_l)."""
+        hosts = sorted((n for n in rec.included if self.by_name[n].location == l),
+                       key=lambda n: self.by_name[n].index)
+        if not hosts:
+            return []
+        weights = [max(0, rec.owed.get(n, 0)) for n in hosts]
+        total = sum(weights)
+        if total <= 0:
+            weights, total = [1] * len(hosts), len(hosts)
+        out, acc = [], 0
+        for n, w in zip(hosts, weights, strict=True):
+            acc += w
+            out.append((acc / total, n))
+        return out
+
+    def forged_credential(self, name: str, rec: EpochRecord) -> Envelope:
+        """What a never-included roamer can show: a credential it signed itself."""
+        ident = self.identities[name]
+        now = int(time.time())
+        cred = Credential(node_id=ident.node_id, public_key=ident.public_key, epoch=rec.epoch,
+                          not_before=now - 1, expires=now + MAX_CREDENTIAL_LIFETIME // 2,
+                          location=self.by_name[name].location)
+        return seal(ident, cred)
+
+    async def roam(self, index: int, rec: EpochRecord,
+                   entries: dict[str, Any]) -> list[AttemptResult]:
+        attempts = self.script[index] if index < len(self.script) else []
+        included = set(rec.included)
+        results: list[AttemptResult | None] = [None] * len(attempts)
+        queues: dict[str, list[tuple[int, Attempt]]] = defaultdict(list)
+        cover = [self.coverage(rec, l) for l in range(len(self.scenario.locations))]
+        segs = [self.segments(rec, l) for l in range(len(self.scenario.locations))]
+        for k, a in enumerate(attempts):
+            inc = a.roamer in included
+            if a.roamer in self.crashed or not self.fleet.nodes[a.roamer].alive:
+                results[k] = AttemptResult(roamer=a.roamer, location=a.location, included=inc,
+                                           host=None, reason="not_running")
+                continue
+            f = cover[a.location]
+            if a.u >= f or not segs[a.location]:
+                results[k] = AttemptResult(roamer=a.roamer, location=a.location, included=inc,
+                                           host=None, reason="no_coverage")
+                continue
+            x = a.u / f
+            host = next(n for end, n in segs[a.location] if x < end)
+            queues[host].append((k, a))
+        total, done = len(attempts), sum(r is not None for r in results)
+        used: dict[tuple[str, str], int] = defaultdict(int)
+        sem = asyncio.Semaphore(ROAM_CONCURRENCY)
+
+        async def serve(host: str, items: list[tuple[int, Attempt]]) -> None:
+            nonlocal done
+            dead: str | None = None
+            for k, a in items:
+                inc = a.roamer in included
+                if dead is not None:
+                    results[k] = AttemptResult(roamer=a.roamer, location=a.location,
+                                               included=inc, host=host, reason=dead)
+                else:
+                    async with sem:
+                        res = await self.attempt(a, host, entries[host], inc, used, rec)
+                    results[k] = res
+                    if res.reason in ("unreachable", "timeout"):
+                        dead = res.reason  # the roamers' devices remember for this epoch
+                done += 1
+                self.progress.update(f"roaming {done}/{total}")
+
+        self.progress.phase(f"roaming {done}/{total}")
+        await asyncio.gather(*(serve(h, items) for h, items in queues.items()))
+        return [r for r in results if r is not None]
+
+    async def attempt(self, a: Attempt, host: str, entry: Any, included: bool,
+                      used: dict[tuple[str, str], int], rec: EpochRecord) -> AttemptResult:
+        ident = self.identities[a.roamer]
+        cred = self.credentials.get(a.roamer) if a.roamer in self.credentials else None
+        if cred is None:
+            cred = self.forged_credential(a.roamer, rec)
+        h = self.fleet.nodes[host]
+        url = h.url
+        kind = self.scenario.kind
+        amount = self.scenario.access.amount
+        resource: str | None = None
+        sha = ""
+        if kind == "wlan_channels":
+            amount = MICRO
+        elif kind == "files":
+            listing = self.files[host]
+            sha, size = listing[min(len(listing) - 1, int(a.v * len(listing)))]
+            resource, amount = "file:" + sha, max(1, size)
+        elif kind == "compute":
+            resource = "compute"
+            if included:
+                left = rec.owed.get(a.roamer, 0) - used[(a.roamer, host)]
+                amount = max(1, min(amount, left))
+        res = AttemptResult(roamer=a.roamer, location=a.location, included=included, host=host,
+                            reason="internal")
+        try:
+            challenge = await self.peers.challenge(url)
+            request = make_access_request(ident, cred, host_id=entry.node_id,
+                                          challenge=challenge.value, amount=amount,
+                                          resource=resource)
+            t0 = time.perf_counter()
+            answer: AccessAnswer
+            if kind == "files":
+                answer, _ = await self.peers.download(url, sha, request, host_key=entry.public_key)
+            elif kind == "compute":
+                answer, _ = await self.peers.compute(url, request, host_key=entry.public_key)
+            else:
+                answer = await self.peers.access(url, request, host_key=entry.public_key)
+            res.latency_ms = (time.perf_counter() - t0) * 1000.0
+        except TimeoutError:
+            res.reason = "timeout"
+            return res
+        except aiohttp.ClientError:
+            res.reason = "unreachable"
+            return res
+        except InkindError as exc:
+            res.reason = exc.code
+            return res
+        res.reason = answer.reason
+        if answer.receipt is not None:
+            res.amount = answer.receipt.amount
+            used[(a.roamer, host)] += answer.receipt.amount
+        if answer.evidence is not None:
+            self.evidence[a.roamer].append(answer.evidence)
+        return res
+
+    async def audit(self, rec: EpochRecord) -> int:
+        assert self.client is not None
+        sent = 0
+        evidence, self.evidence = self.evidence, defaultdict(list)
+        for name, items in sorted(evidence.items()):
+            ident = self.identities[name]
+            for start in range(0, len(items), MAX_AUDIT_ITEMS):
+                chunk = tuple(items[start:start + MAX_AUDIT_ITEMS])
+                report = AuditReport(epoch=rec.epoch, reporter_id=ident.node_id, evidence=chunk)
+                try:
+                    await self.client.audit(seal(ident, report))
+                    sent += len(chunk)
+                except (InkindError, aiohttp.ClientError, TimeoutError) as exc:
+                    rec.warnings.append(f"audit report of {name} refused: {exc}")
+        return sent
+
+    # --- the run -----------------------------------------------------------------------
+
+    async def play(self) -> RunRecord:
+        t0 = time.monotonic()
+        try:
+            await self.start()
+            for i in range(self.n_epochs):
+                rec = await self.play_epoch(i)
+                self.record.epochs.append(rec)
+                self.progress.log(self.summary_line(rec))
+            cut = await self.play_epoch(self.n_epochs, cutoff=True)
+            self.record.epochs.append(cut)
+            st = await self.status()
+            self.record.exclusions = [
+                {**x, "node": self.name_of.get(x["node_id"], x["node_id"])}
+                for x in st.get("excluded", [])]
+        finally:
+            self.progress.set_prefix("")
+            self.progress.phase("stopping")
+            await self.stop()
+            self.record.wall_s = time.monotonic() - t0
+        return self.record
+
+    def summary_line(self, rec: EpochRecord) -> str:
+        inc = [a for a in rec.attempts if a.included]
+        exc = [a for a in rec.attempts if not a.included]
+        g_inc = sum(a.reason == "granted" for a in inc)
+        g_exc = sum(a.reason == "granted" for a in exc)
+        qs = ", ".join(f"{loc.name} {from_micro(q):.2f}"
+                       for loc, q in zip(self.scenario.locations, rec.q, strict=False))
+        extra = f"; excluded now: {', '.join(rec.newly_excluded)}" if rec.newly_excluded else ""
+        faults = f"; faults: {'; '.join(rec.faults)}" if rec.faults else ""
+        return (f"{self.mechanism} epoch {rec.epoch}: {len(rec.included)}/{rec.declarations} "
+                f"included; Q: {qs}; included roamers served {g_inc}/{len(inc)}, "
+                f"excluded {g_exc}/{len(exc)}{extra}{faults}")
+
+
+async def play_all(scenario: Scenario, options: Options, runs: list[RunRecord]) -> None:
+    """Play every mechanism of the scenario in turn; ``runs`` fills as they go (so an
+    interrupted run still has its finished epochs)."""
+    connector = aiohttp.TCPConnector(limit=128)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for k, mech in enumerate(scenario.mechanisms):
+            run_dir = options.out / "run" / mech
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            player = Player(scenario, mech, options, k, run_dir, session)
+            runs.append(player.record)
+            await player.play()
+
+
+def run_testbed(scenario: Scenario | str | Path, *, out: str | Path, seed: int | None = None,
+                mode: str = "process", progress: Progress | None = None,
+                epochs: int | None = None, plots: bool = True) -> dict[str, Any]:
+    """Play ``scenario`` and write the report into ``out``; returns the report (a dict).
+
+    A KeyboardInterrupt stops everything cleanly, writes the report of the epochs played
+    so far (``"interrupted": true``) and is raised again.
+    """
+    from .report import build_report, write_report
+
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    options = Options(out=out_dir, seed=sc.seed if seed is None else seed, mode=mode,
+                      progress=progress or Progress(enabled=False), epochs=epochs, plots=plots)
+    t0 = time.monotonic()
+    runs: list[RunRecord] = []
+    interrupted = False
+
+    async def main() -> None:
+        # SIGTERM ends the run like Ctrl-C: the task is cancelled, so every ``finally``
+        # stops what it started.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        await play_all(sc, options, runs)
+
+    try:
+        asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        interrupted = True
+    except FleetError as exc:
+        raise TestbedError(str(exc)) from exc
+    report = build_report(sc, options, runs, wall_s=time.monotonic() - t0,
+                          interrupted=interrupted)
+    write_report(report, out_dir, plots=plots)
+    if interrupted:
+        raise KeyboardInterrupt
+    return report
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+__all__ = ["AttemptResult", "EpochRecord", "NodePlan", "Options", "RunRecord", "run_testbed"]

@@ -1,0 +1,627 @@
+"""The testbed's report: ``report.json``, ``report.md`` and PNG plots.
+
+Per epoch and location: the planned Q_l and coverage f_l = min(1, Q_l / area_l); the
+realised service rate of included roamers (grants / attempts, an attempt being one
+scripted point, covered or not) with a Wilson 95% interval; attempts, grants and
+refusals of included and excluded roamers by reason; contributions owed, opened
+(delivered) and used; the budget (cost c_l(n_l, Q_l) against payments or contributions);
+realised against expected welfare; the decision latency of access requests.
+
+Checks (``summary.checks``), the invariants the integration tests assert:
+
+* ``excluded_never_granted``: no roamer outside the epoch's allocation was ever granted;
+* ``service_consistent``: where every covering host delivered what it owes and answered,
+  f_l lies in the 99.9% Wilson interval of the included roamers' service rate (with ≥ 20
+  attempts; 99.9% rather than 95% because a run checks dozens of location-epochs).
+  Location-epochs where honest hosts ran out of what they opened (demand above the
+  contribution: ``capacity_exhausted``) are counted as capacity-limited, not checked;
+* ``budget_balanced``: both mechanisms balance the budget in expectation (ex ante), not
+  for every type profile (the posted fee's Q and fees are fixed, so few included nodes
+  mean a deficit). The stated tolerance: the realised surplus (payments or contributions
+  owed minus cost; per location in kind, pooled in money) must not lie in the lower
+  0.1% tail of the surplus the same mechanism yields over 2000 type profiles drawn from
+  the priors (the report gives that tail probability and the distribution's mean).
+  Posted-fee epochs in which some node did not take part (excluded as a free rider,
+  crashed, silent) are reported but not checked: the posted terms assume every node of
+  the spec takes part, so the missing contributions are a deficit the mechanism never
+  planned for (``balanced: null``);
+* ``free_riders_excluded``: every node detected free-riding in epoch e is outside the
+  allocation of epoch e + 1.
+
+Realised welfare is Σ over included nodes of θ_i Σ_l W[home_i, l] u_l(Q_l) − Σ_l
+c_l(n_l, Q_l) with the true θ; "delivered" replaces Q_l by Q_l · min(1, rate_l / f_l),
+the size the included roamers actually got. The expected welfare is the mechanism's own
+(ex ante, over the priors) figure from the allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from protocol import from_micro
+
+from .driver import EpochRecord, Options, RunRecord, digest
+from .scenario import Scenario, population, roaming_script
+
+Z95 = 1.959963984540054
+Z999 = 3.2905267314919255
+MIN_ATTEMPTS_CHECKED = 20
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    if n <= 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def percentile(xs: Sequence[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def latency(xs: Sequence[float]) -> dict[str, Any]:
+    p50, p99 = percentile(xs, 50), percentile(xs, 99)
+    return {"n": len(xs), "p50": None if p50 is None else round(p50, 3),
+            "p99": None if p99 is None else round(p99, 3)}
+
+
+def _r(x: float | None, nd: int = 6) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, nd)
+
+
+def _counts(reasons: Iterable[str]) -> dict[str, int]:
+    return dict(sorted(Counter(reasons).items()))
+
+
+BUDGET_DRAWS = 2000
+BUDGET_TAIL = 0.001
+
+
+class _Ctx:
+    def __init__(self, scenario: Scenario, seed: int) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.market = scenario.market()
+        self.plans = {p.name: p for p in population(scenario, seed)}
+        self._mc: dict[tuple[str, tuple[int, ...]], tuple[Any, Any]] = {}
+
+    def profiles(self, mechanism: str, sizes: tuple[int, ...]) -> tuple[Any, Any]:
+        """The mechanism's ex-post budget surplus and welfare over BUDGET_DRAWS type
+        profiles drawn from the priors, for ``sizes`` agents per location: (surplus array
+        of shape (draws, L) in kind or (draws, 1) in money, welfare array (draws,))."""
+        key = (mechanism, sizes)
+        if key not in self._mc:
+            import numpy as np
+
+            from coordinator.mechanism import solve
+
+            from .scenario import MECHANISMS, _rng
+
+            present = [l for l, k in enumerate(sizes) if k > 0]
+            m = self.market
+            sub = m.replace(locations=tuple(m.locations[l] for l in present),
+                            weights=m.weights[np.ix_(present, present)]
+                            ).with_sizes([sizes[l] for l in present])
+            mech = solve(sub, MECHANISMS[mechanism])
+            rng = _rng(self.seed, "budget", mechanism, *sizes)
+            home = sub.agent_locations()
+            surplus = np.zeros((BUDGET_DRAWS, len(sizes) if m.payment == "in_kind" else 1))
+            welfare = np.zeros(BUDGET_DRAWS)
+            for k in range(BUDGET_DRAWS):
+                t = sub.sample_types(rng)
+                a = mech.allocate(t)
+                s = a.budget_surplus()
+                if m.payment == "in_kind":
+                    surplus[k, present] = s
+                else:
+                    surplus[k, 0] = float(s.sum())
+                u = np.array([float(sub.locations[j].utility(a.Q[j])) for j in range(sub.L)])
+                welfare[k] = float((t * a.included * (sub.weights[home] @ u)).sum()
+                                   - a.cost.sum())
+            self._mc[key] = (surplus, welfare)
+        return self._mc[key]
+
+
+def epoch_report(ctx: _Ctx, run: RunRecord, rec: EpochRecord) -> dict[str, Any]:
+    sc, plans, market = ctx.scenario, ctx.plans, ctx.market
+    L = len(sc.locations)
+    excluded_now = {x["node"] for x in run.exclusions if x["excluded_epoch"] == rec.epoch}
+    participants = [n for n in rec.declared if n not in excluded_now]
+    included = set(rec.included)
+    q = [from_micro(x) for x in rec.q] if rec.q else [0.0] * L
+    # The sizes the mechanism was solved for: posted-fee terms are posted (binding) from
+    # the spec's n; the optimal mechanism is solved for the participants at close.
+    if rec.mechanism == "posted_fee":
+        sizes = tuple(loc.nodes for loc in sc.locations)
+    else:
+        sizes = tuple(sum(1 for n in participants if plans[n].location == l) for l in range(L))
+    locs: list[dict[str, Any]] = []
+    total_cost = total_paid = 0.0
+    rates: list[float | None] = []
+    for l, loc in enumerate(sc.locations):
+        mine = [a for a in rec.attempts if a.location == l and a.reason != "not_running"]
+        inc = [a for a in mine if a.included]
+        exc = [a for a in mine if not a.included]
+        g_inc = sum(a.reason == "granted" for a in inc)
+        g_exc = sum(a.reason == "granted" for a in exc)
+        f = min(1.0, q[l] / loc.area)
+        rate = g_inc / len(inc) if inc else None
+        rates.append(rate)
+        ci = wilson(g_inc, len(inc))
+        hosts = sorted((n for n in included if plans[n].location == l),
+                       key=lambda n: plans[n].index)
+        owed = {n: rec.owed.get(n, 0) for n in hosts}
+        total_owed = sum(owed.values())
+        delivering = 0.0
+        opened = used = 0
+        for n in hosts:
+            st = rec.hosts.get(n)
+            op = int(st.get("opened", 0)) if st else 0
+            opened += op
+            used += int(st.get("granted_total", 0)) if st else 0
+            ok = st is not None and op > 0 and (sc.payment == "money" or op >= owed[n])
+            weight = owed[n] / total_owed if total_owed > 0 else 1 / len(hosts)
+            delivering += weight if ok else 0.0
+        n_l = sizes[l]
+        cost = float(market.locations[l].cost(n_l, q[l])) if n_l > 0 and q[l] > 0 else 0.0
+        paid = from_micro(total_owed)
+        total_cost += cost
+        total_paid += paid
+        lat = [a.latency_ms for a in mine if a.latency_ms is not None]
+        locs.append({
+            "name": loc.name,
+            "nodes": sum(1 for p in plans.values() if p.location == l),
+            "declared": sum(1 for n in rec.declared if plans[n].location == l),
+            "included": len(hosts),
+            "Q_planned": _r(q[l]),
+            "coverage_planned": _r(f),
+            "service_rate_included": _r(rate),
+            "service_rate_ci95": None if ci is None else [_r(ci[0]), _r(ci[1])],
+            "service_rate_expected_delivered": _r(f * delivering),
+            "attempts_included": len(inc),
+            "grants_included": g_inc,
+            "refusals_included": _counts(a.reason for a in inc if a.reason != "granted"),
+            "attempts_excluded": len(exc),
+            "grants_excluded": g_exc,
+            "refusals_excluded": _counts(a.reason for a in exc if a.reason != "granted"),
+            "contributions_owed": _r(paid),
+            "contributions_opened": _r(from_micro(opened)),
+            "contributions_used": _r(from_micro(used)),
+            "hosts_delivering_share": _r(delivering),
+            "cost": _r(cost),
+            "payments": _r(paid),
+            "budget_surplus": _r(paid - cost),
+            "latency_ms": latency(lat),
+        })
+    # Welfare: true types of included nodes, planned and delivered sizes.
+    W = market.weights
+    q_del = []
+    for l, loc in enumerate(sc.locations):
+        f = min(1.0, q[l] / loc.area)
+        rate = rates[l]
+        q_del.append(q[l] if rate is None or f <= 0 else q[l] * min(1.0, rate / f))
+
+    def welfare(sizes: list[float]) -> float:
+        benefit = 0.0
+        u = [float(market.locations[l].utility(max(0.0, sizes[l]))) for l in range(L)]
+        for n in included:
+            p = plans[n]
+            benefit += from_micro(p.theta) * sum(W[p.location, l] * u[l] for l in range(L))
+        return benefit - total_cost
+
+    tol = (len(included) + 1) * 1e-6  # contributions are rounded up to micro-units
+    observed = ([loc_["budget_surplus"] or 0.0 for loc_ in locs] if sc.payment == "in_kind"
+                else [total_paid - total_cost])
+    tails: list[float | None] = [None] * len(observed)
+    means: list[float | None] = [None] * len(observed)
+    w_sd: float | None = None
+    if any(sizes):
+        sur, wel = ctx.profiles(rec.mechanism, sizes)
+        w_sd = float(wel.std())
+        for j, obs in enumerate(observed):
+            col = sur[:, j]
+            # add-one estimate of P(surplus <= observed) under the priors
+            tails[j] = (float((col <= obs + tol).sum()) + 1) / (len(col) + 1)
+            means[j] = float(col.mean())
+    if sc.payment == "in_kind":
+        for loc_, tail, mu in zip(locs, tails, means, strict=True):
+            loc_["budget_surplus_expected"] = _r(mu)
+            loc_["budget_tail_probability"] = _r(tail)
+    balanced: bool | None = all(t is None or t >= BUDGET_TAIL for t in tails)
+    full = all(sum(1 for n in participants if plans[n].location == l) == loc.nodes
+               for l, loc in enumerate(sc.locations))
+    if rec.mechanism == "posted_fee" and not full:
+        # The posted terms (Q*, fees) were set for every node of the spec taking part;
+        # with free riders excluded or nodes down, the deficit is not the mechanism's.
+        balanced = None
+    lat_all = [a.latency_ms for a in rec.attempts if a.latency_ms is not None]
+    return {
+        "index": rec.index,
+        "run": rec.run,
+        "mechanism": rec.mechanism,
+        "epoch": rec.epoch,
+        "declarations": rec.declarations,
+        "participants": len(participants),
+        "included": len(rec.included),
+        "status": rec.status,
+        "locations": locs,
+        "budget": {
+            "payment": sc.payment,
+            "rule": "balanced in expectation; tolerance: P(surplus <= observed) under the "
+                    "priors (the mechanism's own ex-post surplus over 2000 type profiles; per "
+                    "location in kind, pooled in money) is at least 0.001",
+            "tail_probability": [_r(x) for x in tails],
+            "surplus_expected": [_r(x) for x in means],
+            "cost": _r(total_cost),
+            "payments": _r(total_paid),
+            "surplus": _r(total_paid - total_cost),
+            "balanced": balanced,
+        },
+        "welfare_expected": _r(from_micro(rec.expected_welfare)),
+        "welfare_sd": _r(w_sd),
+        "welfare_realised": _r(welfare(q)),
+        "welfare_delivered": _r(welfare(q_del)),
+        "excluded_at_close": rec.newly_excluded,
+        "excluded_nodes": sorted(excluded_now),
+        "free_riders_detected": sorted(
+            x["node"] for x in run.exclusions if x["detected_epoch"] == rec.epoch),
+        "commitments": {"expected": rec.expected_commitments, "received": rec.commitments},
+        "evidence_reported": rec.evidence_sent,
+        "latency_ms": latency(lat_all),
+        "faults": rec.faults,
+        "warnings": rec.warnings,
+        "durations_s": {k: round(v, 3) for k, v in rec.durations.items()},
+    }
+
+
+def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
+                 wall_s: float, interrupted: bool = False) -> dict[str, Any]:
+    ctx = _Ctx(scenario, options.seed)
+    epochs: list[dict[str, Any]] = []
+    for run in runs:
+        for rec in run.epochs:
+            if not rec.cutoff:
+                epochs.append(epoch_report(ctx, run, rec))
+    grants_excluded = sum(loc["grants_excluded"] for e in epochs for loc in e["locations"])
+    detections = [
+        {"node": x["node"], "epoch": x["detected_epoch"], "excluded_epoch": x["excluded_epoch"],
+         "reason": x["reason"], "mechanism": run.mechanism}
+        for run in runs for x in run.exclusions]
+    # Checks.
+    service_checked = service_failed = capacity_limited = 0
+    failures: list[str] = []
+    for e in epochs:
+        for loc in e["locations"]:
+            n = loc["attempts_included"]
+            f = loc["coverage_planned"]
+            if n < MIN_ATTEMPTS_CHECKED or loc["hosts_delivering_share"] != 1.0:
+                continue
+            if any(k in loc["refusals_included"]
+                   for k in ("timeout", "unreachable", "capacity_exhausted")):
+                capacity_limited += "capacity_exhausted" in loc["refusals_included"]
+                continue
+            service_checked += 1
+            lo, hi = wilson(loc["grants_included"], n, Z999) or (0.0, 1.0)
+            if not lo - 1e-9 <= f <= hi + 1e-9:
+                service_failed += 1
+                failures.append(f"{e['mechanism']} epoch {e['epoch']} {loc['name']}: rate "
+                                f"{loc['service_rate_included']} vs planned {f}")
+    excluded_ok = True
+    for run in runs:
+        by_epoch = {r.epoch: set(r.included) for r in run.epochs}
+        for x in run.exclusions:
+            inc = by_epoch.get(x["excluded_epoch"])
+            if inc is not None and x["node"] in inc:
+                excluded_ok = False
+                failures.append(f"{x['node']} detected in {x['detected_epoch']} but included "
+                                f"in {x['excluded_epoch']}")
+    budget_flags = [e["budget"]["balanced"] for e in epochs if e["budget"]["balanced"] is not None]
+    lat_all: list[float] = [a.latency_ms for run in runs for r in run.epochs for a in r.attempts
+                            if a.latency_ms is not None]
+    by_mech: dict[str, Any] = {}
+    for run in runs:
+        es = [e for e in epochs if e["run"] == run.run]
+        by_mech[run.mechanism] = {
+            "epochs": len(es),
+            "welfare_expected_mean": _r(_mean([e["welfare_expected"] for e in es])),
+            "welfare_realised_mean": _r(_mean([e["welfare_realised"] for e in es])),
+            "welfare_delivered_mean": _r(_mean([e["welfare_delivered"] for e in es])),
+            "included_mean": _r(_mean([e["included"] for e in es])),
+            "budget_surplus_mean": _r(_mean([e["budget"]["surplus"] for e in es])),
+            "startup_s": round(run.startup_s, 3),
+            "wall_s": round(run.wall_s, 3),
+            "coordinator_restarts": run.coordinator_restarts,
+        }
+    n_epochs = options.epochs or scenario.epochs
+    plans = population(scenario, options.seed)
+    script = roaming_script(scenario, plans, options.seed, n_epochs)
+    repro = {
+        "declarations": digest([[r.run, r.epoch, r.declared] for run in runs for r in run.epochs]),
+        "allocations": digest([[r.run, r.epoch, r.q, r.included, r.owed]
+                               for run in runs for r in run.epochs]),
+        "roaming_script": digest([[(a.roamer, a.location, a.trip, a.u, a.v) for a in ep]
+                                  for ep in script]),
+        "nodes": digest([(p.name, p.theta, p.strategy, p.seed.hex()) for p in plans]),
+    }
+    summary = {
+        "grants_to_excluded": grants_excluded,
+        "free_riders_detected": detections,
+        "attempts": sum(loc["attempts_included"] + loc["attempts_excluded"]
+                        for e in epochs for loc in e["locations"]),
+        "grants": sum(loc["grants_included"] + loc["grants_excluded"]
+                      for e in epochs for loc in e["locations"]),
+        "latency_ms": latency(lat_all),
+        "by_mechanism": by_mech,
+        "checks": {
+            "excluded_never_granted": grants_excluded == 0,
+            "service_consistent": service_failed == 0,
+            "service_location_epochs_checked": service_checked,
+            "service_location_epochs_capacity_limited": capacity_limited,
+            "budget_balanced": all(budget_flags) if budget_flags else None,
+            "free_riders_excluded": excluded_ok,
+            "failures": failures,
+        },
+    }
+    return {
+        "scenario": {
+            "name": scenario.name, "path": scenario.path, "description": scenario.description,
+            "kind": scenario.kind, "payment": scenario.payment,
+            "mechanisms": list(scenario.mechanisms), "epochs": n_epochs,
+            "nodes": scenario.n_nodes,
+            "locations": [{"name": loc.name, "nodes": loc.nodes, "area": loc.area}
+                          for loc in scenario.locations],
+            "strategies": dict(sorted(Counter(p.strategy for p in plans).items())),
+            "faults": [f"{f.kind} at epoch {f.epoch} ({f.when})"
+                       + (f" of {', '.join(f.nodes)}" if f.nodes else "")
+                       + (f" until {f.until}" if f.until is not None else "")
+                       for f in scenario.faults],
+        },
+        "seed": options.seed,
+        "mode": options.mode,
+        "interrupted": interrupted,
+        "wall_s": round(wall_s, 3),
+        "startup_s": [round(run.startup_s, 3) for run in runs],
+        "epochs": epochs,
+        "summary": summary,
+        "reproducibility": repro,
+        "unit": "quantities in units of the resource kind (money units for money payments); "
+                "latency in milliseconds",
+    }
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def write_report(report: dict[str, Any], out: Path, *, plots: bool = True) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.json", out / "report.md"]
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    pngs = write_plots(report, out) if plots and report["epochs"] else []
+    report_files = [p.name for p in pngs]
+    (out / "report.md").write_text(markdown(report, report_files))
+    return written + pngs
+
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def _reasons(d: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items()) or "–"
+
+
+def markdown(report: dict[str, Any], pngs: list[str]) -> str:
+    sc, s = report["scenario"], report["summary"]
+    ch = s["checks"]
+    lines = [
+        f"# Testbed report: {sc['name']}",
+        "",
+        sc["description"] or "",
+        "",
+        f"- scenario `{sc['path']}`, seed {report['seed']}, nodes as `{report['mode']}`; "
+        f"{sc['nodes']} nodes in {len(sc['locations'])} locations, kind `{sc['kind']}`, "
+        f"payment `{sc['payment']}`, mechanism(s) {', '.join(sc['mechanisms'])}, "
+        f"{sc['epochs']} epochs",
+        f"- strategies: {', '.join(f'{k} {v}' for k, v in sc['strategies'].items())}",
+        f"- faults: {'; '.join(sc['faults']) or 'none'}",
+        f"- wall time {report['wall_s']:.1f} s (start-up "
+        f"{', '.join(f'{x:.1f}' for x in report['startup_s'])} s)"
+        + ("; **interrupted**" if report["interrupted"] else ""),
+        "",
+        "## Checks",
+        "",
+        f"- excluded roamers granted: **{s['grants_to_excluded']}** "
+        f"({'ok' if ch['excluded_never_granted'] else 'FAILED'})",
+        f"- included roamers' service rate consistent with planned coverage (99.9% Wilson, "
+        f"{ch['service_location_epochs_checked']} location-epochs checked, "
+        f"{ch['service_location_epochs_capacity_limited']} capacity-limited): "
+        f"{'ok' if ch['service_consistent'] else 'FAILED'}",
+        f"- budget balanced within tolerance (realised surplus not in the lower 0.1% tail of "
+        f"the mechanism's own ex-post surplus under the priors): {_fmt(ch['budget_balanced'])}",
+        f"- free riders excluded after detection: "
+        f"{'ok' if ch['free_riders_excluded'] else 'FAILED'}",
+    ]
+    for f in ch["failures"]:
+        lines.append(f"  - {f}")
+    lines += ["", "## Free riders detected", ""]
+    if s["free_riders_detected"]:
+        lines += ["| node | detected in epoch | excluded from | reason | mechanism |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {d['node']} | {d['epoch']} | {d['excluded_epoch']} | {d['reason']} | "
+                  f"{d['mechanism']} |" for d in s["free_riders_detected"]]
+    else:
+        lines.append("none")
+    lat = s["latency_ms"]
+    lines += ["", f"Access-decision latency (POST of the access request, {lat['n']} requests): "
+              f"p50 {_fmt(lat['p50'])} ms, p99 {_fmt(lat['p99'])} ms.", ""]
+    lines += ["## Per mechanism", "",
+              "| mechanism | epochs | included (mean) | expected welfare | realised | delivered "
+              "| budget surplus |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for m, b in s["by_mechanism"].items():
+        lines.append(f"| {m} | {b['epochs']} | {_fmt(b['included_mean'], 1)} | "
+                     f"{_fmt(b['welfare_expected_mean'])} | {_fmt(b['welfare_realised_mean'])} | "
+                     f"{_fmt(b['welfare_delivered_mean'])} | {_fmt(b['budget_surplus_mean'])} |")
+    lines += ["", "## Epochs", "",
+              "Q in the spec's units; coverage f = min(1, Q/area); service = grants/attempts "
+              "of included roamers [95% CI]; contributions in units of the kind (money: money "
+              "units); latency p50/p99 in ms.", ""]
+    for e in report["epochs"]:
+        b = e["budget"]
+        lines += [
+            f"### {e['mechanism']}, epoch {e['epoch']}",
+            "",
+            f"{e['included']} of {e['declarations']} declarants included; welfare expected "
+            f"{_fmt(e['welfare_expected'])} (sd over type profiles {_fmt(e['welfare_sd'])}), "
+            f"realised {_fmt(e['welfare_realised'])}, delivered "
+            f"{_fmt(e['welfare_delivered'])}; budget: payments {_fmt(b['payments'])} vs cost "
+            f"{_fmt(b['cost'])} (surplus {_fmt(b['surplus'])}, within tolerance: "
+            f"{_fmt(b['balanced'])}); commitments "
+            f"{e['commitments']['received']}/{e['commitments']['expected']}; latency p50 "
+            f"{_fmt(e['latency_ms']['p50'])} / p99 {_fmt(e['latency_ms']['p99'])} ms.",
+        ]
+        if e["excluded_nodes"]:
+            lines.append(f"Excluded as free riders: {', '.join(e['excluded_nodes'])}.")
+        if e["free_riders_detected"]:
+            lines.append(f"Free riding detected here (excluded next epoch): "
+                         f"{', '.join(e['free_riders_detected'])}.")
+        if e["faults"]:
+            lines.append(f"Faults: {'; '.join(e['faults'])}.")
+        if e["warnings"]:
+            lines.append(f"Warnings: {'; '.join(e['warnings'])}.")
+        lines += ["", "| location | incl. | Q | coverage | service incl. [95% CI] | attempts incl. "
+                  "| refusals incl. | attempts / grants excl. | refusals excl. | owed | opened | "
+                  "used | surplus | latency |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+                  "| --- |"]
+        for loc in e["locations"]:
+            ci = loc["service_rate_ci95"]
+            cis = "–" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+            lines.append(
+                f"| {loc['name']} | {loc['included']}/{loc['nodes']} | {_fmt(loc['Q_planned'])} "
+                f"| {_fmt(loc['coverage_planned'])} | {_fmt(loc['service_rate_included'])} {cis} "
+                f"| {loc['attempts_included']} | {_reasons(loc['refusals_included'])} | "
+                f"{loc['attempts_excluded']} / {loc['grants_excluded']} | "
+                f"{_reasons(loc['refusals_excluded'])} | {_fmt(loc['contributions_owed'])} | "
+                f"{_fmt(loc['contributions_opened'])} | {_fmt(loc['contributions_used'])} | "
+                f"{_fmt(loc['budget_surplus'])} | {_fmt(loc['latency_ms']['p50'], 1)}/"
+                f"{_fmt(loc['latency_ms']['p99'], 1)} |")
+        lines.append("")
+    if pngs:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in pngs] + [""]
+    rp = report["reproducibility"]
+    lines += ["## Reproducibility", "",
+              "SHA-256 of what the seed decides (equal on every run of this scenario and seed):",
+              ""] + [f"- {k}: `{v}`" for k, v in rp.items()] + [""]
+    return "\n".join(lines)
+
+
+def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = report["epochs"]
+    names = [loc["name"] for loc in report["scenario"]["locations"]]
+    labels = [f"{e['mechanism'][:6]} {e['epoch']}" for e in epochs]
+    xs = list(range(len(epochs)))
+    written: list[Path] = []
+
+    # 1. Planned coverage against realised service of included roamers.
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4), squeeze=False,
+                             sharey=True)
+    for l, name in enumerate(names):
+        ax = axes[0][l]
+        planned = [e["locations"][l]["coverage_planned"] for e in epochs]
+        rate = [e["locations"][l]["service_rate_included"] for e in epochs]
+        ax.plot(xs, planned, "s--", color="tab:gray", label="planned f = min(1, Q/area)")
+        for x, e, r in zip(xs, epochs, rate, strict=True):
+            ci = e["locations"][l]["service_rate_ci95"]
+            if r is None or ci is None:
+                continue
+            ax.errorbar([x], [r], yerr=[[r - ci[0]], [ci[1] - r]], fmt="o", color="tab:blue",
+                        capsize=3, label="realised (95% CI)" if x == 0 else None)
+        ax.set_title(name)
+        ax.set_xticks(xs, labels, rotation=45, fontsize=7)
+        ax.set_ylim(-0.02, 1.05)
+        if l == 0:
+            ax.set_ylabel("service rate of included roamers")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(_save(fig, out / "service.png", plt))
+
+    # 2. Access outcomes by reason, included vs excluded roamers.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False)
+    for k, who in enumerate(("included", "excluded")):
+        ax = axes[0][k]
+        per: list[Counter[str]] = []
+        for e in epochs:
+            c: Counter[str] = Counter()
+            for loc in e["locations"]:
+                c["granted"] += loc[f"grants_{who}"]
+                c.update(loc[f"refusals_{who}"])
+            per.append(c)
+        reasons = sorted({r for c in per for r, v in c.items() if v},
+                         key=lambda r: (r != "granted", r))
+        bottom = [0] * len(epochs)
+        palette = iter(["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink",
+                        "tab:olive", "tab:cyan", "tab:blue"] * 4)
+        for r in reasons:
+            vals = [c.get(r, 0) for c in per]
+            color = {"granted": "tab:green", "no_coverage": "lightgray"}.get(r) or next(palette)
+            ax.bar(xs, vals, bottom=bottom, label=r, color=color)
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        ax.set_title(f"access attempts of {who} roamers")
+        ax.set_xticks(xs, labels, rotation=45, fontsize=7)
+        if reasons:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(_save(fig, out / "access.png", plt))
+
+    # 3. Welfare and budget.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), squeeze=False)
+    ax = axes[0][0]
+    for key, style in (("welfare_expected", "s--"), ("welfare_realised", "o-"),
+                       ("welfare_delivered", "^-")):
+        ax.plot(xs, [e[key] for e in epochs], style, label=key.replace("_", " "))
+    ax.set_title("social welfare (spec units)")
+    ax.set_xticks(xs, labels, rotation=45, fontsize=7)
+    ax.legend(fontsize=7)
+    ax = axes[0][1]
+    ax.plot(xs, [e["budget"]["cost"] for e in epochs], "s--", label="cost Σ c_l(n_l, Q_l)")
+    ax.plot(xs, [e["budget"]["payments"] for e in epochs], "o-",
+            label="payments / contributions owed")
+    ax.set_title("budget")
+    ax.set_xticks(xs, labels, rotation=45, fontsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(_save(fig, out / "welfare_budget.png", plt))
+    return written
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,112 @@
+"""Scenario files: the shipped ones load, bad ones are refused with a clear message, and
+everything random is a function of (scenario, seed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.testbed.scenario import (
+    ScenarioError,
+    load_scenario,
+    population,
+    roaming_script,
+    scenario_from_dict,
+)
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scripts" / "scenarios"
+REQUIRED = ("commuters", "free-riders", "posted-vs-optimal", "file-sharing", "grid-computing")
+
+
+def small(**over: object) -> dict[str, object]:
+    d: dict[str, object] = {
+        "scenario": {"name": "t", "epochs": 2, "seed": 1},
+        "locations": [{"name": "a", "nodes": 4}, {"name": "b", "nodes": 3}],
+    }
+    d.update(over)
+    return d
+
+
+def test_shipped_scenarios_load() -> None:
+    found = {p.stem for p in SCENARIOS.glob("*.toml")}
+    assert set(REQUIRED) <= found
+    for path in sorted(SCENARIOS.glob("*.toml")):
+        sc = load_scenario(path)
+        assert sc.n_nodes > 0 and sc.epochs >= 1
+        sc.market()  # the coordinator's spec is valid
+
+
+def test_default_scenario_is_large_enough() -> None:
+    sc = load_scenario(SCENARIOS / "commuters.toml")
+    assert sc.n_nodes >= 50 and len(sc.locations) == 3 and sc.epochs >= 3
+
+
+def test_kinds_and_mechanisms_covered() -> None:
+    scs = [load_scenario(p) for p in SCENARIOS.glob("*.toml")]
+    assert {s.kind for s in scs} == {"wlan_coverage", "wlan_channels", "files", "compute"}
+    assert {m for s in scs for m in s.mechanisms} == {"posted_fee", "optimal"}
+    assert {s.payment for s in scs} == {"money", "in_kind"}
+    assert {f.kind for s in scs for f in s.faults} == {
+        "node_crash", "coordinator_restart", "host_silent"}
+
+
+@pytest.mark.parametrize(("patch", "words"), [
+    ({"bogus": 1}, "unknown keys in the file"),
+    ({"scenario": {"epochs": 0}}, "epochs"),
+    ({"scenario": {"mechanism": "vickrey"}}, "mechanism"),
+    ({"scenario": {"kind": "bluetooth"}}, "kind"),
+    ({"market": {"payment": "barter"}}, "payment"),
+    ({"locations": []}, "at least one"),
+    ({"locations": [{"name": "a", "nodes": 2}, {"name": "a", "nodes": 2}]}, "unique"),
+    ({"locations": [{"name": "a", "nodes": 2, "area": -1}]}, "area"),
+    ({"locations": [{"name": "a", "nodes": 2, "colour": "red"}]}, "unknown keys"),
+    ({"strategies": [{"nodes": "a", "strategy": "bribe"}]}, "strategy"),
+    ({"strategies": [{"nodes": "zz-1", "strategy": "free-ride"}]}, "neither a location"),
+    ({"faults": [{"kind": "meteor", "epoch": 0}]}, "kind"),
+    ({"faults": [{"kind": "node_crash", "epoch": 5, "nodes": "a-0"}]}, "epoch"),
+    ({"faults": [{"kind": "node_crash", "epoch": 0}]}, "needs nodes"),
+    ({"faults": [{"kind": "host_silent", "epoch": 0, "nodes": "a-0", "when": "before_open"}]},
+     "when"),
+    ({"mobility": {"moves": [{"nodes": "a", "to": "nowhere"}]}}, "to must be one of"),
+    ({"market": {"weights": [[1.0]]}}, "2 x 2"),
+    ({"locations": [{"name": "a", "nodes": 2,
+                     "type": {"dist": "uniform", "low": 0.0, "high": 2.0}}]}, "[0, 1]"),
+])
+def test_bad_scenarios_refused(patch: dict[str, object], words: str) -> None:
+    d = small()
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(d.get(key), dict):
+            d[key] = {**d[key], **value}  # type: ignore[dict-item]
+        else:
+            d[key] = value
+    with pytest.raises(ScenarioError, match=None) as info:
+        scenario_from_dict(d)
+    assert words in str(info.value)
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scenario\n")
+    with pytest.raises(ScenarioError, match="not valid TOML"):
+        load_scenario(bad)
+    with pytest.raises(ScenarioError):
+        load_scenario(tmp_path / "missing.toml")
+
+
+def test_seed_decides_everything() -> None:
+    sc = scenario_from_dict(small(
+        strategies=[{"nodes": "*", "count": 2, "strategy": "free-ride"}],
+        mobility={"trips": 2.0, "attempts": 3, "moves": [{"nodes": "b", "to": "a"}]}))
+    a, b, c = population(sc, 7), population(sc, 7), population(sc, 8)
+    assert a == b and a != c
+    assert sum(p.strategy == "free-ride" for p in a) == 2
+    assert roaming_script(sc, a, 7) == roaming_script(sc, b, 7)
+    assert roaming_script(sc, a, 7) != roaming_script(sc, c, 8)
+    script = roaming_script(sc, a, 7)
+    assert len(script) == sc.epochs
+    for epoch in script:
+        for att in epoch:
+            assert 0.0 <= att.u < 1.0
+            home = next(p.location for p in a if p.name == att.roamer)
+            assert att.location != home  # random trips and the scripted move leave home
