@@ -117,11 +117,17 @@ class ChallengeBook:
         return len(self._open) + len(self._used)
 
     def issue(self, now: int) -> Challenge:
-        """A fresh challenge valid while ``now < expires``; ``capacity_exhausted`` if full."""
+        """A fresh challenge valid while ``now < expires``; ``capacity_exhausted`` if full.
+
+        Only outstanding (unused) challenges count against ``capacity``: used ones are
+        kept just to answer a replay with ``replay`` and are forgotten oldest first, so a
+        host's sustained rate is not capped at capacity / ttl. A forgotten used challenge
+        is still refused (``bad_proof``: unknown).
+        """
         check_time("now", now)
-        if len(self) >= self._capacity:
+        if len(self._open) >= self._capacity:
             self.prune(now)
-            if len(self) >= self._capacity:
+            if len(self._open) >= self._capacity:
                 # Refuse rather than evict: evicting would let a flood void honest challenges.
                 raise CapacityExhaustedError("too many outstanding challenges")
         for _ in range(3):
@@ -146,6 +152,9 @@ class ChallengeBook:
         if now >= expires:
             raise ExpiredError("challenge expired")
         self._used[challenge] = expires
+        if len(self._used) > self._capacity:
+            # dicts keep insertion order: drop the oldest used challenge.
+            del self._used[next(iter(self._used))]
 
     def prune(self, now: int) -> None:
         """Forget every challenge whose expiry is at or before ``now``."""

@@ -97,10 +97,11 @@ def test_the_book_is_bounded_and_pruning_frees_room() -> None:
     a = book.issue(0)
     book.issue(0)
     assert code(lambda: book.issue(5)) == "capacity_exhausted"
-    book.consume(a.value, 5)  # used challenges still count until they expire
+    book.consume(a.value, 5)  # a used challenge frees its outstanding slot
+    book.issue(9)
     assert code(lambda: book.issue(9)) == "capacity_exhausted"
     book.issue(10)  # everything issued at 0 expired at 10
-    assert len(book) == 1
+    assert len(book) == 2  # the two issued at 9 and 10
 
 
 def test_a_repeating_random_source_is_caught() -> None:
@@ -115,3 +116,27 @@ def test_a_repeating_random_source_is_caught() -> None:
 def test_the_default_random_source_works() -> None:
     book = ChallengeBook()
     assert book.issue(0).value != book.issue(0).value
+
+
+def test_used_challenges_do_not_cap_the_sustained_rate() -> None:
+    # capacity bounds outstanding challenges; used ones are forgotten oldest first, so a
+    # host answering far more than capacity / ttl requests per second keeps working.
+    import itertools
+
+    from protocol import ChallengeBook
+    from protocol.errors import BadProofError, ReplayError
+
+    counter = itertools.count(1)
+    book = ChallengeBook(ttl=30, capacity=4, rng=lambda n: next(counter).to_bytes(n, "big"))
+    first = book.issue(1000)
+    book.consume(first.value, 1000)
+    for _ in range(50):
+        c = book.issue(1000)
+        book.consume(c.value, 1000)
+    assert len(book) <= 4
+    with pytest.raises(BadProofError):
+        book.consume(first.value, 1000)  # forgotten, still refused
+    last = book.issue(1000)
+    book.consume(last.value, 1000)
+    with pytest.raises(ReplayError):
+        book.consume(last.value, 1000)
