@@ -178,3 +178,17 @@ def test_layers_import_only_downwards() -> None:
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 mech.add(node.module.split(".")[0])
     assert not mech & {"protocol", "node", "aiohttp", "sqlite3"}
+
+
+def test_first_best_welfare_agrees_with_monte_carlo_of_allocate_in_three_towns() -> None:
+    from coordinator.mechanism.audit import realised_welfare
+    from coordinator.mechanism.market import load_market
+
+    m = load_market(ROOT / "scripts/specs/three-towns.toml").with_sizes([6, 4, 3])
+    mech = first_best(m)
+    rng = np.random.default_rng(7)
+    S = 4000
+    types = m.sample_types(rng, S)
+    w = np.array([realised_welfare(m, types[s], mech.allocate(types[s])) for s in range(S)])
+    se = w.std(ddof=1) / np.sqrt(S)
+    assert abs(w.mean() - mech.result.welfare) < 3 * se
