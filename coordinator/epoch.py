@@ -35,11 +35,12 @@ function passed in (:meth:`EpochCore.close`) or run by the shell between
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.allocation import Outcome, Participant
 from coordinator.enforcement import Exclusion, find_free_riders
+from coordinator.probe import ProbeResult
 from protocol import (
     Allocation,
     AuditReport,
@@ -337,11 +338,17 @@ class EpochCore:
 
     # -- declarations ------------------------------------------------------------------
 
-    def check_declaration(self, decl: Declaration, envelope: bytes, now: int) -> Declared:
+    def check_declaration(
+        self, decl: Declaration, envelope: bytes, now: int, *,
+        queued_nonces: Container[tuple[int, str]] = frozenset(),
+        queued_nodes: Collection[str] = frozenset(),
+    ) -> Declared:
         """README §5 order: epoch, deadline, nonce, duplicate; then θ in the prior's support.
 
         The shell opened the envelope with the registered keys as the trusted signers, so
         the signer is registered and is ``decl.node_id``; the first check repeats that.
+        ``queued_nonces`` ((epoch, nonce)) and ``queued_nodes`` are declarations the shell
+        accepted but has not applied yet (group commit): they count as already seen.
         """
         if decl.node_id not in self.nodes:
             raise UnknownKeyError(f"node {decl.node_id[:16]}... is not registered")
@@ -353,9 +360,9 @@ class EpochCore:
             check_epoch(decl.epoch, current=self.current.epoch)
             raise EpochClosedError(f"epoch {self.current.epoch} is closed")
         step(self.phase, Event.DECLARE)
-        if self.guard.seen(decl.epoch, decl.nonce):
+        if self.guard.seen(decl.epoch, decl.nonce) or (decl.epoch, decl.nonce) in queued_nonces:
             raise ReplayError(f"nonce already used in epoch {decl.epoch}")
-        if decl.node_id in self.declarations:
+        if decl.node_id in self.declarations or decl.node_id in queued_nodes:
             raise DuplicateDeclarationError(
                 f"node {decl.node_id[:16]}... already declared in epoch {decl.epoch}")
         location = self.nodes[decl.node_id].registration.home_location
@@ -363,17 +370,18 @@ class EpochCore:
         if not lo <= decl.theta <= hi:
             raise OutOfRangeError(
                 f"theta {decl.theta} is outside location {location}'s type support [{lo}, {hi}]")
-        if len(self.declarations) >= 1_000_000:
+        if len(self.declarations) + len(queued_nodes) >= 1_000_000:
             raise CapacityExhaustedError("declaration table is full")
         return Declared(record=DeclarationRecord(
             declaration=decl, envelope=envelope, received_at=now))
 
     # -- closing -----------------------------------------------------------------------
 
-    def begin_close(self, now: int) -> ClosePlan:
+    def begin_close(self, now: int, probes: Iterable[ProbeResult] = ()) -> ClosePlan:
         """The audit cut-off of the previous epoch, then who takes part in this one.
 
-        Moves to ``closing`` (declarations are refused from here on).
+        ``probes``: the coordinator's probe results (:mod:`coordinator.probe`), read by the
+        shell from its store. Moves to ``closing`` (declarations are refused from here on).
         """
         nxt = step(self.phase, Event.BEGIN_CLOSE)
         assert self.current is not None
@@ -384,7 +392,8 @@ class EpochCore:
             new = tuple(
                 x for x in find_free_riders(
                     allocation=self.audit.allocation, commitments=self.audit.commitments,
-                    evidence=self.audit.evidence.values(), credential_windows=self.audit.windows)
+                    evidence=self.audit.evidence.values(), credential_windows=self.audit.windows,
+                    probes=probes)
                 if (x.node_id, x.reason) not in known)
         out = self.excluded_from(epoch) | {x.node_id for x in new}
         participants = tuple(sorted(

@@ -3,14 +3,21 @@
 Handlers read the body (bounded), open the envelope with :func:`protocol.open_envelope`
 before anything else, call the pure core, persist its change record in one SQLite
 transaction, apply it, and only then answer; there is no ``await`` between the check and
-the apply, so requests never interleave inside one change. One middleware turns every
+the apply, so requests never interleave inside one change. Declarations are group
+committed: a checked one is queued (queued ones count as seen by later checks) and one
+loop callback persists the whole queue in one transaction, applies it and only then
+acknowledges each (:meth:`Coordinator.flush_declarations`; a close flushes first). One
+middleware turns every
 :class:`protocol.InkindError` into ``{"code", "message"}`` with the class's HTTP status.
 Time is read once per request from the injected ``clock``.
 
 A background task (``auto_schedule``) closes the open epoch at its deadline and opens
 the next after ``pause_seconds``; ``POST /v1/admin/open|close`` (bearer token) do the
-same on demand. The mechanism runs in a worker thread (``run_in_executor``), one solve
-at a time, while the core sits in its ``closing`` phase.
+same on demand. Coordinator probes (:mod:`coordinator.probe`): with the schedule, a second
+task probes the hosts that owe something in the last closed epoch, ``probe_attempts``
+rounds spread until the expected cut-off; ``POST /v1/admin/probe`` runs a round now. The
+results are stored and read back at the cut-off. The mechanism runs in a worker thread
+(``run_in_executor``), one solve at a time, while the core sits in its ``closing`` phase.
 
 Endpoints: ``protocol/HTTP.md``, "Coordinator".
 """
@@ -31,7 +38,8 @@ from aiohttp import web
 
 from coordinator.allocation import MechanismRunner
 from coordinator.config import MAX_BODY_BYTES, CoordinatorConfig
-from coordinator.epoch import Closed, EpochCore, EpochRecord, Phase, Settings
+from coordinator.epoch import Closed, Declared, EpochCore, EpochRecord, Phase, Settings
+from coordinator.probe import ProbeResult, probe_round, round_times, targets
 from coordinator.store import Store
 from protocol import (
     AuditReport,
@@ -104,6 +112,13 @@ class Coordinator:
             if self.core.phase == Phase.CLOSED and self.core.epoch is not None else None)
         self._terms: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self._task: asyncio.Task[None] | None = None
+        # Group commit of declarations: checked ones wait here (not yet in the core) until
+        # one transaction persists the whole batch; then each is applied and acknowledged.
+        self._queue: list[tuple[Declared, asyncio.Future[None]]] = []
+        self._queued_nodes: set[str] = set()
+        self._queued_nonces: set[tuple[int, str]] = set()
+        self._flush_handle: asyncio.Handle | None = None
+        self._probe_task: asyncio.Task[None] | None = None
 
     # -- epochs ------------------------------------------------------------------------
 
@@ -127,7 +142,10 @@ class Coordinator:
 
     async def close_epoch(self) -> Closed:
         async with self.lock:
-            plan = self.core.begin_close(self.clock())
+            self.flush_declarations()  # every accepted declaration takes part
+            audit = self.core.audit
+            plan = self.core.begin_close(
+                self.clock(), () if audit is None else self.store.probes(audit.epoch))
             assert self.core.current is not None
             ann = self.core.current.announcement
             # Posted fee: the announced fees and Q are binding (coordinator/allocation.py).
@@ -183,16 +201,125 @@ class Coordinator:
             return max(0.05, float(due - now))
         return 0.2  # closing: the close in progress will wake us
 
+    # -- probes (coordinator/probe.py) ------------------------------------------------
+
+    async def probe(self, attempts: int, *, skip_answered: bool = False) -> list[ProbeResult]:
+        """Probe the owing hosts of the last closed epoch now; store and return results."""
+        audit = self.core.audit
+        if audit is None or self.config.probe_attempts == 0:
+            return []
+        epoch = audit.epoch
+        hosts = targets(audit.allocation, {
+            n: r.registration.endpoint for n, r in self.core.nodes.items()})
+        if skip_answered:
+            answered = {p.node_id for p in self.store.probes(epoch) if p.answered}
+            hosts = {n: e for n, e in hosts.items() if n not in answered}
+        results = await probe_round(epoch, hosts, clock=self.clock, attempts=attempts,
+                                    timeout=self.config.probe_timeout)
+        self.store.record_probes(results)
+        missed = sorted({r.node_id[:16] for r in results if not r.answered})
+        if missed:
+            log.info("epoch %d probes: %d unanswered (%s...)", epoch, len(missed),
+                     ", ".join(missed))
+        return results
+
+    async def probe_schedule(self) -> None:
+        """``probe_attempts`` rounds per closed epoch, evenly until the expected cut-off."""
+        done: set[tuple[int, int]] = set()
+        span = self.config.pause_seconds + self.config.epoch_seconds
+        while True:
+            delay = 1.0
+            try:
+                audit = self.core.audit
+                closed_at = None if audit is None else self.store.closed_at(audit.epoch)
+                if audit is not None and closed_at is not None:
+                    times = round_times(closed_at, span, self.config.probe_attempts)
+                    for k, due in enumerate(times):
+                        if (audit.epoch, k) in done:
+                            continue
+                        now = self.clock()
+                        if now >= due:
+                            done.add((audit.epoch, k))
+                            await self.probe(1, skip_answered=True)
+                            delay = 0.0
+                        else:
+                            delay = min(delay, float(due - now))
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("probe round failed")
+            await asyncio.sleep(max(0.05, delay) if delay > 0 else 0)
+
+    # -- declarations (group commit) -----------------------------------------------------
+
+    def declare(self, raw: bytes, decl: Declaration) -> asyncio.Future[None]:
+        """Check ``decl`` now (queued ones count as seen) and queue it; the future is done
+        once its batch is committed and applied. A refused declaration raises here."""
+        change = self.core.check_declaration(
+            decl, raw, self.clock(), queued_nonces=self._queued_nonces,
+            queued_nodes=self._queued_nodes)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((change, done))
+        self._queued_nodes.add(decl.node_id)
+        self._queued_nonces.add((decl.epoch, decl.nonce))
+        if self._flush_handle is None:
+            # After the callbacks already ready (other requests' reads) have run.
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush_declarations)
+        return done
+
+    def flush_declarations(self) -> None:
+        """Persist the queue in one transaction, apply it, then resolve each future.
+
+        Synchronous on the event loop, so no other change interleaves. If the batch
+        cannot be written, each declaration is retried alone, so one failure does not
+        refuse the others."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        batch, self._queue = self._queue, []
+        if not batch:
+            return
+        failed: dict[int, Exception] = {}
+        try:
+            self.store.persist_many([change for change, _ in batch])
+        except Exception:
+            for i, (change, _) in enumerate(batch):
+                try:
+                    self.store.persist(change)
+                except Exception as exc:
+                    failed[i] = exc
+        finally:
+            self._queued_nodes.clear()
+            self._queued_nonces.clear()
+        for i, (change, done) in enumerate(batch):
+            err = failed.get(i)
+            if err is None:
+                self.core.apply(change)
+                if not done.done():
+                    done.set_result(None)
+            elif not done.done():
+                done.set_exception(err)
+
     async def start(self) -> None:
         if self.config.auto_schedule and self._task is None:
             self._task = asyncio.create_task(self.schedule(), name="epoch-schedule")
+        if (self.config.auto_schedule and self.config.probe_attempts > 0
+                and self._probe_task is None):
+            self._probe_task = asyncio.create_task(self.probe_schedule(), name="probes")
 
     async def stop(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.flush_declarations()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the status page ---------------------------------------------------------------
@@ -290,9 +417,7 @@ async def declare(request: web.Request) -> web.Response:
     raw = await read_body(request, _limit(Declaration))
     c = _coordinator(request)
     _, decl = open_envelope(raw, Declaration, trusted=c.core.keys)
-    change = c.core.check_declaration(decl, raw, c.clock())
-    c.store.persist(change)  # durable before it is acknowledged
-    c.core.apply(change)
+    await c.declare(raw, decl)  # durable (group commit) before it is acknowledged
     return web.json_response({"epoch": decl.epoch, "node_id": decl.node_id, "accepted": 1})
 
 
@@ -370,6 +495,22 @@ async def admin_close(request: web.Request) -> web.Response:
         "excluded": [x.node_id for x in change.exclusions], "status": change.status})
 
 
+async def admin_probe(request: web.Request) -> web.Response:
+    _authorize(request)
+    c = _coordinator(request)
+    audit = c.core.audit
+    results = await c.probe(c.config.probe_attempts)
+    probed: dict[str, bool] = {}
+    for r in results:
+        probed[r.node_id] = probed.get(r.node_id, False) or r.answered
+    return web.json_response({
+        "epoch": None if audit is None else audit.epoch,
+        "enabled": c.config.probe_attempts > 0,
+        "probes": [{"node_id": r.node_id, "time": r.time, "answered": r.answered}
+                   for r in results],
+        "unanswered": sorted(n for n, ok in probed.items() if not ok)})
+
+
 # --- the app -----------------------------------------------------------------------------
 
 
@@ -433,4 +574,5 @@ def make_app(
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/admin/open", admin_open)
     app.router.add_post("/v1/admin/close", admin_close)
+    app.router.add_post("/v1/admin/probe", admin_probe)
     return app

@@ -12,13 +12,14 @@ or a different coordinator key is noticed at start-up rather than served.
 Tables: ``meta`` (coordinator key, mechanism), ``nodes``, ``epochs`` (phase, deadline,
 announcement envelope), ``declarations`` (unique (epoch, node) and (epoch, nonce)),
 ``allocations`` (envelope), ``credentials``, ``commitments``, ``evidence``,
-``exclusions``. This module deliberately makes no decisions: it stores what the state
-machine accepted.
+``exclusions``, ``probes`` (coordinator probe results, :mod:`coordinator.probe`). This
+module deliberately makes no decisions: it stores what the state machine accepted.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from coordinator.epoch import (
     Registered,
     Snapshot,
 )
+from coordinator.probe import ProbeResult
 from protocol import (
     Allocation,
     Commitment,
@@ -81,6 +83,10 @@ CREATE TABLE IF NOT EXISTS exclusions (
     node_id TEXT NOT NULL, excluded_epoch INTEGER NOT NULL, detected_epoch INTEGER NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL,
     PRIMARY KEY (node_id, excluded_epoch, reason));
+CREATE TABLE IF NOT EXISTS probes (
+    epoch INTEGER NOT NULL, node_id TEXT NOT NULL, time INTEGER NOT NULL,
+    answered INTEGER NOT NULL CHECK (answered IN (0, 1)));
+CREATE INDEX IF NOT EXISTS probes_epoch ON probes (epoch);
 """
 
 
@@ -131,6 +137,18 @@ class Store:
         db.execute("BEGIN IMMEDIATE")
         try:
             self._write(change)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def persist_many(self, changes: Sequence[Change]) -> None:
+        """Write ``changes`` in ONE durable transaction (group commit): all or none."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for change in changes:
+                self._write(change)
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -296,6 +314,30 @@ class Store:
         return [(str(n), int(t), str(c)) for n, t, c in self._db.execute(
             "SELECT node_id, theta, nonce FROM declarations WHERE epoch = ? ORDER BY node_id",
             (epoch,))]
+
+    # -- coordinator probes (coordinator/probe.py) ----------------------------------------
+
+    def record_probes(self, results: Iterable[ProbeResult]) -> None:
+        """Append probe results in one durable transaction."""
+        rows = [(r.epoch, r.node_id, r.time, int(r.answered)) for r in results]
+        if not rows:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO probes (epoch, node_id, time, answered) VALUES (?, ?, ?, ?)", rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def probes(self, epoch: int) -> list[ProbeResult]:
+        """Every recorded probe of ``epoch``, in the order they were recorded."""
+        return [ProbeResult(epoch=e, node_id=n, time=t, answered=bool(a))
+                for e, n, t, a in self._db.execute(
+                    "SELECT epoch, node_id, time, answered FROM probes WHERE epoch = ?"
+                    " ORDER BY rowid", (epoch,))]
 
     def count(self, table: str, epoch: int | None = None) -> int:
         if table not in {"nodes", "epochs", "declarations", "allocations", "credentials",

@@ -1,0 +1,210 @@
+"""Group commit of declarations: concurrent ones share one transaction, queued ones count
+as seen (replay, duplicate), acknowledged means committed, a close takes the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from test_coordinator_epoch import open_now, registered
+from test_coordinator_service import Harness, config, decl_payload, register_all
+from test_coordinator_support import (
+    COORDINATOR,
+    T0,
+    FakeClock,
+    declaration,
+    forge_payload,
+    new_core,
+    node,
+    raw,
+    runner,
+)
+
+from coordinator.epoch import Change
+from coordinator.service import COORDINATOR as APP_KEY
+from coordinator.service import Coordinator, make_app
+from coordinator.store import Store
+from protocol import Allocation, open_envelope
+from protocol.errors import DuplicateDeclarationError, ReplayError
+
+PEOPLE = [node(i) for i in range(12)]
+
+
+class Batches:
+    """Wraps ``store.persist_many`` to record each batch's size."""
+
+    def __init__(self, store: Store) -> None:
+        self.sizes: list[int] = []
+        self.inner = store.persist_many
+
+    def __call__(self, changes: Sequence[Change]) -> None:
+        self.sizes.append(len(changes))
+        self.inner(changes)
+
+
+@pytest_asyncio.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[tuple[Harness, Coordinator, Batches]]:
+    store = Store(tmp_path / "coord.db")
+    app = make_app(config(), store=store, identity=COORDINATOR, clock=FakeClock(),
+                   runner=runner())
+    batches = Batches(store)
+    store.persist_many = batches  # type: ignore[method-assign]
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        h = Harness(client=client, store=store, clock=app[APP_KEY].clock)  # type: ignore[arg-type]
+        await register_all(h, PEOPLE)
+        await h.ok("/v1/admin/open", admin=True)
+        yield h, app[APP_KEY], batches
+    store.close()
+
+
+def committed(h: Harness) -> int:
+    """Declarations visible to another connection (what survives kill -9)."""
+    db = sqlite3.connect(h.store.path)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM declarations").fetchone()[0])
+    finally:
+        db.close()
+
+
+async def post_all(h: Harness, bodies: Sequence[bytes]) -> list[tuple[int, Any]]:
+    return list(await asyncio.gather(*(h.post("/v1/declarations", b) for b in bodies)))
+
+
+@pytest.mark.asyncio
+async def test_concurrent_declarations_share_transactions(
+        opened: tuple[Harness, Coordinator, Batches]) -> None:
+    h, c, batches = opened
+    answers = await post_all(h, [raw(p, declaration(p)) for p in PEOPLE])
+    assert all(code == 200 and data["accepted"] == 1 for code, data in answers)
+    assert sum(batches.sizes) == len(PEOPLE)
+    assert committed(h) == len(PEOPLE) == len(c.core.declarations)
+    assert not c._queue and not c._queued_nodes and not c._queued_nonces
+
+
+@pytest.mark.asyncio
+async def test_acknowledged_only_after_commit(opened: tuple[Harness, Coordinator, Batches]) -> None:
+    h, c, batches = opened
+    futures = [c.declare(raw(p, declaration(p)), declaration(p)) for p in PEOPLE[:5]]
+    assert committed(h) == 0 and not c.core.declarations  # queued, not yet applied
+    assert not any(f.done() for f in futures)
+    await asyncio.gather(*futures)
+    assert batches.sizes == [5]  # one transaction for the whole queue
+    assert committed(h) == 5 and len(c.core.declarations) == 5
+
+
+@pytest.mark.asyncio
+async def test_identical_declarations_in_one_batch(
+        opened: tuple[Harness, Coordinator, Batches]) -> None:
+    h, _, _ = opened
+    a = PEOPLE[0]
+    body = raw(a, declaration(a))
+    answers = await post_all(h, [body] * 3)
+    assert sorted(code for code, _ in answers) == [200, 409, 409]
+    assert sorted(d.get("code", "") for _, d in answers) == ["", "replay", "replay"]
+    assert committed(h) == 1 and h.store.declarations(0)[0][0] == a.node_id
+
+
+@pytest.mark.asyncio
+async def test_queued_declarations_count_for_replay_and_duplicate(
+        opened: tuple[Harness, Coordinator, Batches]) -> None:
+    h, c, _ = opened
+    a, b = PEOPLE[0], PEOPLE[1]
+    first = declaration(a, n=1)
+    pending = c.declare(raw(a, first), first)
+    # Same node, new nonce: duplicate.
+    again = declaration(a, n=2)
+    code, data = await h.post("/v1/declarations", raw(a, again))
+    assert (code, data["code"]) == (409, "duplicate_declaration")
+    # Another node reusing the queued nonce: replay.
+    stolen = declaration(b, n=1)
+    code, data = await h.post("/v1/declarations", raw(b, stolen))
+    assert (code, data["code"]) == (409, "replay")
+    await pending
+    assert h.store.declarations(0) == [(a.node_id, first.theta, first.nonce)]
+    # After the commit the core's own records give the same answers.
+    code, data = await h.post("/v1/declarations", raw(b, stolen))
+    assert (code, data["code"]) == (409, "replay")
+
+
+@pytest.mark.asyncio
+async def test_refused_declaration_in_a_burst_changes_nothing(
+        opened: tuple[Harness, Coordinator, Batches]) -> None:
+    h, c, _ = opened
+    good = [raw(p, declaration(p)) for p in PEOPLE[:4]]
+    bad = forge_payload(PEOPLE[4], "declaration", decl_payload(PEOPLE[4], theta=1_000_001))
+    answers = await post_all(h, [*good[:2], bad, *good[2:]])
+    assert [code for code, _ in answers] == [200, 200, 400, 200, 200]
+    assert answers[2][1]["code"] == "out_of_range"
+    assert committed(h) == 4 and PEOPLE[4].node_id not in c.core.declarations
+
+
+@pytest.mark.asyncio
+async def test_close_takes_queued_declarations(
+        opened: tuple[Harness, Coordinator, Batches]) -> None:
+    h, c, _ = opened
+    futures = [c.declare(raw(p, declaration(p, theta=950_000)), declaration(p, theta=950_000))
+               for p in PEOPLE[:3]]
+    closed = await c.close_epoch()  # flushes the queue before the cut-off
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert committed(h) == 3
+    _, alloc = open_envelope(closed.envelope, Allocation, trusted={COORDINATOR.public_key})
+    assert set(alloc.included) == {p.node_id for p in PEOPLE[:3]}
+    code, data = await h.post("/v1/declarations", raw(PEOPLE[5], declaration(PEOPLE[5])))
+    assert (code, data["code"]) == (409, "epoch_closed")
+
+
+@pytest.mark.asyncio
+async def test_failed_batch_is_retried_one_by_one(
+        opened: tuple[Harness, Coordinator, Batches], monkeypatch: pytest.MonkeyPatch) -> None:
+    h, c, _ = opened
+    store = h.store
+    victim = PEOPLE[1].node_id
+
+    def broken_batch(changes: Sequence[Change]) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    real_persist = store.persist
+
+    def persist(change: Change) -> None:
+        if getattr(change, "record", None) is not None and \
+                change.record.declaration.node_id == victim:  # type: ignore[union-attr]
+            raise sqlite3.OperationalError("disk I/O error")
+        real_persist(change)
+
+    monkeypatch.setattr(store, "persist_many", broken_batch)
+    monkeypatch.setattr(store, "persist", persist)
+    answers = await post_all(h, [raw(p, declaration(p)) for p in PEOPLE[:3]])
+    assert [code for code, _ in answers] == [200, 500, 200]
+    assert committed(h) == 2 and victim not in c.core.declarations
+    monkeypatch.undo()
+    # Nothing of the failed one was kept: it can be declared again.
+    code, _ = await h.post("/v1/declarations", raw(PEOPLE[1], declaration(PEOPLE[1])))
+    assert code == 200 and committed(h) == 3
+
+
+def test_core_counts_queued_ones_in_protocol_order() -> None:
+    """Pure core: replay before duplicate before θ support, queued ones included."""
+    core = new_core()
+    core.settings = dataclasses.replace(core.settings, theta_bounds=((0, 500_000),))
+    a, b = registered(core, 2)
+    open_now(core)
+    before = (dict(core.declarations), core.guard.seen(0, declaration(a, n=1).nonce))
+    nonces, nodes = {(0, declaration(a, n=1).nonce)}, {a.node_id}
+
+    def check(d: object) -> None:
+        assert isinstance(d, type(declaration(a)))
+        core.check_declaration(d, b"", T0 + 1, queued_nonces=nonces, queued_nodes=nodes)
+
+    with pytest.raises(ReplayError):  # queued nonce, even from another node, θ too high
+        check(declaration(b, n=1, theta=900_000))
+    with pytest.raises(DuplicateDeclarationError):  # queued node, θ out of its support
+        check(declaration(a, n=2, theta=900_000))
+    assert check(declaration(b, n=3, theta=400_000)) is None
+    assert (dict(core.declarations), core.guard.seen(0, declaration(a, n=1).nonce)) == before
