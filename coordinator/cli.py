@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manual", action="store_true",
                    help="no automatic schedule: epochs open and close only through "
                         "POST /v1/admin/open and /v1/admin/close")
+    p.add_argument("--probe-attempts", type=int, default=3, metavar="N",
+                   help="coordinator probes (GET /v1/challenge) of each owing host per "
+                        "closed epoch; 0 disables them (default: %(default)s)")
+    p.add_argument("--probe-timeout", type=float, default=2.0, metavar="S",
+                   help="seconds one probe may take (default: %(default)s)")
     p.add_argument("--admin-token", metavar="T",
                    help="bearer token for /v1/admin/* (or set INKIND_ADMIN_TOKEN; without "
                         "one the admin endpoints refuse everything)")
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         config = CoordinatorConfig.from_spec_file(
             args.spec, mechanism=args.mechanism, epoch_seconds=args.epoch_seconds,
             pause_seconds=args.pause_seconds, credential_grace=args.grace_seconds,
-            auto_schedule=not args.manual, admin_token=token)
+            auto_schedule=not args.manual, admin_token=token,
+            probe_attempts=args.probe_attempts, probe_timeout=args.probe_timeout)
         identity = load_or_create_key(args.key)
         store = Store(args.db)
     except (OSError, ValueError, KeyFileError) as exc:

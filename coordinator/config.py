@@ -25,7 +25,9 @@ class CoordinatorConfig:
     ``credential_grace``: credentials stay valid this long after the next epoch's
     deadline; ``auto_schedule``: close epochs at their deadline and open the next ones
     by themselves (otherwise only ``POST /v1/admin/open|close`` drive epochs);
-    ``admin_token``: the bearer token of the admin endpoints (None disables them).
+    ``admin_token``: the bearer token of the admin endpoints (None disables them);
+    ``probe_attempts``: probes of each owing host per closed epoch (0 disables the
+    probes, :mod:`coordinator.probe`); ``probe_timeout``: seconds one probe may take.
     """
 
     market: Market
@@ -35,6 +37,8 @@ class CoordinatorConfig:
     credential_grace: int = 300
     auto_schedule: bool = True
     admin_token: str | None = None
+    probe_attempts: int = 3
+    probe_timeout: float = 2.0
 
     def __post_init__(self) -> None:
         if self.mechanism not in ENGINE_MECHANISMS:
@@ -47,6 +51,10 @@ class CoordinatorConfig:
             raise ValueError("credential_grace must be in [0, 604800]")
         if self.admin_token is not None and len(self.admin_token) < 8:
             raise ValueError("an admin token needs at least 8 characters")
+        if not 0 <= self.probe_attempts <= 100:
+            raise ValueError("probe_attempts must be in [0, 100]")
+        if not 0.01 <= self.probe_timeout <= 300:
+            raise ValueError("probe_timeout must be in [0.01, 300] seconds")
 
     @classmethod
     def from_spec_file(cls, path: str | Path, **kwargs: object) -> CoordinatorConfig:

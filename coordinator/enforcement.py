@@ -7,7 +7,11 @@ and is excluded from epoch e + 1 (π = 0, no credential) when, at the audit cut-
     (``no_commitment``), or committed less than it owes (``short_commitment``); or
 (b) audit evidence holds its signed refusal of a requester that was included in
     epoch e and whose credential was valid at the refusal's time, for a reason that is
-    not legitimate (``unjustified_refusal``).
+    not legitimate (``unjustified_refusal``); or
+(c) it was included with a positive contribution, the coordinator probed it during
+    epoch e (:mod:`coordinator.probe`) and it answered none of those probes
+    (``unreachable``): a host that is silent, stopped or down did not open what it owed.
+    A host that was never probed is not judged by this rule.
 
 Legitimate reasons (:data:`LEGITIMATE_REASONS`) are the requester's own faults in the
 access exchange, which the coordinator cannot re-check from a refusal alone (a malformed
@@ -32,6 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from coordinator.probe import ProbeResult, unanswered
 from protocol import Allocation, GrantReceipt, Refusal
 
 #: Refusal reasons that are the requester's fault in the exchange (README §7).
@@ -46,8 +51,10 @@ CAPACITY_REASON = "capacity_exhausted"
 NO_COMMITMENT = "no_commitment"
 SHORT_COMMITMENT = "short_commitment"
 UNJUSTIFIED_REFUSAL = "unjustified_refusal"
+UNREACHABLE = "unreachable"
 #: Every reason an exclusion may record.
-EXCLUSION_REASONS = frozenset({NO_COMMITMENT, SHORT_COMMITMENT, UNJUSTIFIED_REFUSAL})
+EXCLUSION_REASONS = frozenset({NO_COMMITMENT, SHORT_COMMITMENT, UNJUSTIFIED_REFUSAL,
+                               UNREACHABLE})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -87,13 +94,15 @@ def find_free_riders(
     commitments: Mapping[str, int],
     evidence: Iterable[GrantReceipt | Refusal],
     credential_windows: Mapping[str, tuple[int, int]],
+    probes: Iterable[ProbeResult] = (),
 ) -> list[Exclusion]:
     """The exclusions for ``allocation.epoch + 1``, sorted, one per (node, reason).
 
     ``commitments`` maps node id to the contribution it committed for the epoch;
     ``evidence`` holds the verified receipts and refusals of that epoch (duplicates of one
     (host, challenge) are counted once); ``credential_windows`` maps each included node to
-    its credential's ``(not_before, expires)``.
+    its credential's ``(not_before, expires)``; ``probes`` the coordinator's probe
+    results (those of other epochs are ignored).
     """
     epoch = allocation.epoch
     found: dict[tuple[str, str], Exclusion] = {}
@@ -112,6 +121,10 @@ def find_free_riders(
         elif commitments[node] < amount:
             flag(node, SHORT_COMMITMENT,
                  f"owed {amount} micro-units, committed {commitments[node]}")
+
+    for node, n_probes in unanswered(epoch, probes).items():
+        if owed.get(node, 0) > 0:
+            flag(node, UNREACHABLE, f"answered none of {n_probes} coordinator probes")
 
     receipts: dict[tuple[str, str], GrantReceipt] = {}
     refusals: dict[tuple[str, str], Refusal] = {}

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     s = report["summary"]
     checks = s["checks"]
     ok = (checks["excluded_never_granted"] and checks["service_consistent"]
-          and checks["free_riders_excluded"] and checks["budget_balanced"] is not False)
+          and checks["free_riders_excluded"] and checks.get("unreachable_detected", True)
+          and checks["budget_balanced"] is not False)
     lat = s["latency_ms"]
     print(f"played {scenario.name} (seed {report['seed']}, {report['mode']}) in "
           f"{report['wall_s']:.1f} s: {s['attempts']} roaming attempts, {s['grants']} grants, "

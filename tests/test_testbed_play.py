@@ -90,6 +90,7 @@ def assert_invariants(report: dict[str, Any]) -> None:
     assert checks["service_consistent"], checks["failures"]
     assert checks["budget_balanced"] is not False, [e["budget"] for e in report["epochs"]]
     assert checks["free_riders_excluded"], checks["failures"]
+    assert checks["unreachable_detected"], checks["failures"]
     # Free riders are out of the allocation of the epoch after detection (restated here
     # from the epochs list, not from the check).
     excluded_in = {(e["mechanism"], e["epoch"]): set(e["excluded_nodes"])
@@ -195,6 +196,14 @@ epoch = 2
     reasons = {k for e in report["epochs"] for loc in e["locations"]
                for k in loc["refusals_included"]}
     assert "timeout" in reasons or "unreachable" in reasons
+    # The coordinator's probes find the silent hosts that owed something in epoch 2
+    # (detected at the cut-off) and b-1, which crashed after committing in epoch 1.
+    unreachable = {(d["node"], d["epoch"]) for d in report["summary"]["free_riders_detected"]
+                   if d["reason"] == "unreachable"}
+    assert {(n, 2) for n in e2["probes_unanswered"]} <= unreachable
+    assert set(e2["probes_unanswered"]) <= {"a-5", "b-5", "a-6", "b-6"}
+    assert {n for n, _ in unreachable} <= {"a-5", "b-5", "a-6", "b-6", "b-1"}
+    assert e0["probes_unanswered"] == []
 
 
 def test_posted_vs_optimal_money_two_runs(tmp_path: Path) -> None:

@@ -17,7 +17,10 @@ each epoch:
 6. roaming (:meth:`Player.roam`): the driver plays each node's roaming device -- it
    created the node's key, so it signs the node's access requests -- following the
    seeded roaming script, and records every answer and the decision latency;
-7. audit: each roamer's signed receipts and refusals go to the coordinator;
+7. audit: each roamer's signed receipts and refusals go to the coordinator; then
+   ``POST /v1/admin/probe``: the coordinator probes every host that owes something in
+   this epoch now (``GET /v1/challenge``), while the epoch's faults are still in force,
+   so a crashed or silent host is found ``unreachable`` at the next cut-off;
 8. the hosts' and the coordinator's status pages are read into the epoch's record.
 
 After the last epoch one more epoch is opened and closed without roaming: its close is
@@ -131,6 +134,8 @@ class EpochRecord:
     warnings: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
     cutoff: bool = False
+    unanswered: list[str] = field(default_factory=list)  # hosts that answered no probe
+    down_at_probe: list[str] = field(default_factory=list)  # crashed or silent then
 
 
 @dataclass(slots=True, kw_only=True)
@@ -396,6 +401,12 @@ class Player:
         t = time.monotonic()
         self.progress.phase("audit reports")
         rec.evidence_sent = await self.audit(rec)
+        rec.down_at_probe = sorted(n for n, h in self.fleet.nodes.items()
+                                   if n in self.crashed or not h.alive or h.silent)
+        t_probe = time.monotonic()
+        probed = await self.admin("probe")
+        rec.unanswered = sorted(self.name_of.get(n, n) for n in probed.get("unanswered", []))
+        rec.durations["probe"] = time.monotonic() - t_probe
         await self.fleet.finish_phase(rec.epoch)
         states = await asyncio.gather(*(self.host_status(h) for h in self.fleet.live()))
         for h, s in zip(self.fleet.live(), states, strict=True):

@@ -42,6 +42,10 @@ from protocol import MICRO, Identity
 from .scenario import NodePlan
 
 START_TIMEOUT = 120.0
+#: The coordinator's probes (coordinator/probe.py): the driver runs one round per epoch
+#: (POST /v1/admin/probe) after the audit reports, while faults are still in force.
+PROBE_ATTEMPTS = 3
+PROBE_TIMEOUT = 1.0
 STOP_TIMEOUT = 10.0
 
 
@@ -83,6 +87,7 @@ class CoordinatorProcess:
                 "--mechanism", self.mechanism, "--db", str(self.db), "--key", str(self.key),
                 "--host", "127.0.0.1", "--port", str(self.port), "--manual",
                 "--epoch-seconds", "86400", "--grace-seconds", "86400",
+                "--probe-attempts", str(PROBE_ATTEMPTS), "--probe-timeout", str(PROBE_TIMEOUT),
                 "--log-level", "WARNING"]
         env = dict(os.environ, INKIND_ADMIN_TOKEN=self.token)
         with self.log.open("ab") as err:

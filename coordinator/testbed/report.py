@@ -25,8 +25,13 @@ Checks (``summary.checks``), the invariants the integration tests assert:
   crashed, silent) are reported but not checked: the posted terms assume every node of
   the spec takes part, so the missing contributions are a deficit the mechanism never
   planned for (``balanced: null``);
-* ``free_riders_excluded``: every node detected free-riding in epoch e is outside the
-  allocation of epoch e + 1.
+* ``free_riders_excluded``: every node detected free-riding in epoch e (for any reason,
+  ``unreachable`` included) is outside the allocation of epoch e + 1;
+* ``unreachable_detected``: the coordinator's probes (run by the driver through
+  ``POST /v1/admin/probe`` after the audit reports) match the faults: every host that
+  was crashed or silent at that moment and owed something in epoch e is detected in e
+  with reason ``unreachable`` (so it is out of e + 1 by the check above), and no host
+  that was running failed every probe. Epochs whose cut-off was not played are skipped.
 
 Realised welfare is Σ over included nodes of θ_i Σ_l W[home_i, l] u_l(Q_l) − Σ_l
 c_l(n_l, Q_l) with the true θ; "delivered" replaces Q_l by Q_l · min(1, rate_l / f_l),
@@ -280,6 +285,8 @@ def epoch_report(ctx: _Ctx, run: RunRecord, rec: EpochRecord) -> dict[str, Any]:
             x["node"] for x in run.exclusions if x["detected_epoch"] == rec.epoch),
         "commitments": {"expected": rec.expected_commitments, "received": rec.commitments},
         "evidence_reported": rec.evidence_sent,
+        "probes_unanswered": rec.unanswered,
+        "down_at_probe": rec.down_at_probe,
         "latency_ms": latency(lat_all),
         "faults": rec.faults,
         "warnings": rec.warnings,
@@ -328,6 +335,25 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
                 excluded_ok = False
                 failures.append(f"{x['node']} detected in {x['detected_epoch']} but included "
                                 f"in {x['excluded_epoch']}")
+    unreachable_ok = True
+    for run in runs:
+        found = {(x["node"], x["detected_epoch"]) for x in run.exclusions
+                 if x["reason"] == "unreachable"}
+        cut = {r.epoch for r in run.epochs}
+        for r in run.epochs:
+            if r.cutoff or r.epoch + 1 not in cut:
+                continue
+            down = set(r.down_at_probe)
+            for n in sorted(down):
+                if r.owed.get(n, 0) > 0 and (n, r.epoch) not in found:
+                    unreachable_ok = False
+                    failures.append(f"{n} was down when probed in epoch {r.epoch} (owing "
+                                    f"{r.owed[n]}) but not detected unreachable")
+            for n in r.unanswered:
+                if n not in down:
+                    unreachable_ok = False
+                    failures.append(f"{n} was running but answered no probe in epoch "
+                                    f"{r.epoch}")
     budget_flags = [e["budget"]["balanced"] for e in epochs if e["budget"]["balanced"] is not None]
     lat_all: list[float] = [a.latency_ms for run in runs for r in run.epochs for a in r.attempts
                             if a.latency_ms is not None]
@@ -372,6 +398,7 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
             "service_location_epochs_capacity_limited": capacity_limited,
             "budget_balanced": all(budget_flags) if budget_flags else None,
             "free_riders_excluded": excluded_ok,
+            "unreachable_detected": unreachable_ok,
             "failures": failures,
         },
     }
@@ -462,6 +489,8 @@ def markdown(report: dict[str, Any], pngs: list[str]) -> str:
         f"the mechanism's own ex-post surplus under the priors): {_fmt(ch['budget_balanced'])}",
         f"- free riders excluded after detection: "
         f"{'ok' if ch['free_riders_excluded'] else 'FAILED'}",
+        f"- crashed or silent hosts found unreachable by the coordinator's probes: "
+        f"{'ok' if ch.get('unreachable_detected', True) else 'FAILED'}",
     ]
     for f in ch["failures"]:
         lines.append(f"  - {f}")
@@ -508,6 +537,8 @@ def markdown(report: dict[str, Any], pngs: list[str]) -> str:
                          f"{', '.join(e['free_riders_detected'])}.")
         if e["faults"]:
             lines.append(f"Faults: {'; '.join(e['faults'])}.")
+        if e.get("probes_unanswered"):
+            lines.append(f"Answered no coordinator probe: {', '.join(e['probes_unanswered'])}.")
         if e["warnings"]:
             lines.append(f"Warnings: {'; '.join(e['warnings'])}.")
         lines += ["", "| location | incl. | Q | coverage | service incl. [95% CI] | attempts incl. "

@@ -1,0 +1,292 @@
+"""Coordinator probes: the pure decision, storage, and silent hosts found over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from test_coordinator_support import (
+    ADMIN_TOKEN,
+    COORDINATOR,
+    EPOCH_SECONDS,
+    T0,
+    FakeClock,
+    commitment,
+    declaration,
+    market,
+    node,
+    raw,
+    registration,
+    runner,
+)
+
+from coordinator.config import CoordinatorConfig
+from coordinator.enforcement import UNREACHABLE, Exclusion, find_free_riders
+from coordinator.probe import ProbeResult, round_times, targets, unanswered
+from coordinator.service import COORDINATOR as APP_KEY
+from coordinator.service import make_app
+from coordinator.store import Store
+from protocol import Allocation, open_envelope
+
+A, B, C, D = (node(i) for i in range(4))
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def alloc(*members: tuple[str, int], epoch: int = 0) -> Allocation:
+    members = tuple(sorted(members))
+    return Allocation(epoch=epoch, mechanism="posted_fee", q=(1,),
+                      included=tuple(m for m, _ in members),
+                      contributions=tuple(c for _, c in members), expected_welfare=0)
+
+
+def probe(who: str, answered: bool, *, epoch: int = 0, t: int = T0) -> ProbeResult:
+    return ProbeResult(epoch=epoch, node_id=who, time=t, answered=answered)
+
+
+# --- the pure part -----------------------------------------------------------------------
+
+
+def test_targets_are_owing_hosts_with_an_endpoint() -> None:
+    a = alloc((A.node_id, 5), (B.node_id, 0), (C.node_id, 7), (D.node_id, 3))
+    eps = {A.node_id: "127.0.0.1:1", B.node_id: "127.0.0.1:2", C.node_id: None}
+    assert targets(a, eps) == {A.node_id: "127.0.0.1:1"}
+
+
+def test_unanswered_needs_a_probe_and_no_answer() -> None:
+    probes = [probe("a", False), probe("a", True), probe("b", False), probe("b", False),
+              probe("c", False, epoch=1), probe("d", True)]
+    assert unanswered(0, probes) == {"b": 2}
+    assert unanswered(1, probes) == {"c": 1}
+    assert unanswered(2, probes) == {}
+
+
+def test_round_times_are_spread_before_the_cut_off() -> None:
+    assert round_times(100, 60, 3) == [115, 130, 145]
+    assert round_times(100, 60, 0) == []
+    assert all(100 < t < 160 for t in round_times(100, 60, 7))
+
+
+def test_unreachable_host_is_a_free_rider_excluded_next_epoch() -> None:
+    a = alloc((A.node_id, 5), (B.node_id, 5), (C.node_id, 0), (D.node_id, 5))
+    commits = {A.node_id: 5, B.node_id: 5, D.node_id: 5}
+    probes = [probe(A.node_id, False), probe(A.node_id, True),  # answered once: fine
+              probe(B.node_id, False), probe(B.node_id, False),  # silent
+              probe(C.node_id, False),  # owes nothing
+              probe(D.node_id, False, epoch=1)]  # another epoch's probe
+    found = find_free_riders(allocation=a, commitments=commits, evidence=(),
+                             credential_windows={}, probes=probes)
+    assert [(x.node_id, x.reason, x.detected_epoch, x.excluded_epoch) for x in found] == [
+        (B.node_id, UNREACHABLE, 0, 1)]
+    assert "2 coordinator probes" in found[0].detail
+    # Never probed (probes off, no endpoint): this rule does not apply.
+    assert find_free_riders(allocation=a, commitments=commits, evidence=(),
+                            credential_windows={}) == []
+    # Both rules at once: one exclusion per reason.
+    both = find_free_riders(allocation=a, commitments={}, evidence=(), credential_windows={},
+                            probes=[probe(B.node_id, False)])
+    assert {(x.node_id, x.reason) for x in both if x.node_id == B.node_id} == {
+        (B.node_id, "no_commitment"), (B.node_id, UNREACHABLE)}
+    Exclusion(node_id="x", excluded_epoch=1, detected_epoch=0, reason=UNREACHABLE)
+
+
+def test_probe_results_are_durable(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.db")
+    store.record_probes([probe("a", False, t=T0 + 1), probe("b", True, t=T0 + 2),
+                         probe("a", True, epoch=1)])
+    store.record_probes([])
+    store.close()
+    store = Store(tmp_path / "c.db")
+    try:
+        assert store.probes(0) == [probe("a", False, t=T0 + 1), probe("b", True, t=T0 + 2)]
+        assert store.probes(1) == [probe("a", True, epoch=1)]
+        assert store.probes(2) == []
+    finally:
+        store.close()
+
+
+# --- over HTTP ---------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def hosts() -> AsyncIterator[dict[str, str]]:
+    """Endpoints: one that answers challenges, one that accepts and never answers, one
+    with nothing listening."""
+
+    async def challenge(_: web.Request) -> web.Response:
+        return web.json_response({"challenge": "00" * 32, "expires": T0 + 60})
+
+    app = web.Application()
+    app.router.add_get("/v1/challenge", challenge)
+    site_runner = web.AppRunner(app)
+    await site_runner.setup()
+    site = web.TCPSite(site_runner, "127.0.0.1", 0)
+    await site.start()
+    good_port = site_runner.addresses[0][1]
+
+    async def hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+    silent = await asyncio.start_server(hole, "127.0.0.1", 0)
+    silent_port = silent.sockets[0].getsockname()[1]
+    with socket.socket() as s:  # a port with nothing behind it
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    try:
+        yield {"good": f"127.0.0.1:{good_port}", "silent": f"127.0.0.1:{silent_port}",
+               "dead": f"127.0.0.1:{dead_port}"}
+    finally:
+        silent.close()
+        await site_runner.cleanup()
+
+
+def config(**kw: Any) -> CoordinatorConfig:
+    base: dict[str, Any] = {"market": market(), "mechanism": "posted_fee",
+                            "epoch_seconds": EPOCH_SECONDS, "pause_seconds": 5,
+                            "credential_grace": 30, "auto_schedule": False,
+                            "admin_token": ADMIN_TOKEN, "probe_attempts": 2,
+                            "probe_timeout": 0.3}
+    base.update(kw)
+    return CoordinatorConfig(**base)
+
+
+async def post(client: TestClient[Any, Any], path: str, body: bytes = b"",
+               admin: bool = False) -> Any:
+    resp = await client.post(path, data=body, headers=ADMIN if admin else {})
+    data = await resp.json(content_type=None)
+    assert resp.status == 200, data
+    return data
+
+
+async def close_epoch_zero(client: TestClient[Any, Any], clock: FakeClock,
+                           endpoints: dict[str, str | None]) -> dict[str, int]:
+    """Register A (good), B (silent), C (dead), D (no endpoint); all declare and commit."""
+    people = [(A, endpoints["good"]), (B, endpoints["silent"]), (C, endpoints["dead"]),
+              (D, None)]
+    for p, ep in people:
+        await post(client, "/v1/register", raw(p, registration(p, endpoint=ep)))
+    await post(client, "/v1/admin/open", admin=True)
+    clock.now += 1
+    for p, _ in people:
+        await post(client, "/v1/declarations", raw(p, declaration(p, theta=950_000)))
+    clock.now = T0 + EPOCH_SECONDS
+    await post(client, "/v1/admin/close", admin=True)
+    resp = await client.get("/v1/allocation/0")
+    _, a = open_envelope(await resp.read(), Allocation, trusted={COORDINATOR.public_key})
+    owed = dict(zip(a.included, a.contributions, strict=True))
+    assert all(owed.get(p.node_id, 0) > 0 for p, _ in people)
+    for p, _ in people:
+        await post(client, "/v1/commitments", raw(p, commitment(p, amount=owed[p.node_id])))
+    return owed
+
+
+async def next_epoch_excluded(client: TestClient[Any, Any],
+                              clock: FakeClock) -> set[tuple[str, str]]:
+    clock.now += 10
+    await post(client, "/v1/admin/open", admin=True)
+    for p in (A, B, C, D):
+        await post(client, "/v1/declarations", raw(p, declaration(p, epoch=1, theta=950_000)))
+    clock.now += EPOCH_SECONDS
+    closed = await post(client, "/v1/admin/close", admin=True)
+    resp = await client.get("/v1/status")
+    status = json.loads(await resp.read())
+    got = {(x["node_id"], x["reason"]) for x in status["excluded"]
+           if x["detected_epoch"] == 0 and x["excluded_epoch"] == 1}
+    assert set(closed["excluded"]) == {n for n, _ in got}
+    return got
+
+
+@pytest.mark.asyncio
+async def test_admin_probe_finds_silent_and_dead_hosts(tmp_path: Path) -> None:
+    store, clock = Store(tmp_path / "c.db"), FakeClock()
+    app = make_app(config(), store=store, identity=COORDINATOR, clock=clock, runner=runner())
+    try:
+        async with hosts() as eps, TestClient(TestServer(app, host="127.0.0.1", port=0)) as cl:
+            before = await post(cl, "/v1/admin/probe", admin=True)  # nothing closed yet
+            assert before == {"epoch": None, "enabled": True, "probes": [], "unanswered": []}
+            await close_epoch_zero(cl, clock, eps)
+            t0 = time.monotonic()
+            res = await post(cl, "/v1/admin/probe", admin=True)
+            assert time.monotonic() - t0 < 10
+            assert res["epoch"] == 0 and res["enabled"] is True
+            assert res["unanswered"] == sorted([B.node_id, C.node_id])
+            per: dict[str, list[bool]] = {}
+            for p in res["probes"]:
+                per.setdefault(p["node_id"], []).append(p["answered"])
+            assert per == {A.node_id: [True], B.node_id: [False, False],
+                           C.node_id: [False, False]}  # D has no endpoint
+            assert len(store.probes(0)) == 5
+            resp = await cl.post("/v1/admin/probe")
+            assert resp.status == 401
+            got = await next_epoch_excluded(cl, clock)
+            assert got == {(B.node_id, UNREACHABLE), (C.node_id, UNREACHABLE)}
+            resp = await cl.get("/v1/allocation/1")
+            _, a1 = open_envelope(await resp.read(), Allocation,
+                                  trusted={COORDINATOR.public_key})
+            assert B.node_id not in a1.included and C.node_id not in a1.included
+            assert A.node_id in a1.included and D.node_id in a1.included
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
+async def test_probes_disabled_detect_nothing(tmp_path: Path) -> None:
+    store, clock = Store(tmp_path / "c.db"), FakeClock()
+    app = make_app(config(probe_attempts=0), store=store, identity=COORDINATOR, clock=clock,
+                   runner=runner())
+    try:
+        async with hosts() as eps, TestClient(TestServer(app, host="127.0.0.1", port=0)) as cl:
+            await close_epoch_zero(cl, clock, eps)
+            res = await post(cl, "/v1/admin/probe", admin=True)
+            assert res == {"epoch": 0, "enabled": False, "probes": [], "unanswered": []}
+            assert await next_epoch_excluded(cl, clock) == set()
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
+async def test_scheduled_rounds_probe_until_an_answer(tmp_path: Path) -> None:
+    store, clock = Store(tmp_path / "c.db"), FakeClock()
+    app = make_app(config(probe_attempts=3), store=store, identity=COORDINATOR, clock=clock,
+                   runner=runner())
+    try:
+        async with hosts() as eps, TestClient(TestServer(app, host="127.0.0.1", port=0)) as cl:
+            await close_epoch_zero(cl, clock, eps)
+            coordinator = app[APP_KEY]
+            task = asyncio.create_task(coordinator.probe_schedule())
+            try:
+                clock.now += 5 + EPOCH_SECONDS - 1  # every round is due, the cut-off is not
+                deadline = time.monotonic() + 20
+                while len(store.probes(0)) < 7 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            per: dict[str, list[bool]] = {}
+            for p in store.probes(0):
+                per.setdefault(p.node_id, []).append(p.answered)
+            # One attempt per host per round; A answered in the first and is not asked again.
+            assert per == {A.node_id: [True], B.node_id: [False] * 3, C.node_id: [False] * 3}
+            got = await next_epoch_excluded(cl, clock)
+            assert got == {(B.node_id, UNREACHABLE), (C.node_id, UNREACHABLE)}
+    finally:
+        store.close()
+
+
+def test_config_bounds() -> None:
+    with pytest.raises(ValueError, match="probe_attempts"):
+        config(probe_attempts=-1)
+    with pytest.raises(ValueError, match="probe_timeout"):
+        config(probe_timeout=0)
