@@ -136,6 +136,14 @@ def find_free_riders(
         table.setdefault((item.host_id, item.challenge), item)  # type: ignore[arg-type]
     granted: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for r in receipts.values():
+        # A receipt is signed by the host alone, so only receipts a host could not have
+        # made up for free count toward its capacity used: to another included node,
+        # inside that node's credential window. (A host colluding with an included node
+        # can still inflate its receipts; a requester's countersignature would close it.)
+        window = credential_windows.get(r.requester_id)
+        if (r.requester_id == r.host_id or r.requester_id not in owed or window is None
+                or not window[0] <= r.time < window[1]):
+            continue
         granted[r.host_id].append((r.time, r.amount))
 
     for (host, _), refusal in sorted(refusals.items()):

@@ -6,7 +6,8 @@ timeouts. So after each close the coordinator itself asks every host that owes s
 in the closed epoch e (included, positive contribution, a registered endpoint) for a
 challenge, ``GET /v1/challenge`` on ``http://ENDPOINT``, with a bounded timeout. A probe
 is *answered* when the host replies ``200`` with a JSON object holding a ``challenge``
-string; a refused connection, a timeout or any other reply is not answered. Every probe
+string, or ``409 capacity_exhausted`` (its challenge book is full: alive, perhaps
+flooded); a refused connection, a timeout or any other reply is not answered. Every probe
 is recorded durably (host, epoch, time, answered) and, at the audit cut-off of e (the
 close of e + 1), a host with at least one probe in e and none answered is a free rider
 with reason ``unreachable`` (:func:`coordinator.enforcement.find_free_riders`), excluded
@@ -90,6 +91,11 @@ async def probe_host(session: aiohttp.ClientSession, endpoint: str, *, timeout: 
     try:
         async with session.get(f"{url_of(endpoint)}/v1/challenge",
                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            if resp.status == 409:
+                # A host whose challenge book is full (possibly flooded by someone else)
+                # is alive and answering: that is not the silence this probe looks for.
+                body = await resp.json(content_type=None)
+                return isinstance(body, dict) and body.get("code") == "capacity_exhausted"
             if resp.status != 200:
                 return False
             body = await resp.json(content_type=None)

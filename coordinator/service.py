@@ -476,7 +476,9 @@ async def status(request: web.Request) -> web.Response:
 def _authorize(request: web.Request) -> None:
     token = _coordinator(request).config.admin_token
     given = request.headers.get("Authorization", "")
-    if token is None or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    # surrogateescape: a header with undecodable bytes must compare unequal, not crash.
+    if token is None or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                                f"Bearer {token}".encode()):
         raise UnauthorizedError("admin actions need Authorization: Bearer <token>")
 
 

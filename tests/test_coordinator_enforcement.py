@@ -224,3 +224,17 @@ def test_commitments_are_refused_for_outsiders_and_wrong_epochs_without_change()
     small = commitment(a, amount=1)  # a replayed lower commitment cannot lower it
     core.apply(core.check_commitment(small, raw(a, small)))
     assert core.audit.commitments == {a.node_id: 9_000_000}
+
+
+def test_receipts_a_host_could_fabricate_do_not_excuse_its_refusals() -> None:
+    # A receipt is signed by the host alone: receipts to itself, to a node that was not
+    # included, or outside the requester's credential window must not count as capacity
+    # used, or a host could refuse everyone with capacity_exhausted and stay in.
+    refused = refusal(HOST, GUEST, reason="capacity_exhausted", time=T0 + 10, n=9)
+    to_self = receipt(HOST, HOST, amount=OWED, time=T0 + 5, n=1)
+    to_outsider = receipt(HOST, OUTSIDER, amount=OWED, time=T0 + 5, n=2)
+    before_window = receipt(HOST, OTHER, amount=OWED, time=T0 - 5, n=3)
+    for fake in (to_self, to_outsider, before_window):
+        assert riders(evidence=[fake, refused]) == [(HOST.node_id, UNJUSTIFIED_REFUSAL)]
+    honest = receipt(HOST, OTHER, amount=OWED, time=T0 + 5, n=4)
+    assert riders(evidence=[honest, refused]) == []

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -290,3 +291,49 @@ def test_config_bounds() -> None:
         config(probe_attempts=-1)
     with pytest.raises(ValueError, match="probe_timeout"):
         config(probe_timeout=0)
+
+
+@pytest.mark.asyncio
+async def test_a_flooded_host_answering_capacity_exhausted_counts_as_answered() -> None:
+    # Anyone can fill a host's challenge book (GET /v1/challenge is open); the host then
+    # answers 409 capacity_exhausted to everyone. It is alive: the probe must not let a
+    # flood get an honest host excluded as unreachable. Any other error is not an answer.
+    from coordinator.probe import probe_host
+
+    async def full(_: web.Request) -> web.Response:
+        return web.json_response({"code": "capacity_exhausted", "message": "full"}, status=409)
+
+    async def other(_: web.Request) -> web.Response:
+        return web.json_response({"code": "wrong_phase", "message": "no"}, status=409)
+
+    for handler, expected in ((full, True), (other, False)):
+        app = web.Application()
+        app.router.add_get("/v1/challenge", handler)
+        runner_ = web.AppRunner(app)
+        await runner_.setup()
+        site = web.TCPSite(runner_, "127.0.0.1", 0)
+        await site.start()
+        port = runner_.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                assert await probe_host(session, f"127.0.0.1:{port}", timeout=2.0) is expected
+        finally:
+            await runner_.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_undecodable_admin_header_is_unauthorized_not_a_crash(tmp_path: Path) -> None:
+    store, clock = Store(tmp_path / "c.db"), FakeClock()
+    app = make_app(config(), store=store, identity=COORDINATOR, clock=clock, runner=runner())
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as cl:
+            reader, writer = await asyncio.open_connection("127.0.0.1", cl.port)
+            writer.write(b"POST /v1/admin/open HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                         b"Authorization: Bearer t\xe9\xff\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), timeout=10)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+            assert b'"unauthorized"' in answer
+    finally:
+        store.close()
