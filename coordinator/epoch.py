@@ -313,11 +313,14 @@ class EpochCore:
                 f"{self.settings.n_locations} locations")
         old = self.nodes.get(reg.node_id)
         if old is not None:
-            if reg.epoch < old.registration.epoch:
-                raise StaleEpochError(
-                    f"a registration for epoch {old.registration.epoch} is already stored")
             if reg == old.registration:
                 return None
+            if reg.order <= old.registration.order:
+                # Not strictly newer: a replay of an older envelope must not roll the
+                # node's endpoint or location back (protocol README, registration).
+                raise StaleEpochError(
+                    f"a registration as new as (epoch, issued) {old.registration.order} "
+                    "is already stored")
         return Registered(node=NodeRecord(registration=reg, envelope=envelope))
 
     # -- opening -----------------------------------------------------------------------

@@ -166,6 +166,7 @@ class Agent:
             capacity=self.capacity,
             kind=self.host.kind,
             endpoint=self.endpoint,
+            issued=self.clock(),
         )
         try:
             answer = await self.coordinator.register(seal(self.identity, reg))

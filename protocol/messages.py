@@ -186,8 +186,10 @@ class Message:
 class Registration(Message):
     """node -> coordinator: join, or update one's registration from ``epoch`` on.
 
-    A coordinator keeps the registration with the highest ``epoch`` per node and refuses
-    an older one (``stale_epoch``), so a replayed registration cannot roll back a newer one.
+    A coordinator keeps the newest registration per node, ordered by (``epoch``,
+    ``issued``), and refuses one that is not newer than the stored one (``stale_epoch``)
+    unless it is the stored one resent, so a replayed registration cannot roll back a
+    newer one, even within one epoch (a node restarted on a new port).
     """
 
     TYPE = "registration"
@@ -199,10 +201,13 @@ class Registration(Message):
     capacity: int
     kind: str
     endpoint: str | None = None
+    issued: int | None = None
 
     def __post_init__(self) -> None:
         check_public_key("public_key", self.public_key)
         check_epoch("epoch", self.epoch)
+        if self.issued is not None:
+            check_time("issued", self.issued)
         _check_location("home_location", self.home_location)
         _check_quantity("capacity", self.capacity)
         check_choice("kind", self.kind, RESOURCE_KINDS)
@@ -212,6 +217,11 @@ class Registration(Message):
     @property
     def node_id(self) -> str:
         return node_id_of(self.public_key)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """What "newer" means between two registrations of one node."""
+        return (self.epoch, -1 if self.issued is None else self.issued)
 
     def signer_node_id(self) -> str:
         return self.node_id

@@ -198,6 +198,24 @@ def test_registration_outside_the_market_and_older_registrations_are_refused() -
     assert core.check_registration(newer, raw(a, newer)) is None  # identical: idempotent
 
 
+def test_a_replayed_registration_cannot_roll_back_a_newer_one_in_the_same_epoch() -> None:
+    # A node restarted on a new port re-registers in the same epoch with a later `issued`;
+    # an attacker replaying the old envelope must not restore the old endpoint.
+    core = new_core()
+    a = node(0)
+    old = registration(a, endpoint="127.0.0.1:1111", issued=T0)
+    core.apply(core.check_registration(old, raw(a, old)))  # type: ignore[arg-type]
+    new = registration(a, endpoint="127.0.0.1:2222", issued=T0 + 5)
+    core.apply(core.check_registration(new, raw(a, new)))  # type: ignore[arg-type]
+    for replay in (old, registration(a, endpoint="127.0.0.1:3333", issued=T0 + 5),
+                   registration(a, endpoint="127.0.0.1:4444")):
+        with pytest.raises(InkindError) as info:
+            core.check_registration(replay, raw(a, replay))
+        assert info.value.code == "stale_epoch"
+    assert core.nodes[a.node_id].registration == new
+    assert core.check_registration(new, raw(a, new)) is None  # resent: idempotent
+
+
 # --- closing ----------------------------------------------------------------------------
 
 

@@ -117,9 +117,11 @@ def nonce(i: int) -> str:
 
 
 def registration(who: Identity, *, location: int = 0, epoch: int = 0,
-                 capacity: int = 5_000_000, endpoint: str | None = None) -> Registration:
+                 capacity: int = 5_000_000, endpoint: str | None = None,
+                 issued: int | None = None) -> Registration:
     return Registration(public_key=who.public_key, epoch=epoch, home_location=location,
-                        capacity=capacity, kind="wlan_channels", endpoint=endpoint)
+                        capacity=capacity, kind="wlan_channels", endpoint=endpoint,
+                        issued=issued)
 
 
 def declaration(who: Identity, *, epoch: int = 0, theta: int = 900_000,
