@@ -41,6 +41,7 @@ import numpy as np
 
 from coordinator.mechanism import Market, solve
 from protocol import from_micro, to_micro
+from protocol.encoding import Rounding
 from protocol.messages import MAX_QUANTITY_MICRO, MAX_WELFARE_MICRO, THETA_MAX_MICRO
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ class Outcome:
                    status=status)
 
 
-def _quantity(x: float, *, rounding: str = "half_even") -> int:
-    micro = to_micro(float(x), rounding=rounding)  # type: ignore[arg-type]
+def _quantity(x: float, *, rounding: Rounding = "half_even") -> int:
+    micro = to_micro(float(x), rounding=rounding)
     return min(max(micro, 0), MAX_QUANTITY_MICRO)
 
 
