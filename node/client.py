@@ -54,7 +54,8 @@ from protocol.errors import (
     UnknownKeyError,
     WrongSignerError,
 )
-from protocol.fields import check_node_id, check_nonce, check_public_key, check_time
+from protocol.fields import check_node_id, check_nonce, check_time
+from protocol.identity import check_strong_public_key
 
 #: Largest JSON answer that is not an envelope (directory, status), bytes.
 MAX_JSON_BYTES = 32 * 1024 * 1024
@@ -143,7 +144,7 @@ def parse_directory(body: object) -> Directory:
     for item in body["nodes"]:
         if not isinstance(item, dict):
             raise MalformedError("directory: an entry is not an object")
-        key = check_public_key("public_key", item.get("public_key"))
+        key = check_strong_public_key("public_key", item.get("public_key"))
         nid = check_node_id("node_id", item.get("node_id"))
         if node_id_of(key) != nid:
             raise WrongSignerError("directory: node_id is not the id of public_key")
@@ -189,6 +190,8 @@ class CoordinatorClient:
     ) -> None:
         self.session = session
         self.url = url.rstrip("/")
+        if coordinator_key is not None:
+            check_strong_public_key("coordinator_key", coordinator_key)
         self.coordinator_key = coordinator_key
         self.trust_on_first_use = trust_on_first_use
         self.timeout = timeout

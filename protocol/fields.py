@@ -76,8 +76,9 @@ def check_hex(name: str, value: object, chars: int) -> str:
 def check_public_key(name: str, value: object) -> str:
     """Ed25519 public key as 64 lowercase hex characters.
 
-    Only the format is checked here; whether the bytes are a valid curve point is found
-    out when a signature is verified with it.
+    Only the format is checked here (this module knows no cryptography); message fields
+    holding a key use :func:`protocol.identity.check_strong_public_key`, which also
+    requires a prime-order point, and every signature check refuses a weak key.
     """
     return check_hex(name, value, PUBLIC_KEY_HEX_CHARS)
 

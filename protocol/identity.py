@@ -3,6 +3,15 @@
 * A public key travels as the lowercase hex of its raw 32 bytes (64 characters).
 * A node id is the lowercase hex of the full SHA-256 of those raw 32 bytes
   (64 characters; not truncated, so ids inherit the full collision resistance).
+* Only **strong** keys are accepted (README section 2): the canonical encoding (y < p, no
+  "negative zero" x) of a point of prime order L. A small-order key (one of the 8
+  torsion points, in any encoding) lets anyone forge signatures that verify for every
+  message (the identity point with the signature ``01 00..00 || 00..00`` does); a
+  mixed-order key (a strong key plus a torsion component) is a second spelling, so a
+  second node id, of the same signer. :func:`is_strong_public_key` decides this with
+  integer arithmetic on the curve (decompress, multiply by L, compare with the
+  identity), cached per key; every signature check and every message field holding a
+  key goes through it.
 * A private key file is PKCS#8 PEM, unencrypted, created with mode 0600. Loading refuses
   (by default) a file that group or others can read or write, as OpenSSH does: a key that
   others could read must be assumed compromised. Files are protected by the file system,
@@ -17,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from functools import lru_cache
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -26,13 +36,130 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from protocol.errors import KeyFileError, OutOfRangeError
+from protocol.errors import KeyFileError, OutOfRangeError, WrongTypeError
 from protocol.fields import check_public_key
 
 SEED_BYTES = 32
+PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 #: A PKCS#8 PEM Ed25519 key is 119 bytes; anything much larger is not a key file.
 MAX_KEY_FILE_BYTES = 4096
+
+
+# --- Ed25519 curve arithmetic (RFC 8032 section 5.1), only to vet public keys -----------
+
+#: The field prime p = 2^255 - 19.
+_P = 2**255 - 19
+#: The twisted Edwards constant d = -121665 / 121666 (mod p); a = -1.
+_D = (-121665 * pow(121666, _P - 2, _P)) % _P
+_D2 = 2 * _D % _P
+#: sqrt(-1) mod p.
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+#: The prime order L of the base point's subgroup (the curve has cofactor 8).
+GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+#: Keys remembered by the strength check (each costs about a millisecond the first time).
+KEY_CACHE_SIZE = 16_384
+
+_Point = tuple[int, int, int, int]  # extended coordinates (X : Y : Z : T), x = X/Z, y = Y/Z
+
+
+def _decompress(raw: bytes) -> tuple[int, int] | None:
+    """The affine point (x, y) a 32-byte encoding names, or None (RFC 8032 section 5.1.3).
+
+    Non-canonical encodings are refused: y >= p, and x = 0 with the sign bit set.
+    """
+    n = int.from_bytes(raw, "little")
+    sign, y = n >> 255, n & ((1 << 255) - 1)
+    if y >= _P:
+        return None
+    y2 = y * y % _P
+    u, v = (y2 - 1) % _P, (_D * y2 + 1) % _P
+    v3 = v * v % _P * v % _P
+    x = u * v3 % _P * pow(u * v3 % _P * v3 % _P * v % _P, (_P - 5) // 8, _P) % _P
+    vx2 = v * x % _P * x % _P
+    if vx2 == (-u) % _P:
+        x = x * _SQRT_M1 % _P
+    elif vx2 != u:
+        return None  # no x: not on the curve
+    if x == 0 and sign:
+        return None
+    if x & 1 != sign:
+        x = _P - x
+    return x, y
+
+
+def _add(p: _Point, q: _Point) -> _Point:
+    # add-2008-hwcd-3 (a = -1): unified, so it also doubles and handles the identity.
+    x1, y1, z1, t1 = p
+    x2, y2, z2, t2 = q
+    a = (y1 - x1) * (y2 - x2) % _P
+    b = (y1 + x1) * (y2 + x2) % _P
+    c = t1 * _D2 % _P * t2 % _P
+    d = 2 * z1 * z2 % _P
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
+
+
+def _double(p: _Point) -> _Point:
+    # dbl-2008-hwcd (a = -1).
+    x1, y1, z1, _ = p
+    a, b, c = x1 * x1 % _P, y1 * y1 % _P, 2 * z1 * z1 % _P
+    h = a + b
+    e = h - (x1 + y1) ** 2 % _P
+    g = a - b
+    f = c + g
+    return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
+
+
+def _times_order(x: int, y: int) -> _Point:
+    """[L](x, y) by double-and-add (the scalar is public: no constant time needed)."""
+    acc: _Point = (0, 1, 1, 0)
+    base: _Point = (x, y, 1, x * y % _P)
+    for bit in bin(GROUP_ORDER)[2:]:
+        acc = _double(acc)
+        if bit == "1":
+            acc = _add(acc, base)
+    return acc
+
+
+@lru_cache(maxsize=KEY_CACHE_SIZE)
+def _strong(raw: bytes) -> bool:
+    point = _decompress(raw)
+    if point is None or point == (0, 1):  # the identity has order 1, not L
+        return False
+    x, y, z, _ = _times_order(*point)
+    # [L]P is the identity (X = 0, Y = Z) iff P has no torsion component: P != O and
+    # L prime, so P then has order exactly L.
+    return x % _P == 0 and (y - z) % _P == 0
+
+
+def is_strong_public_key(public_key: str | bytes) -> bool:
+    """True iff ``public_key`` (64 lowercase hex characters, or the raw 32 bytes) is the
+    canonical encoding of a point of prime order L.
+
+    Refuses non-canonical y (>= p), "negative zero" x, bytes that name no curve point,
+    the 8 small-order points in every encoding, and mixed-order points (a torsion
+    component). Never raises. The answer is cached per key (:data:`KEY_CACHE_SIZE`).
+    """
+    if isinstance(public_key, str):
+        try:
+            raw = bytes.fromhex(check_public_key("public_key", public_key))
+        except (OutOfRangeError, WrongTypeError):
+            return False
+    elif isinstance(public_key, bytes) and len(public_key) == PUBLIC_KEY_BYTES:
+        raw = public_key
+    else:
+        return False
+    return _strong(raw)
+
+
+def check_strong_public_key(name: str, value: object) -> str:
+    """A public key field: 64 lowercase hex characters naming a strong key
+    (:func:`is_strong_public_key`); ``out_of_range`` otherwise."""
+    key = check_public_key(name, value)
+    if not _strong(bytes.fromhex(key)):
+        raise OutOfRangeError(f"{name}: not the canonical encoding of a prime-order point")
+    return key
 
 
 def node_id_of(public_key: str) -> str:
@@ -44,16 +171,21 @@ def node_id_of(public_key: str) -> str:
 def verify_signature(public_key: str, signature: bytes, data: bytes) -> bool:
     """True iff ``signature`` is a valid Ed25519 signature of ``data`` by ``public_key``.
 
-    Never raises for bad input: a malformed key, a key that is not a curve point or a
-    signature of the wrong length all give False.
+    Never raises for bad input: a malformed key, a key that is not a curve point, a weak
+    key (see :func:`is_strong_public_key`), a signature of the wrong length or with a
+    non-canonical S (S >= L, RFC 8032 section 5.1.7) all give False. The curve check runs
+    after the signature verified, so garbage costs one verification, not the check.
     """
     try:
         raw = bytes.fromhex(check_public_key("public_key", public_key))
-        key = Ed25519PublicKey.from_public_bytes(raw)
-        key.verify(bytes(signature), bytes(data))
-    except (InvalidSignature, ValueError, OutOfRangeError, TypeError):
+        sig = bytes(signature)
+        # OpenSSL refuses S >= L too; checked here so no backend can make S malleable.
+        if len(sig) != SIGNATURE_BYTES or int.from_bytes(sig[32:], "little") >= GROUP_ORDER:
+            return False
+        Ed25519PublicKey.from_public_bytes(raw).verify(sig, bytes(data))
+    except (InvalidSignature, ValueError, OutOfRangeError, WrongTypeError, TypeError):
         return False
-    return True
+    return _strong(raw)
 
 
 class Identity:

@@ -46,12 +46,11 @@ from protocol.fields import (
     check_int_tuple,
     check_node_id,
     check_nonce,
-    check_public_key,
     check_str,
     check_time,
     check_tuple,
 )
-from protocol.identity import node_id_of
+from protocol.identity import check_strong_public_key, node_id_of
 
 # --- limits (normative; mirrored in protocol/README.md) -------------------------------
 
@@ -204,7 +203,7 @@ class Registration(Message):
     issued: int | None = None
 
     def __post_init__(self) -> None:
-        check_public_key("public_key", self.public_key)
+        check_strong_public_key("public_key", self.public_key)
         check_epoch("epoch", self.epoch)
         if self.issued is not None:
             check_time("issued", self.issued)
@@ -254,7 +253,7 @@ class EpochAnnouncement(Message):
         check_time("deadline", self.deadline)
         check_int_tuple("fees", self.fees, 0, MAX_QUANTITY_MICRO, max_len=MAX_LOCATIONS)
         check_int_tuple("q", self.q, 0, MAX_QUANTITY_MICRO, max_len=MAX_LOCATIONS)
-        check_public_key("coordinator_key", self.coordinator_key)
+        check_strong_public_key("coordinator_key", self.coordinator_key)
         if len(self.fees) != len(self.q):
             raise OutOfRangeError("fees and q must have one entry per location each")
         if self.mechanism == "posted_fee" and not self.fees:
@@ -355,7 +354,7 @@ class Credential(Message):
 
     def __post_init__(self) -> None:
         check_node_id("node_id", self.node_id)
-        check_public_key("public_key", self.public_key)
+        check_strong_public_key("public_key", self.public_key)
         check_epoch("epoch", self.epoch)
         check_time("not_before", self.not_before)
         check_time("expires", self.expires)
