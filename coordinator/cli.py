@@ -21,7 +21,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from coordinator.allocation import ENGINE_MECHANISMS
 from coordinator.config import CoordinatorConfig
 from coordinator.service import COORDINATOR, make_app
 from coordinator.store import Store, StoreError
@@ -53,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, type=Path,
                    help="market spec file (.toml or .json; README 'Market spec format')")
-    p.add_argument("--mechanism", choices=ENGINE_MECHANISMS, default="posted_fee",
-                   help="mechanism to run at each close (default: %(default)s); money or "
-                        "in kind comes from the spec")
+    p.add_argument("--mechanism", choices=("posted_fee", "optimal", "second_best"),
+                   default="posted_fee",
+                   help="mechanism to run at each close (default: %(default)s; "
+                        "second_best is the former name of optimal); money or in kind "
+                        "comes from the spec")
     p.add_argument("--db", required=True, type=Path, help="SQLite database file (created)")
     p.add_argument("--key", required=True, type=Path,
                    help="coordinator's Ed25519 key, PKCS#8 PEM with mode 0600 (created if "

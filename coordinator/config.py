@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.allocation import ENGINE_MECHANISMS
+from coordinator.allocation import coordinator_mechanism
 from coordinator.mechanism import Market, load_market
 
 #: Refuse bodies above this many bytes whatever the type (largest inbound: audit reports).
@@ -41,8 +41,8 @@ class CoordinatorConfig:
     probe_timeout: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.mechanism not in ENGINE_MECHANISMS:
-            raise ValueError(f"mechanism must be one of {ENGINE_MECHANISMS}")
+        # The wire name (an alias such as ``second_best`` resolved); ValueError if unknown.
+        object.__setattr__(self, "mechanism", coordinator_mechanism(self.mechanism))
         if not 1 <= self.epoch_seconds <= 7 * 24 * 3600:
             raise ValueError("epoch_seconds must be in [1, 604800]")
         if not 0 <= self.pause_seconds <= 7 * 24 * 3600:

@@ -38,7 +38,7 @@ import enum
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from coordinator.allocation import Outcome, Participant
+from coordinator.decision import Decision, Participant
 from coordinator.enforcement import Exclusion, find_free_riders
 from coordinator.probe import ProbeResult
 from protocol import (
@@ -413,7 +413,7 @@ class EpochCore:
         """The mechanism could not run: back to ``open`` (the epoch can be closed again)."""
         self.phase = step(self.phase, Event.ABORT_CLOSE)
 
-    def finish_close(self, plan: ClosePlan, outcome: Outcome) -> Closed:
+    def finish_close(self, plan: ClosePlan, outcome: Decision) -> Closed:
         """Sign the allocation and one credential per included node (no state change)."""
         step(self.phase, Event.FINISH_CLOSE)
         allocation = Allocation(
@@ -436,7 +436,7 @@ class EpochCore:
                       envelope=seal_bytes(self.identity, allocation), credentials=tuple(creds),
                       exclusions=plan.exclusions, status=outcome.status)
 
-    def close(self, now: int, run: Callable[[Sequence[Participant]], Outcome]) -> Closed:
+    def close(self, now: int, run: Callable[[Sequence[Participant]], Decision]) -> Closed:
         """Synchronous close: begin, run the mechanism, finish and apply."""
         plan = self.begin_close(now)
         try:

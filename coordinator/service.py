@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator.allocation import MechanismRunner
+from coordinator.allocation import MechanismRunner, former_names
 from coordinator.config import MAX_BODY_BYTES, CoordinatorConfig
 from coordinator.epoch import Closed, Declared, EpochCore, EpochRecord, Phase, Settings
 from coordinator.probe import ProbeResult, probe_round, round_times, targets
@@ -97,10 +97,11 @@ class Coordinator:
         self.clock = clock
         self.runner = runner or MechanismRunner(config.market, config.mechanism)
         self.settings = Settings(
-            mechanism=self.runner.wire_mechanism, payment=self.runner.payment,
+            mechanism=self.runner.mechanism, payment=self.runner.payment,
             theta_bounds=self.runner.theta_bounds(), epoch_seconds=config.epoch_seconds,
             pause_seconds=config.pause_seconds, credential_grace=config.credential_grace)
-        store.bind(coordinator_key=identity.public_key, mechanism=config.mechanism)
+        store.bind(coordinator_key=identity.public_key, mechanism=self.runner.mechanism,
+                   former_names=former_names(self.runner.mechanism))
         self.core = EpochCore.restore(
             store.snapshot(identity.public_key), identity=identity, settings=self.settings)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechanism")
@@ -148,7 +149,7 @@ class Coordinator:
                 self.clock(), () if audit is None else self.store.probes(audit.epoch))
             assert self.core.current is not None
             ann = self.core.current.announcement
-            # Posted fee: the announced fees and Q are binding (coordinator/allocation.py).
+            # Announced terms are binding (coordinator/allocation.py).
             run = functools.partial(self.runner.run, posted=(ann.fees, ann.q))
             try:
                 loop = asyncio.get_running_loop()
@@ -333,7 +334,6 @@ class Coordinator:
             "phase": core.phase.value,
             "deadline": None if core.current is None else core.current.deadline,
             "mechanism": self.settings.mechanism,
-            "engine_mechanism": self.config.mechanism,
             "payment": self.settings.payment,
             "auto_schedule": self.config.auto_schedule,
             "counts": {

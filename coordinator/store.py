@@ -19,7 +19,7 @@ module deliberately makes no decisions: it stores what the state machine accepte
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +121,16 @@ class Store:
             return value
         return str(row[0])
 
-    def bind(self, *, coordinator_key: str, mechanism: str) -> None:
-        """Record (first run) or check (restart) whose database this is."""
+    def bind(self, *, coordinator_key: str, mechanism: str,
+             former_names: Collection[str] = ()) -> None:
+        """Record (first run) or check (restart) whose database this is.
+
+        ``former_names``: older names of ``mechanism`` a database may have been bound
+        under (the mechanism is the same; see :data:`coordinator.mechanism.ALIASES`).
+        """
         for key, value in (("coordinator_key", coordinator_key), ("mechanism", mechanism)):
             stored = self._meta_default(key, value)
-            if stored != value:
+            if stored != value and not (key == "mechanism" and stored in former_names):
                 raise StoreError(f"{self.path}: database was created with {key} {stored!r}, "
                                  f"not {value!r}")
 

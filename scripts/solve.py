@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Solve one mechanism for a market spec and print it.
 
-    python scripts/solve.py scripts/specs/slides.toml --mechanism second_best
+    python scripts/solve.py scripts/specs/slides.toml --mechanism optimal
     python scripts/solve.py scripts/specs/three-towns.toml --mechanism posted_fee --json
 
 The spec format (TOML or JSON) is documented in README.md. Welfare and payments are in
@@ -21,16 +21,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coordinator.mechanism import MECHANISMS, load_market, solve
+from coordinator.mechanism import ALIASES, SOLVERS, canonical, load_market, solve
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", help="market spec file (.toml or .json)")
-    p.add_argument("--mechanism", "-m", default="second_best", choices=sorted(MECHANISMS),
-                   help="which mechanism to solve (default: second_best). "
-                   + "; ".join(f"{k}: {v[1]}" for k, v in MECHANISMS.items()))
+    p.add_argument("--mechanism", "-m", default="optimal",
+                   choices=sorted(SOLVERS) + sorted(ALIASES),
+                   help="which mechanism to solve (default: optimal). "
+                   + "; ".join(f"{k}: {v[1]}" for k, v in SOLVERS.items())
+                   + "; former names: " + ", ".join(f"{k} = {v}" for k, v in ALIASES.items()))
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     try:
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, default=lambda x: None if isinstance(x, float) and
                          not math.isfinite(x) else str(x)))
         return 0 if r.success else 1
-    print(f"mechanism       {r.mechanism}  ({MECHANISMS[args.mechanism][1]})")
+    print(f"mechanism       {r.mechanism}  ({SOLVERS[canonical(args.mechanism)][1]})")
     print(f"status          {'ok' if r.success else 'FAILED'}: {r.status}")
     se = f" ± {r.welfare_se:.3g} (Monte Carlo s.e.)" if r.welfare_se else " (exact/quadrature)"
     unit = "money units" if market.payment == "money" else "resource units (in kind)"

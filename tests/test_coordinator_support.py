@@ -87,7 +87,7 @@ def runner(name: str = "one", mechanism: str = "posted_fee") -> MechanismRunner:
 
 
 def settings(run: MechanismRunner) -> Settings:
-    return Settings(mechanism=run.wire_mechanism, payment=run.payment,
+    return Settings(mechanism=run.mechanism, payment=run.payment,
                     theta_bounds=run.theta_bounds(), epoch_seconds=EPOCH_SECONDS,
                     pause_seconds=PAUSE_SECONDS, credential_grace=GRACE)
 

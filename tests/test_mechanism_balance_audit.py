@@ -22,7 +22,7 @@ from coordinator.mechanism.distributions import TypeDistribution
 from coordinator.mechanism.market import Location, Market, PowerCost, PowerUtility, slides_market
 from coordinator.mechanism.optimal import LagrangianMechanism, first_best, second_best
 from coordinator.mechanism.posted_fee import posted_fee
-from coordinator.mechanism.result import Allocation, MechanismResult
+from coordinator.mechanism.result import MechanismResult, Outcome
 
 
 def _two_towns(payment: str) -> Market:
@@ -46,7 +46,7 @@ def solved(name: str) -> tuple[Market, LagrangianMechanism, BalancedMechanism]:
     return m, base, balance_ex_post(base)
 
 
-def _budgets(market: Market, alloc: Allocation) -> np.ndarray:
+def _budgets(market: Market, alloc: Outcome) -> np.ndarray:
     s = alloc.budget_surplus()
     return np.array([s.sum()]) if market.payment == "money" else s
 
@@ -177,14 +177,15 @@ class _FlatMechanism:
     result: MechanismResult = field(default_factory=lambda: MechanismResult(
         mechanism="flat", success=True, status="test", welfare=math.nan))
 
-    def allocate(self, types: npt.ArrayLike) -> Allocation:
+    def allocate(self, types: npt.ArrayLike, locations: npt.ArrayLike | None = None) -> Outcome:
+        assert locations is None  # the audit draws whole populations
         theta = self.market.split_types(types)
         loc = self.market.locations[0]
         u = float(loc.utility(self.Q))
-        return Allocation(included=np.ones(theta.shape, dtype=bool), Q=np.array([self.Q]),
-                          payments=self.share * theta * u + self.fee,
-                          location=self.market.agent_locations(),
-                          cost=np.array([float(loc.cost(loc.n, self.Q))]))
+        return Outcome(included=np.ones(theta.shape, dtype=bool), Q=np.array([self.Q]),
+                       payments=self.share * theta * u + self.fee,
+                       location=self.market.agent_locations(),
+                       cost=np.array([float(loc.cost(loc.n, self.Q))]), result=self.result)
 
 
 def test_audit_detects_a_profitable_misreport() -> None:

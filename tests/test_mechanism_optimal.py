@@ -128,7 +128,7 @@ def test_second_best_expansion_is_3n2_over_128_plus_7n_over_384_minus_1_over_162
 def test_second_best_without_exclusion_is_below_the_slides_formula(n: int) -> None:
     mech = slides_second_best(n, False)
     assert mech.result.success
-    assert mech.result.mechanism == "second_best_no_exclusion"
+    assert mech.result.mechanism == "optimal_no_exclusion"
     value = mech.result.welfare
     assert value < no_exclusion_formula(n) * (1 - 1e-3)
     assert value <= slides_second_best(n, True).result.welfare

@@ -1,69 +1,80 @@
 """inkind's mechanism library: pure numpy/scipy, no I/O, no global state.
 
-A :class:`~coordinator.mechanism.market.Market` goes in; a solved mechanism comes out
-with ``.result`` (a :class:`~coordinator.mechanism.result.MechanismResult`) and
-``.allocate(declared_types)``. :func:`solve` is the one entry point by name.
+A :class:`~coordinator.mechanism.market.Market` goes in; :func:`solve` gives a solved
+:class:`~coordinator.mechanism.result.Mechanism`: ``.result`` (a
+:class:`~coordinator.mechanism.result.MechanismResult`) and
+``.allocate(types, locations)`` for the declarants that came (an
+:class:`~coordinator.mechanism.result.Outcome`). :func:`solve` is the one entry point
+by name; :data:`SOLVERS` lists the names.
+
+Names: the optimal mechanism of the paper (its second-best, the welfare maximum under the
+incentive and budget constraints) is ``optimal``, as on the wire and in scenarios; the
+engine's constructor for it is :func:`~coordinator.mechanism.optimal.second_best`, named
+for the solution concept beside :func:`~coordinator.mechanism.optimal.first_best`. The
+old registry names ``second_best*`` are accepted by :func:`solve` as aliases
+(:data:`ALIASES`) so existing command lines and scripts keep working.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from .market import Market, load_market, market_from_dict, slides_market
-from .result import Allocation, Mechanism, MechanismResult
+from .result import Mechanism, MechanismResult, Outcome
 
 
-def _equal(name: str) -> Callable[[Market], Any]:
-    def build(market: Market) -> Any:
+def _equal(name: str) -> Callable[[Market], Mechanism]:
+    def build(market: Market) -> Mechanism:
         from . import equal_contribution as ec
 
         if market.L != 1:
             raise ValueError(f"{name} is defined for one location (slides); this market has "
                              f"{market.L}")
         loc = market.locations[0]
-        func = getattr(ec, name)
+        func: Callable[[ec.Economy], Mechanism] = getattr(ec, name)
         return func(ec.Economy(loc.dist, loc.n, loc.utility, loc.cost))
 
     return build
 
 
-def _first_best(market: Market) -> Any:
+def _first_best(market: Market) -> Mechanism:
     from .optimal import first_best
 
     return first_best(market)
 
 
-def _second_best(market: Market) -> Any:
+def _optimal(market: Market) -> Mechanism:
     from .optimal import second_best
 
     return second_best(market)
 
 
-def _second_best_no_exclusion(market: Market) -> Any:
+def _optimal_no_exclusion(market: Market) -> Mechanism:
     from .optimal import second_best
 
     return second_best(market, exclusion=False)
 
 
-def _balanced(market: Market) -> Any:
+def _balanced(market: Market) -> Mechanism:
     from .balance import balance_ex_post
     from .optimal import second_best
 
     return balance_ex_post(second_best(market))
 
 
-def _posted_fee(market: Market) -> Any:
+def _posted_fee(market: Market) -> Mechanism:
     from .posted_fee import posted_fee
 
     return posted_fee(market)
 
 
-MECHANISMS: dict[str, tuple[Callable[[Market], Any], str]] = {
+#: Mechanism name -> (solver, one-line description).
+SOLVERS: dict[str, tuple[Callable[[Market], Mechanism], str]] = {
     "first_best": (_first_best, "complete-information benchmark (λ = 0)"),
-    "second_best": (_second_best, "optimal mechanism (17)/(25); exclusion as the spec says"),
-    "second_best_no_exclusion": (_second_best_no_exclusion, "optimal mechanism with π = 1"),
-    "second_best_balanced": (_balanced, "optimal mechanism, payments balanced ex post (33)"),
+    "optimal": (_optimal, "optimal (second-best) mechanism (17)/(25); exclusion as the "
+                          "spec says"),
+    "optimal_no_exclusion": (_optimal_no_exclusion, "optimal mechanism with π = 1"),
+    "optimal_balanced": (_balanced, "optimal mechanism, payments balanced ex post (33)"),
     "posted_fee": (_posted_fee, "asymptotically optimal fixed fee P̂(n), (18)-(23)"),
     "equal_share_post_size": (_equal("post_size_share_cost"),
                               "slides: post Q, share the cost equally"),
@@ -74,19 +85,35 @@ MECHANISMS: dict[str, tuple[Callable[[Market], Any], str]] = {
 }
 
 
-def solve(market: Market, mechanism: str) -> Any:
-    """Solve ``mechanism`` (a key of :data:`MECHANISMS`) for ``market``."""
-    if mechanism not in MECHANISMS:
-        raise ValueError(f"unknown mechanism {mechanism!r}; choose from {sorted(MECHANISMS)}")
-    return MECHANISMS[mechanism][0](market)
+#: Former names, accepted for compatibility (command lines, scripts, stored databases).
+ALIASES: dict[str, str] = {
+    "second_best": "optimal",
+    "second_best_no_exclusion": "optimal_no_exclusion",
+    "second_best_balanced": "optimal_balanced",
+}
+
+
+def canonical(mechanism: str) -> str:
+    """The registry name of ``mechanism`` (an alias resolved); ValueError if unknown."""
+    name = ALIASES.get(mechanism, mechanism)
+    if name not in SOLVERS:
+        raise ValueError(f"unknown mechanism {mechanism!r}; choose from {sorted(SOLVERS)}")
+    return name
+
+
+def solve(market: Market, mechanism: str) -> Mechanism:
+    """Solve ``mechanism`` (a key of :data:`SOLVERS` or :data:`ALIASES`) for ``market``."""
+    return SOLVERS[canonical(mechanism)][0](market)
 
 
 __all__ = [
-    "MECHANISMS",
-    "Allocation",
+    "ALIASES",
+    "SOLVERS",
     "Market",
     "Mechanism",
     "MechanismResult",
+    "Outcome",
+    "canonical",
     "load_market",
     "market_from_dict",
     "slides_market",

@@ -16,14 +16,16 @@ paper notes (Theorem 2), the transfers may charge or pay excluded agents.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 from scipy import interpolate
 
-from .optimal import TABLE_POINTS, LagrangianMechanism, _groups
-from .result import Allocation, MechanismResult
+from .declared import Resolver
+from .market import Market
+from .optimal import TABLE_POINTS, LagrangianMechanism, _groups, second_best
+from .result import MechanismResult, Outcome
 from .sums import virtual_weight
 
 FloatArray = npt.NDArray[np.float64]
@@ -39,11 +41,24 @@ class BalancedMechanism:
     mean_cost: FloatArray  # E c per budget group
     mean_payment: FloatArray  # E P_k(θ) per agent of location k
     mean_cond_cost: FloatArray  # E over θ of E[c_budget | θ] per location k (= E c)
+    # Solutions for other counts of declarants (the rule depends on n): see allocate.
+    others: Resolver = field(init=False, repr=False, compare=False)
 
-    def allocate(self, types: npt.ArrayLike) -> Allocation:
-        base = self.base.allocate(types)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "others", Resolver(self._rebuild))
+
+    def allocate(self, types: npt.ArrayLike, locations: npt.ArrayLike | None = None) -> Outcome:
+        """(33) for the declarants that came (:class:`Mechanism`); other counts than the
+        spec's are allocated by the balanced mechanism solved for them."""
+        return self.others.allocate(self.base.market, self.result, types, locations,
+                                    self._fixed)
+
+    def _rebuild(self, market: Market) -> BalancedMechanism:
+        return balance_ex_post(second_best(market, exclusion=self.base.exclusion))
+
+    def _fixed(self, theta: FloatArray) -> Outcome:
+        base = self.base.allocate(theta)
         m = self.base.market
-        theta = m.split_types(types)
         loc = base.location
         P = base.payments  # interim P_i(θ_i) for included agents, 0 otherwise
         Ec = np.empty_like(theta)
@@ -64,8 +79,8 @@ class BalancedMechanism:
         pay = (P + cost[budget] / nb - Ec / nb
                - others * (sum_dP[budget] - dP)
                + others * (sum_dC[budget] - dC) / nb)
-        return Allocation(included=base.included, Q=base.Q, payments=pay, location=loc,
-                          cost=base.cost)
+        return Outcome(included=base.included, Q=base.Q, payments=pay, location=loc,
+                       cost=base.cost, result=self.result)
 
 
 def balance_ex_post(mech: LagrangianMechanism) -> BalancedMechanism:
@@ -111,7 +126,7 @@ def balance_ex_post(mech: LagrangianMechanism) -> BalancedMechanism:
     mean_cost = ev.cost if m.payment == "in_kind" else np.array([ev.cost.sum()])
     r = mech.result
     result = MechanismResult(
-        mechanism=r.mechanism + "_ex_post_balanced", success=r.success,
+        mechanism=r.mechanism + "_balanced", success=r.success,
         status=r.status + "; payments made ex-post budget balanced by (33)",
         welfare=r.welfare, lambdas=r.lambdas, thresholds=r.thresholds,
         details={**r.details, "mean_cond_cost_check": mean_cond},

@@ -33,8 +33,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize
 
+from .declared import one_location
 from .distributions import TypeDistribution, gauss_nodes
-from .result import Allocation, BoolArray, FloatArray, MechanismResult
+from .result import BoolArray, FloatArray, MechanismResult, Outcome
 
 Rule = Literal["a", "b", "c"]
 RULES: tuple[Rule, ...] = ("a", "b", "c")
@@ -642,16 +643,22 @@ class BridgeMechanism:
             },
         ))
 
-    def allocate(self, types: npt.ArrayLike) -> Allocation:
-        theta = np.asarray(types, dtype=float)
+    def allocate(self, types: npt.ArrayLike, locations: npt.ArrayLike | None = None) -> Outcome:
+        """The rule's decision for the two users' declared types (:class:`Mechanism`).
+
+        The bridge is the slides' two-user example: any other number of declarants is a
+        ValueError, as is a location other than 0 or a type outside the support.
+        """
+        theta = one_location(types, locations, 2, self.dist.low, self.dist.high)
         if theta.shape != (2,):
             raise ValueError(f"the bridge has exactly 2 users, got types of shape {theta.shape}")
         built, p1, p2 = self._pay(theta[:1], theta[1:])
         b = bool(np.asarray(built)[0])
-        return Allocation(
+        return Outcome(
             included=np.ones(2, dtype=bool),
             Q=np.array([1.0 if b else 0.0]),
             payments=np.array([float(p1[0]), float(p2[0])]),
             location=np.zeros(2, dtype=np.int64),
             cost=np.array([self.cost if b else 0.0]),
+            result=self.result,
         )

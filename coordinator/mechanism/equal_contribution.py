@@ -33,8 +33,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize, stats
 
+from .declared import one_location
 from .distributions import TypeDistribution
-from .result import Allocation, FloatArray, MechanismResult
+from .result import FloatArray, MechanismResult, Outcome
 
 UtilityFn = Callable[[FloatArray], FloatArray]
 """u(Q), vectorised."""
@@ -265,18 +266,19 @@ class PostSizeShareCost:
     theta_star: float
     result: MechanismResult
 
-    def allocate(self, types: npt.ArrayLike) -> Allocation:
+    def allocate(self, types: npt.ArrayLike, locations: npt.ArrayLike | None = None) -> Outcome:
         e = self.economy
-        theta = _check_types(types, e.n)
+        theta = one_location(types, locations, e.n, e.dist.low, e.dist.high)
         inc = theta >= self.theta_star
         x = int(inc.sum())
         cq = e.cost(self.Q) if x else 0.0
-        return Allocation(
+        return Outcome(
             included=inc,
             Q=np.array([self.Q if x else 0.0]),
             payments=np.where(inc, cq / max(x, 1), 0.0),
-            location=np.zeros(e.n, dtype=np.int64),
+            location=np.zeros(theta.shape[0], dtype=np.int64),
             cost=np.array([cq]),
+            result=self.result,
         )
 
 
@@ -360,18 +362,19 @@ class PostFeeBuildLargest:
     theta_star: float
     result: MechanismResult
 
-    def allocate(self, types: npt.ArrayLike) -> Allocation:
+    def allocate(self, types: npt.ArrayLike, locations: npt.ArrayLike | None = None) -> Outcome:
         e = self.economy
-        theta = _check_types(types, e.n)
+        theta = one_location(types, locations, e.n, e.dist.low, e.dist.high)
         inc = theta >= self.theta_star
         x = int(inc.sum())
         Q = float(e.size_for(np.array([x * self.phi]))[0]) if x else 0.0
-        return Allocation(
+        return Outcome(
             included=inc,
             Q=np.array([Q]),
             payments=np.where(inc, self.phi, 0.0),
-            location=np.zeros(e.n, dtype=np.int64),
+            location=np.zeros(theta.shape[0], dtype=np.int64),
             cost=np.array([e.cost(Q) if x else 0.0]),
+            result=self.result,
         )
 
 
@@ -444,16 +447,17 @@ class PostFeeAndSize:
     theta_star: float
     result: MechanismResult
 
-    def allocate(self, types: npt.ArrayLike) -> Allocation:
+    def allocate(self, types: npt.ArrayLike, locations: npt.ArrayLike | None = None) -> Outcome:
         e = self.economy
-        theta = _check_types(types, e.n)
+        theta = one_location(types, locations, e.n, e.dist.low, e.dist.high)
         inc = theta >= self.theta_star
-        return Allocation(
+        return Outcome(
             included=inc,
             Q=np.array([self.Q]),
             payments=np.where(inc, self.phi, 0.0),
-            location=np.zeros(e.n, dtype=np.int64),
+            location=np.zeros(theta.shape[0], dtype=np.int64),
             cost=np.array([e.cost(self.Q)]),
+            result=self.result,
         )
 
 
@@ -492,13 +496,6 @@ def post_fee_and_size(
         details={"n": e.n, "prob_participate": float(e.dist.sf(theta)),
                  "expected_budget_surplus": slack},
     ))
-
-
-def _check_types(types: npt.ArrayLike, n: int) -> FloatArray:
-    theta = np.asarray(types, dtype=float)
-    if theta.shape != (n,):
-        raise ValueError(f"expected {n} declared types, got shape {theta.shape}")
-    return theta
 
 
 __all__ = [

@@ -26,10 +26,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy import interpolate, optimize
 
+from .declared import Resolver
 from .market import Market
 from .multipliers import kkt_multipliers
 from .provision import Provision, provision_for
-from .result import Allocation, MechanismResult
+from .result import MechanismResult, Outcome
 from .sums import Group, SumLaw, sum_law, virtual_weight
 
 FloatArray = npt.NDArray[np.float64]
@@ -201,10 +202,25 @@ class LagrangianMechanism:
     tables: list[InterimTable] = field(default_factory=list)
     pay_interim: bool = True
     evaluation: Evaluation | None = None
+    # Solutions for other counts of declarants (the rule depends on n): see allocate.
+    others: Resolver = field(init=False, repr=False, compare=False)
 
-    def allocate(self, types: npt.ArrayLike) -> Allocation:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "others", Resolver(self._rebuild))
+
+    def _rebuild(self, market: Market) -> LagrangianMechanism:
+        if self.pay_interim:
+            return second_best(market, exclusion=self.exclusion)
+        return first_best(market)
+
+    def allocate(self, types: npt.ArrayLike, locations: npt.ArrayLike | None = None) -> Outcome:
+        """Inclusion, Q and payments for the declarants that came (:class:`Mechanism`);
+        counts other than the spec's n_l are allocated by this mechanism solved for them."""
+        return self.others.allocate(self.market, self.result, types, locations, self._fixed)
+
+    def _fixed(self, theta: FloatArray) -> Outcome:
+        """(17)/(25) pointwise for the spec's own population (θ validated, location order)."""
         m = self.market
-        theta = m.split_types(types)
         loc = m.agent_locations()
         lam = self.lambdas
         w = np.empty_like(theta)
@@ -232,7 +248,8 @@ class LagrangianMechanism:
             else:
                 total = float(included.sum())
                 pay = np.where(included, cost.sum() / total if total else 0.0, 0.0)
-        return Allocation(included=included, Q=Q, payments=pay, location=loc, cost=cost)
+        return Outcome(included=included, Q=Q, payments=pay, location=loc, cost=cost,
+                       result=self.result)
 
 
 def _mechanism(market: Market, name: str, lambdas: FloatArray, ok: bool, status: str,
@@ -282,11 +299,11 @@ def second_best(market: Market, *, exclusion: bool | None = None,
     for loc in market.locations:
         if not loc.dist.is_regular():
             return LagrangianMechanism(market, MechanismResult(
-                mechanism="second_best", success=False,
+                mechanism="optimal", success=False,
                 status=f"virtual value g of {loc.name!r} is not nondecreasing (irregular "
                        "prior; ironing is not implemented)", welfare=math.nan),
                 np.zeros(market.L), excl, [])
-    name = "second_best" if excl else "second_best_no_exclusion"
+    name = "optimal" if excl else "optimal_no_exclusion"
     if not excl:
         for loc in market.locations:
             d = loc.dist

@@ -26,10 +26,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize
 
+from .declared import declarants
 from .market import Market, PowerCost, PowerUtility
 from .multipliers import kkt_multipliers
 from .provision import Power, Provision, provision_for
-from .result import Allocation, MechanismResult
+from .result import MechanismResult, Outcome
 from .sums import partial_means, survival, thresholds
 
 FloatArray = npt.NDArray[np.float64]
@@ -91,16 +92,18 @@ class PostedFeeMechanism:
     result: MechanismResult
     plan: PostedFeePlan
 
-    def allocate(self, types: npt.ArrayLike) -> Allocation:
+    def allocate(self, types: npt.ArrayLike, locations: npt.ArrayLike | None = None) -> Outcome:
+        """The posted terms applied to the declarants that came (:class:`Mechanism`):
+        θ ≥ θ*_l, the fee of l, Q* and its cost, whatever the counts (the terms are
+        posted before anyone declares and are binding)."""
         m = self.market
-        theta = m.split_types(types)
-        loc = m.agent_locations()
+        theta, loc = declarants(m, types, locations)
         included = theta >= self.plan.thresholds[loc]
         pay = np.where(included, self.plan.fees[loc], 0.0)
         cost = np.array([float(m.locations[l].cost(m.locations[l].n, self.plan.Q[l]))
                          for l in range(m.L)])
-        return Allocation(included=included, Q=self.plan.Q.copy(), payments=pay,
-                          location=loc, cost=cost)
+        return Outcome(included=included, Q=self.plan.Q.copy(), payments=pay,
+                       location=loc, cost=cost, result=self.result)
 
 
 def posted_fee(market: Market) -> PostedFeeMechanism:

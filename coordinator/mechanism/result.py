@@ -1,8 +1,10 @@
 """Result records shared by every mechanism.
 
 A solved mechanism is described by a frozen :class:`MechanismResult` (what was computed
-offline from the priors) and, for mechanisms that allocate, by :class:`Allocation`
-records (what one realisation of declared types gives). Nothing here computes anything.
+offline from the priors) and, for mechanisms that allocate, by :class:`Outcome` records
+(what one realisation of declared types gives: the mechanism-design term for an
+allocation together with its transfers; the wire's signed ``Allocation`` message is
+built from it by the coordinator). Nothing here computes anything.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Allocation:
+class Outcome:
     """One realisation of a mechanism: who is in, how much is built, who owes what.
 
-    ``included``, ``payments`` and ``location`` are indexed by agent (agents are ordered
-    by location, as in the market spec); ``Q`` is indexed by location. ``payments`` are in
-    money units, or, for payments in kind, in resource units of the agent's own location.
+    ``included``, ``payments`` and ``location`` are indexed by declarant, in the order
+    the types were passed to ``allocate``; ``Q`` and ``cost`` are indexed by the market
+    spec's locations (0 where nothing is built). ``result`` is the solution that
+    allocated: the mechanism's own, or, for a mechanism re-solved for the declarants'
+    counts per location (:mod:`coordinator.mechanism.declared`), that solution's.
+    ``payments`` are in money units, or, for payments in kind, in resource units of the
+    agent's own location.
     Excluded agents' entries in ``payments`` are what the mechanism charges them (zero
     for every mechanism of the paper's Section 3, non-zero only after the Lemma 5 /
     Theorem 2 transformation, which may charge excluded agents).
@@ -34,6 +40,7 @@ class Allocation:
     payments: FloatArray
     location: npt.NDArray[np.int64]
     cost: FloatArray  # c_l(n_l, Q_l) per location
+    result: MechanismResult
 
     def budget_surplus(self) -> FloatArray:
         """Payments minus cost, per location (in kind: one constraint each, eq. 24)."""
@@ -94,13 +101,18 @@ class MechanismResult:
 class Mechanism(Protocol):
     """What every allocating mechanism offers: its solved result and ``allocate``.
 
-    ``allocate`` takes the declared types of all agents, ordered by location as in the
-    market spec (a 1-D array of length sum(n_l)), and returns one :class:`Allocation`.
-    The same interface serves every mechanism, so the coordinator never branches on
-    which one runs.
+    ``allocate(types, locations)`` takes the declarants that actually came: ``types[i]``
+    is declarant i's θ and ``locations[i]`` its location index (any number per location,
+    zero included, in any order). With ``locations`` omitted, ``types`` is the whole
+    population of the market spec ordered by location (n_l agents of location l), as
+    Monte Carlo over the priors draws it. It returns one :class:`Outcome` indexed like
+    ``types``, or raises ValueError for a type outside its location's support, a
+    location out of range or mismatched lengths. The same interface serves every
+    mechanism, so the coordinator never branches on which one runs.
     """
 
     @property
     def result(self) -> MechanismResult: ...
 
-    def allocate(self, types: npt.ArrayLike) -> Allocation: ...
+    def allocate(self, types: npt.ArrayLike, locations: npt.ArrayLike | None = None
+                 ) -> Outcome: ...
