@@ -6,11 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coordinator.testbed.scenario import (
     ScenarioError,
     load_scenario,
+    parse_strategy,
     population,
+    resolve_faults,
     roaming_script,
     scenario_from_dict,
 )
@@ -52,15 +56,16 @@ def test_kinds_and_mechanisms_covered() -> None:
 
 
 @pytest.mark.parametrize(("patch", "words"), [
-    ({"bogus": 1}, "unknown keys in the file"),
+    ({"bogus": 1}, "unknown key 'bogus' in the file"),
     ({"scenario": {"epochs": 0}}, "epochs"),
     ({"scenario": {"mechanism": "vickrey"}}, "mechanism"),
     ({"scenario": {"kind": "bluetooth"}}, "kind"),
     ({"market": {"payment": "barter"}}, "payment"),
-    ({"locations": []}, "at least one"),
+    ({"locations": []}, "[[locations]]: List should have at least 1 item"),
     ({"locations": [{"name": "a", "nodes": 2}, {"name": "a", "nodes": 2}]}, "unique"),
     ({"locations": [{"name": "a", "nodes": 2, "area": -1}]}, "area"),
-    ({"locations": [{"name": "a", "nodes": 2, "colour": "red"}]}, "unknown keys"),
+    ({"locations": [{"name": "a", "nodes": 2, "colour": "red"}]},
+     "unknown key 'colour' in [[locations]] #0"),
     ({"strategies": [{"nodes": "a", "strategy": "bribe"}]}, "strategy"),
     ({"strategies": [{"nodes": "zz-1", "strategy": "free-ride"}]}, "neither a location"),
     ({"faults": [{"kind": "meteor", "epoch": 0}]}, "kind"),
@@ -110,3 +115,76 @@ def test_seed_decides_everything() -> None:
             assert 0.0 <= att.u < 1.0
             home = next(p.location for p in a if p.name == att.roamer)
             assert att.location != home  # random trips and the scripted move leave home
+
+
+def test_overlapping_strategy_rules_are_an_error() -> None:
+    """A node picked by two rules would silently follow the last one: refused instead."""
+    with pytest.raises(ScenarioError, match=r"#1 overlaps \[\[strategies\]\] #0 on a-2"):
+        scenario_from_dict(small(strategies=[
+            {"nodes": "a", "count": 1, "strategy": "free-ride"},
+            {"nodes": ["a-2", "b-0"], "strategy": "misreport:0.5"}]))
+    sc = scenario_from_dict(small(strategies=[
+        {"nodes": "a", "count": 2, "strategy": "free-ride"},
+        {"nodes": "b", "count": 3, "strategy": "free-ride:commit"}]))
+    plans = population(sc, 3)
+    assert sum(p.strategy == "free-ride" for p in plans) == 2
+    assert sum(p.strategy == "free-ride:commit" for p in plans) == 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_min_theta_picks_exactly_count_among_high_types(seed: int) -> None:
+    sc = scenario_from_dict(small(
+        locations=[{"name": "a", "nodes": 40}],
+        strategies=[{"nodes": "a", "count": 5, "min_theta": 0.5, "strategy": "free-ride"}]))
+    riders = [p for p in population(sc, seed) if p.strategy == "free-ride"]
+    assert len(riders) == 5
+    assert all(p.theta >= 500_000 for p in riders)
+
+
+def test_a_selection_that_cannot_be_met_is_an_error() -> None:
+    sc = scenario_from_dict(small(strategies=[
+        {"nodes": "a", "count": 4, "min_theta": 0.99, "strategy": "free-ride"}]))
+    with pytest.raises(ScenarioError, match="asks for 4 nodes but with seed 1 only"):
+        population(sc, 1)
+
+
+def test_fault_nodes_drawn_by_the_seed() -> None:
+    sc = scenario_from_dict(small(faults=[
+        {"kind": "node_crash", "nodes": "a", "count": 1, "min_theta": 0.3, "epoch": 1}]))
+    (fault,) = resolve_faults(sc, 5)
+    (name,) = fault.nodes
+    plan = next(p for p in population(sc, 5) if p.name == name)
+    assert name.startswith("a-") and plan.theta >= 300_000
+    assert resolve_faults(sc, 5) == resolve_faults(sc, 5)
+
+
+@pytest.mark.parametrize("spelling", ["truthful", "misreport:0.5", "misreport:=0.3",
+                                      "free-ride", "free-ride:commit"])
+def test_strategy_spellings_the_node_accepts(spelling: str) -> None:
+    assert parse_strategy(spelling).spelling == spelling
+
+
+@pytest.mark.parametrize("spelling", ["bribe", "misreport", "misreport:-1", "misreport:=2",
+                                      "free-ride:always", "truthful:1", "misreport:x"])
+def test_strategy_spellings_refused(spelling: str) -> None:
+    with pytest.raises(ValueError, match="is not truthful"):
+        parse_strategy(spelling)
+
+
+def test_checks_named_by_a_scenario_exist() -> None:
+    with pytest.raises(ScenarioError, match="checks: 'vibes'"):
+        scenario_from_dict(small(scenario={"name": "t", "checks": ["vibes"]}))
+    for path in SCENARIOS.glob("*.toml"):
+        assert load_scenario(path).about, path
+
+
+@given(theta=st.integers(0, 1_000_000),
+       spelling=st.sampled_from(["truthful", "misreport:0.5", "misreport:3/2", "misreport:=0.3",
+                                 "misreport:0", "free-ride", "free-ride:commit"]))
+def test_the_launcher_expects_what_the_node_plays(theta: int, spelling: str) -> None:
+    """The launcher's reading of a spelling (declared θ, commits) is the node's."""
+    from node.strategy import parse_strategy as node_strategy
+
+    mine, node = parse_strategy(spelling), node_strategy(spelling)
+    assert mine.declare(theta) == node.declare(theta)
+    assert (mine.commits, mine.opens) == (node.commits, node.opens_contribution)

@@ -53,14 +53,12 @@ import signal
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from node.client import AccessAnswer, CoordinatorClient, PeerClient, make_access_request
-from node.strategy import parse_strategy
 from protocol import (
     MICRO,
     AuditReport,
@@ -75,6 +73,8 @@ from protocol.messages import MAX_AUDIT_ITEMS, MAX_CREDENTIAL_LIFETIME
 
 from .fleet import Fleet, FleetError, NodeHandle, make_fleet
 from .progress import Progress
+from .records import AttemptResult, EpochRecord, Options, RunRecord
+from .report import build_report, write_report
 from .scenario import (
     MECHANISMS,
     Attempt,
@@ -82,7 +82,9 @@ from .scenario import (
     Scenario,
     load_scenario,
     node_files,
+    parse_strategy,
     population,
+    resolve_faults,
     roaming_script,
 )
 
@@ -97,73 +99,6 @@ ROAM_CONCURRENCY = 16
 
 class TestbedError(RuntimeError):
     pass
-
-
-@dataclass(slots=True, kw_only=True)
-class AttemptResult:
-    roamer: str
-    location: int
-    included: bool
-    host: str | None
-    reason: str  # granted, no_coverage, a refusal code, unreachable, timeout, not_running
-    amount: int = 0
-    latency_ms: float | None = None
-
-
-@dataclass(slots=True, kw_only=True)
-class EpochRecord:
-    index: int
-    run: int
-    mechanism: str
-    epoch: int = -1
-    declared: dict[str, int] = field(default_factory=dict)  # name -> declared θ
-    declarations: int = 0
-    q: list[int] = field(default_factory=list)
-    included: list[str] = field(default_factory=list)
-    owed: dict[str, int] = field(default_factory=dict)
-    participants: dict[str, int] = field(default_factory=dict)  # name -> location
-    expected_welfare: int = 0
-    status: str = ""
-    newly_excluded: list[str] = field(default_factory=list)
-    commitments: int = 0
-    expected_commitments: int = 0
-    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    attempts: list[AttemptResult] = field(default_factory=list)
-    evidence_sent: int = 0
-    faults: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    durations: dict[str, float] = field(default_factory=dict)
-    cutoff: bool = False
-    unanswered: list[str] = field(default_factory=list)  # hosts that answered no probe
-    down_at_probe: list[str] = field(default_factory=list)  # crashed or silent then
-
-
-@dataclass(slots=True, kw_only=True)
-class RunRecord:
-    run: int
-    mechanism: str
-    epochs: list[EpochRecord] = field(default_factory=list)
-    exclusions: list[dict[str, Any]] = field(default_factory=list)
-    coordinator_restarts: int = 0
-    startup_s: float = 0.0
-    coordinator_start_s: float = 0.0
-    nodes_start_s: float = 0.0
-    wall_s: float = 0.0
-
-
-@dataclass(slots=True, kw_only=True)
-class Options:
-    out: Path
-    seed: int
-    mode: str = "process"
-    progress: Progress = field(default_factory=lambda: Progress(enabled=False))
-    keep_run_dir: bool = True
-    plots: bool = True
-    epochs: int | None = None  # override the scenario's
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float = PHASE_TIMEOUT) -> bool:
@@ -193,6 +128,7 @@ class Player:
         self.session = session
         self.plans = population(scenario, options.seed)
         self.by_name = {p.name: p for p in self.plans}
+        self.fault_plan = resolve_faults(scenario, options.seed)
         self.n_epochs = options.epochs or scenario.epochs
         self.script = roaming_script(scenario, self.plans, options.seed, self.n_epochs)
         self.identities = {p.name: Identity.from_seed(p.seed) for p in self.plans}
@@ -294,7 +230,7 @@ class Player:
     # --- faults ------------------------------------------------------------------------
 
     async def faults(self, index: int, when: str, rec: EpochRecord) -> None:
-        for f in self.scenario.faults:
+        for f in self.fault_plan:
             if f.kind == "coordinator_restart" and f.epoch == index and f.when == when:
                 self.progress.phase("restarting the coordinator")
                 await self.coordinator.restart()
@@ -625,8 +561,6 @@ def run_testbed(scenario: Scenario | str | Path, *, out: str | Path, seed: int |
     A KeyboardInterrupt stops everything cleanly, writes the report of the epochs played
     so far (``"interrupted": true``) and is raised again.
     """
-    from .report import build_report, write_report
-
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -48,33 +48,36 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from scipy.stats import binomtest
+
 from protocol import from_micro
 
-from .driver import EpochRecord, Options, RunRecord, digest
-from .scenario import Scenario, population, roaming_script
+from . import checks
+from .checks import Verdict
+from .records import EpochRecord, Options, RunRecord, digest
+from .scenario import Scenario, population, resolve_faults, roaming_script
 
-Z95 = 1.959963984540054
-Z999 = 3.2905267314919255
+#: Confidence of the interval plotted and tabulated for a service rate.
+CI_REPORTED = 0.95
+#: Confidence of the interval the service check judges by: 99.9% rather than 95% because
+#: a run checks dozens of location-epochs, so 95% would fail honest runs routinely.
+CI_CHECKED = 0.999
 MIN_ATTEMPTS_CHECKED = 20
 
 
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+def wilson(successes: int, n: int, confidence: float = CI_REPORTED) -> tuple[float, float] | None:
+    """Wilson score interval of a binomial proportion (``successes`` of ``n``), or None
+    when there was no trial."""
     if n <= 0:
         return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def percentile(xs: Sequence[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    k = (len(s) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+    """The q-th percentile (linear interpolation between order statistics), None if empty."""
+    return float(np.percentile(np.asarray(xs, dtype=float), q)) if len(xs) else None
 
 
 def latency(xs: Sequence[float]) -> dict[str, Any]:
@@ -109,9 +112,8 @@ class _Ctx:
         of shape (draws, L) in kind or (draws, 1) in money, welfare array (draws,))."""
         key = (mechanism, sizes)
         if key not in self._mc:
-            import numpy as np
-
             from coordinator.mechanism import solve
+            from coordinator.mechanism.audit import realised_welfare
 
             from .scenario import MECHANISMS, _rng
 
@@ -122,7 +124,6 @@ class _Ctx:
                             ).with_sizes([sizes[l] for l in present])
             mech = solve(sub, MECHANISMS[mechanism])
             rng = _rng(self.seed, "budget", mechanism, *sizes)
-            home = sub.agent_locations()
             surplus = np.zeros((BUDGET_DRAWS, len(sizes) if m.payment == "in_kind" else 1))
             welfare = np.zeros(BUDGET_DRAWS)
             for k in range(BUDGET_DRAWS):
@@ -133,9 +134,7 @@ class _Ctx:
                     surplus[k, present] = s
                 else:
                     surplus[k, 0] = float(s.sum())
-                u = np.array([float(sub.locations[j].utility(a.Q[j])) for j in range(sub.L)])
-                welfare[k] = float((t * a.included * (sub.weights[home] @ u)).sum()
-                                   - a.cost.sum())
+                welfare[k] = realised_welfare(sub, t, a)
             self._mc[key] = (surplus, welfare)
         return self._mc[key]
 
@@ -233,9 +232,11 @@ def epoch_report(ctx: _Ctx, run: RunRecord, rec: EpochRecord) -> dict[str, Any]:
     tails: list[float | None] = [None] * len(observed)
     means: list[float | None] = [None] * len(observed)
     w_sd: float | None = None
+    w_mc: float | None = None
     if any(sizes):
         sur, wel = ctx.profiles(rec.mechanism, sizes)
         w_sd = float(wel.std())
+        w_mc = float(wel.mean())
         for j, obs in enumerate(observed):
             col = sur[:, j]
             # add-one estimate of P(surplus <= observed) under the priors
@@ -279,6 +280,8 @@ def epoch_report(ctx: _Ctx, run: RunRecord, rec: EpochRecord) -> dict[str, Any]:
         "welfare_sd": _r(w_sd),
         "welfare_realised": _r(welfare(q)),
         "welfare_delivered": _r(welfare(q_del)),
+        "welfare_profiles_mean": _r(w_mc),
+        "welfare_z": _r(_z(welfare(q), from_micro(rec.expected_welfare), w_sd)),
         "excluded_at_close": rec.newly_excluded,
         "excluded_nodes": sorted(excluded_now),
         "free_riders_detected": sorted(
@@ -307,64 +310,37 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
         {"node": x["node"], "epoch": x["detected_epoch"], "excluded_epoch": x["excluded_epoch"],
          "reason": x["reason"], "mechanism": run.mechanism}
         for run in runs for x in run.exclusions]
-    # Checks.
-    service_checked = service_failed = capacity_limited = 0
-    failures: list[str] = []
-    for e in epochs:
-        for loc in e["locations"]:
-            n = loc["attempts_included"]
-            f = loc["coverage_planned"]
-            if n < MIN_ATTEMPTS_CHECKED or loc["hosts_delivering_share"] != 1.0:
-                continue
-            if any(k in loc["refusals_included"]
-                   for k in ("timeout", "unreachable", "capacity_exhausted")):
-                capacity_limited += "capacity_exhausted" in loc["refusals_included"]
-                continue
-            service_checked += 1
-            lo, hi = wilson(loc["grants_included"], n, Z999) or (0.0, 1.0)
-            if not lo - 1e-9 <= f <= hi + 1e-9:
-                service_failed += 1
-                failures.append(f"{e['mechanism']} epoch {e['epoch']} {loc['name']}: rate "
-                                f"{loc['service_rate_included']} vs planned {f}")
-    excluded_ok = True
-    for run in runs:
-        by_epoch = {r.epoch: set(r.included) for r in run.epochs}
-        for x in run.exclusions:
-            inc = by_epoch.get(x["excluded_epoch"])
-            if inc is not None and x["node"] in inc:
-                excluded_ok = False
-                failures.append(f"{x['node']} detected in {x['detected_epoch']} but included "
-                                f"in {x['excluded_epoch']}")
-    unreachable_ok = True
-    for run in runs:
-        found = {(x["node"], x["detected_epoch"]) for x in run.exclusions
-                 if x["reason"] == "unreachable"}
-        cut = {r.epoch for r in run.epochs}
-        for r in run.epochs:
-            if r.cutoff or r.epoch + 1 not in cut:
-                continue
-            down = set(r.down_at_probe)
-            for n in sorted(down):
-                if r.owed.get(n, 0) > 0 and (n, r.epoch) not in found:
-                    unreachable_ok = False
-                    failures.append(f"{n} was down when probed in epoch {r.epoch} (owing "
-                                    f"{r.owed[n]}) but not detected unreachable")
-            for n in r.unanswered:
-                if n not in down:
-                    unreachable_ok = False
-                    failures.append(f"{n} was running but answered no probe in epoch "
-                                    f"{r.epoch}")
-    budget_flags = [e["budget"]["balanced"] for e in epochs if e["budget"]["balanced"] is not None]
+    verdict = Verdict(checks=(
+        checks.excluded_never_granted(epochs),
+        checks.service_consistent(
+            epochs, min_attempts=MIN_ATTEMPTS_CHECKED,
+            interval=lambda k, n: wilson(k, n, CI_CHECKED) or (0.0, 1.0)),
+        checks.budget_balanced(epochs),
+        checks.free_riders_caught(runs, ctx.plans),
+        checks.free_riders_excluded(runs),
+        checks.honest_never_penalised(runs, ctx.plans),
+        checks.unreachable_detected(runs),
+    ), about=scenario.about, interrupted=interrupted)
     lat_all: list[float] = [a.latency_ms for run in runs for r in run.epochs for a in r.attempts
                             if a.latency_ms is not None]
     by_mech: dict[str, Any] = {}
     for run in runs:
         es = [e for e in epochs if e["run"] == run.run]
+        sd = _mean([e["welfare_sd"] for e in es])
+        # Types are drawn once per run and replayed every epoch: the epochs' mean is over
+        # one type profile, so its spread is the profile's, not divided by the epochs.
+        profiles = 1
         by_mech[run.mechanism] = {
             "epochs": len(es),
             "welfare_expected_mean": _r(_mean([e["welfare_expected"] for e in es])),
             "welfare_realised_mean": _r(_mean([e["welfare_realised"] for e in es])),
             "welfare_delivered_mean": _r(_mean([e["welfare_delivered"] for e in es])),
+            "welfare_sd": _r(sd),
+            "type_profiles": profiles,
+            "welfare_z": _r(_z(_mean([e["welfare_realised"] for e in es]),
+                               _mean([e["welfare_expected"] for e in es]),
+                               None if sd is None else sd / math.sqrt(profiles))),
+            "cutoff_epoch": next((r.epoch for r in run.epochs if r.cutoff), None),
             "included_mean": _r(_mean([e["included"] for e in es])),
             "budget_surplus_mean": _r(_mean([e["budget"]["surplus"] for e in es])),
             "startup_s": round(run.startup_s, 3),
@@ -385,22 +361,22 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
     summary = {
         "grants_to_excluded": grants_excluded,
         "free_riders_detected": detections,
+        "free_riders": {
+            "nodes": sorted({d["node"] for d in detections}),
+            "offences": len(detections),
+            "by_reason": _counts(d["reason"] for d in detections),
+        },
         "attempts": sum(loc["attempts_included"] + loc["attempts_excluded"]
                         for e in epochs for loc in e["locations"]),
         "grants": sum(loc["grants_included"] + loc["grants_excluded"]
                       for e in epochs for loc in e["locations"]),
         "latency_ms": latency(lat_all),
         "by_mechanism": by_mech,
-        "checks": {
-            "excluded_never_granted": grants_excluded == 0,
-            "service_consistent": service_failed == 0,
-            "service_location_epochs_checked": service_checked,
-            "service_location_epochs_capacity_limited": capacity_limited,
-            "budget_balanced": all(budget_flags) if budget_flags else None,
-            "free_riders_excluded": excluded_ok,
-            "unreachable_detected": unreachable_ok,
-            "failures": failures,
-        },
+        "checks": [c.as_dict() for c in verdict.checks],
+        "checks_about": list(verdict.about),
+        "checks_missing": list(verdict.missing),
+        "ok": verdict.ok,
+        "verdict": verdict.summary(),
     }
     return {
         "scenario": {
@@ -414,7 +390,7 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
             "faults": [f"{f.kind} at epoch {f.epoch} ({f.when})"
                        + (f" of {', '.join(f.nodes)}" if f.nodes else "")
                        + (f" until {f.until}" if f.until is not None else "")
-                       for f in scenario.faults],
+                       for f in resolve_faults(scenario, options.seed)],
         },
         "seed": options.seed,
         "mode": options.mode,
@@ -427,6 +403,13 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
         "unit": "quantities in units of the resource kind (money units for money payments); "
                 "latency in milliseconds",
     }
+
+
+def _z(realised: float | None, expected: float | None, sd: float | None) -> float | None:
+    """(realised − expected) / sd: how unusual the realisation is under the priors."""
+    if realised is None or expected is None or sd is None or sd <= 0:
+        return None
+    return (realised - expected) / sd
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:
@@ -461,7 +444,6 @@ def _reasons(d: dict[str, int]) -> str:
 
 def markdown(report: dict[str, Any], pngs: list[str]) -> str:
     sc, s = report["scenario"], report["summary"]
-    ch = s["checks"]
     lines = [
         f"# Testbed report: {sc['name']}",
         "",
@@ -479,23 +461,18 @@ def markdown(report: dict[str, Any], pngs: list[str]) -> str:
         "",
         "## Checks",
         "",
-        f"- excluded roamers granted: **{s['grants_to_excluded']}** "
-        f"({'ok' if ch['excluded_never_granted'] else 'FAILED'})",
-        f"- included roamers' service rate consistent with planned coverage (99.9% Wilson, "
-        f"{ch['service_location_epochs_checked']} location-epochs checked, "
-        f"{ch['service_location_epochs_capacity_limited']} capacity-limited): "
-        f"{'ok' if ch['service_consistent'] else 'FAILED'}",
-        f"- budget balanced within tolerance (realised surplus not in the lower 0.1% tail of "
-        f"the mechanism's own ex-post surplus under the priors): {_fmt(ch['budget_balanced'])}",
-        f"- free riders excluded after detection: "
-        f"{'ok' if ch['free_riders_excluded'] else 'FAILED'}",
-        f"- crashed or silent hosts found unreachable by the coordinator's probes: "
-        f"{'ok' if ch.get('unreachable_detected', True) else 'FAILED'}",
+        f"**{s['verdict']}**; the scenario is about: {', '.join(s['checks_about'])}.",
+        "",
     ]
-    for f in ch["failures"]:
-        lines.append(f"  - {f}")
+    for c in s["checks"]:
+        lines.append(f"- {c['name']} ({c['title']}): {checks.verdict_text(c)}")
+        lines += [f"  - {f}" for f in c["failures"]]
+    fr = s["free_riders"]
     lines += ["", "## Free riders detected", ""]
     if s["free_riders_detected"]:
+        lines += [f"{len(fr['nodes'])} nodes caught in {fr['offences']} offences ("
+                  + ", ".join(f"{v} {k}" for k, v in fr["by_reason"].items())
+                  + "); an offence is one node caught in one epoch.", ""]
         lines += ["| node | detected in epoch | excluded from | reason | mechanism |",
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| {d['node']} | {d['epoch']} | {d['excluded_epoch']} | {d['reason']} | "
@@ -506,12 +483,21 @@ def markdown(report: dict[str, Any], pngs: list[str]) -> str:
     lines += ["", f"Access-decision latency (POST of the access request, {lat['n']} requests): "
               f"p50 {_fmt(lat['p50'])} ms, p99 {_fmt(lat['p99'])} ms.", ""]
     lines += ["## Per mechanism", "",
-              "| mechanism | epochs | included (mean) | expected welfare | realised | delivered "
-              "| budget surplus |", "| --- | --- | --- | --- | --- | --- | --- |"]
+              "Welfare in the spec's units, means over the epochs. The sd is over type "
+              "profiles drawn from the priors; z = (realised − expected) / (sd / √profiles) "
+              "says how far this run's types lie from the mean (|z| < 2: within noise).", "",
+              "| mechanism | epochs | cut-off epoch | included (mean) | expected welfare | sd | "
+              "realised | z | delivered | budget surplus |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m, b in s["by_mechanism"].items():
-        lines.append(f"| {m} | {b['epochs']} | {_fmt(b['included_mean'], 1)} | "
-                     f"{_fmt(b['welfare_expected_mean'])} | {_fmt(b['welfare_realised_mean'])} | "
-                     f"{_fmt(b['welfare_delivered_mean'])} | {_fmt(b['budget_surplus_mean'])} |")
+        lines.append(f"| {m} | {b['epochs']} | {_fmt(b['cutoff_epoch'])} | "
+                     f"{_fmt(b['included_mean'], 1)} | {_fmt(b['welfare_expected_mean'])} | "
+                     f"{_fmt(b['welfare_sd'])} | {_fmt(b['welfare_realised_mean'])} | "
+                     f"{_fmt(b['welfare_z'], 2)} | {_fmt(b['welfare_delivered_mean'])} | "
+                     f"{_fmt(b['budget_surplus_mean'])} |")
+    lines += ["", "The cut-off epoch is opened and closed after the last played epoch and "
+              "not played: its close ends the last epoch's audit, so free riders of that "
+              "epoch are found too.", ""]
     lines += ["", "## Epochs", "",
               "Q in the spec's units; coverage f = min(1, Q/area); service = grants/attempts "
               "of included roamers [95% CI]; contributions in units of the kind (money: money "
@@ -523,7 +509,7 @@ def markdown(report: dict[str, Any], pngs: list[str]) -> str:
             "",
             f"{e['included']} of {e['declarations']} declarants included; welfare expected "
             f"{_fmt(e['welfare_expected'])} (sd over type profiles {_fmt(e['welfare_sd'])}), "
-            f"realised {_fmt(e['welfare_realised'])}, delivered "
+            f"realised {_fmt(e['welfare_realised'])} (z {_fmt(e['welfare_z'], 2)}), delivered "
             f"{_fmt(e['welfare_delivered'])}; budget: payments {_fmt(b['payments'])} vs cost "
             f"{_fmt(b['cost'])} (surplus {_fmt(b['surplus'])}, within tolerance: "
             f"{_fmt(b['balanced'])}); commitments "

@@ -19,20 +19,33 @@ import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from coordinator.mechanism import Market, market_from_dict
 from coordinator.mechanism.distributions import TypeDistribution
 from protocol import MICRO
 
+from .checks import CHECK_NAMES
+
 KINDS = ("wlan_coverage", "wlan_channels", "files", "compute")
 #: Scenario mechanism name -> the coordinator's ``--mechanism``.
 MECHANISMS = {"posted_fee": "posted_fee", "optimal": "second_best"}
 FAULT_KINDS = ("node_crash", "coordinator_restart", "host_silent")
-STRATEGY_HEADS = ("truthful", "misreport", "free-ride")
+#: The checks a scenario is about unless it says otherwise ([scenario] checks): none in
+#: particular, but a run that checked nothing at all still fails.
+DEFAULT_ABOUT: tuple[str, ...] = ()
 MAX_EPOCHS = 1000
 MAX_NODES = 20_000
 MAX_SCENARIO_BYTES = 1 << 20
@@ -93,6 +106,59 @@ class Fault:
     # before_open | before_close; host_silent: always after_commit
     until: int | None = None  # node_crash: restart before this epoch opens; host_silent:
     # answers again from this epoch on (None: never)
+    count: int | None = None  # of ``nodes``, this many drawn by the seed (None: all)
+    min_theta: float | None = None  # ... among those whose true θ is at least this
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """A strategy rule: ``strategy`` for ``count`` of ``nodes`` (with θ >= min_theta)."""
+
+    strategy: str
+    nodes: tuple[str, ...]
+    count: int | None = None
+    min_theta: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Strategy:
+    """What a node is told to play (its ``inkind-node --strategy`` spelling), read for
+    what the launcher expects of it: the θ it declares and whether it commits and opens
+    its contribution. ``truthful`` | ``misreport:F`` (declares floor(F θ)) |
+    ``misreport:=V`` (declares V) | ``free-ride`` (opens nothing, commits nothing) |
+    ``free-ride:commit`` (opens nothing, sends a false commitment); θ clamped to [0, 1]."""
+
+    spelling: str
+    factor: Fraction = Fraction(1)
+    fixed: int | None = None  # micro-units
+    opens: bool = True
+    commits: bool = True
+
+    def declare(self, theta: int) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        return max(0, min(MICRO, int(self.factor * theta)))
+
+
+def parse_strategy(text: str) -> Strategy:
+    """Read a strategy spelling; ValueError names the accepted ones."""
+    head, _, arg = text.partition(":")
+    if head == "truthful" and not arg:
+        return Strategy(spelling=text)
+    if head == "free-ride" and arg in ("", "commit"):
+        return Strategy(spelling=text, opens=False, commits=arg == "commit")
+    if head == "misreport" and arg:
+        try:
+            if arg.startswith("="):
+                v = Fraction(arg[1:])
+                if 0 <= v <= 1:
+                    return Strategy(spelling=text, fixed=int(v * MICRO))
+            elif Fraction(arg) >= 0:
+                return Strategy(spelling=text, factor=Fraction(arg))
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ValueError(f"strategy {text!r:.40} is not truthful, misreport:F (F >= 0), "
+                     "misreport:=V (V in [0, 1]), free-ride or free-ride:commit")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,8 +201,9 @@ class Scenario:
     locations: tuple[LocationSpec, ...]
     access: AccessSpec
     mobility: MobilitySpec
-    strategy_rules: tuple[tuple[str, tuple[str, ...], int | None], ...]
+    strategy_rules: tuple[Rule, ...]
     faults: tuple[Fault, ...]
+    about: tuple[str, ...] = DEFAULT_ABOUT  # the checks this scenario is about
 
     @property
     def n_nodes(self) -> int:
@@ -167,39 +234,165 @@ class Scenario:
         return market_from_dict(self.market_spec())
 
 
-# --- parsing -----------------------------------------------------------------------------
+# --- parsing: the file's shape (pydantic), then what the parts mean together ----------
+
+_Strict = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+Names = str | list[str]
 
 
-def _table(d: Any, where: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise ScenarioError(f"{where} must be a table")
-    unknown = set(d) - allowed
-    if unknown:
-        raise ScenarioError(f"unknown keys in {where}: {sorted(unknown)} (allowed: "
-                            f"{sorted(allowed)})")
-    return d
+class _ScenarioTable(BaseModel):
+    model_config = _Strict
+    name: str | None = Field(None, min_length=1, max_length=80)
+    description: str = ""
+    epochs: int = Field(3, ge=1, le=MAX_EPOCHS)
+    seed: int = Field(1, ge=0, le=2**63 - 1)
+    mechanism: Names = "posted_fee"
+    kind: Literal["wlan_coverage", "wlan_channels", "files", "compute"] = "wlan_coverage"
+    checks: list[str] = Field(default_factory=lambda: list(DEFAULT_ABOUT))
 
 
-def _num(d: Mapping[str, Any], key: str, where: str, default: float, *, low: float,
-         high: float, integer: bool = False) -> Any:
-    value = d.get(key, default)
-    ok_type = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_type):
-        raise ScenarioError(f"{where}.{key} must be {'an integer' if integer else 'a number'}")
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ScenarioError(f"{where}.{key} = {value} is outside [{low}, {high}]")
-    return value
+class _MarketTable(BaseModel):
+    model_config = _Strict
+    payment: Literal["money", "in_kind"] = "in_kind"
+    exclusion: bool = True
+    weights: list[list[float]] | None = None
 
 
-def _names(value: Any, where: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(x, str) for x in items):
-        raise ScenarioError(f"{where} must be a name or a list of names")
-    return tuple(items)
+class _LocationTable(BaseModel):
+    model_config = _Strict
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
+    nodes: int = Field(10, ge=1, le=MAX_NODES)
+    area: float = Field(1.0, ge=1e-9, le=1e12)
+    capacity: float = Field(10.0, ge=1e-6, le=1e9)
+    type: dict[str, Any] = Field(default_factory=lambda: {"dist": "uniform", "low": 0.0,
+                                                           "high": 1.0})
+    utility: dict[str, Any] = Field(default_factory=lambda: {"kind": "power", "A": 1.0,
+                                                              "alpha": 0.5})
+    cost: dict[str, Any] = Field(default_factory=lambda: {"kind": "power", "B": 1.0,
+                                                           "beta": 1.0})
+
+
+class _AccessTable(BaseModel):
+    model_config = _Strict
+    amount: float = Field(0.01, ge=1e-6, le=1e6)
+    session_seconds: int = Field(1, ge=1, le=3600)
+    files_per_node: int = Field(3, ge=1, le=100)
+    file_bytes: tuple[int, int] = (1000, 20000)
+    timeout: float = Field(1.5, ge=0.1, le=60)
+
+    @field_validator("file_bytes", mode="before")
+    @classmethod
+    def _pair(cls, v: Any) -> Any:
+        # TOML has arrays, not tuples; strict mode would refuse the list itself.
+        if isinstance(v, list) and len(v) == 2:
+            return tuple(v)
+        return v
+
+    @model_validator(mode="after")
+    def _bytes_ordered(self) -> _AccessTable:
+        lo, hi = self.file_bytes
+        if not 1 <= lo <= hi <= 10_000_000:
+            raise ValueError("file_bytes must be [low, high] with 1 <= low <= high <= 10000000")
+        return self
+
+
+class _MoveTable(BaseModel):
+    model_config = _Strict
+    nodes: Names
+    to: str
+    epochs: list[Annotated[int, Field(ge=0)]] | None = None
+    attempts: int | None = Field(None, ge=1, le=1000)
+
+
+class _MobilityTable(BaseModel):
+    model_config = _Strict
+    model: Literal["random", "scripted"] = "random"
+    trips: float = Field(1.0, ge=0, le=100)
+    attempts: int = Field(3, ge=1, le=1000)
+    destinations: dict[str, Annotated[float, Field(ge=0, le=1e6)]] = Field(default_factory=dict)
+    moves: list[_MoveTable] = Field(default_factory=list)
+
+
+class _Selection(BaseModel):
+    """Which nodes a rule or a fault applies to: ``nodes`` (locations, node names or
+    ``*``), of them the ones whose true θ is at least ``min_theta``, of those ``count``
+    drawn by the seed (all if absent)."""
+
+    model_config = _Strict
+    nodes: Names = "*"
+    count: int | None = Field(None, ge=0, le=MAX_NODES)
+    min_theta: float | None = Field(None, ge=0, le=1)
+
+
+class _StrategyRule(_Selection):
+    strategy: str
+
+    @field_validator("strategy")
+    @classmethod
+    def _grammar(cls, v: str) -> str:
+        parse_strategy(v)  # raises ValueError with the accepted spellings
+        return v
+
+
+class _FaultTable(_Selection):
+    nodes: Names | None = None  # type: ignore[assignment]  # required for node faults
+    kind: Literal["node_crash", "coordinator_restart", "host_silent"]
+    epoch: int = Field(0, ge=0, le=MAX_EPOCHS)
+    when: str | None = None
+    until: int | None = Field(None, ge=1, le=MAX_EPOCHS)
+
+
+class _ScenarioFile(BaseModel):
+    model_config = _Strict
+    scenario: _ScenarioTable = Field(default_factory=lambda: _ScenarioTable.model_validate({}))
+    market: _MarketTable = Field(default_factory=_MarketTable)
+    locations: list[_LocationTable] = Field(min_length=1)
+    access: _AccessTable = Field(default_factory=lambda: _AccessTable.model_validate({}))
+    mobility: _MobilityTable = Field(default_factory=lambda: _MobilityTable.model_validate({}))
+    strategies: list[_StrategyRule] = Field(default_factory=list)
+    faults: list[_FaultTable] = Field(default_factory=list)
+
+
+_SECTION = {"scenario": "[scenario]", "market": "[market]", "locations": "[[locations]]",
+            "access": "[access]", "mobility": "[mobility]", "moves": "[[mobility.moves]]",
+            "strategies": "[[strategies]]", "faults": "[[faults]]"}
 
 
 def _micro(units: float) -> int:
     return math.floor(units * MICRO)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the TOML reader sees it: ``[[locations]] #0.area``."""
+    # Union members and validators add their own names to the location; drop them.
+    parts = [x for x in loc if isinstance(x, int)
+             or (not any(c in x for c in "[(") and x not in ("str", "list"))]
+    if parts[:2] == ["mobility", "moves"] and len(parts) > 2:
+        out, rest = f"[[mobility.moves]] #{parts[2]}", parts[3:]
+    elif parts and parts[0] in _SECTION:
+        out, rest = _SECTION[str(parts[0])], parts[1:]
+        if rest and isinstance(rest[0], int):
+            out, rest = f"{out} #{rest[0]}", rest[1:]
+    else:
+        out, rest = "the file", parts
+    for x in rest:
+        out += f"[{x}]" if isinstance(x, int) else f".{x}"
+    return out
+
+
+def _explain(exc: ValidationError) -> str:
+    msgs = []
+    for err in exc.errors():
+        where = _where(tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            msgs.append(f"unknown key {where.rpartition('.')[2]!r} in "
+                        f"{where.rpartition('.')[0] or 'the file'}")
+        elif err["type"] == "missing":
+            msgs.append(f"{where} is required")
+        else:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            msgs.append(f"{where}: {msg}")
+    return "; ".join(dict.fromkeys(msgs))
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -222,100 +415,62 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def scenario_from_dict(data: dict[str, Any], *, path: str = "<dict>") -> Scenario:
-    top = _table(data, "the file", {"scenario", "market", "locations", "access", "mobility",
-                                    "strategies", "faults"})
-    sc = _table(top.get("scenario", {}), "[scenario]",
-                {"name", "description", "epochs", "seed", "mechanism", "kind"})
-    name = sc.get("name", Path(path).stem)
-    if not isinstance(name, str) or not name or len(name) > 80:
-        raise ScenarioError("[scenario].name must be a short string")
-    description = sc.get("description", "")
-    if not isinstance(description, str):
-        raise ScenarioError("[scenario].description must be a string")
-    epochs = _num(sc, "epochs", "[scenario]", 3, low=1, high=MAX_EPOCHS, integer=True)
-    seed = _num(sc, "seed", "[scenario]", 1, low=0, high=2**63 - 1, integer=True)
-    mech = sc.get("mechanism", "posted_fee")
-    mechanisms = _names(mech, "[scenario].mechanism")
+    """Validate ``data`` (a parsed scenario file) into a :class:`Scenario`.
+
+    Raises ScenarioError naming the table and key at fault: unknown keys, values out of
+    range, names that refer to nothing, and rules that overlap (two strategy rules that
+    could pick the same node; a silent last-rule-wins would change what the scenario
+    promises).
+    """
+    try:
+        f = _ScenarioFile.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(_explain(exc)) from None
+    sc = f.scenario
+    name = sc.name if sc.name is not None else Path(path).stem
+    mechanisms = (sc.mechanism,) if isinstance(sc.mechanism, str) else tuple(sc.mechanism)
+    if not mechanisms:
+        raise ScenarioError("[scenario].mechanism names no mechanism")
     for m in mechanisms:
         if m not in MECHANISMS:
             raise ScenarioError(f"[scenario].mechanism: {m!r} is not one of {sorted(MECHANISMS)}")
     if len(set(mechanisms)) != len(mechanisms):
         raise ScenarioError("[scenario].mechanism lists a mechanism twice")
-    kind = sc.get("kind", "wlan_coverage")
-    if kind not in KINDS:
-        raise ScenarioError(f"[scenario].kind must be one of {KINDS}")
+    for c in sc.checks:
+        if c not in CHECK_NAMES:
+            raise ScenarioError(f"[scenario].checks: {c!r} is not one of {list(CHECK_NAMES)}")
 
-    mk = _table(top.get("market", {}), "[market]", {"payment", "exclusion", "weights"})
-    payment = mk.get("payment", "in_kind")
-    if payment not in ("money", "in_kind"):
-        raise ScenarioError("[market].payment must be 'money' or 'in_kind'")
-    exclusion = mk.get("exclusion", True)
-    if not isinstance(exclusion, bool):
-        raise ScenarioError("[market].exclusion must be true or false")
-
-    raw_locs = top.get("locations")
-    if not isinstance(raw_locs, list) or not raw_locs:
-        raise ScenarioError("a scenario needs at least one [[locations]] table")
-    locations = []
-    for k, ld in enumerate(raw_locs):
-        where = f"[[locations]] #{k}"
-        ld = _table(ld, where, {"name", "nodes", "area", "capacity", "type", "utility", "cost"})
-        lname = ld.get("name", f"loc{k}")
-        if not isinstance(lname, str) or not lname.replace("_", "").isalnum():
-            raise ScenarioError(f"{where}.name must be letters, digits and _")
-        for key in ("type", "utility", "cost"):
-            if key in ld and not isinstance(ld[key], dict):
-                raise ScenarioError(f"{where}.{key} must be an inline table")
-        locations.append(LocationSpec(
-            name=lname,
-            nodes=_num(ld, "nodes", where, 10, low=1, high=MAX_NODES, integer=True),
-            area=float(_num(ld, "area", where, 1.0, low=1e-9, high=1e12)),
-            capacity=float(_num(ld, "capacity", where, 10.0, low=1e-6, high=1e9)),
-            type=dict(ld.get("type", {"dist": "uniform", "low": 0.0, "high": 1.0})),
-            utility=dict(ld.get("utility", {"kind": "power", "A": 1.0, "alpha": 0.5})),
-            cost=dict(ld.get("cost", {"kind": "power", "B": 1.0, "beta": 1.0})),
-        ))
+    locations = tuple(
+        LocationSpec(name=ld.name if ld.name is not None else f"loc{k}", nodes=ld.nodes,
+                     area=ld.area, capacity=ld.capacity, type=dict(ld.type),
+                     utility=dict(ld.utility), cost=dict(ld.cost))
+        for k, ld in enumerate(f.locations))
     names = [loc.name for loc in locations]
     if len(set(names)) != len(names):
         raise ScenarioError("location names must be unique")
-    total = sum(loc.nodes for loc in locations)
-    if total > MAX_NODES:
+    if sum(loc.nodes for loc in locations) > MAX_NODES:
         raise ScenarioError(f"at most {MAX_NODES} nodes in all")
     L = len(locations)
-    weights = mk.get("weights")
-    wtuple: tuple[tuple[float, ...], ...] | None = None
-    if weights is not None:
-        try:
-            wtuple = tuple(tuple(float(x) for x in row) for row in weights)
-        except (TypeError, ValueError):
-            raise ScenarioError("[market].weights must be an L x L matrix of numbers") from None
-        if len(wtuple) != L or any(len(r) != L for r in wtuple):
-            raise ScenarioError(f"[market].weights must be a {L} x {L} matrix")
+    weights = f.market.weights
+    wtuple = None if weights is None else tuple(tuple(row) for row in weights)
+    if wtuple is not None and (len(wtuple) != L or any(len(r) != L for r in wtuple)):
+        raise ScenarioError(f"[market].weights must be a {L} x {L} matrix")
 
-    ac = _table(top.get("access", {}), "[access]",
-                {"amount", "session_seconds", "files_per_node", "file_bytes", "timeout"})
-    fb = ac.get("file_bytes", [1000, 20000])
-    if (not isinstance(fb, list) or len(fb) != 2 or not all(
-            isinstance(x, int) and not isinstance(x, bool) for x in fb)
-            or not 1 <= fb[0] <= fb[1] <= 10_000_000):
-        raise ScenarioError("[access].file_bytes must be [low, high] with 1 <= low <= high "
-                            "<= 10000000")
-    access = AccessSpec(
-        amount=_micro(_num(ac, "amount", "[access]", 0.01, low=1e-6, high=1e6)),
-        session_seconds=_num(ac, "session_seconds", "[access]", 1, low=1, high=3600,
-                             integer=True),
-        files_per_node=_num(ac, "files_per_node", "[access]", 3, low=1, high=100, integer=True),
-        file_bytes=(fb[0], fb[1]),
-        timeout=float(_num(ac, "timeout", "[access]", 1.5, low=0.1, high=60)),
-    )
+    ac = f.access
+    access = AccessSpec(amount=_micro(ac.amount), session_seconds=ac.session_seconds,
+                        files_per_node=ac.files_per_node, file_bytes=ac.file_bytes,
+                        timeout=ac.timeout)
+    all_nodes = [f"{loc.name}-{i}" for loc in locations for i in range(loc.nodes)]
+    node_names = set(all_nodes)
 
-    node_names = {f"{loc.name}-{i}" for loc in locations for i in range(loc.nodes)}
-
-    def select(value: Any, where: str) -> tuple[str, ...]:
+    def select(value: Names, where: str) -> tuple[str, ...]:
+        items = [value] if isinstance(value, str) else value
+        if not items:
+            raise ScenarioError(f"{where} must be a name or a list of names")
         out: list[str] = []
-        for item in _names(value, where):
+        for item in items:
             if item == "*":
-                out.extend(f"{loc.name}-{i}" for loc in locations for i in range(loc.nodes))
+                out.extend(all_nodes)
             elif item in names:
                 loc = locations[names.index(item)]
                 out.extend(f"{loc.name}-{i}" for i in range(loc.nodes))
@@ -326,95 +481,76 @@ def scenario_from_dict(data: dict[str, Any], *, path: str = "<dict>") -> Scenari
                                     "(location-index) nor '*'")
         return tuple(dict.fromkeys(out))
 
-    def location_index(value: Any, where: str) -> int:
-        if not isinstance(value, str) or value not in names:
+    def location_index(value: str, where: str) -> int:
+        if value not in names:
             raise ScenarioError(f"{where} must be one of the locations {names}")
         return names.index(value)
 
-    mo = _table(top.get("mobility", {}), "[mobility]",
-                {"model", "trips", "attempts", "destinations", "moves"})
-    model = mo.get("model", "random")
-    if model not in ("random", "scripted"):
-        raise ScenarioError("[mobility].model must be 'random' or 'scripted'")
-    dest_raw = _table(mo.get("destinations", {}), "[mobility].destinations", set(names))
-    destinations = tuple(
-        float(_num(dest_raw, n, "[mobility].destinations", 1.0, low=0, high=1e6)) for n in names)
+    mo = f.mobility
+    for dest in mo.destinations:
+        if dest not in names:
+            raise ScenarioError(f"[mobility].destinations: {dest!r} is not a location")
+    destinations = tuple(float(mo.destinations.get(n, 1.0)) for n in names)
     moves = []
-    raw_moves = mo.get("moves", [])
-    if not isinstance(raw_moves, list):
-        raise ScenarioError("[[mobility.moves]] must be an array of tables")
-    for k, mv in enumerate(raw_moves):
+    for k, mv in enumerate(mo.moves):
         where = f"[[mobility.moves]] #{k}"
-        mv = _table(mv, where, {"nodes", "to", "epochs", "attempts"})
-        ep = mv.get("epochs")
-        if ep is not None and (not isinstance(ep, list) or not all(
-                isinstance(x, int) and not isinstance(x, bool) and 0 <= x < epochs for x in ep)):
-            raise ScenarioError(f"{where}.epochs must list epoch indices in [0, {epochs})")
-        if "nodes" not in mv or "to" not in mv:
-            raise ScenarioError(f"{where} needs nodes and to")
-        moves.append(Move(
-            nodes=select(mv["nodes"], f"{where}.nodes"), to=location_index(mv["to"], f"{where}.to"),
-            epochs=None if ep is None else tuple(ep),
-            attempts=_num(mv, "attempts", where, int(mo.get("attempts", 3)), low=1, high=1000,
-                          integer=True)))
-    mobility = MobilitySpec(
-        model=model,
-        trips=float(_num(mo, "trips", "[mobility]", 1.0, low=0, high=100)),
-        attempts=_num(mo, "attempts", "[mobility]", 3, low=1, high=1000, integer=True),
-        destinations=destinations, moves=tuple(moves))
+        if mv.epochs is not None and any(e >= sc.epochs for e in mv.epochs):
+            raise ScenarioError(f"{where}.epochs must list epoch indices in [0, {sc.epochs})")
+        moves.append(Move(nodes=select(mv.nodes, f"{where}.nodes"),
+                          to=location_index(mv.to, f"{where}.to"),
+                          epochs=None if mv.epochs is None else tuple(mv.epochs),
+                          attempts=mv.attempts if mv.attempts is not None else mo.attempts))
+    mobility = MobilitySpec(model=mo.model, trips=mo.trips, attempts=mo.attempts,
+                            destinations=destinations, moves=tuple(moves))
 
-    rules = []
-    raw_rules = top.get("strategies", [])
-    if not isinstance(raw_rules, list):
-        raise ScenarioError("[[strategies]] must be an array of tables")
-    for k, st in enumerate(raw_rules):
+    rules: list[Rule] = []
+    for k, st in enumerate(f.strategies):
         where = f"[[strategies]] #{k}"
-        st = _table(st, where, {"nodes", "strategy", "count"})
-        strategy = st.get("strategy")
-        if not isinstance(strategy, str) or strategy.partition(":")[0] not in STRATEGY_HEADS:
-            raise ScenarioError(f"{where}.strategy must be truthful, misreport:F, misreport:=V, "
-                                "free-ride or free-ride:commit")
-        _check_strategy(strategy, where)
-        count = st.get("count")
-        if count is not None:
-            count = _num(st, "count", where, 1, low=0, high=MAX_NODES, integer=True)
-        rules.append((strategy, select(st.get("nodes", "*"), f"{where}.nodes"), count))
+        rule = Rule(strategy=st.strategy, nodes=select(st.nodes, f"{where}.nodes"),
+                    count=st.count, min_theta=st.min_theta)
+        if st.count is not None and st.count > len(rule.nodes):
+            raise ScenarioError(f"{where}.count = {st.count} but it selects only "
+                                f"{len(rule.nodes)} nodes")
+        for j, other in enumerate(rules):
+            both = sorted(set(rule.nodes) & set(other.nodes), key=all_nodes.index)
+            if both:
+                raise ScenarioError(f"{where} overlaps [[strategies]] #{j} on "
+                                    f"{', '.join(both[:5])}{' ...' if len(both) > 5 else ''} "
+                                    "(each node may follow one rule: split the node lists)")
+        rules.append(rule)
 
     faults = []
-    raw_faults = top.get("faults", [])
-    if not isinstance(raw_faults, list):
-        raise ScenarioError("[[faults]] must be an array of tables")
-    for k, fd in enumerate(raw_faults):
+    for k, fd in enumerate(f.faults):
         where = f"[[faults]] #{k}"
-        fd = _table(fd, where, {"kind", "epoch", "nodes", "when", "until"})
-        fkind = fd.get("kind")
-        if fkind not in FAULT_KINDS:
-            raise ScenarioError(f"{where}.kind must be one of {FAULT_KINDS}")
-        ep = _num(fd, "epoch", where, 0, low=0, high=epochs - 1, integer=True)
-        until = fd.get("until")
-        if until is not None:
-            until = _num(fd, "until", where, 0, low=ep + 1, high=MAX_EPOCHS, integer=True)
+        if fd.epoch >= sc.epochs:
+            raise ScenarioError(f"{where}.epoch = {fd.epoch} is outside [0, {sc.epochs - 1}]")
+        if fd.until is not None and fd.until <= fd.epoch:
+            raise ScenarioError(f"{where}.until must come after its epoch")
         allowed_when = {"node_crash": ("before_open", "after_commit"),
                         "coordinator_restart": ("before_open", "before_close"),
-                        "host_silent": ("after_commit",)}[fkind]
-        when = fd.get("when", allowed_when[0])
+                        "host_silent": ("after_commit",)}[fd.kind]
+        when = fd.when if fd.when is not None else allowed_when[0]
         if when not in allowed_when:
-            raise ScenarioError(f"{where}.when must be one of {allowed_when} for {fkind}")
+            raise ScenarioError(f"{where}.when must be one of {allowed_when} for {fd.kind}")
         nodes: tuple[str, ...] = ()
-        if fkind == "coordinator_restart":
-            if "nodes" in fd or until is not None:
+        if fd.kind == "coordinator_restart":
+            if fd.nodes is not None or fd.until is not None or fd.count is not None:
                 raise ScenarioError(f"{where}: a coordinator restart takes no nodes or until")
         else:
-            if "nodes" not in fd:
+            if fd.nodes is None:
                 raise ScenarioError(f"{where} needs nodes")
-            nodes = select(fd["nodes"], f"{where}.nodes")
-        faults.append(Fault(kind=fkind, epoch=ep, nodes=nodes, when=when, until=until))
+            nodes = select(fd.nodes, f"{where}.nodes")
+            if fd.count is not None and fd.count > len(nodes):
+                raise ScenarioError(f"{where}.count = {fd.count} but it selects only "
+                                    f"{len(nodes)} nodes")
+        faults.append(Fault(kind=fd.kind, epoch=fd.epoch, nodes=nodes, when=when,
+                            until=fd.until, count=fd.count, min_theta=fd.min_theta))
 
     scenario = Scenario(
-        name=name, description=description, path=path, epochs=epochs, seed=seed,
-        mechanisms=mechanisms, payment=payment, exclusion=exclusion, kind=kind,
-        weights=wtuple, locations=tuple(locations), access=access, mobility=mobility,
-        strategy_rules=tuple(rules), faults=tuple(faults))
+        name=name, description=sc.description, path=path, epochs=sc.epochs, seed=sc.seed,
+        mechanisms=mechanisms, payment=f.market.payment, exclusion=f.market.exclusion,
+        kind=sc.kind, weights=wtuple, locations=locations, access=access, mobility=mobility,
+        strategy_rules=tuple(rules), faults=tuple(faults), about=tuple(sc.checks))
     try:
         market = scenario.market()
     except (ValueError, TypeError, KeyError) as exc:
@@ -424,16 +560,6 @@ def scenario_from_dict(data: dict[str, Any], *, path: str = "<dict>") -> Scenari
             raise ScenarioError(f"location {loc.name}: types must lie in [0, 1] (the wire's "
                                 "θ range)")
     return scenario
-
-
-def _check_strategy(text: str, where: str) -> None:
-    from node.strategy import parse_strategy
-    from protocol import InkindError
-
-    try:
-        parse_strategy(text)
-    except InkindError as exc:
-        raise ScenarioError(f"{where}.strategy: {exc}") from None
 
 
 # --- what the seed decides ---------------------------------------------------------------
@@ -449,30 +575,69 @@ def key_seed(seed: int, name: str) -> bytes:
     return hashlib.sha256(f"inkind-testbed/{seed}/{name}".encode()).digest()
 
 
-def population(scenario: Scenario, seed: int) -> list[NodePlan]:
-    """The nodes, location-major: names, true θ (drawn from the location's prior),
-    strategies (the last matching rule wins) and key seeds."""
-    strategy: dict[str, str] = {}
-    for k, (text, nodes, count) in enumerate(scenario.strategy_rules):
-        chosen = list(nodes)
-        if count is not None and count < len(chosen):
-            pick = _rng(seed, "strategy", k).choice(len(chosen), size=count, replace=False)
-            chosen = [chosen[i] for i in sorted(int(i) for i in pick)]
-        for name in chosen:
-            strategy[name] = text
-    plans: list[NodePlan] = []
-    for l, loc in enumerate(scenario.locations):
+def _true_thetas(scenario: Scenario, seed: int) -> dict[str, int]:
+    """Each node's true θ (micro-units), drawn from its location's prior."""
+    out: dict[str, int] = {}
+    for loc in scenario.locations:
         dist = TypeDistribution.from_dict(dict(loc.type))
         thetas = dist.rvs(loc.nodes, _rng(seed, "theta", loc.name))
         for i in range(loc.nodes):
-            name = f"{loc.name}-{i}"
             theta = math.floor(float(thetas[i]) * MICRO)
             theta = max(math.ceil(dist.low * MICRO), min(theta, math.floor(dist.high * MICRO)))
+            out[f"{loc.name}-{i}"] = max(0, min(MICRO, theta))
+    return out
+
+
+def _pick(nodes: Sequence[str], count: int | None, min_theta: float | None,
+          theta: Mapping[str, int], rng: np.random.Generator, where: str,
+          seed: int) -> list[str]:
+    """``count`` of ``nodes`` (those with θ >= min_theta), drawn by ``rng``, in order."""
+    chosen = list(nodes)
+    if min_theta is not None:
+        chosen = [n for n in chosen if theta[n] >= math.ceil(min_theta * MICRO)]
+    if count is not None:
+        if count > len(chosen):
+            raise ScenarioError(f"{where} asks for {count} nodes but with seed {seed} only "
+                                f"{len(chosen)} of its nodes have θ >= {min_theta}")
+        if count < len(chosen):
+            pick = rng.choice(len(chosen), size=count, replace=False)
+            chosen = [chosen[i] for i in sorted(int(i) for i in pick)]
+    return chosen
+
+
+def population(scenario: Scenario, seed: int) -> list[NodePlan]:
+    """The nodes, location-major: names, true θ (drawn from the location's prior),
+    strategies (rules never overlap: the parser refuses it) and key seeds."""
+    theta = _true_thetas(scenario, seed)
+    strategy: dict[str, str] = {}
+    for k, rule in enumerate(scenario.strategy_rules):
+        for name in _pick(rule.nodes, rule.count, rule.min_theta, theta,
+                          _rng(seed, "strategy", k), f"[[strategies]] #{k}", seed):
+            strategy[name] = rule.strategy
+    plans: list[NodePlan] = []
+    for l, loc in enumerate(scenario.locations):
+        for i in range(loc.nodes):
+            name = f"{loc.name}-{i}"
             plans.append(NodePlan(
-                name=name, index=len(plans), location=l, theta=max(0, min(MICRO, theta)),
+                name=name, index=len(plans), location=l, theta=theta[name],
                 strategy=strategy.get(name, "truthful"), capacity=_micro(loc.capacity),
                 seed=key_seed(seed, name)))
     return plans
+
+
+def resolve_faults(scenario: Scenario, seed: int) -> tuple[Fault, ...]:
+    """The scenario's faults with their nodes drawn (``count``, ``min_theta``) by the seed."""
+    theta = _true_thetas(scenario, seed)
+    out = []
+    for k, f in enumerate(scenario.faults):
+        if f.count is None and f.min_theta is None:
+            out.append(f)
+            continue
+        nodes = _pick(f.nodes, f.count, f.min_theta, theta, _rng(seed, "fault", k),
+                      f"[[faults]] #{k}", seed)
+        out.append(Fault(kind=f.kind, epoch=f.epoch, nodes=tuple(nodes), when=f.when,
+                         until=f.until))
+    return tuple(out)
 
 
 def roaming_script(scenario: Scenario, nodes: Sequence[NodePlan], seed: int,
