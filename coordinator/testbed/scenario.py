@@ -41,7 +41,7 @@ from .checks import CHECK_NAMES
 
 KINDS = ("wlan_coverage", "wlan_channels", "files", "compute")
 #: Scenario mechanism name -> the coordinator's ``--mechanism``.
-MECHANISMS = {"posted_fee": "posted_fee", "optimal": "second_best"}
+MECHANISMS = {"posted_fee": "posted_fee", "optimal": "optimal"}
 FAULT_KINDS = ("node_crash", "coordinator_restart", "host_silent")
 #: The checks a scenario is about unless it says otherwise ([scenario] checks): none in
 #: particular, but a run that checked nothing at all still fails.
