@@ -26,20 +26,21 @@ from pathlib import Path
 
 import aiohttp
 
-from node.agent import DEFAULT_ROAM_AMOUNT
-from node.launch import NodeSpec, start_node
-from node.resources import KINDS, Tariff, parse_micro
+from node.agent import DEFAULT_ROAM_AMOUNT, NodeSpec
+from node.launch import start_node
+from node.resources import Tariff, parse_micro
 from node.strategy import Strategy, parse_strategy
 from protocol import Identity, InkindError
 from protocol.errors import KeyFileError
 from protocol.fields import check_public_key
+from protocol.kinds import KINDS
 
 log = logging.getLogger("inkind.node")
 
-EPILOG = """\
-units: --capacity and --roam-amount are in units of the node's resource kind
-  (wlan_coverage: cells; wlan_channels: simultaneous channels; files: MB served,
-  1 MB = 1e6 bytes; compute: compute units); --theta is the type θ in [0, 1].
+_UNITS = "".join(f"\n  {k.name}: {k.unit}" for k in KINDS.values())
+EPILOG = f"""\
+units: --capacity and --roam-amount are in units of the node's resource kind; one unit is{_UNITS}
+  --theta is the type θ in [0, 1].
   All are sent as integer micro-units (1 unit = 1000000).
 
 strategies: truthful (default) | misreport:F (declare F·θ) | misreport:=V (declare V)
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the node's Ed25519 key file (PKCS#8 PEM, mode 0600); created if missing",
     )
     p.add_argument("--location", required=True, type=_location, help="home location 0..1023")
-    p.add_argument("--kind", required=True, choices=KINDS, help="resource kind shared")
+    p.add_argument("--kind", required=True, choices=list(KINDS), help="resource kind shared")
     p.add_argument(
         "--capacity", required=True, type=_units, metavar="X", help="capacity offered, units"
     )
@@ -241,8 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyFileError as exc:
         print(f"inkind-node: {exc}", file=sys.stderr)
         return 2
-    if args.kind == "files" and not args.files_dir:
-        print("inkind-node: --kind files needs --files-dir", file=sys.stderr)
+    if KINDS[args.kind].itemised and not args.files_dir:
+        # an itemised kind serves items (files) from a directory
+        print(f"inkind-node: --kind {args.kind} needs --files-dir", file=sys.stderr)
         return 2
     return asyncio.run(serve(spec_from_args(args), identity, poll_seconds=args.poll))
 

@@ -1,4 +1,9 @@
-"""Capacity accounting of a node's contribution in kind, one class per resource kind.
+"""A node's side of each resource kind: capacity accounting and how a roamer asks.
+
+The kinds' wire facts (name, unit, endpoint, shares) are :mod:`protocol.kinds`;
+:data:`NODE_KINDS` adds, for each of them, the accounting class of a grant and the amount a
+roamer asks by default (:class:`NodeKind`). The host, the service, the agent and the CLI
+read these two registries and compare no kind names.
 
 Units (DESIGN "resource-kind table"; every amount is an integer in micro-units, as on the
 wire):
@@ -27,15 +32,16 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import ClassVar
 
-from protocol import MICRO
+from protocol import MICRO, kinds
 from protocol.errors import CapacityExhaustedError, OutOfRangeError
+from protocol.kinds import ResourceKind
 
-KINDS = ("wlan_coverage", "wlan_channels", "files", "compute")
 #: Hash iterations one compute unit (1 000 000 micro-units) buys.
 ITERATIONS_PER_UNIT = 20_000
 #: Upper bound of one job's iterations (about a second of CPU), whatever was bought.
@@ -91,7 +97,7 @@ class Resource:
 class CoverageResource(Resource):
     """WLAN coverage: cells opened to roamers; a grant uses ``amount`` for the epoch."""
 
-    KIND = "wlan_coverage"
+    KIND = kinds.WLAN_COVERAGE.name
 
 
 class ChannelResource(Resource):
@@ -101,8 +107,8 @@ class ChannelResource(Resource):
     free again from then on (``remaining`` counts only sessions with ``end > now``).
     """
 
-    KIND = "wlan_channels"
-    UNIT = MICRO
+    KIND = kinds.WLAN_CHANNELS.name
+    UNIT = kinds.WLAN_CHANNELS.granularity
 
     def __init__(self, *, session_seconds: int) -> None:
         if session_seconds < 1:
@@ -140,13 +146,13 @@ class ChannelResource(Resource):
 class FilesResource(Resource):
     """Files: a budget of bytes served per epoch (1 micro-unit = 1 byte)."""
 
-    KIND = "files"
+    KIND = kinds.FILES.name
 
 
 class ComputeResource(Resource):
     """Compute units; each requester's jobs are also limited to the share it bought."""
 
-    KIND = "compute"
+    KIND = kinds.COMPUTE.name
 
     def __init__(self) -> None:
         self._used_by: dict[str, int] = {}
@@ -163,17 +169,83 @@ class ComputeResource(Resource):
         self._used_by[requester] = self._used_by.get(requester, 0) + amount
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ask:
+    """What a roamer asks one host for: ``item`` (in the endpoint's path; a file's hash,
+    else ``""``), the request's ``resource`` field and ``amount`` (micro-units)."""
+
+    item: str = ""
+    resource: str | None
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeKind:
+    """A resource kind's node-side behaviour, beside its wire facts (``wire``).
+
+    * ``accounting(session_seconds)``: a fresh :class:`Resource` accounting its grants;
+    * ``default_amount(roam_amount, share)``: what a roamer asks when the caller names no
+      amount (``share``: what its own contribution bought, for kinds with shares). An
+      itemised kind asks the item's cost instead (a file's size).
+    """
+
+    wire: ResourceKind
+    accounting: Callable[[int], Resource]
+    default_amount: Callable[[int, int], int]
+
+    @property
+    def name(self) -> str:
+        return self.wire.name
+
+    def ask(self, *, amount: int | None, roam_amount: int, share: int,
+            item: str = "", cost: int | None = None) -> Ask:
+        """The ask for ``item`` (itemised kinds: ``cost`` is its price, micro-units)."""
+        if not self.wire.itemised:
+            item = ""
+            if amount is None:
+                amount = self.default_amount(roam_amount, share)
+        elif cost is None:
+            raise OutOfRangeError(f"{self.name}: an ask names an item and its cost")
+        else:
+            amount = max(1, cost)
+        return Ask(item=item, resource=self.wire.resource_of(item), amount=amount)
+
+
+#: Node-side behaviour of every kind in :data:`protocol.kinds.KINDS`, by name.
+NODE_KINDS: Mapping[str, NodeKind] = MappingProxyType({
+    kinds.WLAN_COVERAGE.name: NodeKind(
+        wire=kinds.WLAN_COVERAGE,
+        accounting=lambda _session: CoverageResource(),
+        default_amount=lambda roam, _share: roam,
+    ),
+    kinds.WLAN_CHANNELS.name: NodeKind(
+        wire=kinds.WLAN_CHANNELS,
+        accounting=lambda session: ChannelResource(session_seconds=session),
+        default_amount=lambda _roam, _share: kinds.WLAN_CHANNELS.granularity,  # one channel
+    ),
+    kinds.FILES.name: NodeKind(
+        wire=kinds.FILES,
+        accounting=lambda _session: FilesResource(),
+        default_amount=lambda roam, _share: roam,  # unused: a download costs the file's size
+    ),
+    kinds.COMPUTE.name: NodeKind(
+        wire=kinds.COMPUTE,
+        accounting=lambda _session: ComputeResource(),
+        # never more than the share its own contribution bought (else out_of_range)
+        default_amount=lambda roam, share: max(1, min(roam, share)),
+    ),
+})
+
+
+def node_kind(name: str) -> NodeKind:
+    """The node-side behaviour of kind ``name``; ``out_of_range`` for an unknown name."""
+    kinds.kind_of(name)
+    return NODE_KINDS[name]
+
+
 def make_resource(kind: str, *, session_seconds: int = 60) -> Resource:
-    """The accounting class of ``kind``."""
-    if kind == "wlan_coverage":
-        return CoverageResource()
-    if kind == "wlan_channels":
-        return ChannelResource(session_seconds=session_seconds)
-    if kind == "files":
-        return FilesResource()
-    if kind == "compute":
-        return ComputeResource()
-    raise OutOfRangeError(f"unknown resource kind {kind!r}")
+    """The accounting of ``kind`` (``out_of_range`` for an unknown kind)."""
+    return node_kind(kind).accounting(session_seconds)
 
 
 class Tariff:

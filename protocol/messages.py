@@ -51,6 +51,7 @@ from protocol.fields import (
     check_tuple,
 )
 from protocol.identity import check_strong_public_key, node_id_of
+from protocol.kinds import KIND_NAMES
 
 # --- limits (normative; mirrored in protocol/README.md) -------------------------------
 
@@ -73,7 +74,6 @@ MAX_CREDENTIAL_LIFETIME = 31 * 24 * 3600
 #: Payload size limit of every message type unless it sets its own.
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
 
-RESOURCE_KINDS = frozenset({"wlan_coverage", "wlan_channels", "files", "compute"})
 MECHANISMS = frozenset({"posted_fee", "optimal"})
 PAYMENTS = frozenset({"money", "in_kind"})
 #: Message types an audit report may carry as evidence.
@@ -209,7 +209,7 @@ class Registration(Message):
             check_time("issued", self.issued)
         _check_location("home_location", self.home_location)
         _check_quantity("capacity", self.capacity)
-        check_choice("kind", self.kind, RESOURCE_KINDS)
+        check_choice("kind", self.kind, KIND_NAMES)
         if self.endpoint is not None:
             check_endpoint("endpoint", self.endpoint, max_chars=MAX_ENDPOINT_CHARS)
 

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from node.files import FileStore
 from node.resources import (
     MAX_JOB_ITERATIONS,
+    NODE_KINDS,
+    Ask,
     ChannelResource,
     ComputeResource,
     CoverageResource,
@@ -21,10 +23,12 @@ from node.resources import (
     hash_job,
     job_iterations,
     make_resource,
+    node_kind,
     parse_micro,
 )
 from protocol import MICRO
 from protocol.errors import CapacityExhaustedError, OutOfRangeError
+from protocol.kinds import KINDS
 
 T = 1_000
 
@@ -82,17 +86,34 @@ def test_a_failed_consume_changes_nothing() -> None:
     assert (r.remaining(T), r.grants) == (100, 0)
 
 
-def test_make_resource_knows_the_four_kinds() -> None:
-    assert [
-        make_resource(k).KIND for k in ("wlan_coverage", "wlan_channels", "files", "compute")
-    ] == [
-        "wlan_coverage",
-        "wlan_channels",
-        "files",
-        "compute",
-    ]
+def test_every_wire_kind_has_node_behaviour_and_its_accounting() -> None:
+    assert list(NODE_KINDS) == list(KINDS)
+    for name, wire in KINDS.items():
+        resource = make_resource(name)
+        assert (name, wire.granularity) == (resource.KIND, resource.UNIT)
+        assert NODE_KINDS[name].wire is wire
+    for unknown in ("spectrum", "", "FILES"):
+        with pytest.raises(OutOfRangeError):
+            make_resource(unknown)
+        with pytest.raises(OutOfRangeError):
+            node_kind(unknown)
+
+
+def test_what_a_roamer_asks_of_each_kind() -> None:
+    roam, share = MICRO // 10, 3_000
+    asks = {name: NODE_KINDS[name].ask(amount=None, roam_amount=roam, share=share,
+                                       item="ab" * 32, cost=1_024)
+            for name in KINDS}
+    assert asks["wlan_coverage"] == Ask(resource=None, amount=roam)
+    assert asks["wlan_channels"] == Ask(resource=None, amount=MICRO)  # one whole channel
+    assert asks["files"] == Ask(item="ab" * 32, resource="file:" + "ab" * 32, amount=1_024)
+    assert asks["compute"] == Ask(resource="compute", amount=share)  # within its share
+    # an amount named by the caller wins, except for an item, which costs what it costs
+    assert NODE_KINDS["compute"].ask(amount=7, roam_amount=roam, share=share).amount == 7
+    empty = NODE_KINDS["files"].ask(amount=5, roam_amount=roam, share=0, item="x", cost=0)
+    assert empty.amount == 1  # an empty file still costs one
     with pytest.raises(OutOfRangeError):
-        make_resource("spectrum")
+        NODE_KINDS["files"].ask(amount=None, roam_amount=roam, share=share)
 
 
 @settings(max_examples=50, deadline=None)
