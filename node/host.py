@@ -22,20 +22,16 @@ from node.files import FileStore
 from node.gate import Decision, HostView, authorize
 from node.resources import ComputeResource, Resource, make_resource
 from protocol import (
-    AccessRequest,
     Challenge,
     ChallengeBook,
-    Credential,
     Envelope,
     GrantReceipt,
     Identity,
-    InkindError,
     Refusal,
-    open_embedded,
-    open_envelope,
     seal,
 )
 from protocol.errors import OutOfRangeError
+from protocol.kinds import kind_of
 from protocol.verify import DEFAULT_MAX_SKEW
 
 #: ``Host.epoch`` before any allocation is enforced (every credential is then future).
@@ -83,7 +79,7 @@ class Host:
         self.partial_grants = partial_grants
         self.challenges = ChallengeBook(ttl=challenge_ttl, capacity=max_challenges, rng=rng)
         # The epoch whose allocation is enforced; NO_EPOCH until the first is opened, so
-        # that a credential of epoch 0 is ``future_epoch`` (the service then catches up)
+        # that a credential of epoch 0 is ``future_epoch`` (the roamer may ask again later)
         # rather than refused as ``not_included`` by an empty allocation.
         self.epoch = NO_EPOCH
         self.included: frozenset[str] = frozenset()
@@ -127,19 +123,6 @@ class Host:
     def revoke(self, node_ids: Iterable[str]) -> None:
         self.revoked.update(node_ids)
 
-    def credential_epoch(self, raw: bytes) -> int | None:
-        """The epoch of the coordinator-signed credential inside an access request, or
-        None if the request or its credential does not verify (never raises)."""
-        if self.coordinator_key is None:
-            return None
-        try:
-            _, request = open_envelope(raw, AccessRequest, trusted=None)
-            _, cred = open_embedded(request.credential, Credential,
-                                    trusted=frozenset({self.coordinator_key}))
-        except InkindError:
-            return None
-        return cred.epoch
-
     def issue_challenge(self, now: int) -> Challenge:
         return self.challenges.issue(now)
 
@@ -159,7 +142,7 @@ class Host:
             partial=self.partial_grants,
             unit=self.resource.UNIT,
             costs=self._costs,
-            shares=self.shares if self.kind == "compute" else None,
+            shares=self.shares if kind_of(self.kind).shares else None,
             share_used=share_used,
             max_skew=self.max_skew,
             challenges=self.challenges,

@@ -3,59 +3,35 @@
 :func:`start_node` builds a node from a :class:`NodeSpec` and an identity, binds its
 service (port 0: an ephemeral port) and returns a :class:`RunningNode` whose agent the
 caller drives: ``await node.agent.run(stop)`` for the real loop, or
-``await node.agent.run_epoch_step()`` step by step. Many nodes may share one event loop
-and one :class:`aiohttp.ClientSession`; this is what the ``inkind-node`` command and an
-in-process testbed both use.
+``await node.agent.run_epoch_step()`` step by step. :class:`NodeSpec` is defined in
+:mod:`node.agent` (the agent is built from it) and importable from here. Many nodes may
+share one event loop and one :class:`aiohttp.ClientSession`; this is what the
+``inkind-node`` command and an in-process testbed both use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from node.agent import DEFAULT_ROAM_AMOUNT, Agent
+from node.agent import Agent, NodeSpec
 from node.client import CoordinatorClient, PeerClient
 from node.files import FileStore
 from node.host import Host
-from node.resources import Tariff
 from node.service import make_app, start_site
-from node.strategy import Strategy, Truthful
 from protocol import Identity
+
+__all__ = ["NodeSpec", "RunningNode", "start_node", "wall_clock"]
 
 
 def wall_clock() -> int:
     """Integer Unix seconds (the clock of a real node)."""
     return int(time.time())
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NodeSpec:
-    """Everything a node is configured with; quantities in micro-units."""
-
-    coordinator: str
-    location: int
-    kind: str
-    capacity: int
-    theta: int
-    strategy: Strategy = field(default_factory=Truthful)
-    coordinator_key: str | None = None  # None: trust the first announcement's signer
-    files_dir: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 0
-    advertise: str | None = None
-    session_seconds: int = 60
-    tariff: Tariff | None = None
-    roam_moves: int = 1
-    roam_script: Mapping[int, Sequence[int]] | None = None
-    roam_amount: int = DEFAULT_ROAM_AMOUNT
-    max_skew: int = 60
-    seed: int | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -108,13 +84,8 @@ async def start_node(
         session_seconds=spec.session_seconds,
         max_skew=spec.max_skew,
     )
-    agent: Agent | None = None
-
-    async def catch_up(epoch: int) -> bool:  # a roamer came with a newer credential
-        return agent is not None and await agent.serve_epoch(epoch)
-
-    runner, bound = await start_site(
-        make_app(host, clock=clock, catch_up=catch_up), host=spec.host, port=spec.port)
+    runner, bound = await start_site(make_app(host, clock=clock), host=spec.host,
+                                     port=spec.port)
     endpoint = spec.advertise or bound
     coordinator = CoordinatorClient(
         session,
@@ -123,20 +94,13 @@ async def start_node(
         trust_on_first_use=spec.coordinator_key is None,
     )
     agent = Agent(
-        identity,
-        host,
-        coordinator,
-        PeerClient(session),
-        theta=spec.theta,
-        capacity=spec.capacity,
+        spec,
+        identity=identity,
+        host=host,
+        coordinator=coordinator,
+        peers=PeerClient(session),
         clock=clock,
-        strategy=spec.strategy,
         endpoint=endpoint,
-        tariff=spec.tariff,
-        roam_moves=spec.roam_moves,
-        roam_script=spec.roam_script,
-        roam_amount=spec.roam_amount,
-        rng=random.Random(spec.seed),
     )
     return RunningNode(
         spec=spec,

@@ -30,16 +30,15 @@ from node.resources import hash_job, job_iterations
 from protocol import AccessRequest, InkindError, to_wire
 from protocol.envelope import envelope_size_limit
 from protocol.errors import (
-    FutureEpochError,
     MethodNotAllowedError,
     NotFoundError,
     TooLargeError,
 )
+from protocol.kinds import Answer, kind_of
 
 log = logging.getLogger("inkind.node")
 
 Clock = Callable[[], int]
-CatchUp = Callable[[int], Awaitable[bool]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Largest access request body: the envelope limit of its type.
@@ -93,32 +92,28 @@ def _refused(outcome: AccessOutcome) -> web.Response:
     return web.json_response(body, status=decision.error().http_status)
 
 
+def _serves(host: Host, answer: Answer) -> bool:
+    """Whether the host's resource kind is served by the endpoint answering ``answer``."""
+    return kind_of(host.kind).answer is answer
+
+
 def _kind_error(host: Host, path: str) -> web.Response:
     return _error(NotFoundError.code, f"this node shares {host.kind}; {path} is not served",
                   NotFoundError.http_status)
 
 
-def make_app(
-    node_state: Host, *, clock: Clock, catch_up: CatchUp | None = None
-) -> web.Application:
+def make_app(node_state: Host, *, clock: Clock) -> web.Application:
     """The node's app. ``clock()`` returns integer Unix seconds; read once per request.
 
-    ``catch_up(epoch)`` (the agent's :meth:`~node.agent.Agent.serve_epoch`) is awaited
-    when a request carries an authentic credential of a newer epoch than the host
-    enforces; if the host then enforces that epoch, the request is decided again (its
-    challenge was not used: the epoch check comes before it).
+    Every request is decided on what the host holds: a credential of an epoch the host
+    does not enforce yet is refused ``future_epoch`` (only the node's agent moves the
+    host to a new epoch; nothing here calls up into it).
     """
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_REQUEST_BYTES)
     app[HOST_KEY] = node_state
     host = node_state
 
-    async def decide(raw: bytes, resource: str | None = None) -> AccessOutcome:
-        outcome = host.access(raw, now=clock(), resource=resource)
-        if outcome.decision.reason != FutureEpochError.code or catch_up is None:
-            return outcome
-        epoch = host.credential_epoch(raw)
-        if epoch is None or epoch <= host.epoch or not await catch_up(epoch):
-            return outcome
+    def decide(raw: bytes, resource: str | None = None) -> AccessOutcome:
         return host.access(raw, now=clock(), resource=resource)
 
     async def challenge(request: web.Request) -> web.Response:
@@ -126,22 +121,22 @@ def make_app(
         return web.json_response({"challenge": issued.value, "expires": issued.expires})
 
     async def access(request: web.Request) -> web.Response:
-        if host.kind not in ("wlan_coverage", "wlan_channels"):
+        if not _serves(host, Answer.RECEIPT):
             return _kind_error(host, "/v1/access")
         raw = await read_body(request)
-        outcome = await decide(raw)
+        outcome = decide(raw)
         if outcome.receipt is None:
             return _refused(outcome)
         return web.Response(body=outcome.receipt.to_bytes(), content_type="application/json")
 
     async def download(request: web.Request) -> web.Response:
         sha = request.match_info["sha256"]
-        if host.kind != "files":
+        if not _serves(host, Answer.FILE):
             return _kind_error(host, "/v1/files")
         if not SHA256_RE.fullmatch(sha) or sha not in host.files:
             return _error(NotFoundError.code, "no such file here", NotFoundError.http_status)
         raw = await read_body(request)
-        outcome = await decide(raw, "file:" + sha)
+        outcome = decide(raw, kind_of(host.kind).resource_of(sha))
         if outcome.receipt is None:
             return _refused(outcome)
         data = await asyncio.to_thread(host.files.read, sha)
@@ -153,10 +148,10 @@ def make_app(
         )
 
     async def compute(request: web.Request) -> web.Response:
-        if host.kind != "compute":
+        if not _serves(host, Answer.JOB):
             return _kind_error(host, "/v1/compute")
         raw = await read_body(request)
-        outcome = await decide(raw, "compute")
+        outcome = decide(raw, kind_of(host.kind).resource_of())
         request_msg = outcome.decision.request
         if outcome.receipt is None or request_msg is None:
             return _refused(outcome)

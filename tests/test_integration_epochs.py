@@ -15,7 +15,8 @@ are included in epoch 0 and must be out of epoch 1. Node 1 of location 2 is the
 "busy" file host that every roamer of locations 0 and 1 downloads from, so it runs out of
 bytes and refuses larger files early (legitimately: the refusal carries the amount
 asked); in epoch 1 it is also the "late" host whose agent has not fetched the new
-allocation when roamers arrive, so its service catches up on demand.
+allocation when roamers arrive: it answers ``future_epoch`` (a plain error, evidence
+neither way) until its own agent provides, and serves from then on.
 
 Per epoch: every grant goes to a node in the epoch's signed allocation, no host grants
 more than it opened (and every grant it made is a receipt a roamer holds), excluded
@@ -327,6 +328,17 @@ async def excluded_attempts(b: Bed, log: EpochLog, included: set[str],
             log.excluded_attempts.append((m.id, answer))
 
 
+async def ask_late(b: Bed, late: Member, included: set[str]) -> AccessAnswer:
+    """An included roamer of another location asks ``late`` (not kept as evidence)."""
+    roamer = next(m for m in b.members if m.id in included and m.location != late.location)
+    progress = roamer.agent.current
+    assert progress is not None and progress.directory is not None
+    assert progress.credential is not None
+    answer = await roamer.agent.ask(progress.directory.by_id()[late.id], progress.credential)
+    assert answer is not None
+    return answer
+
+
 async def run_epoch(b: Bed, epoch: int, *, late: Member | None = None,
                     restart: bool = False) -> EpochLog:
     """Open, declare, (restart,) close, provide, roam, report: one whole epoch."""
@@ -358,16 +370,21 @@ async def run_epoch(b: Bed, epoch: int, *, late: Member | None = None,
     on_time = [m for m in everyone if m is not late]
     await b.step(on_time, "provided")
     if late is not None:
-        assert late.node.host.epoch == epoch - 1  # still enforcing the old allocation
+        # The late host decides on what it holds: still enforcing the old allocation,
+        # it answers a new credential future_epoch, and nothing calls its agent.
+        assert late.node.host.epoch == epoch - 1
+        answer = await ask_late(b, late, included)
+        assert answer.reason == "future_epoch" and answer.evidence is None
+        assert late.node.host.epoch == epoch - 1
+        await b.step([late], "provided")
+        assert late.node.host.epoch == epoch
+        progress = late.agent.history[epoch]
+        assert progress.provided and progress.committed and progress.allocation == allocation
     b.clock.tick()
     await b.step(on_time, "roamed")
     await targeted_asks(b, log, included)
     if late is not None:
-        # Roamers with new credentials made the late host catch up on demand.
-        assert late.node.host.epoch == epoch
-        progress = late.agent.history[epoch]
-        assert progress.provided and progress.committed and progress.allocation == allocation
-        await b.step([late], "roamed")  # the loop finds the provision done and goes on
+        await b.step([late], "roamed")
     await excluded_attempts(b, log, included, {k: v for k, v in old.items() if v})
     for m in everyone:
         resource = m.node.host.resource
@@ -462,7 +479,7 @@ async def test_three_epochs_with_free_riders_and_a_restart(
         assert not riders.keys() & set(log1.allocation.included)
         late_grants = [a for _, a in log1.answers
                        if a.receipt is not None and a.receipt.host_id == busy.id]
-        assert late_grants  # the late host served once it caught up
+        assert late_grants  # the late host served once its agent provided
 
         b.clock.tick()
         await b.admin("open")
@@ -476,10 +493,11 @@ async def test_three_epochs_with_free_riders_and_a_restart(
 
 
 @pytest.mark.asyncio
-async def test_an_epoch_0_credential_makes_a_fresh_host_catch_up(tmp_path: Path) -> None:
+async def test_a_fresh_host_answers_future_epoch_until_its_agent_provides(tmp_path: Path) -> None:
     """Before a host has fetched its first allocation, an epoch-0 credential is not
-    refused as ``not_included`` (which the audit would hold against the host): the host
-    fetches the allocation and serves."""
+    refused as ``not_included`` (which the audit would hold against the host) but
+    ``future_epoch``, with no signed refusal; once the host's own agent provides, it
+    serves."""
     async with bed(tmp_path, "posted_fee", "money") as b:
         await b.step(b.members, "registered")
         b.clock.tick()
@@ -494,9 +512,12 @@ async def test_an_epoch_0_credential_makes_a_fresh_host_catch_up(tmp_path: Path)
         assert progress.credential is not None
         entry: DirectoryEntry = progress.directory.by_id()[host.id]
         answer = await roamer.agent.ask(entry, progress.credential)
-        assert answer is not None and answer.granted, answer
+        assert answer is not None and answer.reason == "future_epoch", answer
+        assert answer.evidence is None and host.node.host.epoch == -1
+        await b.step([host], "provided")
         assert host.node.host.epoch == 0
-        await b.step([host], "roamed")  # provided on demand already
+        answer = await roamer.agent.ask(entry, progress.credential)
+        assert answer is not None and answer.granted, answer
         with pytest.raises(InkindError) as info:
             await b.client().credential(0, b.member(0, 2).id)  # a low type
         assert info.value.code == "not_included"
