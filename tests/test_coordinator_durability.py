@@ -56,6 +56,7 @@ def call(base: str, path: str, body: bytes | None = None, *,
         return err.code, err.read()
 
 
+@pytest.mark.slow  # real processes, killed and restarted
 def test_acknowledged_declarations_survive_kill_9(tmp_path: Path) -> None:
     (tmp_path / "spec.toml").write_text(SPEC_TOML)
     people = [node(i) for i in range(3)]

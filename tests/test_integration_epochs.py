@@ -440,8 +440,12 @@ def check_epoch(b: Bed, log: EpochLog) -> None:
             assert a.error is not None and a.reason in ("bad_proof", "stale_epoch"), a.reason
 
 
-MECHANISMS = [("posted_fee", "money"), ("posted_fee", "in_kind"),
-              ("second_best", "money"), ("second_best", "in_kind")]
+# The quick run plays the posted fee with money; the other three are slow (the second best
+# in kind solves for seconds).
+MECHANISMS = [("posted_fee", "money"),
+              pytest.param("posted_fee", "in_kind", marks=pytest.mark.slow),
+              pytest.param("second_best", "money", marks=pytest.mark.slow),
+              pytest.param("second_best", "in_kind", marks=pytest.mark.slow)]
 
 
 @pytest.mark.asyncio

@@ -484,6 +484,7 @@ def small_markets(draw: st.DrawFn) -> Market:
 
 # No shrinking: an example costs about a second, and shrinking a failure would take
 # minutes; the unshrunk failing market is reported as is.
+@pytest.mark.slow
 @settings(max_examples=5, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(m=small_markets(), seed=st.integers(0, 2**32 - 1))

@@ -1,116 +1,32 @@
-"""The node's epoch loop against a fake coordinator, several nodes in one event loop.
+"""The node's epoch pump against a scripted coordinator, several nodes in one event loop.
 
-The fake coordinator (``test_node_support.FakeCoordinator``) signs its announcement,
-allocation and credentials with a test identity; the tests open and close its epochs and
-drive each agent with ``run_epoch_step`` and an injected clock, so nothing waits on time.
+The coordinator (``helpers.node.ScriptedCoordinator``) signs its announcement, allocation
+and credentials with a test identity; the tests open and close its epochs and drive each
+agent with ``run_epoch_step`` on a fake clock, over an in-memory network: nothing waits
+on time and no socket is opened.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from test_node_support import NOW, FakeCoordinator, ident
+from helpers.node import NOW, BedNode, FakeClock, ScriptedCoordinator, ident, node_bed, step_all
 
-from node.agent import DEFAULT_ROAM_AMOUNT, Agent
+from node.agent import DEFAULT_ROAM_AMOUNT, Agent, NodeSpec
 from node.client import CoordinatorClient, PeerClient
-from node.files import FileStore
 from node.host import Host
-from node.launch import NodeSpec, start_node
-from node.service import make_app, start_site
-from node.strategy import parse_strategy
+from node.launch import start_node
+from node.service import start_site
 from protocol import MICRO, GrantReceipt, Refusal, open_embedded
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> int:
-        return self.now
-
-
-@dataclass
-class Spec:
-    seed: int
-    location: int
-    kind: str
-    theta: int
-    strategy: str = "truthful"
-    capacity: int = 2 * MICRO
-    script: Sequence[int] = ()
-    files_dir: Path | None = None
-
-
-@asynccontextmanager
-async def node_bed(
-    specs: Sequence[Spec], clock: Clock, *, trust_on_first_use: bool = False
-) -> AsyncIterator[tuple[FakeCoordinator, list[Agent]]]:
-    coord_id = ident(90)
-    fake = FakeCoordinator(coord_id, clock=clock)
-    runners: list[web.AppRunner] = []
-    try:
-        runner, coord_endpoint = await start_site(fake.app(), port=0)
-        runners.append(runner)
-        async with aiohttp.ClientSession() as session:
-            agents = []
-            for spec in specs:
-                identity = ident(spec.seed)
-                files = FileStore(spec.files_dir)
-                files.scan()
-                key = None if trust_on_first_use else coord_id.public_key
-                host = Host(
-                    identity,
-                    kind=spec.kind,
-                    location=spec.location,
-                    coordinator_key=key,
-                    files=files,
-                )
-                runner, endpoint = await start_site(make_app(host, clock=clock), port=0)
-                runners.append(runner)
-                coordinator = CoordinatorClient(
-                    session,
-                    f"http://{coord_endpoint}",
-                    coordinator_key=key,
-                    trust_on_first_use=trust_on_first_use,
-                )
-                agents.append(
-                    Agent(
-                        identity,
-                        host,
-                        coordinator,
-                        PeerClient(session),
-                        theta=spec.theta,
-                        capacity=spec.capacity,
-                        clock=clock,
-                        strategy=parse_strategy(spec.strategy),
-                        endpoint=endpoint,
-                        roam_script={1: spec.script},
-                        rng=random.Random(spec.seed),
-                    )
-                )
-            yield fake, agents
-    finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
-
-
-async def step_all(agents: Sequence[Agent]) -> list[str]:
-    return [await a.run_epoch_step() for a in agents]
-
-
 @pytest.mark.asyncio
-async def test_one_epoch_end_to_end_with_a_free_rider_and_a_misreporter() -> None:
-    clock = Clock()
+async def test_one_epoch_end_to_end_with_a_free_rider_and_a_misreporter(clock: FakeClock) -> None:
     specs = [
-        Spec(seed=11, location=0, kind="wlan_coverage", theta=600_000, script=(1, 2)),
-        Spec(
+        BedNode(seed=11, location=0, kind="wlan_coverage", theta=600_000, script=(1, 2)),
+        BedNode(
             seed=12,
             location=1,
             kind="wlan_coverage",
@@ -118,7 +34,7 @@ async def test_one_epoch_end_to_end_with_a_free_rider_and_a_misreporter() -> Non
             strategy="free-ride",
             script=(0,),
         ),
-        Spec(
+        BedNode(
             seed=13,
             location=2,
             kind="wlan_channels",
@@ -184,12 +100,11 @@ async def test_one_epoch_end_to_end_with_a_free_rider_and_a_misreporter() -> Non
 
 
 @pytest.mark.asyncio
-async def test_files_and_compute_hosts_serve_roamers(tmp_path: Path) -> None:
+async def test_files_and_compute_hosts_serve_roamers(tmp_path: Path, clock: FakeClock) -> None:
     (tmp_path / "paper.pdf").write_bytes(b"%PDF" + bytes(range(256)) * 4)
-    clock = Clock()
     specs = [
-        Spec(seed=21, location=0, kind="files", theta=700_000, files_dir=tmp_path, script=(1,)),
-        Spec(seed=22, location=1, kind="compute", theta=700_000, script=(0,)),
+        BedNode(seed=21, location=0, kind="files", theta=700_000, files_dir=tmp_path, script=(1,)),
+        BedNode(seed=22, location=1, kind="compute", theta=700_000, script=(0,)),
     ]
     async with node_bed(specs, clock, trust_on_first_use=True) as (fake, agents):
         files_node, compute_node = agents
@@ -216,11 +131,12 @@ async def test_files_and_compute_hosts_serve_roamers(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_an_excluded_node_gets_no_credential_opens_nothing_and_is_refused() -> None:
-    clock = Clock()
+async def test_an_excluded_node_gets_no_credential_opens_nothing_and_is_refused(
+    clock: FakeClock,
+) -> None:
     specs = [
-        Spec(seed=31, location=0, kind="wlan_coverage", theta=600_000),
-        Spec(seed=32, location=1, kind="wlan_coverage", theta=0, script=(0,)),
+        BedNode(seed=31, location=0, kind="wlan_coverage", theta=600_000),
+        BedNode(seed=32, location=1, kind="wlan_coverage", theta=0, script=(0,)),
     ]
     async with node_bed(specs, clock) as (fake, agents):
         host, outsider = agents
@@ -246,10 +162,13 @@ async def test_an_excluded_node_gets_no_credential_opens_nothing_and_is_refused(
 
 
 @pytest.mark.asyncio
-async def test_a_committing_free_rider_claims_what_it_owes_but_opens_nothing() -> None:
-    clock = Clock()
+async def test_a_committing_free_rider_claims_what_it_owes_but_opens_nothing(
+    clock: FakeClock,
+) -> None:
     specs = [
-        Spec(seed=41, location=0, kind="wlan_coverage", theta=500_000, strategy="free-ride:commit")
+        BedNode(
+            seed=41, location=0, kind="wlan_coverage", theta=500_000, strategy="free-ride:commit"
+        )
     ]
     async with node_bed(specs, clock) as (fake, agents):
         (agent,) = agents
@@ -267,14 +186,23 @@ async def test_an_unreachable_coordinator_is_an_error_step_not_a_crash() -> None
     async with aiohttp.ClientSession() as session:
         identity = ident(51)
         host = Host(identity, kind="wlan_coverage", location=0)
-        agent = Agent(
-            identity,
-            host,
-            CoordinatorClient(session, "http://127.0.0.1:9", coordinator_key=ident(90).public_key),
-            PeerClient(session),
-            theta=1,
+        spec = NodeSpec(
+            coordinator="http://127.0.0.1:9",
+            location=0,
+            kind="wlan_coverage",
             capacity=1,
-            clock=Clock(),
+            theta=1,
+            coordinator_key=ident(90).public_key,
+        )
+        agent = Agent(
+            spec,
+            identity=identity,
+            host=host,
+            coordinator=CoordinatorClient(
+                session, spec.coordinator, coordinator_key=spec.coordinator_key
+            ),
+            peers=PeerClient(session),
+            clock=FakeClock(),
         )
         assert await agent.run_epoch_step() == "error"
         assert not agent.registered
@@ -282,12 +210,10 @@ async def test_an_unreachable_coordinator_is_an_error_step_not_a_crash() -> None
 
 @pytest.mark.asyncio
 async def test_a_declaration_refused_as_late_is_not_retried() -> None:
-    node_clock, coord_clock = Clock(), Clock()
+    node_clock, coord_clock = FakeClock(), FakeClock()
     coord_clock.now = NOW + 100  # the coordinator's clock is ahead of the node's
-    async with node_bed([Spec(seed=61, location=0, kind="wlan_coverage", theta=1)], node_clock) as (
-        fake,
-        agents,
-    ):
+    lone = [BedNode(seed=61, location=0, kind="wlan_coverage", theta=1)]
+    async with node_bed(lone, node_clock) as (fake, agents):
         fake.clock = coord_clock
         (agent,) = agents
         await agent.run_epoch_step()
@@ -302,9 +228,10 @@ async def test_a_declaration_refused_as_late_is_not_retried() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_node_joining_late_registers_at_the_current_epoch_and_skips_it() -> None:
-    clock = Clock()
-    async with node_bed([Spec(seed=62, location=0, kind="wlan_coverage", theta=1)], clock) as (
+async def test_a_node_joining_late_registers_at_the_current_epoch_and_skips_it(
+    clock: FakeClock,
+) -> None:
+    async with node_bed([BedNode(seed=62, location=0, kind="wlan_coverage", theta=1)], clock) as (
         fake,
         agents,
     ):
@@ -321,10 +248,11 @@ async def test_a_node_joining_late_registers_at_the_current_epoch_and_skips_it()
 
 
 @pytest.mark.asyncio
-async def test_start_node_wires_a_node_that_can_be_stepped(tmp_path: Path) -> None:
+async def test_start_node_wires_a_node_that_can_be_stepped(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     (tmp_path / "a.txt").write_bytes(b"shared")
-    clock = Clock()
-    fake = FakeCoordinator(ident(90), clock=clock)
+    fake = ScriptedCoordinator(ident(90), clock=clock)
     runner, coord_endpoint = await start_site(fake.app(), port=0)
     try:
         async with aiohttp.ClientSession() as session:

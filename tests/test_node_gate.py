@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+from helpers.node import NOW, World, ident
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_node_support import NOW, World, ident
 
 from node.gate import GRANTED, authorize
 from node.host import Host

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_node_support import NOW, World
+from helpers.node import NOW, World
 
 from coordinator.enforcement import refusal_is_legitimate
 from node.client import PeerClient, check_refusal, make_access_request

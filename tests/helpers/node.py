@@ -1,24 +1,36 @@
-"""Shared fixtures of the node tests: a signed world and a fake coordinator.
+"""Shared helpers of the node tests: a signed world, a scripted coordinator, a test bed.
 
 * :class:`World` holds a coordinator, a host and some requesters with fixed keys, builds
   credentials and access requests (with mutate-and-re-sign knobs, after python-tuf's
   repository simulator) and host views.
-* :class:`FakeCoordinator` is a small aiohttp app serving the Coordinator table of
-  ``protocol/HTTP.md`` with messages signed by a test identity; tests open and close
-  epochs on it explicitly. It is not the real coordinator (which the node never imports).
+* :class:`ScriptedCoordinator` serves the Coordinator table of ``protocol/HTTP.md`` with
+  messages signed by a test identity; tests open and close epochs on it with the exact
+  allocation they need (who owes what), which the real mechanism would not give them.
+  Tests of the node against the real coordinator use :mod:`helpers.coordinator_link`.
+* :func:`node_bed` runs agents and their hosts on an in-memory network
+  (:mod:`helpers.memnet`): no sockets, and time is the :class:`FakeClock` the test moves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from helpers.memnet import memory_net
+from node.agent import Agent, NodeSpec
+from node.client import CoordinatorClient, PeerClient
+from node.files import FileStore
 from node.gate import HostView
+from node.host import Host
+from node.service import make_app
+from node.strategy import parse_strategy
 from protocol import (
     MICRO,
     AccessRequest,
@@ -53,9 +65,18 @@ def counter_rng() -> Callable[[int], bytes]:
     return lambda n: next(counter).to_bytes(n, "big")
 
 
-def test_counter_rng_gives_distinct_values() -> None:
-    rng = counter_rng()
-    assert rng(16) != rng(16)
+class FakeClock:
+    """A clock the test sets (integer Unix seconds): ``clock.now = ...``; ``clock()``."""
+
+    def __init__(self, now: int = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: int) -> int:
+        self.now += seconds
+        return self.now
 
 
 @dataclass
@@ -134,7 +155,7 @@ class World:
 # --- a fake coordinator ------------------------------------------------------------------
 
 
-class FakeCoordinator:
+class ScriptedCoordinator:
     """The Coordinator table of HTTP.md, enough for the node's agent; state in the open."""
 
     def __init__(self, identity: Identity, *, clock: Callable[[], int]) -> None:
@@ -292,3 +313,77 @@ class FakeCoordinator:
         app.router.add_post("/v1/audit", audit)
         app.router.add_get("/v1/status", status)
         return app
+
+
+# --- a bed of agents on an in-memory network ----------------------------------------------
+
+
+@dataclass
+class BedNode:
+    """What :func:`node_bed` builds one node from (quantities in micro-units)."""
+
+    seed: int
+    location: int
+    kind: str
+    theta: int
+    strategy: str = "truthful"
+    capacity: int = 2 * MICRO
+    script: Sequence[int] = ()
+    files_dir: Path | None = None
+
+
+@asynccontextmanager
+async def node_bed(
+    nodes: Sequence[BedNode], clock: FakeClock, *, trust_on_first_use: bool = False
+) -> AsyncIterator[tuple[ScriptedCoordinator, list[Agent]]]:
+    """A scripted coordinator and one agent per :class:`BedNode`, their hosts served on a
+    :class:`~helpers.memnet.MemoryNet` (no sockets); each roams ``script`` in epoch 1."""
+    coord_id = ident(90)
+    scripted = ScriptedCoordinator(coord_id, clock=clock)
+    async with memory_net() as net:
+        coord_endpoint = await net.serve(scripted.app())
+        async with net.session() as session:
+            agents = []
+            for n in nodes:
+                identity = ident(n.seed)
+                files = FileStore(n.files_dir)
+                files.scan()
+                key = None if trust_on_first_use else coord_id.public_key
+                host = Host(
+                    identity, kind=n.kind, location=n.location, coordinator_key=key, files=files
+                )
+                endpoint = await net.serve(make_app(host, clock=clock))
+                spec = NodeSpec(
+                    coordinator=f"http://{coord_endpoint}",
+                    location=n.location,
+                    kind=n.kind,
+                    capacity=n.capacity,
+                    theta=n.theta,
+                    strategy=parse_strategy(n.strategy),
+                    coordinator_key=key,
+                    roam_script={1: n.script},
+                    seed=n.seed,
+                )
+                coordinator = CoordinatorClient(
+                    session,
+                    spec.coordinator,
+                    coordinator_key=key,
+                    trust_on_first_use=trust_on_first_use,
+                )
+                agents.append(
+                    Agent(
+                        spec,
+                        identity=identity,
+                        host=host,
+                        coordinator=coordinator,
+                        peers=PeerClient(session),
+                        clock=clock,
+                        endpoint=endpoint,
+                    )
+                )
+            yield scripted, agents
+
+
+async def step_all(agents: Sequence[Agent]) -> list[str]:
+    """One step of each agent, in order; what each did."""
+    return [await a.run_epoch_step() for a in agents]
