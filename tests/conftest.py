@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from helpers.clock import FakeClock
 from helpers.memnet import MemoryNet, memory_net
-from helpers.node import FakeClock
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.coordinator import market, node, runner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_coordinator_support import market, node, runner
 
 from coordinator.allocation import MechanismRunner
 from coordinator.decision import Decision, Participant

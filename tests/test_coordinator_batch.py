@@ -13,17 +13,21 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from test_coordinator_epoch import open_now, registered
-from test_coordinator_service import Harness, config, decl_payload, register_all
-from test_coordinator_support import (
+from helpers.coordinator import (
     COORDINATOR,
     T0,
     FakeClock,
+    Harness,
+    config,
+    decl_payload,
     declaration,
     forge_payload,
     new_core,
     node,
+    open_now,
     raw,
+    register_all,
+    registered,
     runner,
 )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_coordinator_support import ADMIN_TOKEN, SPEC_TOML, declaration, node, raw, registration
+from helpers.coordinator import ADMIN_TOKEN, SPEC_TOML, declaration, node, raw, registration
 
 from protocol import Allocation, open_envelope
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from test_coordinator_support import (
+from helpers.coordinator import (
     EPOCH_SECONDS,
     T0,
     audit_report,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from test_coordinator_support import (
+from helpers.coordinator import (
     COORDINATOR,
     EPOCH_SECONDS,
     GRACE,
@@ -14,7 +14,9 @@ from test_coordinator_support import (
     declaration,
     new_core,
     node,
+    open_now,
     raw,
+    registered,
     registration,
     runner,
     settings,
@@ -31,21 +33,6 @@ from coordinator.epoch import (
 )
 from protocol import Allocation, Credential, Identity, InkindError, open_envelope
 from protocol.errors import WrongPhaseError
-
-
-def registered(core: EpochCore, n: int, *, location: int = 0) -> list[Identity]:
-    people = [node(i) for i in range(n)]
-    for p in people:
-        reg = registration(p, location=location)
-        change = core.check_registration(reg, raw(p, reg))
-        assert change is not None
-        core.apply(change)
-    return people
-
-
-def open_now(core: EpochCore, now: int = T0) -> None:
-    fees, q = runner().announcement_terms()
-    core.apply(core.plan_open(now, fees=fees, q=q))
 
 
 def declare(core: EpochCore, who: Identity, now: int = T0 + 1, **kw: int) -> Declared:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from test_coordinator_support import (
+from helpers.coordinator import (
     ADMIN_TOKEN,
     COORDINATOR,
     EPOCH_SECONDS,

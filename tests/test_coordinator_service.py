@@ -5,36 +5,37 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from test_coordinator_support import (
-    ADMIN_TOKEN,
+from helpers.coordinator import (
+    ADMIN,
     COORDINATOR,
     EPOCH_SECONDS,
     T0,
     FakeClock,
+    Harness,
     audit_report,
     commitment,
+    config,
+    decl_payload,
     declaration,
     envelope_obj,
     flip_signature,
     forge_payload,
-    market,
     node,
     nonce,
     raw,
     refusal,
+    register_all,
     registration,
     relabel,
     runner,
 )
 
-from coordinator.config import CoordinatorConfig
 from coordinator.service import COORDINATOR as APP_KEY
 from coordinator.service import make_app
 from coordinator.store import Store
@@ -53,47 +54,7 @@ from protocol.envelope import envelope_size_limit
 from protocol.messages import Declaration
 
 A, B, C, D, U = (node(i) for i in range(5))  # U never registers
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TRUSTED = {COORDINATOR.public_key}
-
-
-@dataclass
-class Harness:
-    client: TestClient[Any, Any]
-    store: Store
-    clock: FakeClock
-    log: list[Any] = field(default_factory=list)
-
-    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None
-                   ) -> tuple[int, Any]:
-        resp = await self.client.post(path, data=body, headers=headers or {})
-        return resp.status, await resp.json(content_type=None)
-
-    async def get(self, path: str) -> tuple[int, bytes]:
-        resp = await self.client.get(path)
-        return resp.status, await resp.read()
-
-    async def ok(self, path: str, body: bytes = b"", admin: bool = False) -> Any:
-        status, data = await self.post(path, body, ADMIN if admin else None)
-        assert status == 200, data
-        return data
-
-    async def fingerprint(self) -> Any:
-        _, status = await self.get("/v1/status")
-        counts = [self.store.count(t) for t in ("nodes", "epochs", "declarations", "allocations",
-                                                 "credentials", "commitments", "evidence",
-                                                 "exclusions")]
-        return (json.loads(status), counts, self.store.declarations(0),
-                self.store.declarations(1))
-
-
-def config(**kw: Any) -> CoordinatorConfig:
-    base: dict[str, Any] = {"market": market(), "mechanism": "posted_fee",
-                            "epoch_seconds": EPOCH_SECONDS, "pause_seconds": 5,
-                            "credential_grace": 30, "auto_schedule": False,
-                            "admin_token": ADMIN_TOKEN}
-    base.update(kw)
-    return CoordinatorConfig(**base)
 
 
 @pytest_asyncio.fixture
@@ -105,13 +66,6 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
         yield Harness(client=client, store=store, clock=clock)
     store.close()
-
-
-async def register_all(h: Harness, people: list[Identity], epoch: int = 0) -> None:
-    for i, p in enumerate(people):
-        reg = registration(p, epoch=epoch, endpoint=f"127.0.0.1:{9000 + i}")
-        data = await h.ok("/v1/register", raw(p, reg))
-        assert data == {"node_id": p.node_id, "epoch": epoch}
 
 
 async def declare(h: Harness, who: Identity, *, epoch: int = 0, theta: int = 950_000) -> None:
@@ -221,12 +175,6 @@ async def test_auto_schedule_closes_at_the_deadline_and_opens_the_next(tmp_path:
 # --- bad input: every case refused with its code, and nothing changes -----------------------
 
 DECL_LIMIT = envelope_size_limit(Declaration.MAX_PAYLOAD_BYTES)
-
-
-def decl_payload(who: Identity, **changes: Any) -> dict[str, Any]:
-    base = {"epoch": 0, "node_id": who.node_id, "theta": 500_000, "nonce": nonce(4242)}
-    base.update(changes)
-    return base
 
 
 def with_field(body: bytes, key: str, value: Any) -> bytes:

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from test_coordinator_support import (
+from helpers.coordinator import (
     COORDINATOR,
     EPOCH_SECONDS,
     T0,

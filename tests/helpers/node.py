@@ -6,9 +6,10 @@
 * :class:`ScriptedCoordinator` serves the Coordinator table of ``protocol/HTTP.md`` with
   messages signed by a test identity; tests open and close epochs on it with the exact
   allocation they need (who owes what), which the real mechanism would not give them.
-  Tests of the node against the real coordinator use :mod:`helpers.coordinator_link`.
+  Tests of the node against the real coordinator serve its app on the same network.
 * :func:`node_bed` runs agents and their hosts on an in-memory network
-  (:mod:`helpers.memnet`): no sockets, and time is the :class:`FakeClock` the test moves.
+  (:mod:`helpers.memnet`): no sockets, and time is the :class:`~helpers.clock.FakeClock`
+  the test moves.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from helpers.clock import NOW, FakeClock
 from helpers.memnet import memory_net
 from node.agent import Agent, NodeSpec
 from node.client import CoordinatorClient, PeerClient
@@ -51,7 +53,6 @@ from protocol import (
 )
 from protocol.errors import DuplicateDeclarationError, EpochClosedError, UnknownKeyError
 
-NOW = 1_700_000_000
 EPOCH = 5
 
 
@@ -63,20 +64,6 @@ def counter_rng() -> Callable[[int], bytes]:
     """A deterministic random source for challenge books (distinct values)."""
     counter = itertools.count(1)
     return lambda n: next(counter).to_bytes(n, "big")
-
-
-class FakeClock:
-    """A clock the test sets (integer Unix seconds): ``clock.now = ...``; ``clock()``."""
-
-    def __init__(self, now: int = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: int) -> int:
-        self.now += seconds
-        return self.now
 
 
 @dataclass

@@ -1,16 +1,23 @@
-"""Shared helpers for the coordinator tests (no tests here): markets, a fake clock,
-deterministic node identities and builders of signed messages."""
+"""Shared helpers of the coordinator tests: markets, deterministic node identities,
+builders of signed messages, an epoch core with registered nodes, and a harness over the
+coordinator's HTTP app (the clock is :class:`helpers.clock.FakeClock`)."""
 
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp.test_utils import TestClient
+
 from coordinator.allocation import MechanismRunner
+from coordinator.config import CoordinatorConfig
 from coordinator.epoch import EpochCore, Settings
 from coordinator.mechanism import Market, market_from_dict
+from coordinator.store import Store
+from helpers.clock import NOW, FakeClock
 from protocol import (
     AuditReport,
     Commitment,
@@ -24,7 +31,7 @@ from protocol import (
     seal_bytes,
 )
 
-T0 = 1_700_000_000
+T0 = NOW
 EPOCH_SECONDS = 60
 PAUSE_SECONDS = 5
 GRACE = 30
@@ -104,14 +111,6 @@ def new_core(run: MechanismRunner | None = None) -> EpochCore:
     return EpochCore(identity=COORDINATOR, settings=settings(run))
 
 
-class FakeClock:
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
 def nonce(i: int) -> str:
     return f"{i:032x}"
 
@@ -189,3 +188,78 @@ def flip_signature(data: bytes) -> bytes:
 def payload_of(data: bytes) -> dict[str, Any]:
     obj: dict[str, Any] = json.loads(base64.b64decode(envelope_obj(data)["payload"]))
     return obj
+
+
+# --- an epoch core with nodes -------------------------------------------------------------
+
+
+def registered(core: EpochCore, n: int, *, location: int = 0) -> list[Identity]:
+    people = [node(i) for i in range(n)]
+    for p in people:
+        reg = registration(p, location=location)
+        change = core.check_registration(reg, raw(p, reg))
+        assert change is not None
+        core.apply(change)
+    return people
+
+
+def open_now(core: EpochCore, now: int = T0) -> None:
+    fees, q = runner().announcement_terms()
+    core.apply(core.plan_open(now, fees=fees, q=q))
+
+
+# --- the HTTP app under a test client -----------------------------------------------------
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@dataclass
+class Harness:
+    client: TestClient[Any, Any]
+    store: Store
+    clock: FakeClock
+    log: list[Any] = field(default_factory=list)
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None
+                   ) -> tuple[int, Any]:
+        resp = await self.client.post(path, data=body, headers=headers or {})
+        return resp.status, await resp.json(content_type=None)
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        resp = await self.client.get(path)
+        return resp.status, await resp.read()
+
+    async def ok(self, path: str, body: bytes = b"", admin: bool = False) -> Any:
+        status, data = await self.post(path, body, ADMIN if admin else None)
+        assert status == 200, data
+        return data
+
+    async def fingerprint(self) -> Any:
+        _, status = await self.get("/v1/status")
+        counts = [self.store.count(t) for t in ("nodes", "epochs", "declarations", "allocations",
+                                                 "credentials", "commitments", "evidence",
+                                                 "exclusions")]
+        return (json.loads(status), counts, self.store.declarations(0),
+                self.store.declarations(1))
+
+
+def config(**kw: Any) -> CoordinatorConfig:
+    base: dict[str, Any] = {"market": market(), "mechanism": "posted_fee",
+                            "epoch_seconds": EPOCH_SECONDS, "pause_seconds": 5,
+                            "credential_grace": 30, "auto_schedule": False,
+                            "admin_token": ADMIN_TOKEN}
+    base.update(kw)
+    return CoordinatorConfig(**base)
+
+
+async def register_all(h: Harness, people: list[Identity], epoch: int = 0) -> None:
+    for i, p in enumerate(people):
+        reg = registration(p, epoch=epoch, endpoint=f"127.0.0.1:{9000 + i}")
+        data = await h.ok("/v1/register", raw(p, reg))
+        assert data == {"node_id": p.node_id, "epoch": epoch}
+
+
+def decl_payload(who: Identity, **changes: Any) -> dict[str, Any]:
+    base = {"epoch": 0, "node_id": who.node_id, "theta": 500_000, "nonce": nonce(4242)}
+    base.update(changes)
+    return base
