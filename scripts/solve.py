@@ -4,9 +4,18 @@
     python scripts/solve.py scripts/specs/slides.toml --mechanism optimal
     python scripts/solve.py scripts/specs/three-towns.toml --mechanism posted_fee --json
 
-The spec format (TOML or JSON) is documented in README.md. Welfare and payments are in
-the spec's money units (or, for payments in kind, in resource units of the payer's own
-location); thresholds are types θ; Q is each location's size.
+The spec format (TOML or JSON) is documented in README.md. Units: welfare in the
+spec's money units (in kind: resource units); Q_l in resource units of location l; a
+fee or payment in money units, or in kind in resource units of the payer's own
+location; thresholds θ* are types (no unit).
+
+For every mechanism and location the table gives the expected size E[Q_l] and the
+expected fee of a participant E[payment | included], both expectations over the
+agents' types. They are exact where the mechanism's solution gives them (posted fee,
+equal-contribution schemes); where Q and the payments depend on the declared types
+(first best, optimal) they are estimated from a seeded Monte Carlo of the
+mechanism's own ``allocate`` (``--draws`` type profiles) and printed with their
+standard error. Exit status: 0 solved, 1 the solver reports failure, 2 a bad spec.
 """
 
 from __future__ import annotations
@@ -15,13 +24,116 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coordinator.mechanism import ALIASES, SOLVERS, canonical, load_market, solve
+from coordinator.mechanism import ALIASES, SOLVERS, Market, canonical, load_market, solve
+
+DEFAULT_DRAWS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """An expected value, its standard error (0 when exact) and how it was obtained."""
+
+    value: float
+    se: float
+    source: str  # "exact", "monte carlo" or "none"
+
+    def text(self) -> str:
+        if self.source == "none" or not math.isfinite(self.value):
+            return "—"
+        if self.source == "exact":
+            return f"{self.value:.8g}"
+        return f"{self.value:.6g} ± {self.se:.2g}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": _finite(self.value), "se": _finite(self.se), "source": self.source}
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(float(x)) else None
+
+
+def _plain(x: Any) -> Any:
+    """Plain JSON: numpy scalars and arrays to Python, non-finite floats to None."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, np.generic):
+        return _plain(x.item())
+    if isinstance(x, float):
+        return _finite(x)
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    return str(x)
+
+
+def _per_location(value: Any, L: int) -> list[float] | None:
+    if value is None:
+        return None
+    arr = np.atleast_1d(np.asarray(value, dtype=float))
+    return [float(v) for v in arr] if arr.shape == (L,) else None
+
+
+def monte_carlo(mech: Any, market: Market, draws: int, seed: int
+                ) -> tuple[list[Expectation], list[Expectation]]:
+    """E[Q_l] and E[payment | included] per location from ``draws`` seeded type profiles.
+
+    The fee is the ratio E[Σ payments of included agents] / E[number included], with a
+    delta-method standard error.
+    """
+    rng = np.random.default_rng(seed)
+    L = market.L
+    Qs = np.empty((draws, L))
+    paid = np.empty((draws, L))
+    count = np.empty((draws, L))
+    for i, types in enumerate(market.sample_types(rng, draws)):
+        al = mech.allocate(types)
+        Qs[i] = al.Q
+        inc = np.asarray(al.included, dtype=bool)
+        paid[i] = np.bincount(al.location[inc], weights=al.payments[inc], minlength=L)
+        count[i] = np.bincount(al.location[inc], minlength=L)
+    q = [Expectation(float(Qs[:, l].mean()), float(Qs[:, l].std(ddof=1) / math.sqrt(draws)),
+                     "monte carlo") for l in range(L)]
+    fees = []
+    for l in range(L):
+        mean_n = float(count[:, l].mean())
+        if mean_n <= 0.0:
+            fees.append(Expectation(math.nan, math.nan, "none"))
+            continue
+        ratio = float(paid[:, l].mean()) / mean_n
+        resid = paid[:, l] - ratio * count[:, l]
+        fees.append(Expectation(ratio, float(resid.std(ddof=1) / math.sqrt(draws)) / mean_n,
+                                "monte carlo"))
+    return q, fees
+
+
+def expectations(mech: Any, market: Market, draws: int, seed: int
+                 ) -> tuple[list[Expectation], list[Expectation]]:
+    """E[Q_l] and the expected fee of a participant, exact where the result has them."""
+    r = mech.result
+    L = market.L
+    exact_q = _per_location(r.details.get("expected_Q", r.Q), L)
+    exact_fee = _per_location(r.fees, L)
+    if exact_q is not None and exact_fee is not None:
+        return ([Expectation(v, 0.0, "exact") for v in exact_q],
+                [Expectation(v, 0.0, "exact") for v in exact_fee])
+    if draws <= 0 or not r.success:
+        none = [Expectation(math.nan, math.nan, "none")] * L
+        return (none if exact_q is None else [Expectation(v, 0.0, "exact") for v in exact_q],
+                none if exact_fee is None else [Expectation(v, 0.0, "exact") for v in exact_fee])
+    q_mc, fee_mc = monte_carlo(mech, market, draws, seed)
+    return (q_mc if exact_q is None else [Expectation(v, 0.0, "exact") for v in exact_q],
+            fee_mc if exact_fee is None else [Expectation(v, 0.0, "exact") for v in exact_fee])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +146,13 @@ def main(argv: list[str] | None = None) -> int:
                    + "; ".join(f"{k}: {v[1]}" for k, v in SOLVERS.items())
                    + "; former names: " + ", ".join(f"{k} = {v}" for k, v in ALIASES.items()))
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
+                   help="type profiles for the Monte Carlo of E[Q] and the expected fee "
+                        f"where no exact value exists (default {DEFAULT_DRAWS}; 0: skip)")
+    p.add_argument("--seed", type=int, default=0, help="seed of that Monte Carlo (default 0)")
     args = p.parse_args(argv)
+    if args.draws < 0:
+        p.error("--draws must be >= 0")
     try:
         market = load_market(args.spec)
     except (OSError, ValueError) as exc:
@@ -46,37 +164,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     r = mech.result
-    q = r.Q
-    if q is None:
-        # Mechanisms whose Q depends on the declared types: report its expectation.
-        cost = r.details.get("expected_cost")
-        q_note = "E[Q] not tabulated (Q depends on the declared types)" if cost is None else None
-    else:
-        q_note = None
+    eq, efee = expectations(mech, market, args.draws, args.seed)
+    money = market.payment == "money"
+    units = {
+        "welfare": "money units" if money else "resource units (in kind)",
+        "Q": "resource units of the location",
+        "fee": "money units" if money else "resource units of the payer's own location",
+        "threshold": "type θ (no unit)",
+    }
     if args.json:
-        out = r.as_dict()
-        out["locations"] = [loc.name for loc in market.locations]
-        print(json.dumps(out, default=lambda x: None if isinstance(x, float) and
-                         not math.isfinite(x) else str(x)))
+        out = _plain(r.as_dict())
+        out["units"] = units
+        out["expectations"] = (f"expected_Q and expected_fee are expectations over types; "
+                               f"monte carlo ones use {args.draws} profiles, seed {args.seed}")
+        out["locations"] = [
+            {"name": loc.name, "n": loc.n,
+             "threshold": None if r.thresholds is None else _finite(r.thresholds[k]),
+             "expected_Q": eq[k].as_dict(), "expected_fee": efee[k].as_dict()}
+            for k, loc in enumerate(market.locations)]
+        print(json.dumps(out, ensure_ascii=False, allow_nan=False))
         return 0 if r.success else 1
     print(f"mechanism       {r.mechanism}  ({SOLVERS[canonical(args.mechanism)][1]})")
     print(f"status          {'ok' if r.success else 'FAILED'}: {r.status}")
     se = f" ± {r.welfare_se:.3g} (Monte Carlo s.e.)" if r.welfare_se else " (exact/quadrature)"
-    unit = "money units" if market.payment == "money" else "resource units (in kind)"
-    print(f"welfare         {r.welfare:.10g} {unit}, expected{se}")
+    print(f"welfare         {r.welfare:.10g} {units['welfare']}, expected{se}")
+    err = r.details.get("relative_error_estimate")
+    if err is not None:
+        print(f"error estimate  {float(err):.2g} (relative)")
     excl = "allowed" if market.exclusion else "not allowed"
     print(f"payment         {market.payment}; exclusion {excl}")
     if r.lambdas is not None:
         print(f"lambda          {np.array2string(np.asarray(r.lambdas), precision=8)}")
-    header = f"{'location':<14}{'n':>8}{'threshold θ*':>16}{'Q':>16}{'fee':>16}"
-    print(header)
+    print(f"{'location':<14}{'n':>8}{'threshold θ*':>16}{'E[Q]':>24}{'E[fee | included]':>24}")
     for k, loc in enumerate(market.locations):
         th = "" if r.thresholds is None else f"{r.thresholds[k]:.8g}"
-        qq = "" if r.Q is None else f"{r.Q[k]:.8g}"
-        fee = "" if r.fees is None or k >= len(r.fees) else f"{r.fees[k]:.8g}"
-        print(f"{loc.name:<14}{loc.n:>8}{th:>16}{qq:>16}{fee:>16}")
-    if q_note:
-        print(q_note)
+        print(f"{loc.name:<14}{loc.n:>8}{th:>16}{eq[k].text():>24}{efee[k].text():>24}")
+    sources = {e.source for e in eq + efee}
+    print(f"E[Q] in {units['Q']}; E[fee | included] in {units['fee']}: expectations over "
+          "the agents' types"
+          + (f"; '±' marks a Monte Carlo of allocate over {args.draws} type profiles "
+             f"(seed {args.seed}) with its standard error" if "monte carlo" in sources else "")
+          + ("; '—' where none exists (no payments, or nobody included)"
+             if "none" in sources else ""))
     return 0 if r.success else 1
 
 

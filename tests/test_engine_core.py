@@ -88,7 +88,7 @@ def test_second_best_revenue_identity_and_interim_monotonicity() -> None:
 
 @pytest.mark.slow
 def test_no_exclusion_is_below_the_slides_relaxed_formula_and_relaxation_reproduces_it() -> None:
-    from coordinator.mechanism.figures import relaxed_no_exclusion_welfare
+    from coordinator.mechanism.claims import relaxed_no_exclusion_welfare
 
     n = 10
     formula = n * (np.sqrt(1 + 3 * n) - 1) / 27

@@ -120,12 +120,11 @@ def test_post_size_n_equals_1() -> None:
 
 
 def test_post_size_n_coefficient() -> None:
-    # Slides: SW = 3n²/128 − n/384 + O(1). Computed: (SW − 3n²/128)/n = 0 to rounding at
-    # n = 1000 and 10000 (values below): with the exact E[1/X] = (1 − θ^n)/(n(1 − θ))
-    # the scheme's welfare is (2/9) n² θ(1 − θ)³/(1 − θ^n) ≥ 3n²/128, equal up to a
-    # relative 4^-n, so the n-coefficient is 0, not −1/384 ≈ −0.0026. (Replacing E[1/X]
-    # by 1/E[X] = 1/(1 + (n − 1)(1 − θ)) gives +1/384: the slide has perhaps a sign slip
-    # of that approximation.) Pinned to the computed value, not tuned.
+    # Slides: SW = 3n²/128 − n/384 + O(1), computed with the prior count X ~ Bin(n, p)
+    # (test_slides_convention_recovers_the_printed_n_coefficients). Counting himself
+    # (X = 1 + Bin(n − 1, p), the default): (SW − 3n²/128)/n = 0 to rounding at n = 1000
+    # and 10000, since with the exact E[1/X] = (1 − θ^n)/(n(1 − θ)) the welfare is
+    # (2/9) n² θ(1 − θ)³/(1 − θ^n) ≥ 3n²/128, equal up to a relative 4^-n.
     for n in (1000, 10000):
         sw = post_size_share_cost(slides_economy(n)).result.welfare
         coef = (sw - 3 * n * n / 128) / n
@@ -158,7 +157,8 @@ def test_post_fee_build_largest_matches_parametric_form(n: int) -> None:
 
 
 def test_post_fee_n_coefficient() -> None:
-    # Slides: SW = 3n²/128 + 7n/1536 + O(1). Computed: (SW − 3n²/128)/n = 0.0058617363 at
+    # Slides: SW = 3n²/128 + 7n/1536 + O(1) under the prior count X ~ Bin(n, p).
+    # Counting himself (the default): (SW − 3n²/128)/n = 0.0058617363 at
     # n = 1000 and 0.0058596110 at n = 10000; the slope between them is 0.00585937 =
     # 9/1536 (= 3/512), not 7/1536 ≈ 0.0045573. Evidence: SW = (2/9) n θ(1 − θ)² S² with
     # S² = E√(1 + B)² = n(1 − θ) + 3θ/4 + O(1/n) (delta method, Var B/(4 E[1 + B]) → θ/4),
@@ -252,4 +252,82 @@ def test_general_economy_without_inverse_cost() -> None:
     welfare, surplus = _monte_carlo(mb, e, 3000, 5)
     se = welfare.std(ddof=1) / np.sqrt(len(welfare))
     assert abs(welfare.mean() - mb.result.welfare) < 3 * se
+    assert np.max(np.abs(surplus)) < 1e-9
+
+
+# -- the slides' convention: X ~ Bin(n, p), the prior count, given X ≥ 1 ---------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=1, max_value=300),
+       st.floats(min_value=0.0, max_value=1.0).filter(lambda p: p == 0.0 or p > 1e-300))
+def test_slides_inverse_count_matches_conditional_binomial_sum(n: int, p: float) -> None:
+    k = np.arange(1, n + 1)
+    mass = float(stats.binom.sf(0, n, p))
+    got = float(expected_inverse_count(n, p, "slides"))
+    if mass < 1e-290:  # X given X ≥ 1 tends to 1 as p → 0
+        assert got == pytest.approx(1.0, rel=1e-9)
+        return
+    direct = float(stats.binom.pmf(k, n, p) @ (1.0 / k)) / mass
+    assert got == pytest.approx(direct, rel=1e-10)
+
+
+def test_conventions_differ_only_in_the_count_and_agree_for_one_agent() -> None:
+    p = np.array([0.0, 0.2, 0.9, 1.0])
+    assert np.allclose(expected_inverse_count(1, p, "slides"), 1.0)
+    assert np.allclose(expected_inverse_count(1, p, "bayes"), 1.0)
+    # Counting himself makes X larger, so the share a participant expects is smaller.
+    assert np.all(expected_inverse_count(10, p[1:3], "bayes")
+                  < expected_inverse_count(10, p[1:3], "slides"))
+
+
+def test_unknown_convention_is_refused() -> None:
+    with pytest.raises(ValueError, match="convention"):
+        slides_economy(5, "prior")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("n", [2, 5, 100])
+def test_slides_convention_thresholds_are_fixed_points_of_the_prior_count(n: int) -> None:
+    e = slides_economy(n, "slides")
+    ma = post_size_share_cost(e)
+    assert ma.result.details["convention"] == "slides"
+    p = 1 - ma.theta_star
+    k = np.arange(1, n + 1)
+    pmf = stats.binom.pmf(k, n, p) / stats.binom.sf(0, n, p)
+    share = ma.Q * float(pmf @ (1.0 / k))
+    assert ma.theta_star * float(slides_utility(np.array(ma.Q))) == pytest.approx(share,
+                                                                                 rel=1e-10)
+    mb = post_fee_build_largest(e)
+    p = 1 - mb.theta_star
+    pmf = stats.binom.pmf(k, n, p) / stats.binom.sf(0, n, p)
+    U = float(pmf @ slides_utility(k * mb.phi))
+    assert mb.theta_star * U == pytest.approx(mb.phi, rel=1e-10)
+    # Scheme (c) has no X in its participation rule: the convention changes nothing.
+    assert post_fee_and_size(e).result.welfare == post_fee_and_size(
+        slides_economy(n)).result.welfare
+
+
+def test_slides_convention_recovers_the_printed_n_coefficients() -> None:
+    # The slides print 3n²/128 − n/384 + O(1) for (a) and 3n²/128 + 7n/1536 + O(1) for
+    # (b). With the participant not counting himself (X ~ Bin(n, p)) the thresholds move
+    # by O(1/n) and the welfare's n-coefficient becomes exactly these: a delta-method
+    # expansion gives −(2/3)θ² ∂SW/∂√Q = −n/384 for (a) and (4/9)θ(1−θ)(θ + 3θ²)/8 =
+    # 7/1536 for (b) at θ = 1/4. The slope between n = 1000 and 10000 removes the O(1).
+    for scheme, printed in ((post_size_share_cost, -1 / 384),
+                            (post_fee_build_largest, 7 / 1536)):
+        r = {n: scheme(slides_economy(n, "slides")).result.welfare - 3 * n * n / 128
+             for n in (1000, 10000)}
+        slope = (r[10000] - r[1000]) / 9000
+        assert slope == pytest.approx(printed, abs=2e-7)
+
+
+@pytest.mark.parametrize("scheme", ["a", "b"])
+def test_slides_convention_welfare_is_the_welfare_as_played(scheme: str) -> None:
+    # Beliefs set θ*; the realised count is Bin(n, p) whatever was believed, so the
+    # reported welfare is what a Monte Carlo of allocate gives.
+    e = slides_economy(10, "slides")
+    mech: Mechanism = post_size_share_cost(e) if scheme == "a" else post_fee_build_largest(e)
+    welfare, surplus = _monte_carlo(mech, e, 6000, 11)
+    se = welfare.std(ddof=1) / np.sqrt(len(welfare))
+    assert abs(welfare.mean() - mech.result.welfare) < 3 * se
     assert np.max(np.abs(surplus)) < 1e-9
