@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             probe_attempts=args.probe_attempts, probe_timeout=args.probe_timeout)
         identity = load_or_create_key(args.key)
         store = Store(args.db)
-    except (OSError, ValueError, KeyFileError) as exc:
+    except (OSError, ValueError, KeyFileError, StoreError) as exc:
         print(f"inkind-coordinator: {exc}", file=sys.stderr)
         return 2
     try:

@@ -14,10 +14,21 @@ announcement envelope), ``declarations`` (unique (epoch, node) and (epoch, nonce
 ``allocations`` (envelope), ``credentials``, ``commitments``, ``evidence``,
 ``exclusions``, ``probes`` (coordinator probe results, :mod:`coordinator.probe`). This
 module deliberately makes no decisions: it stores what the state machine accepted.
+
+One writer: a coordinator holds an exclusive ``flock`` on ``<db>.lock`` for as long as
+its :class:`Store` is open, and a second one on the same database refuses to start
+(:class:`StoreLockedError`) instead of closing epochs without the first one's
+acknowledged declarations and signing a conflicting allocation. The lock lives on a file
+beside the database, not on the database itself, because SQLite's own locks are taken
+and dropped per transaction; the kernel releases it when the process dies, so a
+``kill -9`` leaves nothing to clean up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import sqlite3
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -94,12 +105,42 @@ class StoreError(RuntimeError):
     """The database does not belong to this coordinator or is inconsistent."""
 
 
+class StoreLockedError(StoreError):
+    """Another coordinator (process) has this database open."""
+
+
+def _lock(path: str) -> int:
+    """An exclusive, non-blocking ``flock`` on ``path`` (created); the open descriptor."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLockedError(
+            f"{path}: another coordinator is running on this database; stop it first "
+            "(one writer per database)") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Store:
-    """One SQLite database file; used from one thread at a time (the event loop)."""
+    """One SQLite database file; used from one thread at a time (the event loop).
+
+    Raises :class:`StoreLockedError` if another :class:`Store` (in any process) has the
+    same database open.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock_fd: int | None = _lock(self.path + ".lock")
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False)
+        except BaseException:
+            self._unlock()
+            raise
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -108,6 +149,13 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
     def pragma(self, name: str) -> Any:
         return self._db.execute(f"PRAGMA {name}").fetchone()[0]

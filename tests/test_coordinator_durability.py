@@ -113,3 +113,45 @@ def test_help_describes_the_command() -> None:
                  "--epoch-seconds", "--admin-token", "--manual"):
         assert flag in text
     assert "JSON line" in text
+
+
+def test_a_second_coordinator_on_the_same_database_exits_with_a_clear_message(
+        tmp_path: Path) -> None:
+    (tmp_path / "spec.toml").write_text(SPEC_TOML)
+    people = [node(i) for i in range(2)]
+    proc, hello = start(tmp_path)
+    try:
+        base = hello["coordinator"]
+        for p in people:
+            assert call(base, "/v1/register", raw(p, registration(p)))[0] == 200
+        assert call(base, "/v1/admin/open", b"", admin=True)[0] == 200
+        body = raw(people[0], declaration(people[0], theta=950_000))
+        assert call(base, "/v1/declarations", body)[0] == 200
+        second = subprocess.run(
+            [sys.executable, "-m", "coordinator", "--spec", str(tmp_path / "spec.toml"),
+             "--mechanism", "posted_fee", "--db", str(tmp_path / "coord.db"),
+             "--key", str(tmp_path / "coord.pem"), "--port", "0", "--manual",
+             "--admin-token", ADMIN_TOKEN],
+            capture_output=True, timeout=STARTUP_SECONDS, cwd=tmp_path)
+        assert second.returncode != 0 and second.stdout == b""  # never announced itself
+        assert b"another coordinator is running on this database" in second.stderr
+        assert b"Traceback" not in second.stderr
+        # The first one is unharmed and still has the declaration it acknowledged.
+        status = json.loads(call(base, "/v1/status")[1])
+        assert status["counts"]["declarations"] == 1
+    finally:
+        proc.kill()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    # Once the first is gone (even by SIGKILL), the database opens again.
+    proc, again = start(tmp_path)
+    try:
+        assert (again["epoch"], again["phase"]) == (0, "open")
+    finally:
+        proc.kill()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

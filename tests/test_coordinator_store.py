@@ -21,7 +21,7 @@ from helpers.coordinator import (
 )
 
 from coordinator.epoch import Change, DeclarationRecord, Declared, EpochCore, Phase
-from coordinator.store import Store, StoreError
+from coordinator.store import Store, StoreError, StoreLockedError
 
 
 def test_wal_and_synchronous_full(tmp_path: Path) -> None:
@@ -113,3 +113,15 @@ def test_snapshot_restores_epoch_declarations_audit_and_exclusions(tmp_path: Pat
     assert a.envelope == b.envelope and a.exclusions == b.exclusions
     assert {x.node_id for x in a.exclusions} == {people[1].node_id, people[2].node_id}
     store.close()
+
+
+def test_one_writer_per_database(tmp_path: Path) -> None:
+    first = Store(tmp_path / "c.db")
+    try:
+        with pytest.raises(StoreLockedError, match="another coordinator"):
+            Store(tmp_path / "c.db")
+        other = Store(tmp_path / "d.db")  # another database is another lock
+        other.close()
+    finally:
+        first.close()
+    Store(tmp_path / "c.db").close()  # released on close
