@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from coordinator.config import CoordinatorConfig
+from coordinator.penalty import PenaltyPolicy
 from coordinator.service import COORDINATOR, make_app
 from coordinator.store import Store, StoreError
 from protocol import Identity
@@ -80,6 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "closed epoch; 0 disables them (default: %(default)s)")
     p.add_argument("--probe-timeout", type=float, default=2.0, metavar="S",
                    help="seconds one probe may take (default: %(default)s)")
+    g = p.add_argument_group(
+        "graded exclusion", "how long a free rider stays out (README 'Graded exclusion'): "
+        "min(MAX, ceil(BASE * GROWTH^(s-1))) epochs, s = offences, each halved every "
+        "HALF_LIFE epochs spent readmitted")
+    d = PenaltyPolicy()
+    g.add_argument("--penalty-base", type=int, default=d.base_epochs, metavar="BASE",
+                   help="epochs out after a first offence (default: %(default)s)")
+    g.add_argument("--penalty-growth", type=float, default=d.growth, metavar="GROWTH",
+                   help="factor per repeat offence (default: %(default)s)")
+    g.add_argument("--penalty-half-life", type=float, default=d.half_life, metavar="HALF_LIFE",
+                   help="readmitted epochs for the offence score to halve "
+                        "(default: %(default)s)")
+    g.add_argument("--penalty-max", type=int, default=d.max_epochs, metavar="MAX",
+                   help="longest exclusion in epochs (default: %(default)s)")
+    g.add_argument("--penalty-history", type=int, default=d.history_epochs, metavar="E",
+                   help="epochs an ended exclusion stays listed in /v1/status "
+                        "(default: %(default)s)")
     p.add_argument("--admin-token", metavar="T",
                    help="bearer token for /v1/admin/* (or set INKIND_ADMIN_TOKEN; without "
                         "one the admin endpoints refuse everything)")
@@ -128,11 +146,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = args.admin_token or os.environ.get("INKIND_ADMIN_TOKEN") or None
     try:
+        penalty = PenaltyPolicy(
+            base_epochs=args.penalty_base, growth=args.penalty_growth,
+            half_life=args.penalty_half_life, max_epochs=args.penalty_max,
+            history_epochs=args.penalty_history)
         config = CoordinatorConfig.from_spec_file(
             args.spec, mechanism=args.mechanism, epoch_seconds=args.epoch_seconds,
             pause_seconds=args.pause_seconds, credential_grace=args.grace_seconds,
             auto_schedule=not args.manual, admin_token=token,
-            probe_attempts=args.probe_attempts, probe_timeout=args.probe_timeout)
+            probe_attempts=args.probe_attempts, probe_timeout=args.probe_timeout,
+            penalty=penalty)
         identity = load_or_create_key(args.key)
         store = Store(args.db)
     except (OSError, ValueError, KeyFileError, StoreError) as exc:

@@ -6,11 +6,12 @@ nothing itself except through :meth:`CoordinatorConfig.from_spec_file`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.allocation import coordinator_mechanism
 from coordinator.mechanism import Market, load_market
+from coordinator.penalty import PenaltyPolicy
 
 #: Refuse bodies above this many bytes whatever the type (largest inbound: audit reports).
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -27,7 +28,8 @@ class CoordinatorConfig:
     by themselves (otherwise only ``POST /v1/admin/open|close`` drive epochs);
     ``admin_token``: the bearer token of the admin endpoints (None disables them);
     ``probe_attempts``: probes of each owing host per closed epoch (0 disables the
-    probes, :mod:`coordinator.probe`); ``probe_timeout``: seconds one probe may take.
+    probes, :mod:`coordinator.probe`); ``probe_timeout``: seconds one probe may take;
+    ``penalty``: how long free riders stay excluded (:mod:`coordinator.penalty`).
     """
 
     market: Market
@@ -39,6 +41,7 @@ class CoordinatorConfig:
     admin_token: str | None = None
     probe_attempts: int = 3
     probe_timeout: float = 2.0
+    penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
 
     def __post_init__(self) -> None:
         # The wire name (an alias such as ``second_best`` resolved); ValueError if unknown.

@@ -11,7 +11,8 @@ Registrations are accepted in every phase; declarations only in ``open(e)`` whil
 ``now < deadline``; commitments and audit reports for the last closed epoch while
 ``closed(e)`` and during ``open(e + 1)``. ``begin_close`` of epoch e + 1 is the audit
 cut-off of epoch e: enforcement (:mod:`coordinator.enforcement`) runs then, and the free
-riders it finds take no part in epoch e + 1 (their declarations, accepted earlier, are
+riders it finds take no part in epoch e + 1 nor in the further epochs their graded
+exclusion lasts (:mod:`coordinator.penalty`; their declarations, accepted earlier, are
 ignored: π = 0, no credential). ``closing`` is transient (the mechanism runs in a worker
 thread meanwhile) and is never persisted: a coordinator that dies while closing restarts
 in ``open(e)`` and closes again.
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 
 from coordinator.decision import Decision, Participant
 from coordinator.enforcement import Exclusion, find_free_riders
+from coordinator.penalty import PenaltyPolicy, Sanction, Standing, forgotten, sentence
 from coordinator.probe import ProbeResult
 from protocol import (
     Allocation,
@@ -129,6 +131,7 @@ class Settings:
     pause_seconds: int  # between a close and the next open (auto-scheduling)
     credential_grace: int  # credentials outlive the next epoch's deadline by this much
     max_evidence_per_epoch: int = 1_000_000
+    penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
 
     @property
     def n_locations(self) -> int:
@@ -210,6 +213,9 @@ class Closed:
     credentials: tuple[CredentialRecord, ...]
     exclusions: tuple[Exclusion, ...]
     status: str
+    standings: tuple[Standing, ...] = ()  # offenders' new standings (graded exclusion)
+    forgotten: tuple[str, ...] = ()  # node ids whose standing is dropped
+    history_from: int = 0  # offences whose exclusion ended before this epoch are dropped
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,6 +243,8 @@ class ClosePlan:
     now: int
     participants: tuple[Participant, ...]
     exclusions: tuple[Exclusion, ...]  # newly detected at this cut-off (for this epoch)
+    standings: tuple[Standing, ...] = ()  # the offenders' standings after this cut-off
+    forgotten: tuple[str, ...] = ()  # standings that no longer matter (decayed, served)
 
 
 @dataclass(slots=True)
@@ -266,7 +274,8 @@ class Snapshot:
     audit_credentials: tuple[Credential, ...] = ()
     commitments: tuple[Commitment, ...] = ()
     evidence: tuple[GrantReceipt | Refusal, ...] = ()
-    exclusions: tuple[Exclusion, ...] = ()
+    sanctions: tuple[Sanction, ...] = ()  # offences of the recent history
+    standings: tuple[Standing, ...] = ()
     last_status: str = ""
 
 
@@ -286,7 +295,10 @@ class EpochCore:
         self.declarations: dict[str, DeclarationRecord] = {}
         self.guard = ReplayGuard(current_epoch=0, window=2)
         self.audit: AuditState | None = None
-        self.exclusions: list[Exclusion] = []
+        # Offences of the last penalty.history_epochs epochs (for status), and one
+        # standing per node with a live record (who is excluded, and how long next time).
+        self.sanctions: list[Sanction] = []
+        self.standings: dict[str, Standing] = {}
         self.last_status = ""
 
     # -- reading -----------------------------------------------------------------------
@@ -296,7 +308,7 @@ class EpochCore:
         return None if self.current is None else self.current.epoch
 
     def excluded_from(self, epoch: int) -> set[str]:
-        return {x.node_id for x in self.exclusions if x.excluded_epoch == epoch}
+        return {n for n, s in self.standings.items() if s.excludes(epoch)}
 
     def next_deadline_after_close(self, now: int) -> int:
         """When the epoch after one closing at ``now`` stops taking declarations."""
@@ -391,14 +403,20 @@ class EpochCore:
         epoch = self.current.epoch
         new: tuple[Exclusion, ...] = ()
         if self.audit is not None and self.audit.epoch == epoch - 1:
-            known = {(x.node_id, x.reason) for x in self.exclusions if x.excluded_epoch == epoch}
+            known = {(s.offence.node_id, s.offence.reason) for s in self.sanctions
+                     if s.offence.excluded_epoch == epoch}
             new = tuple(
                 x for x in find_free_riders(
                     allocation=self.audit.allocation, commitments=self.audit.commitments,
                     evidence=self.audit.evidence.values(), credential_windows=self.audit.windows,
                     probes=probes)
                 if (x.node_id, x.reason) not in known)
-        out = self.excluded_from(epoch) | {x.node_id for x in new}
+        policy = self.settings.penalty
+        standings = {n: sentence(policy, self.standings.get(n), n, epoch - 1)
+                     for n in sorted({x.node_id for x in new})}
+        gone = tuple(sorted(n for n, s in self.standings.items()
+                            if n not in standings and forgotten(policy, s, epoch)))
+        out = {n for n, s in (self.standings | standings).items() if s.excludes(epoch)}
         participants = tuple(sorted(
             (Participant(
                 node_id=node_id, public_key=self.nodes[node_id].public_key,
@@ -407,7 +425,8 @@ class EpochCore:
              for node_id, rec in self.declarations.items() if node_id not in out),
             key=lambda p: (p.location, p.node_id)))
         self.phase = nxt
-        return ClosePlan(epoch=epoch, now=now, participants=participants, exclusions=new)
+        return ClosePlan(epoch=epoch, now=now, participants=participants, exclusions=new,
+                         standings=tuple(standings.values()), forgotten=gone)
 
     def abort_close(self, plan: ClosePlan) -> None:
         """The mechanism could not run: back to ``open`` (the epoch can be closed again)."""
@@ -434,7 +453,9 @@ class EpochCore:
                                           envelope=seal_bytes(self.identity, cred)))
         return Closed(epoch=plan.epoch, closed_at=plan.now, allocation=allocation,
                       envelope=seal_bytes(self.identity, allocation), credentials=tuple(creds),
-                      exclusions=plan.exclusions, status=outcome.status)
+                      exclusions=plan.exclusions, status=outcome.status,
+                      standings=plan.standings, forgotten=plan.forgotten,
+                      history_from=plan.epoch - self.settings.penalty.history_epochs)
 
     def close(self, now: int, run: Callable[[Sequence[Participant]], Decision]) -> Closed:
         """Synchronous close: begin, run the mechanism, finish and apply."""
@@ -510,7 +531,13 @@ class EpochCore:
             self.declarations[d.node_id] = change.record
         elif isinstance(change, Closed):
             self.phase = step(self.phase, Event.FINISH_CLOSE)
-            self.exclusions.extend(change.exclusions)
+            for node_id in change.forgotten:
+                self.standings.pop(node_id, None)
+            self.standings.update((s.node_id, s) for s in change.standings)
+            self.sanctions.extend(
+                Sanction(offence=x, last_epoch=self.standings[x.node_id].last_epoch)
+                for x in change.exclusions)
+            self.sanctions = [s for s in self.sanctions if s.last_epoch >= change.history_from]
             self.audit = AuditState(
                 allocation=change.allocation,
                 windows={c.credential.node_id: (c.credential.not_before, c.credential.expires)
@@ -534,7 +561,8 @@ class EpochCore:
         for node in snap.nodes:
             core.nodes[node.node_id] = node
             core.keys.add(node.public_key)
-        core.exclusions = list(snap.exclusions)
+        core.sanctions = list(snap.sanctions)
+        core.standings = {s.node_id: s for s in snap.standings}
         core.last_status = snap.last_status
         if snap.current is None:
             return core

@@ -99,7 +99,8 @@ class Coordinator:
         self.settings = Settings(
             mechanism=self.runner.mechanism, payment=self.runner.payment,
             theta_bounds=self.runner.theta_bounds(), epoch_seconds=config.epoch_seconds,
-            pause_seconds=config.pause_seconds, credential_grace=config.credential_grace)
+            pause_seconds=config.pause_seconds, credential_grace=config.credential_grace,
+            penalty=config.penalty)
         store.bind(coordinator_key=identity.public_key, mechanism=self.runner.mechanism,
                    former_names=former_names(self.runner.mechanism))
         self.core = EpochCore.restore(
@@ -345,10 +346,13 @@ class Coordinator:
                 "evidence": 0 if audit is None else len(audit.evidence),
             },
             "last_close": core.last_status,
+            # Offences of the recent history (penalty.history_epochs), each with the
+            # epochs it keeps its node out: excluded_epoch … excluded_until.
             "excluded": [
-                {"node_id": x.node_id, "excluded_epoch": x.excluded_epoch,
-                 "detected_epoch": x.detected_epoch, "reason": x.reason, "detail": x.detail}
-                for x in core.exclusions
+                {"node_id": s.offence.node_id, "excluded_epoch": s.offence.excluded_epoch,
+                 "excluded_until": s.last_epoch, "detected_epoch": s.offence.detected_epoch,
+                 "reason": s.offence.reason, "detail": s.offence.detail}
+                for s in core.sanctions
             ],
         }
 

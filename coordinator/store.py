@@ -12,7 +12,9 @@ or a different coordinator key is noticed at start-up rather than served.
 Tables: ``meta`` (coordinator key, mechanism), ``nodes``, ``epochs`` (phase, deadline,
 announcement envelope), ``declarations`` (unique (epoch, node) and (epoch, nonce)),
 ``allocations`` (envelope), ``credentials``, ``commitments``, ``evidence``,
-``exclusions``, ``probes`` (coordinator probe results, :mod:`coordinator.probe`). This
+``exclusions`` (offences of the recent history and the last epoch each keeps its node
+out), ``standings`` (one decayed offence score per node, :mod:`coordinator.penalty`),
+``probes`` (coordinator probe results, :mod:`coordinator.probe`). This
 module deliberately makes no decisions: it stores what the state machine accepted.
 
 One writer: a coordinator holds an exclusive ``flock`` on ``<db>.lock`` for as long as
@@ -48,6 +50,7 @@ from coordinator.epoch import (
     Registered,
     Snapshot,
 )
+from coordinator.penalty import Sanction, Standing
 from coordinator.probe import ProbeResult
 from protocol import (
     Allocation,
@@ -92,8 +95,11 @@ CREATE TABLE IF NOT EXISTS evidence (
     envelope BLOB NOT NULL, PRIMARY KEY (epoch, host_id, challenge, kind));
 CREATE TABLE IF NOT EXISTS exclusions (
     node_id TEXT NOT NULL, excluded_epoch INTEGER NOT NULL, detected_epoch INTEGER NOT NULL,
-    reason TEXT NOT NULL, detail TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, last_epoch INTEGER,
     PRIMARY KEY (node_id, excluded_epoch, reason));
+CREATE TABLE IF NOT EXISTS standings (
+    node_id TEXT PRIMARY KEY, score REAL NOT NULL, detected_epoch INTEGER NOT NULL,
+    first_epoch INTEGER NOT NULL, last_epoch INTEGER NOT NULL, offences INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS probes (
     epoch INTEGER NOT NULL, node_id TEXT NOT NULL, time INTEGER NOT NULL,
     answered INTEGER NOT NULL CHECK (answered IN (0, 1)));
@@ -145,6 +151,15 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(exclusions)")}
+        if "last_epoch" not in columns:  # a database from before graded exclusion
+            self._db.execute("ALTER TABLE exclusions ADD COLUMN last_epoch INTEGER")
+            # Its offences each excluded one epoch: one standing per node from them.
+            self._db.execute(
+                "INSERT OR IGNORE INTO standings (node_id, score, detected_epoch, first_epoch,"
+                " last_epoch, offences) SELECT node_id, 1.0, MAX(detected_epoch),"
+                " MAX(excluded_epoch), MAX(excluded_epoch), COUNT(DISTINCT detected_epoch)"
+                " FROM exclusions GROUP BY node_id")
         self._meta_default("schema_version", SCHEMA_VERSION)
 
     def close(self) -> None:
@@ -248,11 +263,24 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?)",
                 [(change.epoch, c.credential.node_id, c.credential.location,
                   owed[c.credential.node_id], c.envelope) for c in change.credentials])
+            until = {s.node_id: s.last_epoch for s in change.standings}
             db.executemany(
                 "INSERT OR IGNORE INTO exclusions (node_id, excluded_epoch, detected_epoch,"
-                " reason, detail) VALUES (?, ?, ?, ?, ?)",
-                [(x.node_id, x.excluded_epoch, x.detected_epoch, x.reason, x.detail)
-                 for x in change.exclusions])
+                " reason, detail, last_epoch) VALUES (?, ?, ?, ?, ?, ?)",
+                [(x.node_id, x.excluded_epoch, x.detected_epoch, x.reason, x.detail,
+                  until.get(x.node_id, x.excluded_epoch)) for x in change.exclusions])
+            db.executemany("DELETE FROM standings WHERE node_id = ?",
+                           [(n,) for n in change.forgotten])
+            db.executemany(
+                "INSERT INTO standings (node_id, score, detected_epoch, first_epoch,"
+                " last_epoch, offences) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO"
+                " UPDATE SET score = excluded.score, detected_epoch = excluded.detected_epoch,"
+                " first_epoch = excluded.first_epoch, last_epoch = excluded.last_epoch,"
+                " offences = excluded.offences",
+                [(s.node_id, s.score, s.detected_epoch, s.first_epoch, s.last_epoch,
+                  s.offences) for s in change.standings])
+            db.execute("DELETE FROM exclusions WHERE COALESCE(last_epoch, excluded_epoch) < ?",
+                       (change.history_from,))
         elif isinstance(change, Committed):
             c = change.commitment
             db.execute(
@@ -284,13 +312,22 @@ class Store:
         row = db.execute(
             "SELECT epoch, phase, deadline, opened_at, announcement, status FROM epochs"
             " ORDER BY epoch DESC LIMIT 1").fetchone()
-        exclusions = tuple(
-            Exclusion(node_id=n, excluded_epoch=e, detected_epoch=d, reason=r, detail=t)
-            for n, e, d, r, t in db.execute(
-                "SELECT node_id, excluded_epoch, detected_epoch, reason, detail"
+        # Both bounded: offences are pruned after history_epochs, standings once decayed.
+        sanctions = tuple(
+            Sanction(offence=Exclusion(node_id=n, excluded_epoch=e, detected_epoch=d,
+                                       reason=r, detail=t), last_epoch=int(last))
+            for n, e, d, r, t, last in db.execute(
+                "SELECT node_id, excluded_epoch, detected_epoch, reason, detail,"
+                " COALESCE(last_epoch, excluded_epoch)"
                 " FROM exclusions ORDER BY excluded_epoch, node_id, reason"))
+        standings = tuple(
+            Standing(node_id=n, score=float(s), detected_epoch=d, first_epoch=f, last_epoch=la,
+                     offences=o)
+            for n, s, d, f, la, o in db.execute(
+                "SELECT node_id, score, detected_epoch, first_epoch, last_epoch, offences"
+                " FROM standings ORDER BY node_id"))
         if row is None:
-            return Snapshot(nodes=tuple(nodes), exclusions=exclusions)
+            return Snapshot(nodes=tuple(nodes), sanctions=sanctions, standings=standings)
         epoch, phase, deadline, opened_at, raw_ann, status = row
         _, ann = open_envelope(bytes(raw_ann), EpochAnnouncement, trusted=me)
         current = EpochRecord(epoch=epoch, deadline=deadline, opened_at=opened_at,
@@ -334,8 +371,8 @@ class Store:
         return Snapshot(
             nodes=tuple(nodes), current=current, closed=closed, declarations=tuple(decls),
             previous_nonces=previous, audit_allocation=alloc, audit_credentials=tuple(creds),
-            commitments=tuple(commits), evidence=tuple(evidence), exclusions=exclusions,
-            last_status=str(status))
+            commitments=tuple(commits), evidence=tuple(evidence), sanctions=sanctions,
+            standings=standings, last_status=str(status))
 
     def allocation(self, epoch: int) -> bytes | None:
         row = self._db.execute(
@@ -394,10 +431,10 @@ class Store:
 
     def count(self, table: str, epoch: int | None = None) -> int:
         if table not in {"nodes", "epochs", "declarations", "allocations", "credentials",
-                         "commitments", "evidence", "exclusions"}:
+                         "commitments", "evidence", "exclusions", "standings"}:
             raise ValueError(f"no table {table!r}")
         if epoch is None:
             return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-        column = "excluded_epoch" if table == "exclusions" else "epoch"
+        column = {"exclusions": "excluded_epoch", "standings": "first_epoch"}.get(table, "epoch")
         return int(self._db.execute(
             f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (epoch,)).fetchone()[0])

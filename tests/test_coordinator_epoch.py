@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.coordinator import (
@@ -11,6 +16,7 @@ from helpers.coordinator import (
     GRACE,
     PAUSE_SECONDS,
     T0,
+    commitment,
     declaration,
     new_core,
     node,
@@ -21,6 +27,9 @@ from helpers.coordinator import (
     runner,
     settings,
 )
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 from coordinator.epoch import (
     TRANSITIONS,
@@ -31,6 +40,8 @@ from coordinator.epoch import (
     Snapshot,
     step,
 )
+from coordinator.penalty import PenaltyPolicy, forgotten, sentence
+from coordinator.store import Store
 from protocol import Allocation, Credential, Identity, InkindError, open_envelope
 from protocol.errors import WrongPhaseError
 
@@ -44,7 +55,8 @@ def declare(core: EpochCore, who: Identity, now: int = T0 + 1, **kw: int) -> Dec
 
 def fingerprint(core: EpochCore) -> tuple[object, ...]:
     return (core.phase, core.epoch, dict(core.declarations), dict(core.nodes),
-            list(core.exclusions), core.audit and dict(core.audit.commitments))
+            list(core.sanctions), dict(core.standings),
+            core.audit and dict(core.audit.commitments))
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -289,3 +301,132 @@ def test_restore_gives_the_same_epoch_and_declarations() -> None:
     with pytest.raises(InkindError) as info:
         again.check_declaration(decl, raw(p, decl), T0 + 2)
     assert info.value.code == "replay"
+
+
+# --- graded exclusion (coordinator/penalty.py) ---------------------------------------------
+
+
+def play_with_a_free_rider(core: EpochCore, people: list[Identity], epochs: int,
+                           offends: Callable[[int], bool] = lambda e: True,
+                           after: Callable[[int], None] = lambda e: None) -> list[int]:
+    """Epochs 0 .. epochs-1; people[0] commits nothing when ``offends(epoch)``, the
+    others commit what they owe. The epochs the rider was included in."""
+    rider = people[0]
+    included = []
+    for e in range(epochs):
+        now = T0 + 2 * e * EPOCH_SECONDS
+        open_now(core, now)
+        for p in people:
+            declare(core, p, now + 1, theta=950_000)
+        closed = core.close(now + EPOCH_SECONDS, runner().run)
+        owed = dict(zip(closed.allocation.included, closed.allocation.contributions,
+                        strict=True))
+        if rider.node_id in owed:
+            included.append(e)
+        for p in people:
+            if p.node_id in owed and (p is not rider or not offends(e)):
+                c = commitment(p, epoch=e, amount=owed[p.node_id])
+                core.apply(core.check_commitment(c, raw(p, c)))
+        after(e)
+    return included
+
+
+def test_a_persistent_free_rider_is_out_longer_each_time_never_every_other_epoch() -> None:
+    core = new_core()
+    people = registered(core, 3)
+    # Caught at 0: out 1-2 (base 2); caught at 3 with no readmitted epoch to decay: out
+    # 4-7; caught at 8: out 9-16.
+    assert play_with_a_free_rider(core, people, 14) == [0, 3, 8]
+    s = core.standings[people[0].node_id]
+    assert (s.offences, s.first_epoch, s.last_epoch) == (3, 9, 16)
+    honest = {p.node_id for p in people[1:]}
+    assert not honest & core.standings.keys()  # nobody honest was ever penalised
+    assert [x.offence.reason for x in core.sanctions] == ["no_commitment"] * 3
+    assert [x.last_epoch for x in core.sanctions] == [2, 7, 16]
+
+
+def test_forgiveness_decays_while_readmitted() -> None:
+    policy = PenaltyPolicy(base_epochs=2, growth=2.0, half_life=4.0, max_epochs=64)
+    first = sentence(policy, None, "n", 0)
+    assert (first.score, first.first_epoch, first.last_epoch) == (1.0, 1, 2)
+    at_once = sentence(policy, first, "n", 3)  # caught at readmission: no decay
+    assert (at_once.score, at_once.last_epoch - at_once.first_epoch + 1) == (2.0, 4)
+    later = sentence(policy, first, "n", 3 + 4)  # four clean epochs: half the score
+    assert later.score == pytest.approx(1.5) and later.last_epoch - later.first_epoch + 1 == 3
+    much_later = sentence(policy, first, "n", 3 + 400)
+    assert much_later.last_epoch - much_later.first_epoch + 1 == policy.base_epochs
+    assert sentence(policy, at_once, "n", 3) is at_once  # idempotent per epoch
+    assert not forgotten(policy, first, 2)  # still excluded
+    assert forgotten(policy, first, 3 + 4 * 5)  # 1/32 < FORGET_BELOW, served
+
+
+@settings_(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.floats(1.0, 4.0), st.floats(0.5, 50.0),
+       st.lists(st.integers(0, 12), min_size=1, max_size=12), st.floats(0.0, 1.0))
+def test_free_riding_never_pays_above_the_documented_ratio(
+        base: int, growth: float, half_life: float, waits: list[int], extra: float) -> None:
+    # A rider saving its contribution C in each epoch it is caught, losing the net
+    # benefit B - C of each epoch it is out; readmitted, it waits `w` honest epochs
+    # before offending again. At B/C >= 1 + 1/base (README "Graded exclusion") no
+    # schedule of offences gains anything, and every exclusion is at least base long.
+    policy = PenaltyPolicy(base_epochs=base, growth=growth, half_life=half_life,
+                           max_epochs=max(64, base))
+    C = 1.0
+    B = C * (1.0 + 1.0 / base) * (1.0 + extra)
+    standing, epoch, gain = None, 0, 0.0
+    for w in waits:
+        epoch += w
+        standing = sentence(policy, standing, "rider", epoch)
+        out = standing.last_epoch - standing.first_epoch + 1
+        assert base <= out <= policy.max_epochs
+        gain += C - out * (B - C)
+        epoch = standing.last_epoch + 1
+    assert gain <= 1e-9
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"base_epochs": 0}, {"base_epochs": 5, "max_epochs": 4}, {"growth": 0.5},
+    {"growth": math.nan}, {"half_life": 0.0}, {"half_life": math.inf},
+    {"history_epochs": -1}])
+def test_penalty_policy_refuses_nonsense(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        PenaltyPolicy(**kwargs)
+
+
+def test_exclusion_history_is_bounded_and_survives_a_restart(tmp_path: Path) -> None:
+    policy = PenaltyPolicy(base_epochs=1, growth=1.0, half_life=1.0, max_epochs=1,
+                           history_epochs=2)
+    run = runner()
+    sett = dataclasses.replace(settings(run), penalty=policy)
+    store = Store(tmp_path / "c.db")
+    core = EpochCore(identity=COORDINATOR, settings=sett)
+    people = []
+    for p in (node(i) for i in range(3)):
+        r = registration(p)
+        change = core.check_registration(r, raw(p, r))
+        assert change is not None
+        store.persist(change)
+        core.apply(change)
+        people.append(p)
+    sizes = []
+
+    def persist_last(e: int) -> None:
+        sizes.append((store.count("exclusions"), store.count("standings"), len(core.sanctions)))
+
+    # Drive through the store: wrap apply so every change is persisted first.
+    apply = core.apply
+
+    def persisted(change: Any) -> None:
+        store.persist(change)
+        apply(change)
+
+    core.apply = persisted  # type: ignore[method-assign]
+    included = play_with_a_free_rider(core, people, 12, after=persist_last)
+    assert included == list(range(0, 12, 2))  # max 1 epoch out: the policy allows it
+    # Offences listed only while within history_epochs of their exclusion's end.
+    assert max(n for n, _, _ in sizes) <= 2 and max(k for _, _, k in sizes) <= 2
+    assert all(s <= 1 for _, s, _ in sizes)
+    back = EpochCore.restore(store.snapshot(COORDINATOR.public_key), identity=COORDINATOR,
+                             settings=sett)
+    assert back.standings == core.standings and back.sanctions == core.sanctions
+    store.close()
