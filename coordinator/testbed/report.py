@@ -142,7 +142,10 @@ class _Ctx:
 def epoch_report(ctx: _Ctx, run: RunRecord, rec: EpochRecord) -> dict[str, Any]:
     sc, plans, market = ctx.scenario, ctx.plans, ctx.market
     L = len(sc.locations)
-    excluded_now = {x["node"] for x in run.exclusions if x["excluded_epoch"] == rec.epoch}
+    # An exclusion lasts excluded_epoch … excluded_until (graded, coordinator/penalty.py).
+    excluded_now = {x["node"] for x in run.exclusions
+                    if x["excluded_epoch"] <= rec.epoch <= x.get("excluded_until",
+                                                                 x["excluded_epoch"])}
     participants = [n for n in rec.declared if n not in excluded_now]
     included = set(rec.included)
     q = [from_micro(x) for x in rec.q] if rec.q else [0.0] * L
