@@ -115,6 +115,7 @@ def test_help_describes_the_command() -> None:
     assert "JSON line" in text
 
 
+@pytest.mark.slow  # real processes
 def test_a_second_coordinator_on_the_same_database_exits_with_a_clear_message(
         tmp_path: Path) -> None:
     (tmp_path / "spec.toml").write_text(SPEC_TOML)
