@@ -55,26 +55,41 @@ def _budget_surplus(market: Market, alloc: Any) -> FloatArray:
     return np.array([s.sum()]) if market.payment == "money" else np.asarray(s)
 
 
-def audit(mech: Mechanism, market: Market, rng: np.random.Generator, *,
-          samples: int = 400, grid: int = 11, location: int = 0) -> Audit:
-    """Check one agent of ``location`` for interim IC and IR; the budget on full profiles."""
-    dist = market.locations[location].dist
+def interim_outcomes(mech: Mechanism, market: Market, others: FloatArray,
+                     reports: npt.ArrayLike, *, location: int = 0
+                     ) -> tuple[FloatArray, FloatArray]:
+    """What the first agent of ``location`` gets for each report against each profile.
+
+    ``others``: (S, N) type profiles of the whole population (the agent's own entry is
+    overwritten); ``reports``: (R,) declared types. Returns ``(B, P)``, each (R, S):
+    ``B[r, s]`` = π Σ_l W_l u_l(Q_l), the benefit factor its θ multiplies, and
+    ``P[r, s]`` its payment (money, or in kind units of its location), so that its
+    utility is θ B − P. Common random numbers: every report meets the same profiles.
+    """
+    rep = np.asarray(reports, dtype=float)
     agent = int(np.concatenate([[0], np.cumsum(market.sizes)])[location])
-    th_grid = dist.ppf((np.arange(grid) + 0.5) / grid)
-    others = market.sample_types(rng, samples)
-    # B[r, s]: realised benefit factor π Σ_l W u_l(Q_l) when reporting th_grid[r] against
-    # the s-th profile of others; Pm[r, s]: the payment then.
-    B = np.empty((grid, samples))
-    Pm = np.empty((grid, samples))
+    samples = others.shape[0]
+    B = np.empty((rep.shape[0], samples))
+    Pm = np.empty((rep.shape[0], samples))
     u_cache = [market.locations[l].utility for l in range(market.L)]
     for s in range(samples):
         prof = others[s].copy()
-        for r, rep in enumerate(th_grid):
-            prof[agent] = rep
+        for r, th in enumerate(rep):
+            prof[agent] = th
             al = mech.allocate(prof)
             u = np.array([float(u_cache[l](al.Q[l])) for l in range(market.L)])
             B[r, s] = float(al.included[agent]) * float(market.weights[location] @ u)
             Pm[r, s] = al.payments[agent]
+    return B, Pm
+
+
+def audit(mech: Mechanism, market: Market, rng: np.random.Generator, *,
+          samples: int = 400, grid: int = 11, location: int = 0) -> Audit:
+    """Check one agent of ``location`` for interim IC and IR; the budget on full profiles."""
+    dist = market.locations[location].dist
+    th_grid = dist.ppf((np.arange(grid) + 0.5) / grid)
+    others = market.sample_types(rng, samples)
+    B, Pm = interim_outcomes(mech, market, others, th_grid, location=location)
     # U[t, r, s] = θ_t B[r, s] − P[r, s]; gain of reporting r when the truth is t.
     U = th_grid[:, None, None] * B[None, :, :] - Pm[None, :, :]
     diff = U - U[np.arange(grid), np.arange(grid)][:, None, :]

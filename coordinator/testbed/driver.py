@@ -116,7 +116,11 @@ class Player:
     """One run: one coordinator, one fleet, one mechanism, the scenario's epochs."""
 
     def __init__(self, scenario: Scenario, mechanism: str, options: Options, run: int,
-                 run_dir: Path, session: aiohttp.ClientSession) -> None:
+                 run_dir: Path, session: aiohttp.ClientSession, *,
+                 plans: list[NodePlan] | None = None,
+                 script: list[list[Attempt]] | None = None) -> None:
+        """``plans`` and ``script`` replace the scenario's population and roaming script
+        (the deviation experiment plays one population under several strategies)."""
         from .fleet import CoordinatorProcess
 
         self.scenario = scenario
@@ -126,11 +130,12 @@ class Player:
         self.run = run
         self.run_dir = run_dir
         self.session = session
-        self.plans = population(scenario, options.seed)
+        self.plans = population(scenario, options.seed) if plans is None else plans
         self.by_name = {p.name: p for p in self.plans}
         self.fault_plan = resolve_faults(scenario, options.seed)
         self.n_epochs = options.epochs or scenario.epochs
-        self.script = roaming_script(scenario, self.plans, options.seed, self.n_epochs)
+        self.script = (roaming_script(scenario, self.plans, options.seed, self.n_epochs)
+                       if script is None else script)
         self.identities = {p.name: Identity.from_seed(p.seed) for p in self.plans}
         self.name_of = {ident.node_id: name for name, ident in self.identities.items()}
         self.files: dict[str, list[tuple[str, int]]] = {}
@@ -435,8 +440,7 @@ class Player:
         cred = self.credentials.get(a.roamer) if a.roamer in self.credentials else None
         if cred is None:
             cred = self.forged_credential(a.roamer, rec)
-        h = self.fleet.nodes[host]
-        url = h.url
+        url = self.host_url(host, entry)
         kind = self.scenario.kind
         amount = self.scenario.access.amount
         resource: str | None = None
@@ -454,6 +458,9 @@ class Player:
                 amount = max(1, min(amount, left))
         res = AttemptResult(roamer=a.roamer, location=a.location, included=included, host=host,
                             reason="internal")
+        if url is None:
+            res.reason = "unreachable"
+            return res
         try:
             challenge = await self.peers.challenge(url)
             request = make_access_request(ident, cred, host_id=entry.node_id,
@@ -484,6 +491,11 @@ class Player:
         if answer.evidence is not None:
             self.evidence[a.roamer].append(answer.evidence)
         return res
+
+    def host_url(self, host: str, entry: Any) -> str | None:
+        """Where a roamer reaches ``host`` (None: nowhere); the directory ``entry`` is
+        what the coordinator published for it."""
+        return self.fleet.nodes[host].url
 
     async def audit(self, rec: EpochRecord) -> int:
         assert self.client is not None

@@ -1,0 +1,745 @@
+"""The deviation experiment (issue 11): does any deviation by one node pay?
+
+``python scripts/deviations.py`` is the command; this module holds its logic.
+
+For each seed the scenario's population (its market, nodes, true types θ and roaming
+script; the scenario's ``[[strategies]]`` are ignored: everybody else is truthful, since
+incentive compatibility is about one node deviating from truthful play) is played over
+the wire once truthfully, then once more per deviation, with one node -- the *deviator*
+-- deviating and every other node truthful. The same seed gives the same keys, types and
+roaming script in every run, so each deviation is compared with truthful play on paired
+runs (the differences have small variance).
+
+The deviator: the included node of median θ (the lower median) among the included nodes
+of the location with the most included nodes in the truthful run's first epoch -- a
+typical participant, with service to lose and a contribution to save.
+
+Realised utility (spec units per epoch; README "Deviation experiment"). In epoch e,
+with Q_l the allocation's size of location l (engine units), s_l the fraction of the
+included roamers' covered attempts at l that were granted (1 when none were made; a
+refusal, a timeout or an unreachable host counts as not served), π_i = 1 if i is
+included (else the fraction of its own covered attempts that were granted, normally 0),
+W the market's weights and u_l its utilities,
+
+    V_i = θ_i · π_i · Σ_l W[home_i, l] · u_l(Q_l · s_l)        (value of service received)
+    U_i = V_i − p_i                                           (realised utility)
+
+where p_i is what i owes (the allocation's contribution, in units of its location's
+resource, or money) -- charged only if i delivers it: a host that withholds its
+contribution (opens nothing, or cannot be reached) is charged 0, the accounting most
+favourable to the deviator. A sybil's two identities are one person: its π is the larger
+of the two, its p the sum of both.
+
+* ``gain`` = mean over seeds of the per-epoch mean of U_d(deviation) − U_d(truthful)
+  for the deviator d, with a Student-t 95% interval over seeds. Misreports are judged as
+  the mechanism is designed, in expectation over the other nodes' types (Bayesian IC),
+  exactly as the IC auditor (:func:`coordinator.mechanism.audit.interim_outcomes`) does:
+  per seed and epoch, ``profiles`` profiles of the others' types are redrawn from the
+  priors and the deviator's report and its truth are allocated against the same
+  profiles; their wire runs give ``gain_ex_post`` (this population's types) and the harm.
+* ``honest_excluded``: distinct honest nodes the coordinator excluded in the deviation's
+  runs (all seeds); ``honest_excluded_truthful`` the same in the truthful runs.
+* ``service_lost``: mean over seeds of the per-epoch Σ over honest nodes of
+  V_j(truthful) − V_j(deviation), spec units (negative: they gained).
+
+Attacks the node agent cannot express are played here, as the deviator's owner would,
+with its key: *hide* re-registers it without an endpoint or with another node's;
+*drain-and-frame* asks one host, as an included roamer, for everything it has, keeps the
+receipt to itself, asks again and reports only the signed ``capacity_exhausted``
+refusal; *flood* sends unauthenticated requests to one host during roaming and holds
+stalled connections open. *sybil* adds a second identity at the deviator's home (half
+its capacity each, the same θ, no trips of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from coordinator.mechanism import Market, solve
+from coordinator.mechanism.audit import interim_outcomes
+from node.client import base_url, make_access_request
+from protocol import InkindError, Registration, from_micro, seal
+
+from .driver import EpochRecord, Options, Player, RunRecord
+from .progress import Progress
+from .scenario import (
+    MECHANISMS,
+    Attempt,
+    NodePlan,
+    Scenario,
+    _rng,
+    key_seed,
+    load_scenario,
+    population,
+    roaming_script,
+)
+
+#: Unauthenticated requests the flooder sends to its target in each epoch, how many at
+#: once, and how many connections it holds open without finishing a request.
+FLOOD_REQUESTS = 1500
+FLOOD_CONCURRENCY = 64
+FLOOD_STALLED = 30
+#: Profiles of the others' types per seed and epoch for the misreports' expectation.
+PROFILES = 40
+#: Attempt outcomes that say nothing about a host's service.
+NOT_ASKED = ("no_coverage", "not_running")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deviation:
+    """One way to deviate. ``strategy``: the deviator's node strategy (node/strategy.py
+    spelling); ``withholds``: its host delivers nothing it owes (charged 0);
+    ``endpoint``: ``"none"``/``"borrowed"`` re-registration; ``attack``: ``"drain"`` |
+    ``"flood"``; ``misreport``: the factor on θ judged in expectation."""
+
+    name: str
+    description: str
+    strategy: str = "truthful"
+    withholds: bool = False
+    endpoint: str | None = None
+    attack: str | None = None
+    sybil: bool = False
+    misreport: float | None = None
+
+
+DEVIATIONS: tuple[Deviation, ...] = (
+    Deviation(name="control", description="truthful again (a control: gain 0 expected)"),
+    Deviation(name="misreport-up", description="declares 1.5 θ (clamped)",
+              strategy="misreport:1.5", misreport=1.5),
+    Deviation(name="misreport-down", description="declares θ / 2", strategy="misreport:0.5",
+              misreport=0.5),
+    Deviation(name="free-ride", description="included, commits and opens nothing",
+              strategy="free-ride", withholds=True),
+    Deviation(name="free-ride-commit",
+              description="sends the signed commitment, then opens nothing",
+              strategy="free-ride:commit", withholds=True),
+    Deviation(name="hide-no-endpoint",
+              description="re-registers without an endpoint: nobody can reach its host",
+              withholds=True, endpoint="none"),
+    Deviation(name="hide-borrowed-endpoint",
+              description="re-registers with another node's endpoint", withholds=True,
+              endpoint="borrowed"),
+    Deviation(name="drain-and-frame",
+              description="as a roamer takes all a host has, hides the receipt, reports "
+                          "only the capacity refusal", attack="drain"),
+    Deviation(name="flood",
+              description=f"{FLOOD_REQUESTS} unauthenticated requests per epoch at one "
+                          f"host, {FLOOD_STALLED} stalled connections", attack="flood"),
+    Deviation(name="sybil", description="a second identity at home, capacity split",
+              sybil=True),
+)
+BY_NAME = {d.name: d for d in DEVIATIONS}
+
+
+class DeviationError(RuntimeError):
+    pass
+
+
+# --- accounting (pure) ---------------------------------------------------------------------
+
+
+def service_ratio(rec: EpochRecord, n_locations: int) -> list[float]:
+    """s_l: granted / covered attempts of included roamers at l (1.0 if none)."""
+    asked = [0] * n_locations
+    granted = [0] * n_locations
+    for a in rec.attempts:
+        if a.included and a.reason not in NOT_ASKED:
+            asked[a.location] += 1
+            granted[a.location] += a.reason == "granted"
+    return [g / n if n else 1.0 for g, n in zip(granted, asked, strict=True)]
+
+
+def own_ratio(rec: EpochRecord, names: Sequence[str]) -> float:
+    """π of a node not included: the fraction of its own covered attempts granted."""
+    mine = [a for a in rec.attempts if a.roamer in names and a.reason not in NOT_ASKED]
+    return sum(a.reason == "granted" for a in mine) / len(mine) if mine else 0.0
+
+
+def benefit(market: Market, home: int, q_micro: Sequence[int], s: Sequence[float]) -> float:
+    """Σ_l W[home, l] u_l(Q_l s_l) (engine units)."""
+    total = 0.0
+    for l, loc in enumerate(market.locations):
+        q = from_micro(q_micro[l]) * s[l] if l < len(q_micro) else 0.0
+        total += float(market.weights[home, l]) * float(loc.utility(q))
+    return total
+
+
+@dataclass(slots=True, kw_only=True)
+class EpochValues:
+    """One played epoch, valued: the deviator's utility and each honest node's V."""
+
+    deviator_utility: float
+    deviator_value: float
+    deviator_paid: float
+    deviator_included: bool
+    honest_value: dict[str, float]
+
+
+def value_epoch(rec: EpochRecord, market: Market, plans: dict[str, NodePlan],
+                deviator: Sequence[str], withholds: bool) -> EpochValues:
+    """Value one epoch (module docstring); ``deviator``: its identities (one, or two)."""
+    s = service_ratio(rec, market.L)
+    included = set(rec.included)
+
+    def pi(names: Sequence[str]) -> float:
+        return 1.0 if any(n in included for n in names) else own_ratio(rec, names)
+
+    d0 = plans[deviator[0]]
+    theta = from_micro(d0.theta)
+    v = theta * pi(deviator) * benefit(market, d0.location, rec.q, s)
+    owed = sum(from_micro(rec.owed.get(n, 0)) for n in deviator)
+    paid = 0.0 if withholds else owed
+    honest = {
+        name: from_micro(p.theta) * pi([name]) * benefit(market, p.location, rec.q, s)
+        for name, p in plans.items() if name not in deviator}
+    return EpochValues(deviator_utility=v - paid, deviator_value=v, deviator_paid=paid,
+                       deviator_included=any(n in included for n in deviator),
+                       honest_value=honest)
+
+
+def ci95(xs: Sequence[float]) -> tuple[float, float] | None:
+    """Student-t 95% interval of the mean of ``xs`` (None for fewer than 2 values)."""
+    from scipy import stats
+
+    n = len(xs)
+    if n < 2:
+        return None
+    a = np.asarray(xs, dtype=float)
+    m = float(a.mean())
+    half = float(stats.t.ppf(0.975, n - 1)) * float(a.std(ddof=1)) / math.sqrt(n)
+    return (m - half, m + half)
+
+
+def choose_deviator(rec: EpochRecord, plans: dict[str, NodePlan]) -> str:
+    """The included node of median θ (lower median) at the location with the most
+    included nodes (ties: the lower location index)."""
+    by_loc: dict[int, list[NodePlan]] = defaultdict(list)
+    for name in rec.included:
+        by_loc[plans[name].location].append(plans[name])
+    if not by_loc:
+        raise DeviationError("nobody is included in the truthful run's first epoch: "
+                             "no deviator to choose")
+    loc = min(by_loc, key=lambda l: (-len(by_loc[l]), l))
+    group = sorted(by_loc[loc], key=lambda p: (p.theta, p.index))
+    return group[(len(group) - 1) // 2].name
+
+
+# --- the deviant player ---------------------------------------------------------------------
+
+
+class DeviantPlayer(Player):
+    """A testbed run in which ``deviator`` plays ``deviation`` (every other node truthful).
+
+    Roamers reach hosts at the endpoints the coordinator's directory publishes (a hidden
+    host is then unreachable, or reached at someone else's address); everything else is
+    the testbed's own run (:class:`coordinator.testbed.driver.Player`).
+    """
+
+    def __init__(self, scenario: Scenario, mechanism: str, options: Options, run_dir: Path,
+                 session: aiohttp.ClientSession, *, plans: list[NodePlan],
+                 script: list[list[Attempt]], deviation: Deviation,
+                 deviator: str | None) -> None:
+        super().__init__(scenario, mechanism, options, 0, run_dir, session, plans=plans,
+                         script=script)
+        self.deviation = deviation
+        self.deviator = deviator
+        self.target: str | None = None  # the host drained or flooded
+        self.mechanics: dict[str, Any] = defaultdict(list)
+        self.stalled: list[asyncio.StreamWriter] = []
+
+    def host_url(self, host: str, entry: Any) -> str | None:
+        endpoint = getattr(entry, "endpoint", None)
+        return base_url(endpoint) if endpoint else None
+
+    async def start(self) -> None:
+        await super().start()
+        if self.deviation.endpoint is not None and self.deviator is not None:
+            await self.hide()
+
+    async def stop(self) -> None:
+        self.close_stalled()
+        await super().stop()
+
+    async def hide(self) -> None:
+        """Re-register the deviator (its key) without an endpoint, or with the endpoint
+        of the first other node of its location."""
+        assert self.deviator is not None and self.client is not None
+        plan = self.by_name[self.deviator]
+        endpoint: str | None = None
+        if self.deviation.endpoint == "borrowed":
+            other = next(p.name for p in self.plans
+                         if p.location == plan.location and p.name != self.deviator)
+            endpoint = self.fleet.nodes[other].url.split("://", 1)[-1]
+            self.mechanics["borrowed_from"] = other
+        ident = self.identities[self.deviator]
+        for _ in range(3):  # a registration must be strictly newer than the agent's own
+            reg = Registration(public_key=ident.public_key, epoch=0,
+                               home_location=plan.location, capacity=plan.capacity,
+                               kind=self.scenario.kind, endpoint=endpoint,
+                               issued=int(time.time()))
+            try:
+                await self.client.register(seal(ident, reg))
+                break
+            except InkindError as exc:
+                if exc.code != "stale_epoch":
+                    raise
+                await asyncio.sleep(1.0)
+        else:
+            raise DeviationError("the hiding re-registration was refused as stale")
+        self.mechanics["endpoint_registered"] = endpoint
+
+    def pick_target(self, rec: EpochRecord) -> str | None:
+        """The honest included host away from the deviator's home that owes the most."""
+        assert self.deviator is not None
+        home = self.by_name[self.deviator].location
+        hosts = [n for n in rec.included if n != self.deviator
+                 and self.by_name[n].location != home and rec.owed.get(n, 0) > 0]
+        return min(hosts, key=lambda n: (-rec.owed[n], n)) if hosts else None
+
+    async def roam(self, index: int, rec: EpochRecord, entries: dict[str, Any]) -> list[Any]:
+        attack = self.deviation.attack
+        if attack is None or self.deviator is None:
+            return await super().roam(index, rec, entries)
+        self.close_stalled()
+        self.target = self.pick_target(rec)
+        if self.target is None:
+            self.mechanics["no_target"].append(rec.epoch)
+            return await super().roam(index, rec, entries)
+        if attack == "drain":
+            if self.deviator in rec.included:
+                await self.drain(rec, entries[self.target])
+            return await super().roam(index, rec, entries)
+        flood = asyncio.create_task(self.flood(rec, entries[self.target]))
+        try:
+            return await super().roam(index, rec, entries)
+        finally:
+            await flood
+
+    async def drain(self, rec: EpochRecord, entry: Any) -> None:
+        """One request for all the target's capacity; the receipt is kept, only the
+        refusal of the next request goes into the deviator's audit report."""
+        assert self.deviator is not None and self.target is not None
+        url = self.host_url(self.target, entry)
+        cred = self.credentials.get(self.deviator)
+        if url is None or cred is None:
+            return
+        ident = self.identities[self.deviator]
+        asks = (self.by_name[self.target].capacity, self.scenario.access.amount)
+        outcome: dict[str, Any] = {"epoch": rec.epoch, "target": self.target}
+        for k, amount in enumerate(asks):
+            try:
+                challenge = await self.peers.challenge(url)
+                req = make_access_request(ident, cred, host_id=entry.node_id,
+                                          challenge=challenge.value, amount=amount)
+                answer = await self.peers.access(url, req, host_key=entry.public_key)
+            except (aiohttp.ClientError, TimeoutError, InkindError) as exc:
+                outcome[f"ask{k}"] = type(exc).__name__
+                continue
+            if answer.receipt is not None:
+                outcome[f"ask{k}"] = f"granted {answer.receipt.amount}"  # hidden
+            elif answer.refusal is not None and answer.refusal_envelope is not None:
+                outcome[f"ask{k}"] = answer.refusal.reason
+                if k == 1:
+                    self.evidence[self.deviator].append(answer.refusal_envelope)
+                    outcome["framed"] = True
+            else:
+                outcome[f"ask{k}"] = getattr(answer.error, "code", "error")
+        self.mechanics["drains"].append(outcome)
+
+    async def flood(self, rec: EpochRecord, entry: Any) -> None:
+        """Unauthenticated requests at the target during roaming, plus stalled
+        connections held open until the next epoch's roaming (or the end)."""
+        url = self.host_url(self.target or "", entry)
+        if url is None:
+            return
+        hostport = url.split("://", 1)[-1]
+        host, _, port = hostport.rpartition(":")
+        for _ in range(FLOOD_STALLED):
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"POST /v1/access HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n")
+                self.stalled.append(writer)
+        codes: dict[str, int] = defaultdict(int)
+        sem = asyncio.Semaphore(FLOOD_CONCURRENCY)
+        timeout = aiohttp.ClientTimeout(total=2.0)
+
+        async def one(k: int) -> None:
+            async with sem:
+                try:
+                    if k % 2:
+                        async with self.session.get(url + "/v1/challenge",
+                                                    timeout=timeout) as r:
+                            await r.read()
+                            codes[str(r.status)] += 1
+                    else:
+                        async with self.session.post(url + "/v1/access", data=b'{"junk": 1}',
+                                                     timeout=timeout) as r:
+                            await r.read()
+                            codes[str(r.status)] += 1
+                except (aiohttp.ClientError, TimeoutError):
+                    codes["failed"] += 1
+
+        await asyncio.gather(*(one(k) for k in range(FLOOD_REQUESTS)))
+        self.mechanics["floods"].append({"epoch": rec.epoch, "target": self.target,
+                                         "answers": dict(codes),
+                                         "stalled": len(self.stalled)})
+
+    def close_stalled(self) -> None:
+        for w in self.stalled:
+            with contextlib.suppress(Exception):
+                w.close()
+        self.stalled = []
+
+
+# --- one seed -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, kw_only=True)
+class RunValues:
+    deviation: str
+    epochs: list[EpochValues]
+    honest_excluded: list[str]
+    deviator_excluded: list[int]  # epochs it was newly excluded at
+    mechanics: dict[str, Any]
+    grants_honest: int
+    warnings: list[str]
+
+
+@dataclass(slots=True, kw_only=True)
+class SeedResult:
+    seed: int
+    deviator: str
+    deviator_theta: float
+    deviator_location: str
+    truthful: RunValues
+    runs: dict[str, RunValues] = field(default_factory=dict)
+    bayes: dict[str, float] = field(default_factory=dict)  # misreport -> interim gain
+
+
+def truthful_population(scenario: Scenario, seed: int) -> list[NodePlan]:
+    return [dataclasses.replace(p, strategy="truthful") for p in population(scenario, seed)]
+
+
+def deviant_population(plans: list[NodePlan], deviator: str, deviation: Deviation,
+                       seed: int) -> list[NodePlan]:
+    """The population with the deviator's strategy set (and its sybil appended)."""
+    out = [dataclasses.replace(p, strategy=deviation.strategy) if p.name == deviator else p
+           for p in plans]
+    if deviation.sybil:
+        d = next(p for p in out if p.name == deviator)
+        half = d.capacity // 2
+        out = [dataclasses.replace(p, capacity=d.capacity - half) if p.name == deviator else p
+               for p in out]
+        n_home = sum(p.location == d.location for p in plans)
+        name = f"{deviator.rsplit('-', 1)[0]}-{n_home}"
+        out.append(dataclasses.replace(d, name=name, index=len(out), capacity=half,
+                                       seed=key_seed(seed, name + "/sybil")))
+    return out
+
+
+def identities_of(deviator: str, plans: Sequence[NodePlan], base: int) -> list[str]:
+    """The deviator's names: itself and any identity appended after the base population."""
+    return [deviator] + [p.name for p in plans[base:]]
+
+
+def value_run(record: RunRecord, market: Market, plans: list[NodePlan], deviator: str,
+              deviation: Deviation, base: int, mechanics: dict[str, Any]) -> RunValues:
+    by_name = {p.name: p for p in plans}
+    names = identities_of(deviator, plans, base)
+    played = [r for r in record.epochs if not r.cutoff]
+    values = [value_epoch(r, market, by_name, names, deviation.withholds) for r in played]
+    excluded = sorted({n for r in record.epochs for n in r.newly_excluded if n not in names})
+    dev_ex = [r.epoch for r in record.epochs if any(n in names for n in r.newly_excluded)]
+    grants = sum(a.reason == "granted" for r in played for a in r.attempts
+                 if a.roamer not in names)
+    warnings = [w for r in record.epochs for w in r.warnings]
+    mechanics = {**mechanics, "identities": names,
+                 "declared": [r.declared.get(deviator) for r in played],
+                 "included_identities": [[n for n in names if n in r.included] for r in played],
+                 "served_by_deviator": sum(a.reason == "granted" for r in played
+                                           for a in r.attempts if a.host in names),
+                 "refused_by_deviator": sum(a.reason not in (*NOT_ASKED, "granted")
+                                            for r in played for a in r.attempts
+                                            if a.host in names and a.included)}
+    return RunValues(deviation=deviation.name, epochs=values, honest_excluded=excluded,
+                     deviator_excluded=dev_ex, mechanics=mechanics,
+                     grants_honest=grants, warnings=warnings)
+
+
+async def play_run(scenario: Scenario, mechanism: str, seed: int, epochs: int, out: Path,
+                   mode: str, plans: list[NodePlan], script: list[list[Attempt]],
+                   deviation: Deviation, deviator: str | None
+                   ) -> tuple[RunRecord, dict[str, Any]]:
+    run_dir = out / "run" / f"seed{seed}" / deviation.name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    options = Options(out=run_dir, seed=seed, mode=mode, progress=Progress(enabled=False),
+                      plots=False, epochs=epochs)
+    connector = aiohttp.TCPConnector(limit=128)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        player = DeviantPlayer(scenario, mechanism, options, run_dir,
+                               session, plans=plans, script=script, deviation=deviation,
+                               deviator=deviator)
+        record = await player.play()
+        return record, dict(player.mechanics)
+
+
+def bayes_gain(market: Market, mechanism: str, plan: NodePlan, factor: float, seed: int,
+               epochs: int, profiles: int) -> float:
+    """E over the others' types of U(θ, report) − U(θ, θ), per epoch, for the deviator
+    (``epochs`` × ``profiles`` profiles drawn from the priors, common to both reports)."""
+    mech = solve(market, MECHANISMS[mechanism])
+    dist = market.locations[plan.location].dist
+    theta = from_micro(plan.theta)
+    report = min(max(factor * theta, float(dist.low)), float(dist.high))
+    others = market.sample_types(_rng(seed, "deviations", "others", plan.name),
+                                 epochs * profiles)
+    B, P = interim_outcomes(mech, market, others, [theta, report], location=plan.location)
+    U = theta * B - P
+    return float((U[1] - U[0]).mean())
+
+
+async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, out: Path,
+                    mode: str, deviations: Sequence[Deviation], progress: Progress,
+                    profiles: int) -> SeedResult:
+    market = scenario.market()
+    plans = truthful_population(scenario, seed)
+    by_name = {p.name: p for p in plans}
+    script = roaming_script(scenario, plans, seed, epochs)
+    t0 = time.monotonic()
+    truthful, mech0 = await play_run(scenario, mechanism, seed, epochs, out, mode, plans,
+                                     script, Deviation(name="truthful", description=""), None)
+    first = next((r for r in truthful.epochs if not r.cutoff), None)
+    if first is None:
+        raise DeviationError("the truthful run played no epoch")
+    deviator = choose_deviator(first, by_name)
+    d = by_name[deviator]
+    progress.log(f"seed {seed}: truthful run in {time.monotonic() - t0:.1f} s; deviator "
+                 f"{deviator} (θ = {from_micro(d.theta):.3f})")
+    base = len(plans)
+    result = SeedResult(
+        seed=seed, deviator=deviator, deviator_theta=from_micro(d.theta),
+        deviator_location=scenario.locations[d.location].name,
+        truthful=value_run(truthful, market, plans, deviator, DEVIATIONS[0], base, mech0))
+    for dev in deviations:
+        t = time.monotonic()
+        dplans = deviant_population(plans, deviator, dev, seed)
+        record, mech = await play_run(scenario, mechanism, seed, epochs, out, mode, dplans,
+                                      script, dev, deviator)
+        rv = value_run(record, market, dplans, deviator, dev, base, mech)
+        result.runs[dev.name] = rv
+        if dev.misreport is not None:
+            result.bayes[dev.name] = bayes_gain(market, mechanism, d, dev.misreport, seed,
+                                                epochs, profiles)
+        gain = float(np.mean([a.deviator_utility - b.deviator_utility for a, b in
+                              zip(rv.epochs, result.truthful.epochs, strict=True)]))
+        progress.log(f"seed {seed}: {dev.name} in {time.monotonic() - t:.1f} s: ex-post gain "
+                     f"{gain:+.4f}/epoch, honest excluded {len(rv.honest_excluded)}")
+    return result
+
+
+# --- aggregation ----------------------------------------------------------------------------
+
+
+def summarise(results: Sequence[SeedResult], deviations: Sequence[Deviation],
+              epochs: int) -> list[dict[str, Any]]:
+    """One row per deviation (the ``--json`` objects, with extra fields)."""
+    rows = []
+    for dev in deviations:
+        ex_post, lost, grants_lost = [], [], []
+        honest_ex: list[str] = []
+        honest_ex_truth: list[str] = []
+        dev_included, dev_excluded = 0, 0
+        for res in results:
+            rv, tv = res.runs[dev.name], res.truthful
+            pairs = list(zip(rv.epochs, tv.epochs, strict=True))
+            ex_post.append(float(np.mean([a.deviator_utility - b.deviator_utility
+                                          for a, b in pairs])))
+            lost.append(float(np.mean([sum(b.honest_value.values()) - sum(
+                a.honest_value.get(n, 0.0) for n in b.honest_value) for a, b in pairs])))
+            grants_lost.append((tv.grants_honest - rv.grants_honest) / len(pairs))
+            honest_ex += [f"seed{res.seed}:{n}" for n in rv.honest_excluded]
+            honest_ex_truth += [f"seed{res.seed}:{n}" for n in tv.honest_excluded]
+            dev_included += sum(a.deviator_included for a in rv.epochs)
+            dev_excluded += len(rv.deviator_excluded)
+        if dev.misreport is not None:
+            gains = [res.bayes[dev.name] for res in results]
+            judged = "expectation over the others' types (IC auditor's interim utility)"
+        else:
+            gains, judged = ex_post, "paired wire runs (realised)"
+        ci = ci95(gains)
+        mean_gain = float(np.mean(gains))
+        row: dict[str, Any] = {
+            "deviation": dev.name,
+            "gain": mean_gain,
+            "ci95": list(ci) if ci is not None else None,
+            "epochs": epochs,
+            "seeds": len(results),
+            "honest_excluded": len(honest_ex),
+            "service_lost": float(np.mean(lost)),
+            "description": dev.description,
+            "judged_by": judged,
+            "pays": bool(ci is not None and ci[0] > 0),
+            "gain_ex_post": float(np.mean(ex_post)),
+            "gain_ex_post_ci95": list(c) if (c := ci95(ex_post)) is not None else None,
+            "service_lost_ci95": list(c) if (c := ci95(lost)) is not None else None,
+            "honest_grants_lost_per_epoch": float(np.mean(grants_lost)),
+            "honest_excluded_nodes": honest_ex,
+            "honest_excluded_truthful": len(honest_ex_truth),
+            "deviator_epochs_included": dev_included,
+            "deviator_exclusions": dev_excluded,
+        }
+        rows.append(row)
+    return rows
+
+
+JSON_FIELDS = ("deviation", "gain", "ci95", "epochs", "seeds", "honest_excluded",
+               "service_lost")
+
+FORMULA = ("U_d = θ_d · π_d · Σ_l W[home_d, l] · u_l(Q_l · s_l) − p_d per epoch: π_d = 1 if "
+           "included; s_l = granted / covered attempts of included roamers at l; p_d its "
+           "contribution (spec units), charged only if its host delivers; gain = U_d(deviation)"
+           " − U_d(truthful), paired by seed")
+
+
+def build_report(scenario: Scenario, mechanism: str, results: Sequence[SeedResult],
+                 rows: list[dict[str, Any]], epochs: int, wall_s: float) -> dict[str, Any]:
+    return {
+        "scenario": scenario.name,
+        "scenario_path": scenario.path,
+        "mechanism": mechanism,
+        "seeds": [r.seed for r in results],
+        "epochs": epochs,
+        "formula": FORMULA,
+        "units": "spec units per epoch (θ · u(Q) and contributions as in the market spec)",
+        "deviator_rule": "included node of median θ at the location with the most included "
+                         "nodes in the truthful run's first epoch; all other nodes truthful",
+        "deviators": [{"seed": r.seed, "node": r.deviator, "theta": r.deviator_theta,
+                       "location": r.deviator_location} for r in results],
+        "rows": rows,
+        "runs": {f"seed{r.seed}": {
+            name: {"mechanics": rv.mechanics, "honest_excluded": rv.honest_excluded,
+                   "deviator_excluded_at": rv.deviator_excluded,
+                   "deviator_utility": [e.deviator_utility for e in rv.epochs],
+                   "deviator_paid": [e.deviator_paid for e in rv.epochs],
+                   "deviator_included": [e.deviator_included for e in rv.epochs],
+                   "warnings": rv.warnings[:20]}
+            for name, rv in [("truthful", r.truthful), *r.runs.items()]} for r in results},
+        "wall_s": wall_s,
+    }
+
+
+def _fmt_ci(ci: Sequence[float] | None) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Deviation experiment: {report['scenario']} ({report['mechanism']})",
+        "",
+        f"{len(report['seeds'])} seeds x {report['epochs']} epochs; {report['units']}.",
+        "",
+        f"Realised utility: {report['formula']}. Misreports: gain in expectation over the "
+        "other nodes' types (the IC auditor's interim utility); their wire runs give the "
+        "ex-post gain and the harm.",
+        "",
+        f"Deviator: {report['deviator_rule']}: "
+        + ", ".join(f"seed {d['seed']}: {d['node']} (θ = {d['theta']:.3f})"
+                    for d in report["deviators"]) + ".",
+        "",
+        "| deviation | gain / epoch | 95% CI | pays? | ex-post gain | honest excluded "
+        "| service lost / epoch | honest grants lost / epoch | deviator excluded |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['deviation']} | {r['gain']:+.4f} | {_fmt_ci(r['ci95'])} | "
+            f"{'**yes**' if r['pays'] else 'no'} | {r['gain_ex_post']:+.4f} | "
+            f"{r['honest_excluded']} | {r['service_lost']:+.4f} | "
+            f"{r['honest_grants_lost_per_epoch']:+.1f} | {r['deviator_exclusions']} |")
+    lines += ["", "Deviations:", ""]
+    lines += [f"* `{r['deviation']}`: {r['description']}" for r in report["rows"]]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.6))
+    ys = np.arange(len(rows))[::-1]
+    for y, r in zip(ys, rows, strict=True):
+        ci = r["ci95"] or [r["gain"], r["gain"]]
+        color = "tab:red" if r["pays"] else "tab:blue"
+        ax.errorbar([r["gain"]], [y], xerr=[[r["gain"] - ci[0]], [ci[1] - r["gain"]]],
+                    fmt="o", color=color, capsize=3)
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([r["deviation"] for r in rows])
+    ax.set_xlabel("deviator's gain over truthful play (spec utility units per epoch), 95% CI")
+    ax.set_title(f"{report['scenario']} ({report['mechanism']}): "
+                 f"{len(report['seeds'])} seeds x {report['epochs']} epochs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(report: dict[str, Any], out: Path, *, plots: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(render_markdown(report))
+    if plots:
+        plot(report, out / "gain.png")
+
+
+def run_deviations(scenario: Scenario | str | Path, *, out: str | Path, seeds: int = 3,
+                   first_seed: int | None = None, epochs: int = 10, mode: str = "inproc",
+                   mechanism: str | None = None, only: Sequence[str] | None = None,
+                   profiles: int = PROFILES, progress: Progress | None = None,
+                   plots: bool = True) -> dict[str, Any]:
+    """Play the experiment and write report.json, report.md and gain.png into ``out``.
+
+    ``seeds`` consecutive seeds from ``first_seed`` (default: the scenario's);
+    ``only``: deviation names (default: all, :data:`DEVIATIONS`). Returns the report.
+    """
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    mech = mechanism or sc.mechanisms[0]
+    if mech not in MECHANISMS:
+        raise DeviationError(f"unknown mechanism {mech!r}")
+    if seeds < 2:
+        raise DeviationError("at least 2 seeds are needed for a confidence interval")
+    devs = list(DEVIATIONS) if only is None else [BY_NAME[n] for n in only]
+    prog = progress or Progress(enabled=False)
+    out_dir = Path(out)
+    start = sc.seed if first_seed is None else first_seed
+    t0 = time.monotonic()
+    results = []
+    for seed in range(start, start + seeds):
+        results.append(asyncio.run(play_seed(sc, mech, seed, epochs, out_dir, mode, devs, prog,
+                                             profiles)))
+    rows = summarise(results, devs, epochs)
+    report = build_report(sc, mech, results, rows, epochs, time.monotonic() - t0)
+    write_outputs(report, out_dir, plots=plots)
+    return report
+
+
+__all__ = ["DEVIATIONS", "Deviation", "DeviationError", "run_deviations"]

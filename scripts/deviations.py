@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Does any deviation by one node pay? Play a scenario truthfully and once per deviation.
+
+Thin front end over :mod:`coordinator.testbed.deviations`; see README "Deviation
+experiment" and ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_SCENARIO = HERE / "scenarios" / "commuters.toml"
+
+DESCRIPTION = """\
+Play the scenario's population over the wire (coordinator process, in-process nodes)
+once truthfully and once per deviation by one node (the included node of median type at
+the most populated location), over --epochs epochs and --seeds seeds, and report the
+deviator's gain in realised utility per epoch (spec units) with a 95% interval over
+seeds, and the harm to honest nodes. Writes report.json, report.md and gain.png into
+--out; progress goes to stderr.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(HERE.parent))
+    from coordinator.testbed.deviations import (
+        BY_NAME,
+        JSON_FIELDS,
+        DeviationError,
+        run_deviations,
+    )
+    from coordinator.testbed.progress import Progress
+    from coordinator.testbed.scenario import ScenarioError
+
+    ap = argparse.ArgumentParser(description=DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO)
+    ap.add_argument("--seeds", type=int, default=None, help="seeds (default 3; --quick 2)")
+    ap.add_argument("--first-seed", type=int, default=None,
+                    help="first seed (default: the scenario's)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10)")
+    ap.add_argument("--out", type=Path, default=Path("out/deviations"))
+    ap.add_argument("--mechanism", default=None,
+                    help="posted_fee | optimal (default: the scenario's first)")
+    ap.add_argument("--only", default=None,
+                    help=f"comma-separated deviations (default all: {', '.join(BY_NAME)})")
+    ap.add_argument("--nodes", choices=("inproc", "process"), default="inproc")
+    ap.add_argument("--quick", action="store_true", help="2 seeds x 3 epochs (for tests)")
+    ap.add_argument("--json", action="store_true",
+                    help="print one JSON object per deviation on stdout")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    seeds = args.seeds if args.seeds is not None else (2 if args.quick else 3)
+    epochs = args.epochs if args.epochs is not None else (3 if args.quick else 10)
+    only = None
+    if args.only:
+        only = [x.strip() for x in args.only.split(",") if x.strip()]
+        unknown = [x for x in only if x not in BY_NAME]
+        if unknown:
+            ap.error(f"unknown deviations {unknown}; choose from {list(BY_NAME)}")
+    if not 1 <= epochs <= 1000:
+        ap.error("--epochs must lie in 1..1000")
+    progress = Progress(sys.stderr)
+    try:
+        report = run_deviations(args.scenario, out=args.out, seeds=seeds,
+                                first_seed=args.first_seed, epochs=epochs, mode=args.nodes,
+                                mechanism=args.mechanism, only=only, progress=progress,
+                                plots=not args.no_plots)
+    except (ScenarioError, DeviationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps([{k: r[k] for k in JSON_FIELDS} for r in report["rows"]], indent=1))
+    else:
+        for r in report["rows"]:
+            ci = r["ci95"]
+            ci_s = "n/a" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+            print(f"{r['deviation']:24s} gain {r['gain']:+.4f} {ci_s}  honest excluded "
+                  f"{r['honest_excluded']}  service lost {r['service_lost']:+.4f}")
+        print(f"report: {args.out / 'report.md'} (data: report.json, plot: gain.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

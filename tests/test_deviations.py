@@ -1,0 +1,267 @@
+"""The deviation experiment (issue 11): accounting, and that each deviation happened.
+
+The end-to-end tests play a small population over 127.0.0.1 (a coordinator process,
+in-process nodes): once truthfully and once per deviation for one seed, and a two-seed
+run of the control for the report's shape. They check the mechanics of each deviation
+(what the deviator did and what the system did about it), not the size of the gains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.mechanism import market_from_dict
+from coordinator.testbed.deviations import (
+    BY_NAME,
+    DEVIATIONS,
+    JSON_FIELDS,
+    SeedResult,
+    choose_deviator,
+    ci95,
+    deviant_population,
+    play_seed,
+    run_deviations,
+    service_ratio,
+    truthful_population,
+    value_epoch,
+)
+from coordinator.testbed.driver import AttemptResult, EpochRecord
+from coordinator.testbed.progress import Progress
+from coordinator.testbed.scenario import load_scenario
+from protocol import MICRO
+
+TINY = """
+[scenario]
+name = "tiny"
+epochs = 2
+seed = 5
+mechanism = "posted_fee"
+kind = "wlan_coverage"
+
+[market]
+payment = "in_kind"
+weights = [[1.0, 0.6], [0.6, 1.0]]
+
+[[locations]]
+name = "north"
+nodes = 8
+area = 12.0
+type = { dist = "uniform", low = 0.0, high = 1.0 }
+utility = { A = 1.0, alpha = 0.5 }
+cost = { B = 1.0, beta = 1.0 }
+
+[[locations]]
+name = "south"
+nodes = 6
+area = 10.0
+type = { dist = "uniform", low = 0.0, high = 1.0 }
+utility = { A = 1.0, alpha = 0.5 }
+cost = { B = 1.0, beta = 1.0 }
+
+[access]
+amount = 0.01
+
+[mobility]
+model = "random"
+trips = 2.0
+attempts = 4
+
+[[strategies]]
+nodes = "north-1"
+strategy = "free-ride"
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("dev") / "tiny.toml"
+    p.write_text(TINY)
+    return p
+
+
+# --- accounting ----------------------------------------------------------------------------
+
+
+def _attempt(roamer: str, loc: int, reason: str, included: bool = True) -> AttemptResult:
+    return AttemptResult(roamer=roamer, location=loc, included=included, host="h",
+                         reason=reason)
+
+
+def test_service_ratio_counts_only_covered_attempts_of_included_roamers() -> None:
+    rec = EpochRecord(index=0, run=0, mechanism="posted_fee", attempts=[
+        _attempt("a", 0, "granted"), _attempt("b", 0, "capacity_exhausted"),
+        _attempt("c", 0, "no_coverage"), _attempt("d", 0, "unreachable"),
+        _attempt("e", 0, "granted", included=False), _attempt("x", 1, "not_running")])
+    assert service_ratio(rec, 2) == [pytest.approx(1 / 3), 1.0]
+
+
+def test_value_epoch_charges_only_a_delivering_deviator(tiny: Path) -> None:
+    sc = load_scenario(tiny)
+    market = sc.market()
+    plans = {p.name: p for p in truthful_population(sc, 5)}
+    rec = EpochRecord(index=0, run=0, mechanism="posted_fee", q=[4 * MICRO, 2 * MICRO],
+                      included=["north-0", "south-0"],
+                      owed={"north-0": MICRO // 2, "south-0": MICRO // 4},
+                      attempts=[_attempt("south-0", 0, "granted"),
+                                _attempt("north-0", 1, "capacity_exhausted"),
+                                _attempt("north-0", 1, "granted")])
+    theta = plans["north-0"].theta / MICRO
+    want_v = theta * (1.0 * np.sqrt(4.0) + 0.6 * np.sqrt(2.0 * 0.5))
+    honest = value_epoch(rec, market, plans, ["north-0"], withholds=False)
+    assert honest.deviator_value == pytest.approx(want_v)
+    assert honest.deviator_utility == pytest.approx(want_v - 0.5)
+    withheld = value_epoch(rec, market, plans, ["north-0"], withholds=True)
+    assert withheld.deviator_utility == pytest.approx(want_v)
+    # A node that is not included gets nothing (its own attempts: none granted).
+    assert honest.honest_value["north-2"] == 0.0
+    # Two identities are one person: the better π, both contributions.
+    sybil = value_epoch(rec, market, plans, ["north-0", "south-0"], withholds=False)
+    assert sybil.deviator_utility == pytest.approx(want_v - 0.75)
+    assert "south-0" not in sybil.honest_value
+
+
+def test_ci95_and_median_deviator(tiny: Path) -> None:
+    assert ci95([1.0]) is None
+    lo, hi = ci95([1.0, 2.0, 3.0]) or (0.0, 0.0)
+    assert lo < 2.0 < hi and hi - 2.0 == pytest.approx(2.0 - lo)
+    sc = load_scenario(tiny)
+    plans = {p.name: p for p in truthful_population(sc, 5)}
+    north = sorted((p for p in plans.values() if p.location == 0), key=lambda p: p.theta)
+    rec = EpochRecord(index=0, run=0, mechanism="posted_fee",
+                      included=[p.name for p in north[:5]] + ["south-0"])
+    assert choose_deviator(rec, plans) == north[2].name
+
+
+def test_population_ignores_scenario_strategies_and_sybil_splits_capacity(tiny: Path) -> None:
+    sc = load_scenario(tiny)
+    plans = truthful_population(sc, 5)
+    assert {p.strategy for p in plans} == {"truthful"}
+    out = deviant_population(plans, "north-3", BY_NAME["sybil"], 5)
+    assert len(out) == len(plans) + 1
+    d, s = next(p for p in out if p.name == "north-3"), out[-1]
+    assert s.name == "north-8" and s.location == d.location and s.theta == d.theta
+    assert d.capacity + s.capacity == plans[3].capacity and s.seed != d.seed
+    fr = deviant_population(plans, "north-3", BY_NAME["free-ride"], 5)
+    assert [p.strategy for p in fr if p.strategy != "truthful"] == ["free-ride"]
+
+
+def test_bayesian_misreport_gain_is_not_positive_for_posted_fee(tiny: Path) -> None:
+    from coordinator.testbed.deviations import bayes_gain
+
+    sc = load_scenario(tiny)
+    market = market_from_dict(sc.market_spec())
+    plan = truthful_population(sc, 5)[0]
+    for factor in (0.5, 1.5):
+        assert bayes_gain(market, "posted_fee", plan, factor, 5, 2, 20) <= 1e-9
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def played(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> SeedResult:
+    out = tmp_path_factory.mktemp("dev-run")
+    return asyncio.run(play_seed(load_scenario(tiny), "posted_fee", 5, 2, out, "inproc",
+                                 DEVIATIONS, Progress(enabled=False), 5))
+
+
+@pytest.mark.slow
+def test_control_is_truthful_play_again(played: SeedResult) -> None:
+    ctrl, truth = played.runs["control"], played.truthful
+    assert [e.deviator_utility for e in ctrl.epochs] == pytest.approx(
+        [e.deviator_utility for e in truth.epochs], abs=1e-9)
+    assert truth.honest_excluded == [] and ctrl.honest_excluded == []
+    assert all(e.deviator_included for e in truth.epochs)
+
+
+@pytest.mark.slow
+def test_misreports_were_declared(played: SeedResult) -> None:
+    theta = round(played.deviator_theta * MICRO)
+    up = played.runs["misreport-up"].mechanics["declared"]
+    down = played.runs["misreport-down"].mechanics["declared"]
+    assert up == [min(MICRO, int(1.5 * theta))] * 2
+    assert down == [int(0.5 * theta)] * 2
+    assert set(played.bayes) == {"misreport-up", "misreport-down"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["free-ride", "free-ride-commit"])
+def test_free_rider_was_included_then_excluded(played: SeedResult, name: str) -> None:
+    rv = played.runs[name]
+    assert rv.epochs[0].deviator_included
+    assert rv.mechanics["served_by_deviator"] == 0
+    # Without a commitment it is caught at once; with one, only once a roamer it owes
+    # service was refused (a probe that checks service would catch it regardless).
+    if name == "free-ride" or rv.mechanics["refused_by_deviator"]:
+        assert rv.deviator_excluded, "the free rider was never excluded"
+    assert rv.honest_excluded == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["hide-no-endpoint", "hide-borrowed-endpoint"])
+def test_hider_registered_elsewhere_and_served_nobody(played: SeedResult, name: str) -> None:
+    rv = played.runs[name]
+    m = rv.mechanics
+    assert "endpoint_registered" in m
+    if name == "hide-no-endpoint":
+        assert m["endpoint_registered"] is None
+    else:
+        assert m["endpoint_registered"] and m["borrowed_from"] != played.deviator
+    assert rv.epochs[0].deviator_included
+    assert m["served_by_deviator"] == 0
+    assert rv.honest_excluded == []
+
+
+@pytest.mark.slow
+def test_drain_hid_the_receipt_and_reported_the_refusal(played: SeedResult) -> None:
+    drains = played.runs["drain-and-frame"].mechanics["drains"]
+    assert len(drains) == 2
+    for d in drains:
+        assert d["ask0"].startswith("granted") and d["ask1"] == "capacity_exhausted"
+        assert d["framed"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="issue 11 item 2 (framing an honest host) is not fixed on main yet;"
+                          " remove this mark when the host-filed grant ledgers land")
+def test_framed_host_was_not_excluded(played: SeedResult) -> None:
+    rv = played.runs["drain-and-frame"]
+    targets = {d["target"] for d in rv.mechanics["drains"]}
+    assert targets and not targets & set(rv.honest_excluded)
+    assert rv.honest_excluded == []
+
+
+@pytest.mark.slow
+def test_flood_was_sent_and_no_honest_node_excluded(played: SeedResult) -> None:
+    floods = played.runs["flood"].mechanics["floods"]
+    assert len(floods) == 2
+    assert all(sum(f["answers"].values()) > 0 and f["stalled"] > 0 for f in floods)
+    assert played.runs["flood"].honest_excluded == []
+
+
+@pytest.mark.slow
+def test_sybil_both_identities_took_part(played: SeedResult) -> None:
+    m = played.runs["sybil"].mechanics
+    assert m["identities"][0] == played.deviator and len(m["identities"]) == 2
+    assert all(len(inc) == 2 for inc in m["included_identities"])
+
+
+@pytest.mark.slow
+def test_report_shape_and_control_gain_zero(tiny: Path, tmp_path: Path) -> None:
+    report = run_deviations(tiny, out=tmp_path, seeds=2, epochs=2, only=["control"],
+                            profiles=5)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert (tmp_path / "report.md").read_text().startswith("# Deviation experiment")
+    assert (tmp_path / "gain.png").stat().st_size > 0
+    assert data["rows"] == report["rows"] and len(data["rows"]) == 1
+    row = data["rows"][0]
+    assert set(JSON_FIELDS) <= set(row)
+    assert row["deviation"] == "control" and row["seeds"] == 2 and row["epochs"] == 2
+    lo, hi = row["ci95"]
+    assert lo <= 0.0 <= hi and abs(row["gain"]) < 1e-9
+    assert row["honest_excluded"] == 0
