@@ -9,6 +9,7 @@ run of the control for the report's shape. They check the mechanics of each devi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,15 +21,19 @@ from coordinator.testbed.deviations import (
     BY_NAME,
     DEVIATIONS,
     JSON_FIELDS,
+    DeviationError,
     SeedResult,
+    build_report,
     choose_deviator,
     ci95,
     deviant_population,
     play_seed,
     run_deviations,
     service_ratio,
+    summarise,
     truthful_population,
     value_epoch,
+    write_outputs,
 )
 from coordinator.testbed.driver import AttemptResult, EpochRecord
 from coordinator.testbed.progress import Progress
@@ -252,16 +257,27 @@ def test_sybil_both_identities_took_part(played: SeedResult) -> None:
 
 
 @pytest.mark.slow
-def test_report_shape_and_control_gain_zero(tiny: Path, tmp_path: Path) -> None:
-    report = run_deviations(tiny, out=tmp_path, seeds=2, epochs=2, only=["control"],
-                            profiles=5)
+def test_report_shape_and_control_gain_zero(played: SeedResult, tiny: Path,
+                                            tmp_path: Path) -> None:
+    # Two seeds' worth from the one played seed (the second a copy): the shape, the
+    # files, and the control's gain is 0 within its interval.
+    results = [played, dataclasses.replace(played, seed=played.seed + 1)]
+    rows = summarise(results, DEVIATIONS, 2)
+    report = build_report(load_scenario(tiny), "posted_fee", results, rows, 2, 1.0)
+    write_outputs(report, tmp_path)
     data = json.loads((tmp_path / "report.json").read_text())
     assert (tmp_path / "report.md").read_text().startswith("# Deviation experiment")
     assert (tmp_path / "gain.png").stat().st_size > 0
-    assert data["rows"] == report["rows"] and len(data["rows"]) == 1
-    row = data["rows"][0]
-    assert set(JSON_FIELDS) <= set(row)
-    assert row["deviation"] == "control" and row["seeds"] == 2 and row["epochs"] == 2
-    lo, hi = row["ci95"]
-    assert lo <= 0.0 <= hi and abs(row["gain"]) < 1e-9
-    assert row["honest_excluded"] == 0
+    assert [r["deviation"] for r in data["rows"]] == [d.name for d in DEVIATIONS]
+    for row in data["rows"]:
+        assert set(JSON_FIELDS) <= set(row)
+        assert row["seeds"] == 2 and row["epochs"] == 2 and len(row["ci95"]) == 2
+        assert row["ci95"][0] <= row["gain"] <= row["ci95"][1]
+    control = data["rows"][0]
+    assert control["ci95"][0] <= 0.0 <= control["ci95"][1] and abs(control["gain"]) < 1e-9
+    assert control["honest_excluded"] == 0 and control["service_lost"] == pytest.approx(0.0)
+
+
+def test_run_deviations_refuses_one_seed(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(DeviationError, match="2 seeds"):
+        run_deviations(tiny, out=tmp_path, seeds=1)
