@@ -71,8 +71,7 @@ import numpy as np
 
 from coordinator.mechanism import Market, solve
 from coordinator.mechanism.audit import interim_outcomes
-from node.client import base_url, make_access_request
-from protocol import InkindError, Registration, from_micro, seal
+from protocol import AccessRequest, InkindError, Registration, from_micro, seal
 
 from .driver import EpochRecord, Options, Player, RunRecord
 from .progress import Progress
@@ -263,7 +262,9 @@ class DeviantPlayer(Player):
 
     def host_url(self, host: str, entry: Any) -> str | None:
         endpoint = getattr(entry, "endpoint", None)
-        return base_url(endpoint) if endpoint else None
+        if not endpoint:
+            return None
+        return endpoint if "://" in endpoint else f"http://{endpoint}"
 
     async def start(self) -> None:
         await super().start()
@@ -343,8 +344,8 @@ class DeviantPlayer(Player):
         for k, amount in enumerate(asks):
             try:
                 challenge = await self.peers.challenge(url)
-                req = make_access_request(ident, cred, host_id=entry.node_id,
-                                          challenge=challenge.value, amount=amount)
+                req = seal(ident, AccessRequest(credential=cred, host_id=entry.node_id,
+                                                challenge=challenge.value, amount=amount))
                 answer = await self.peers.access(url, req, host_key=entry.public_key)
             except (aiohttp.ClientError, TimeoutError, InkindError) as exc:
                 outcome[f"ask{k}"] = type(exc).__name__
