@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -26,7 +26,11 @@ from node.host import Host
 from node.service import make_app, start_site
 from protocol import Identity
 
-__all__ = ["NodeSpec", "RunningNode", "start_node", "wall_clock"]
+__all__ = ["NodeSpec", "RunningNode", "Serve", "start_node", "wall_clock"]
+
+
+#: Binds an app: ``await serve(app, host=..., port=...)`` -> (runner, ``host:port``).
+Serve = Callable[..., Awaitable[tuple[web.AppRunner, str]]]
 
 
 def wall_clock() -> int:
@@ -70,8 +74,14 @@ async def start_node(
     session: aiohttp.ClientSession,
     *,
     clock: Callable[[], int] = wall_clock,
+    serve: Serve = start_site,
 ) -> RunningNode:
-    """Build and bind one node (its agent is not started: the caller drives it)."""
+    """Build and bind one node (its agent is not started: the caller drives it).
+
+    ``serve(app, host=, port=)`` binds the node's service and returns its runner and
+    ``host:port`` (default :func:`node.service.start_site`, TCP; tests pass an in-memory
+    network's). ``clock`` is every part's clock (integer Unix seconds).
+    """
     files = FileStore(spec.files_dir)
     if spec.files_dir:
         await asyncio.to_thread(files.scan)
@@ -84,8 +94,7 @@ async def start_node(
         session_seconds=spec.session_seconds,
         max_skew=spec.max_skew,
     )
-    runner, bound = await start_site(make_app(host, clock=clock), host=spec.host,
-                                     port=spec.port)
+    runner, bound = await serve(make_app(host, clock=clock), host=spec.host, port=spec.port)
     endpoint = spec.advertise or bound
     coordinator = CoordinatorClient(
         session,

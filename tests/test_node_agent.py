@@ -1,22 +1,28 @@
-"""The node's epoch pump against a scripted coordinator, several nodes in one event loop.
+"""The node's epoch pump, several nodes in one event loop: against a scripted coordinator
+(exact allocations) and against the coordinator's own app.
 
-The coordinator (``helpers.node.ScriptedCoordinator``) signs its announcement, allocation
-and credentials with a test identity; the tests open and close its epochs and drive each
-agent with ``run_epoch_step`` on a fake clock, over an in-memory network: nothing waits
-on time and no socket is opened.
+The scripted coordinator (``helpers.node.ScriptedCoordinator``) signs its announcement,
+allocation and credentials with a test identity and the tests open and close its epochs;
+the coordinator's own app (``helpers.coordinator.coordinator_on``) is opened and closed
+through its admin endpoints. Each agent is driven with ``run_epoch_step`` on a fake clock,
+over an in-memory network: nothing waits on time and no socket is opened (but in the test
+of ``start_node``'s TCP binding).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from helpers.coordinator import ADMIN, COORDINATOR, coordinator_on
+from helpers.memnet import MemoryNet
 from helpers.node import NOW, BedNode, FakeClock, ScriptedCoordinator, ident, node_bed, step_all
 
-from node.agent import DEFAULT_ROAM_AMOUNT, Agent, NodeSpec
-from node.client import CoordinatorClient, PeerClient
-from node.host import Host
+from node.agent import DEFAULT_ROAM_AMOUNT, NodeSpec
+from node.client import PeerClient
+from node.epoch import Action
 from node.launch import start_node
 from node.service import start_site
 from protocol import MICRO, GrantReceipt, Refusal, open_embedded
@@ -182,30 +188,22 @@ async def test_a_committing_free_rider_claims_what_it_owes_but_opens_nothing(
 
 
 @pytest.mark.asyncio
-async def test_an_unreachable_coordinator_is_an_error_step_not_a_crash() -> None:
-    async with aiohttp.ClientSession() as session:
-        identity = ident(51)
-        host = Host(identity, kind="wlan_coverage", location=0)
-        spec = NodeSpec(
-            coordinator="http://127.0.0.1:9",
-            location=0,
-            kind="wlan_coverage",
-            capacity=1,
-            theta=1,
-            coordinator_key=ident(90).public_key,
-        )
-        agent = Agent(
-            spec,
-            identity=identity,
-            host=host,
-            coordinator=CoordinatorClient(
-                session, spec.coordinator, coordinator_key=spec.coordinator_key
-            ),
-            peers=PeerClient(session),
-            clock=FakeClock(),
-        )
-        assert await agent.run_epoch_step() == "error"
-        assert not agent.registered
+async def test_an_unreachable_coordinator_is_an_error_step_not_a_crash(
+    net: MemoryNet, clock: FakeClock
+) -> None:
+    spec = NodeSpec(
+        coordinator="http://127.0.0.1:9",  # nothing listens there
+        location=0,
+        kind="wlan_coverage",
+        capacity=1,
+        theta=1,
+        coordinator_key=ident(90).public_key,
+    )
+    async with net.session() as session:
+        node = await start_node(spec, ident(51), session, clock=clock, serve=net.start_site)
+        assert await node.agent.run_epoch_step() == "error"
+        assert not node.agent.registered
+        assert node.agent.machine.next_action(clock()) is Action.REGISTER  # tried again next
 
 
 @pytest.mark.asyncio
@@ -279,3 +277,52 @@ async def test_start_node_wires_a_node_that_can_be_stepped(
                 await node.stop()
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_agents_play_an_epoch_with_the_real_coordinator_in_memory(
+    net: MemoryNet, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The coordinator's own app and four nodes on the in-memory network: register,
+    declare, close, provide, roam, report; the coordinator holds every commitment and
+    every receipt the roamers reported."""
+    async with coordinator_on(net, tmp_path / "coord.db", clock) as url, net.session() as session:
+        nodes = []
+        for i in range(4):
+            spec = NodeSpec(coordinator=url, location=i % 2, kind="wlan_coverage",
+                            capacity=2 * MICRO, theta=950_000 - 10_000 * i,
+                            coordinator_key=COORDINATOR.public_key, seed=i)
+            nodes.append(await start_node(spec, ident(100 + i), session, clock=clock,
+                                          serve=net.start_site))
+        agents = [n.agent for n in nodes]
+
+        async def admin(action: str) -> dict[str, object]:
+            async with session.post(f"{url}/v1/admin/{action}", headers=ADMIN) as resp:
+                assert resp.status == 200, await resp.text()
+                body: dict[str, object] = await resp.json()
+                return body
+
+        async def status() -> dict[str, Any]:
+            async with session.get(f"{url}/v1/status") as resp:
+                body: dict[str, Any] = await resp.json()
+                return body
+
+        assert await step_all(agents) == ["registered"] * 4
+        assert await step_all(agents) == ["waiting"] * 4
+        assert (await admin("open"))["epoch"] == 0
+        assert await step_all(agents) == ["declared"] * 4
+        assert await step_all(agents) == ["waiting"] * 4  # not closed yet
+        clock.advance(1)
+        await admin("close")
+        assert await step_all(agents) == ["provided"] * 4
+        included = {a.node_id for a in agents if a.history[0].owed is not None}
+        assert included == {a.node_id for a in agents}  # high types under the posted fee
+        assert all(a.host.epoch == 0 and a.host.resource.opened == 2 * MICRO for a in agents)
+        assert await step_all(agents) == ["roamed"] * 4
+        answers = [x for a in agents for x in a.history[0].answers]
+        assert len(answers) == 4 and all(x.granted for x in answers)
+        assert await step_all(agents) == ["reported"] * 4
+        counts = (await status())["counts"]
+        assert (counts["included"], counts["commitments"], counts["evidence"]) == (4, 4, 4)
+        granted = sum(a.host.resource.granted_total for a in agents)
+        assert granted == 4 * DEFAULT_ROAM_AMOUNT

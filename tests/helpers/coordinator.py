@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -16,8 +18,10 @@ from coordinator.allocation import MechanismRunner
 from coordinator.config import CoordinatorConfig
 from coordinator.epoch import EpochCore, Settings
 from coordinator.mechanism import Market, market_from_dict
+from coordinator.service import make_app
 from coordinator.store import Store
 from helpers.clock import NOW, FakeClock
+from helpers.memnet import MemoryNet
 from protocol import (
     AuditReport,
     Commitment,
@@ -263,3 +267,25 @@ def decl_payload(who: Identity, **changes: Any) -> dict[str, Any]:
     base = {"epoch": 0, "node_id": who.node_id, "theta": 500_000, "nonce": nonce(4242)}
     base.update(changes)
     return base
+
+
+# --- the real coordinator on an in-memory network ------------------------------------------
+
+
+@asynccontextmanager
+async def coordinator_on(
+    net: MemoryNet, path: Path, clock: FakeClock, *, market_name: str = "two",
+    **overrides: Any,
+) -> AsyncIterator[str]:
+    """The coordinator's own app (``coordinator.service.make_app``, SQLite at ``path``,
+    manual epochs) served on ``net``; yields its base URL. Nodes reach it through
+    ``net.session()``: the node's link to the coordinator's core, without a socket."""
+    store = Store(path)
+    app = make_app(config(market=market(market_name), **overrides), store=store,
+                   identity=COORDINATOR, clock=clock, runner=runner(market_name))
+    try:
+        endpoint = await net.serve(app)
+        yield f"http://{endpoint}"
+        await net.stop(endpoint)
+    finally:
+        store.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -124,12 +124,28 @@ class MemoryNet:
         """Start ``app`` (its startup and cleanup contexts run) at ``endpoint``
         (default: a fresh ``127.0.0.1:PORT``); returns the endpoint."""
         endpoint = endpoint or f"127.0.0.1:{next(self._ports)}"
+        app.on_cleanup.append(self._forget(endpoint))  # a runner cleaned up stops serving
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         assert runner.server is not None
         self.servers[endpoint] = runner.server
         self._runners[endpoint] = runner
         return endpoint
+
+    async def start_site(
+        self, app: web.Application, *, host: str = "127.0.0.1", port: int = 0
+    ) -> tuple[web.AppRunner, str]:
+        """As :func:`node.service.start_site`, in memory: the runner and ``host:port``
+        (port 0: a fresh one). Cleaning the runner up stops serving the endpoint."""
+        endpoint = await self.serve(app, None if port == 0 else f"{host}:{port}")
+        return self._runners[endpoint], endpoint
+
+    def _forget(self, endpoint: str) -> Callable[[web.Application], Awaitable[None]]:
+        async def forget(_: web.Application) -> None:
+            self.servers.pop(endpoint, None)
+            self._runners.pop(endpoint, None)
+
+        return forget
 
     async def stop(self, endpoint: str) -> None:
         """Stop serving ``endpoint`` (later connections fail as a dead host's would)."""

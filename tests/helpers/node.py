@@ -27,11 +27,8 @@ from aiohttp import web
 from helpers.clock import NOW, FakeClock
 from helpers.memnet import memory_net
 from node.agent import Agent, NodeSpec
-from node.client import CoordinatorClient, PeerClient
-from node.files import FileStore
 from node.gate import HostView
-from node.host import Host
-from node.service import make_app
+from node.launch import start_node
 from node.strategy import parse_strategy
 from protocol import (
     MICRO,
@@ -332,14 +329,6 @@ async def node_bed(
         async with net.session() as session:
             agents = []
             for n in nodes:
-                identity = ident(n.seed)
-                files = FileStore(n.files_dir)
-                files.scan()
-                key = None if trust_on_first_use else coord_id.public_key
-                host = Host(
-                    identity, kind=n.kind, location=n.location, coordinator_key=key, files=files
-                )
-                endpoint = await net.serve(make_app(host, clock=clock))
                 spec = NodeSpec(
                     coordinator=f"http://{coord_endpoint}",
                     location=n.location,
@@ -347,27 +336,14 @@ async def node_bed(
                     capacity=n.capacity,
                     theta=n.theta,
                     strategy=parse_strategy(n.strategy),
-                    coordinator_key=key,
+                    coordinator_key=None if trust_on_first_use else coord_id.public_key,
+                    files_dir=None if n.files_dir is None else str(n.files_dir),
                     roam_script={1: n.script},
                     seed=n.seed,
                 )
-                coordinator = CoordinatorClient(
-                    session,
-                    spec.coordinator,
-                    coordinator_key=key,
-                    trust_on_first_use=trust_on_first_use,
-                )
-                agents.append(
-                    Agent(
-                        spec,
-                        identity=identity,
-                        host=host,
-                        coordinator=coordinator,
-                        peers=PeerClient(session),
-                        clock=clock,
-                        endpoint=endpoint,
-                    )
-                )
+                running = await start_node(spec, ident(n.seed), session, clock=clock,
+                                           serve=net.start_site)
+                agents.append(running.agent)
             yield scripted, agents
 
 
