@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import OutOfRangeError, TooLargeError
+from protocol.kinds import FILES
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 #: Most files one node shares, and the largest one (bytes): limits as data.
 MAX_FILES = 10_000
 MAX_FILE_BYTES = 256 * 1024 * 1024
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,7 +37,9 @@ class SharedFile:
     @property
     def resource(self) -> str:
         """The access request's ``resource`` naming this file."""
-        return "file:" + self.sha256
+        name = FILES.resource_of(self.sha256)
+        assert name is not None  # files are itemised: a prefix and the hash
+        return name
 
     @property
     def cost(self) -> int:
@@ -46,11 +48,8 @@ class SharedFile:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class FileStore:

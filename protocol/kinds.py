@@ -9,15 +9,13 @@ amount, where a roamer sends its ``access_request`` and what comes back, what th
 bought. How a node accounts a grant is node-side behaviour (``node/resources.py``, keyed by
 this registry).
 
-=================  =========================  ==========  ========================  ======
-kind               one unit is                granularity  endpoint (answer)         shares
-=================  =========================  ==========  ========================  ======
-``wlan_coverage``  a coverage cell             1           ``/v1/access`` (receipt)   no
-``wlan_channels``  a simultaneous channel      1 000 000   ``/v1/access`` (receipt)   no
-``files``          1 MB served (1 µ = 1 byte)  1           ``/v1/files/{sha256}``     no
-                                                           (file bytes)
-``compute``        a compute unit              1           ``/v1/compute`` (job)      yes
-=================  =========================  ==========  ========================  ======
+* ``wlan_coverage``: one unit is a coverage cell; ``POST /v1/access`` answers the receipt;
+* ``wlan_channels``: a simultaneous roaming channel, asked in whole channels (granularity
+  1 000 000) and held for a session; ``POST /v1/access``;
+* ``files``: 1 MB served (1 micro-unit = 1 byte); ``POST /v1/files/{sha256}`` with
+  ``resource`` = ``"file:" + sha256`` answers the file's bytes;
+* ``compute``: a compute unit; ``POST /v1/compute`` with ``resource`` = ``"compute"``
+  answers the receipt and the job's result; a requester is held to the share it bought.
 
 Adding a kind: one entry in :data:`KINDS` here and one in ``node/resources.py``'s
 accounting registry; a kind with a new endpoint shape also needs its handler in

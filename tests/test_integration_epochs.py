@@ -397,7 +397,7 @@ async def run_epoch(b: Bed, epoch: int, *, late: Member | None = None,
     return log
 
 
-def check_epoch(b: Bed, log: EpochLog) -> None:
+def check_invariants(b: Bed, log: EpochLog) -> None:
     """The invariants every epoch keeps."""
     allocation = log.allocation
     epoch = allocation.epoch
@@ -462,7 +462,7 @@ async def test_three_epochs_with_free_riders_and_a_restart(
         busy = b.member(*BUSY)
 
         log0 = await run_epoch(b, 0)
-        check_epoch(b, log0)
+        check_invariants(b, log0)
         assert riders.keys() <= set(log0.allocation.included)
         # The busy file host ran out of bytes and refused files it could no longer serve.
         busy_refusals = [a.refusal for _, a in log0.answers
@@ -471,7 +471,7 @@ async def test_three_epochs_with_free_riders_and_a_restart(
         assert log0.granted_total[busy.id] > log0.opened[busy.id] - FILE_BYTES
 
         log1 = await run_epoch(b, 1, late=busy, restart=True)
-        check_epoch(b, log1)
+        check_invariants(b, log1)
         status = await b.status()
         excluded = {x["node_id"]: x for x in status["excluded"]}
         assert set(excluded) == set(riders)  # honest hosts are not excluded
