@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.allocation import coordinator_mechanism
-from coordinator.mechanism import Market, load_market
+from coordinator.mechanism import Market, check_solvable, load_market
 from coordinator.penalty import PenaltyPolicy
 
 #: Refuse bodies above this many bytes whatever the type (largest inbound: audit reports).
@@ -46,6 +46,9 @@ class CoordinatorConfig:
     def __post_init__(self) -> None:
         # The wire name (an alias such as ``second_best`` resolved); ValueError if unknown.
         object.__setattr__(self, "mechanism", coordinator_mechanism(self.mechanism))
+        # A market the mechanism cannot solve is refused here, at start-up, rather than
+        # at every close (UnsupportedMarketError, a ValueError the CLI reports).
+        check_solvable(self.market, self.mechanism)
         if not 1 <= self.epoch_seconds <= 7 * 24 * 3600:
             raise ValueError("epoch_seconds must be in [1, 604800]")
         if not 0 <= self.pause_seconds <= 7 * 24 * 3600:

@@ -233,7 +233,7 @@ def test_missing_agent_count_is_refused() -> None:
     ({"dist": "beta", "a": -1.0, "b": 2.0}, "Beta parameters must be positive"),
     ({"dist": "uniform", "low": 1.0, "high": 1.0}, "finite interval"),
     ({"dist": "uniform", "low": 2.0, "high": 1.0}, "finite interval"),
-    ({"dist": "scipy", "name": "norm", "params": {"loc": 50.0}, "low": 0.0, "high": 1.0},
+    ({"dist": "scipy", "name": "uniform", "params": {"loc": 2.0}, "low": 0.0, "high": 1.0},
      "no probability mass"),
 ])
 def test_bad_type_distributions_are_refused(type_table: dict[str, Any], message: str) -> None:
@@ -320,7 +320,7 @@ def test_malformed_weights_are_value_errors(weights: object) -> None:
     ({"payment": "cash"}, "payment must be 'money' or 'in_kind'"),
     ({"levels": [-1.0, 1.0]}, "levels must be finite nonnegative"),
     ({"levels": []}, "levels must be finite nonnegative"),
-    ({"levels": [1.0, math.inf]}, "levels must be finite nonnegative"),
+    ({"levels": [1.0, math.inf]}, r"levels\[1\] is inf: spec numbers must be finite"),
 ])
 def test_bad_market_table_values_are_refused(market_table: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -17,8 +17,16 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from scipy import integrate, optimize
 
+from coordinator.mechanism import solve
 from coordinator.mechanism.distributions import TypeDistribution
-from coordinator.mechanism.market import Location, Market, PowerCost, PowerUtility, slides_market
+from coordinator.mechanism.market import (
+    Location,
+    Market,
+    PowerCost,
+    PowerUtility,
+    UnsupportedMarketError,
+    slides_market,
+)
 from coordinator.mechanism.optimal import LagrangianMechanism, first_best, second_best
 from coordinator.mechanism.posted_fee import posted_fee
 
@@ -226,10 +234,12 @@ def test_second_best_without_exclusion_refuses_a_prior_whose_density_vanishes_at
     # against a first best of 0.72 and a Monte Carlo of its own allocation of 0.72).
     m = Market((Location("campus", 5, TypeDistribution.beta(2.0, 2.0),
                          PowerUtility(2 / 3, 0.5), PowerCost(1.0, 1.0)),), np.eye(1))
-    mech = second_best(m, exclusion=False)
-    assert not mech.result.success
-    assert not math.isfinite(mech.result.welfare)
-    assert "density" in mech.result.status
+    # Refused before solving, the same way every mechanism refuses (UnsupportedMarketError,
+    # a ValueError), so a coordinator fails at start-up instead of at every close.
+    with pytest.raises(UnsupportedMarketError, match="density vanishes"):
+        second_best(m, exclusion=False)
+    with pytest.raises(UnsupportedMarketError, match="density vanishes"):
+        solve(m, "second_best_no_exclusion")
     # With exclusion the same prior is fine: the excluded bottom never enters the sum.
     sb = second_best(m)
     assert sb.result.success and 0 < sb.result.welfare <= first_best(m).result.welfare

@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .market import Market, load_market, market_from_dict, slides_market
+from .market import (
+    Market,
+    UnsupportedMarketError,
+    check_solvable,
+    load_market,
+    market_from_dict,
+    slides_market,
+)
 from .result import Mechanism, MechanismResult, Outcome
 
 
@@ -102,8 +109,14 @@ def canonical(mechanism: str) -> str:
 
 
 def solve(market: Market, mechanism: str) -> Mechanism:
-    """Solve ``mechanism`` (a key of :data:`SOLVERS` or :data:`ALIASES`) for ``market``."""
-    return SOLVERS[canonical(mechanism)][0](market)
+    """Solve ``mechanism`` (a key of :data:`SOLVERS` or :data:`ALIASES`) for ``market``.
+
+    Raises :class:`UnsupportedMarketError` (a ValueError) before solving when the
+    mechanism cannot handle the market (:func:`check_solvable`).
+    """
+    name = canonical(mechanism)
+    check_solvable(market, name)
+    return SOLVERS[name][0](market)
 
 
 __all__ = [
@@ -113,7 +126,9 @@ __all__ = [
     "Mechanism",
     "MechanismResult",
     "Outcome",
+    "UnsupportedMarketError",
     "canonical",
+    "check_solvable",
     "load_market",
     "market_from_dict",
     "slides_market",

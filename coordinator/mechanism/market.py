@@ -30,6 +30,15 @@ MAX_LOCATIONS = 10_000
 MAX_AGENTS_PER_LOCATION = 10_000_000
 
 
+class UnsupportedMarketError(ValueError):
+    """A well-formed market that a mechanism cannot solve; raised before solving.
+
+    Every mechanism refuses this way (a ValueError with a sentence that names the
+    location and the reason), so a front end or the coordinator reports it once, at
+    start-up, instead of failing inside a root finder.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class PowerUtility:
     """u(Q) = A Q^α with A > 0 and 0 < α ≤ 1 (slides, Assumption 1)."""
@@ -38,7 +47,7 @@ class PowerUtility:
     alpha: float
 
     def __post_init__(self) -> None:
-        if not (self.A > 0 and 0 < self.alpha <= 1):
+        if not (math.isfinite(self.A) and self.A > 0 and 0 < self.alpha <= 1):
             raise ValueError(f"power utility needs A > 0 and 0 < alpha <= 1, got {self}")
 
     def __call__(self, Q: npt.ArrayLike) -> FloatArray:
@@ -58,7 +67,8 @@ class PowerCost:
     delta: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (self.B > 0 and self.beta >= 1 and self.delta >= 0):
+        if not (all(math.isfinite(x) for x in (self.B, self.beta, self.delta))
+                and self.B > 0 and self.beta >= 1 and self.delta >= 0):
             raise ValueError(f"power cost needs B > 0, beta >= 1, delta >= 0, got {self}")
 
     def __call__(self, n: int, Q: npt.ArrayLike) -> FloatArray:
@@ -153,6 +163,9 @@ class Market:
             if not lv or lv[0] < 0 or not all(math.isfinite(x) for x in lv):
                 raise ValueError("levels must be finite nonnegative sizes")
             object.__setattr__(self, "levels", lv if lv[0] == 0.0 else (0.0, *lv))
+        if not (isinstance(self.q_max, (int, float)) and math.isfinite(self.q_max)
+                and self.q_max > 0):
+            raise ValueError(f"q_max must be a finite positive size, got {self.q_max!r}")
         names = [loc.name for loc in self.locations]
         if len(set(names)) != L:
             raise ValueError("location names must be unique")
@@ -257,10 +270,28 @@ def _cost_from(d: dict[str, Any], where: str) -> Cost:
                      _number(d, "delta", 0.0, w))
 
 
+def _refuse_non_finite(x: object, where: str) -> None:
+    """Every number in a spec must be finite: TOML's inf/nan and JSON's Infinity/NaN
+    would otherwise pass the type checks and fail later, deep inside a solver."""
+    if isinstance(x, float) and not math.isfinite(x):
+        raise ValueError(f"{where} is {x!r}: spec numbers must be finite")
+    if isinstance(x, dict):
+        for k, v in x.items():
+            _refuse_non_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            _refuse_non_finite(v, f"{where}[{i}]")
+
+
 def market_from_dict(d: dict[str, Any]) -> Market:
-    """Build a :class:`Market` from the parsed TOML/JSON spec (format in README)."""
+    """Build a :class:`Market` from the parsed TOML/JSON spec (format in README).
+
+    Raises ValueError naming the offending entry for anything malformed: unknown keys,
+    wrong types, non-finite numbers, out-of-range parameters, a prior with no mass.
+    """
     if not isinstance(d, dict):
         raise ValueError("a market spec is a table")
+    _refuse_non_finite(d, "")
     unknown = set(d) - _TOP_KEYS
     if unknown:
         raise ValueError(f"unknown top-level keys: {sorted(unknown)}")
@@ -321,19 +352,70 @@ def market_from_dict(d: dict[str, Any]) -> Market:
 MAX_SPEC_BYTES = 1 << 20
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects with a repeated key are refused (json keeps the last one silently;
+    TOML refuses them already)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r} in spec")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} in spec: spec numbers must be finite")
+
+
 def load_market(path: str | Path) -> Market:
-    """Read a market spec from a ``.toml`` or ``.json`` file."""
+    """Read a market spec from a ``.toml`` or ``.json`` file.
+
+    Raises ValueError for anything but a well-formed spec: unreadable or oversized
+    files, syntax errors, duplicate keys, non-finite numbers, bad values.
+    """
     p = Path(path)
     raw = p.read_bytes()
     if len(raw) > MAX_SPEC_BYTES:
         raise ValueError(f"{p}: spec larger than {MAX_SPEC_BYTES} bytes")
     if p.suffix == ".json":
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     elif p.suffix == ".toml":
         data = tomllib.loads(raw.decode("utf-8"))
     else:
         raise ValueError(f"{p}: a spec file ends in .toml or .json")
     return market_from_dict(data)
+
+
+def check_solvable(market: Market, mechanism: str, *, exclusion: bool | None = None) -> None:
+    """Refuse, before any solving, a market that ``mechanism`` cannot handle.
+
+    Raises :class:`UnsupportedMarketError`. The rules: the slides' equal-contribution
+    schemes are defined for one location; the optimal mechanism without exclusion needs
+    a prior whose density does not vanish at the bottom of its support (otherwise
+    virtual values are unbounded below and the weighted sum has an unbounded lower tail
+    that no quadrature resolves to the promised accuracy). Irregular priors are not
+    refused: the optimal mechanism and the posted fee iron them. ``exclusion``
+    overrides the market's own setting (the optimal mechanism can be asked for either).
+    """
+    excl = market.exclusion if exclusion is None else exclusion
+    if mechanism.startswith("equal_share") and market.L != 1:
+        raise UnsupportedMarketError(
+            f"{mechanism} is defined for one location (slides); this market has {market.L}")
+    # The optimal mechanism's registry names, and their former second_best* aliases.
+    name = mechanism.replace("second_best", "optimal")
+    no_exclusion = name == "optimal_no_exclusion" or (
+        name in ("optimal", "optimal_balanced") and not excl)
+    if no_exclusion:
+        for loc in market.locations:
+            d = loc.dist
+            width = d.high - d.low
+            # Judge the density just inside the support: scipy may place the support's
+            # end a rounding error inside `low` (truncnorm), where pdf(low) reads 0.
+            if float(d.pdf(d.low + 1e-9 * width)) * width < 1e-6:
+                raise UnsupportedMarketError(
+                    f"no exclusion with {d.label} at {loc.name!r}: its density vanishes at "
+                    "the bottom of the support, so virtual values are unbounded below; "
+                    "not supported")
 
 
 def slides_market(n: int, *, exclusion: bool = True) -> Market:

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from scipy import interpolate, optimize
 
 from .declared import Resolver
-from .market import Market
+from .market import Market, check_solvable
 from .multipliers import kkt_multipliers
 from .provision import Provision, provision_for
 from .result import MechanismResult, Outcome
@@ -151,6 +151,22 @@ class InterimTable:
         return out
 
 
+def _piecewise_spline(grid: FloatArray, values: FloatArray,
+                      sizes: list[int]) -> interpolate.PPoly:
+    """One cubic spline per piece of ``grid`` (pieces of ``sizes`` points sharing their
+    end points), joined into one piecewise polynomial."""
+    xs: list[FloatArray] = []
+    cs: list[FloatArray] = []
+    start = 0
+    for m in sizes:
+        sl = slice(start, start + m)
+        sp = interpolate.CubicSpline(grid[sl], values[sl])
+        xs.append(sp.x if not xs else sp.x[1:])
+        cs.append(sp.c)
+        start += m - 1
+    return interpolate.PPoly(np.hstack(cs), np.concatenate(xs))
+
+
 def interim_tables(market: Market, ev: Evaluation, *, exclusion: bool,
                    provisions: list[Provision], smooth: bool) -> list[InterimTable]:
     """Tabulate V_k (8) and P_k (12) for each home location k."""
@@ -165,7 +181,14 @@ def interim_tables(market: Market, ev: Evaluation, *, exclusion: bool,
         # The lattice law's E[φ(x + Z₋)] costs a pass over its support per point, so it
         # gets a coarser table; V is smooth there and the cubic spline's error is O(h⁴).
         points = TABLE_POINTS if ev.laws[0].method == "moments" else LATTICE_TABLE_POINTS
-        grid = np.linspace(lo, loc.dist.high, points)
+        # V is flat on every ironed interval and has kinks at its ends: the table is
+        # split there so no spline piece straddles a kink.
+        ironed = loc.dist.weight(float(ev.lambdas[k])).intervals.ravel()
+        breaks = np.unique(np.concatenate([
+            [lo, loc.dist.high], ironed[(ironed > lo) & (ironed < loc.dist.high)]]))
+        pieces = [np.linspace(a, b, max(8, int(points * (b - a) / (loc.dist.high - lo))))
+                  for a, b in zip(breaks[:-1], breaks[1:], strict=True)]
+        grid = np.concatenate([pieces[0], *(p[1:] for p in pieces[1:])])
         w = virtual_weight(loc.dist, ev.lambdas[k], grid)
         V = np.zeros_like(grid)
         for l in range(L):
@@ -174,7 +197,7 @@ def interim_tables(market: Market, ev: Evaluation, *, exclusion: bool,
             x = market.weights[k, l] / (1.0 + ev.lambdas[l]) * w
             V += market.weights[k, l] * ev.laws[l].given(provisions[l].benefit, k, x)
         if smooth:
-            Vs = interpolate.CubicSpline(grid, V)
+            Vs = _piecewise_spline(grid, V, [p.size for p in pieces])
             antider = Vs.antiderivative()
             tables.append(InterimTable(
                 t0, loc.dist.high, Vs,
@@ -294,33 +317,15 @@ def first_best(market: Market, *, method: str = "auto") -> LagrangianMechanism:
 
 def second_best(market: Market, *, exclusion: bool | None = None,
                 method: str = "auto") -> LagrangianMechanism:
-    """The optimal mechanism: maximise (1) subject to (3) or (24) via (17)/(25)."""
+    """The optimal mechanism: maximise (1) subject to (3) or (24) via (17)/(25).
+
+    Irregular priors are ironed (:class:`~coordinator.mechanism.distributions.VirtualWeight`).
+    Raises :class:`~coordinator.mechanism.market.UnsupportedMarketError` before solving
+    for a market it cannot handle (:func:`~coordinator.mechanism.market.check_solvable`).
+    """
     excl = market.exclusion if exclusion is None else exclusion
-    for loc in market.locations:
-        if not loc.dist.is_regular():
-            return LagrangianMechanism(market, MechanismResult(
-                mechanism="optimal", success=False,
-                status=f"virtual value g of {loc.name!r} is not nondecreasing (irregular "
-                       "prior; ironing is not implemented)", welfare=math.nan),
-                np.zeros(market.L), excl, [])
     name = "optimal" if excl else "optimal_no_exclusion"
-    if not excl:
-        for loc in market.locations:
-            d = loc.dist
-            width = d.high - d.low
-            # Judge the density just inside the support: scipy may place the support's
-            # end a rounding error inside `low` (truncnorm), where pdf(low) reads 0.
-            if float(d.pdf(d.low + 1e-9 * width)) * width < 1e-6:
-                # Without exclusion every agent's weight θ + λ g(θ) enters the sum, and
-                # g → −∞ where the density vanishes: the weight's law has an unbounded
-                # lower tail (infinite variance for f(θ) ~ θ − low), which the lattice
-                # cannot resolve to the promised accuracy. Refuse rather than mislead.
-                return LagrangianMechanism(market, MechanismResult(
-                    mechanism=name, success=False,
-                    status=f"no exclusion with {loc.dist.label} at {loc.name!r}: its density "
-                           "vanishes at the bottom of the support, so virtual values are "
-                           "unbounded below; not supported", welfare=math.nan),
-                    np.zeros(market.L), excl, [])
+    check_solvable(market, "optimal", exclusion=excl)
     provisions = [provision_for(loc, market) for loc in market.locations]
     lambdas, ok, status = solve_lambdas(market, exclusion=excl, provisions=provisions,
                                         method=method)

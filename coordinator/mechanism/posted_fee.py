@@ -27,7 +27,7 @@ import numpy.typing as npt
 from scipy import optimize
 
 from .declared import declarants
-from .market import Market, PowerCost, PowerUtility
+from .market import Market, PowerCost, PowerUtility, check_solvable
 from .multipliers import kkt_multipliers
 from .provision import Power, Provision, provision_for
 from .result import MechanismResult, Outcome
@@ -106,8 +106,24 @@ class PostedFeeMechanism:
                        location=loc, cost=cost, result=self.result)
 
 
+def _failed(market: Market, status: str) -> PostedFeeMechanism:
+    L = market.L
+    nan = np.full(L, np.nan)
+    plan = PostedFeePlan(nan, np.zeros(L), math.nan, nan, nan)
+    return PostedFeeMechanism(market, MechanismResult(
+        mechanism="posted_fee", success=False, status=status, welfare=math.nan), plan)
+
+
 def posted_fee(market: Market) -> PostedFeeMechanism:
-    """Solve P̂(n) (18)-(23) for money or payments in kind."""
+    """Solve P̂(n) (18)-(23) for money or payments in kind.
+
+    θ*_i is where the ironed weight w̄ = θ + λ ḡ crosses zero, the global maximiser of
+    ∫_θ* (θ + λ g) dF even where g decreases (an irregular prior), so the plan is the
+    optimum of (18) for the multipliers; the fee revenue θ*(1 − F(θ*)) is exact either
+    way. Raises :class:`~coordinator.mechanism.market.UnsupportedMarketError` before
+    solving for a market it cannot handle.
+    """
+    check_solvable(market, "posted_fee")
     provisions = [provision_for(loc, market) for loc in market.locations]
     L = market.L
 
@@ -123,6 +139,9 @@ def posted_fee(market: Market) -> PostedFeeMechanism:
         t_hi = 0.5
         while pooled(t_hi / (1 - t_hi)) < 0.0 and t_hi < 1 - 1e-12:
             t_hi = 1 - (1 - t_hi) / 4
+        if pooled(t_hi / (1 - t_hi)) < 0.0:
+            return _failed(market, "no multiplier makes the budget constraint hold: no "
+                           "posted fee covers the cost")
         t = optimize.brentq(lambda s: pooled(s / (1 - s)), 0.0, t_hi, xtol=1e-14)
         lam = t / (1 - t)
     lambdas = np.full(L, lam)

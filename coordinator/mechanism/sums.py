@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .distributions import TypeDistribution, gauss_nodes
+from .distributions import TypeDistribution
 from .provision import Phi, Power
 
 FloatArray = npt.NDArray[np.float64]
@@ -47,16 +47,23 @@ WINDOW_SDS = 40.0
 
 
 def virtual_weight(dist: TypeDistribution, lam: float, theta: npt.ArrayLike) -> FloatArray:
-    """θ + λ g(θ): the agent's weight in the Lagrangian (17)/(25)."""
-    t = np.asarray(theta, dtype=float)
-    if lam == 0.0:
-        # g may be −∞ where the density vanishes; 0 · (−∞) must not poison the weight.
-        return np.array(t, dtype=np.float64)
-    return np.asarray(t + lam * dist.g(t), dtype=float)
+    """θ + λ g(θ): the agent's weight in the Lagrangian (17)/(25), ironed where it
+    decreases (:class:`~coordinator.mechanism.distributions.VirtualWeight`)."""
+    return dist.weight(lam).w(theta)
 
 
 def threshold(dist: TypeDistribution, lam: float) -> float:
-    """The exclusion threshold θ₀: θ + λ g(θ) > 0 exactly for θ > θ₀ (g nondecreasing)."""
+    """The exclusion threshold θ₀: w̄(θ) = θ + λ ḡ(θ) > 0 exactly for θ > θ₀ (w̄ is
+    nondecreasing, ironed where g decreases). Remembered per (distribution, λ): the
+    solvers ask for the same threshold many times."""
+    vw = dist.weight(lam)
+    if "theta0" not in vw.cache:
+        vw.cache["theta0"] = (float(thresholds([dist], np.array([lam]))[0])
+                              if dist.is_regular() else _bisect_threshold(dist, lam))
+    return vw.cache["theta0"]
+
+
+def _bisect_threshold(dist: TypeDistribution, lam: float) -> float:
     lo, hi = dist.low, dist.high
 
     def w(t: float) -> float:
@@ -115,10 +122,11 @@ class Group:
         return self.coef * virtual_weight(self.dist, self.lam, theta)
 
 
-def _tilt_weights(dist: TypeDistribution, theta: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """f(θ) and θ f(θ), g(θ) f(θ) = θ f(θ) − (1 − F(θ)) (finite where f → 0)."""
-    f = dist.pdf(theta)
-    return f, theta * f - dist.sf(theta)
+def _tilt_weights(dist: TypeDistribution, lam: float,
+                  theta: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """f(θ) and ḡ(θ) f(θ), the (ironed) virtual value times the density: θ f − (1 − F)
+    where not ironed (finite where f → 0)."""
+    return dist.pdf(theta), dist.weight(lam).gf(theta)
 
 
 class SumLaw:
@@ -182,8 +190,8 @@ class MomentLaw(SumLaw):
         kz = np.zeros(K + 1)
         self.kappa: list[FloatArray] = []
         for grp in groups:
-            th, wq = gauss_nodes(grp.theta0, grp.dist.high)
-            f, gf = _tilt_weights(grp.dist, th)
+            th, wq = grp.dist.nodes(grp.theta0, grp.dist.high)
+            f, gf = _tilt_weights(grp.dist, grp.lam, th)
             x = grp.x(th)
             powers = x[None, :] ** np.arange(K + 1)[:, None]
             m = powers @ (wq * f)
@@ -231,7 +239,7 @@ def _negative_part_negligible(groups: list[Group]) -> bool:
     mins = []
     s_grid = None
     for grp in groups:
-        th, wq = gauss_nodes(grp.dist.low, grp.dist.high)
+        th, wq = grp.dist.nodes(grp.dist.low, grp.dist.high)
         f = grp.dist.pdf(th)
         x = grp.x(th)
         if not np.all(np.isfinite(x)):
@@ -293,8 +301,8 @@ class _Lattice:
             if grp.coef == 0.0 or x_hi <= x_lo:
                 # x is constant (a zero weight): all mass at the shifted origin.
                 pmf[0] = 1.0
-                th, wq = gauss_nodes(t0, grp.dist.high)
-                f, gf = _tilt_weights(grp.dist, th)
+                th, wq = grp.dist.nodes(t0, grp.dist.high)
+                f, gf = _tilt_weights(grp.dist, grp.lam, th)
                 tth[0] = float(wq @ (th * f))
                 tg[0] = float(wq @ gf)
                 x_lo = float(grp.x(t0)) if not grp.exclusion else 0.0
@@ -305,10 +313,9 @@ class _Lattice:
                                         grp.dist.high)
                 edges_t[0], edges_t[-1] = t0, grp.dist.high
                 F = grp.dist.cdf(edges_t)
-                S = grp.dist.sf(edges_t)
                 pmf[1::2] = np.diff(F)
-                # ∫ g f dθ = [−θ (1 − F(θ))]: exact bin by bin.
-                tg[1::2] = -np.diff(edges_t * S)
+                # ∫ g f dθ = [−θ (1 − F(θ))] (plus the ironing correction): exact by bin.
+                tg[1::2] = grp.dist.weight(grp.lam).g_mass(edges_t)
                 # ∫ θ f dθ per bin by 8-point Gauss–Legendre.
                 gx, gw = np.polynomial.legendre.leggauss(8)
                 mid = 0.5 * (edges_t[1:] + edges_t[:-1])
@@ -473,6 +480,10 @@ def thresholds(dists: list[TypeDistribution], lambdas: FloatArray) -> FloatArray
     for idx in groups.values():
         dist = dists[idx[0]]
         lam = np.asarray(lambdas, dtype=float)[idx]
+        if not dist.is_regular():
+            # Ironed weights are tabulated per λ: one scalar solve each.
+            out[idx] = [_bisect_threshold(dist, float(x)) for x in lam]
+            continue
         lo = np.full(lam.shape, dist.low)
         hi = np.full(lam.shape, dist.high)
 
