@@ -2,14 +2,13 @@
 """How far the local testbed scales on this machine: start-up time, memory, epoch time.
 
 For each node count N and node mode (``process``: one forked process per node;
-``inproc``: all nodes in the launcher's process; ``exec``: one ``python -m node`` each),
+``inproc``: all nodes in one node runner process; ``exec``: one ``python -m node`` each),
 a two-location WLAN-coverage scenario with N nodes is started (coordinator + nodes, up
 to every node registered), one epoch is played (declare, close, provide, N roaming
 attempts, audit), and everything is stopped. Memory is the proportional set size (PSS,
-shared pages split between the processes sharing them) from /proc: the nodes' total and
-per node; for ``inproc`` the growth of the launcher's private memory (USS) from before
-the nodes start to after they registered. Each run is
-a fresh Python process (``--one MODE N``). Prints one table row per run and writes JSON
+shared pages split between the processes sharing them, read with psutil) of the node
+processes (for ``inproc``, the one runner's), in all and per node. Each run is a fresh
+Python process (``--one MODE N``). Prints one table row per run and writes JSON
 with --json.
 
     python scripts/bench_testbed.py                       # the default ladder
@@ -21,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 from coordinator.testbed.driver import Options, Player
 from coordinator.testbed.scenario import scenario_from_dict
@@ -40,27 +39,11 @@ DEFAULT = {"process": [25, 50, 100, 200, 400], "inproc": [50, 200, 500, 1000],
 
 
 def pss_kb(pid: int) -> int:
+    """Proportional set size of ``pid`` (shared pages split among sharers), KiB."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
+        return int(psutil.Process(pid).memory_full_info().pss) // 1024
+    except (psutil.Error, AttributeError):
         return 0
-    return 0
-
-
-def uss_kb(pid: int) -> int:
-    """Private (unshared) memory of ``pid``: what it alone adds."""
-    total = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                    total += int(line.split()[1])
-    except OSError:
-        return 0
-    return total
 
 
 def scenario(n: int) -> Any:
@@ -78,15 +61,15 @@ async def one(n: int, mode: str, workdir: Path) -> dict[str, Any]:
     sc = scenario(n)
     out = workdir / f"{mode}-{n}"
     options = Options(out=out, seed=1, mode=mode)
-    base = uss_kb(os.getpid())
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=128)) as session:
         player = Player(sc, "posted_fee", options, 0, out / "run", session)
         t0 = time.monotonic()
         try:
             await player.start()
             startup = time.monotonic() - t0
-            pids = [h.pid for h in player.fleet.nodes.values() if h.pid]
-            nodes_kb = sum(pss_kb(p) for p in pids) if pids else uss_kb(os.getpid()) - base
+            # in process: every node shares the runner's pid, counted once
+            pids = {h.pid for h in player.fleet.nodes.values() if h.pid}
+            nodes_kb = sum(pss_kb(p) for p in pids)
             coord = player.coordinator.proc
             coord_kb = pss_kb(coord.pid) if coord is not None else 0
             t1 = time.monotonic()

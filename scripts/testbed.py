@@ -24,9 +24,11 @@ everything cleanly and writes the report of the epochs played so far.
 
 EPILOG = """\
 node modes:
-  process  one process per node, forked from a pre-imported zygote (default)
+  process  one process per node, forked by the node runner (`python -m node.fleet`)
+           after it imported the node code once (default)
   exec     one `python -m node` process per node (what you would type; slow start)
-  inproc   every node inside this process (cheapest; for hundreds of nodes)
+  inproc   every node inside one runner process, stepped phase by phase (cheapest;
+           for hundreds of nodes)
 
 exit status: 0 all checks hold, 1 a check failed or one the scenario is about was
   not checked (the report says which),

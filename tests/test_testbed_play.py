@@ -1,7 +1,7 @@
 """End to end: small scenarios played on 127.0.0.1, and the report's invariants.
 
 Each test starts a real coordinator process and real nodes (in this process, or as
-processes forked from the zygote), plays a few epochs through the admin endpoints and
+processes forked by the node runner), plays a few epochs through the admin endpoints and
 checks what the report says: excluded roamers are never granted, included roamers are
 served at the planned rate, the budget is within its stated tolerance, and free riders
 are out of the allocation after the epoch they were caught in.

@@ -71,7 +71,8 @@ import numpy as np
 
 from coordinator.mechanism import Market, solve
 from coordinator.mechanism.audit import interim_outcomes
-from protocol import AccessRequest, InkindError, Registration, from_micro, seal
+from protocol import InkindError, Registration, from_micro, seal
+from protocol.kinds import KINDS
 
 from .driver import EpochRecord, Options, Player, RunRecord
 from .progress import Progress
@@ -86,6 +87,7 @@ from .scenario import (
     population,
     roaming_script,
 )
+from .wire import ask
 
 #: Unauthenticated requests the flooder sends to its target in each epoch, how many at
 #: once, and how many connections it holds open without finishing a request.
@@ -343,22 +345,22 @@ class DeviantPlayer(Player):
         outcome: dict[str, Any] = {"epoch": rec.epoch, "target": self.target}
         for k, amount in enumerate(asks):
             try:
-                challenge = await self.peers.challenge(url)
-                req = seal(ident, AccessRequest(credential=cred, host_id=entry.node_id,
-                                                challenge=challenge.value, amount=amount))
-                answer = await self.peers.access(url, req, host_key=entry.public_key)
-            except (aiohttp.ClientError, TimeoutError, InkindError) as exc:
+                answer = await ask(self.session, url, kind=KINDS[self.scenario.kind],
+                                   identity=ident, credential=cred, host_id=entry.node_id,
+                                   host_key=entry.public_key, amount=amount,
+                                   timeout=self.roam_timeout)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 outcome[f"ask{k}"] = type(exc).__name__
                 continue
-            if answer.receipt is not None:
-                outcome[f"ask{k}"] = f"granted {answer.receipt.amount}"  # hidden
-            elif answer.refusal is not None and answer.refusal_envelope is not None:
-                outcome[f"ask{k}"] = answer.refusal.reason
+            if answer.reason == "granted":
+                outcome[f"ask{k}"] = f"granted {answer.amount}"  # hidden
+            elif answer.evidence is not None:  # a refusal the host signed
+                outcome[f"ask{k}"] = answer.reason
                 if k == 1:
-                    self.evidence[self.deviator].append(answer.refusal_envelope)
+                    self.evidence[self.deviator].append(answer.evidence)
                     outcome["framed"] = True
             else:
-                outcome[f"ask{k}"] = getattr(answer.error, "code", "error")
+                outcome[f"ask{k}"] = answer.reason
         self.mechanics["drains"].append(outcome)
 
     async def flood(self, rec: EpochRecord, entry: Any) -> None:

@@ -58,9 +58,7 @@ from typing import Any
 
 import aiohttp
 
-from node.client import AccessAnswer, CoordinatorClient, PeerClient, make_access_request
 from protocol import (
-    MICRO,
     AuditReport,
     Credential,
     Envelope,
@@ -69,6 +67,7 @@ from protocol import (
     from_micro,
     seal,
 )
+from protocol.kinds import KINDS
 from protocol.messages import MAX_AUDIT_ITEMS, MAX_CREDENTIAL_LIFETIME
 
 from .fleet import Fleet, FleetError, NodeHandle, make_fleet
@@ -87,11 +86,11 @@ from .scenario import (
     resolve_faults,
     roaming_script,
 )
+from .wire import Coordinator, DirectoryEntry, ask
 
 #: How long the driver waits for the nodes to reach a phase before it goes on without
 #: the stragglers (and says so in the epoch's record).
 PHASE_TIMEOUT = 60.0
-ADMIN_TIMEOUT = aiohttp.ClientTimeout(total=300)
 POLL = 0.02
 #: Access exchanges in flight at once (one queue per host, hosts in parallel).
 ROAM_CONCURRENCY = 16
@@ -164,9 +163,9 @@ class Player:
         self.fleet: Fleet = make_fleet(
             options.mode, self.plans, run_dir=run_dir, kind=scenario.kind,
             session_seconds=scenario.access.session_seconds, files_dirs=files_dirs)
-        self.client: CoordinatorClient | None = None
-        self.peers = PeerClient(session, timeout=aiohttp.ClientTimeout(
-            total=scenario.access.timeout))
+        self.client: Coordinator | None = None
+        self.roam_timeout = aiohttp.ClientTimeout(total=scenario.access.timeout)
+        self.status_timeout = self.roam_timeout
         self.credentials: dict[str, Envelope] = {}  # newest credential each node holds
         self.record = RunRecord(run=run, mechanism=mechanism)
         self.crashed: set[str] = set()
@@ -175,13 +174,11 @@ class Player:
     # --- plumbing ----------------------------------------------------------------------
 
     async def admin(self, action: str) -> dict[str, Any]:
-        url = f"{self.coordinator.url}/v1/admin/{action}"
-        async with self.session.post(url, headers={"Authorization": f"Bearer {self.token}"},
-                                     timeout=ADMIN_TIMEOUT) as resp:
-            body = await resp.json()
-            if resp.status >= 400:
-                raise TestbedError(f"admin {action}: {body}")
-            return dict(body)
+        assert self.client is not None
+        try:
+            return await self.client.admin(action)
+        except InkindError as exc:
+            raise TestbedError(f"admin {action}: {exc}") from exc
 
     async def status(self) -> dict[str, Any]:
         assert self.client is not None
@@ -189,8 +186,11 @@ class Player:
 
     async def host_status(self, h: NodeHandle) -> dict[str, Any] | None:
         try:
-            return await self.peers.status(h.url)
-        except (aiohttp.ClientError, TimeoutError, InkindError):
+            async with self.session.get(h.url + "/v1/status",
+                                        timeout=self.status_timeout) as resp:
+                body = await resp.json()
+            return body if isinstance(body, dict) else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
 
     # --- start and stop ----------------------------------------------------------------
@@ -200,13 +200,13 @@ class Player:
         self.progress.phase(f"starting the coordinator and {len(self.plans)} nodes "
                             f"({self.fleet.mode})")
         boot = getattr(self.fleet, "boot", None)
-        if boot is not None:  # the zygote imports while the coordinator starts
+        if boot is not None:  # the node runner imports while the coordinator starts
             await asyncio.gather(self.coordinator.start(), boot())
         else:
             await self.coordinator.start()
         self.record.coordinator_start_s = time.monotonic() - t0
-        self.client = CoordinatorClient(self.session, self.coordinator.url,
-                                        coordinator_key=self.coordinator.public_key)
+        self.client = Coordinator(self.session, self.coordinator.url,
+                                  self.coordinator.public_key, token=self.token)
         t1 = time.monotonic()
         self.fleet.on_progress = lambda done, total: self.progress.update(
             f"starting nodes {done}/{total}")
@@ -309,7 +309,7 @@ class Player:
         t = time.monotonic()
         creds = await asyncio.gather(*(self.client.credential(rec.epoch, n)
                                        for n in alloc.included))
-        for node_id, (env, _) in zip(alloc.included, creds, strict=True):
+        for node_id, env in zip(alloc.included, creds, strict=True):
             self.credentials[self.name_of[node_id]] = env
         self.progress.phase("providing")
         await self.fleet.provide_phase(rec.epoch)
@@ -336,7 +336,7 @@ class Player:
         rec.durations["provide"] = time.monotonic() - t
         await self.faults(index, "after_commit", rec)
         t = time.monotonic()
-        entries = {self.name_of[e.node_id]: e for e in directory.nodes}
+        entries = {self.name_of[e.node_id]: e for e in directory}
         rec.attempts = await self.roam(index, rec, entries)
         rec.durations["roam"] = time.monotonic() - t
         t = time.monotonic()
@@ -388,7 +388,7 @@ class Player:
         return seal(ident, cred)
 
     async def roam(self, index: int, rec: EpochRecord,
-                   entries: dict[str, Any]) -> list[AttemptResult]:
+                   entries: dict[str, DirectoryEntry]) -> list[AttemptResult]:
         attempts = self.script[index] if index < len(self.script) else []
         included = set(rec.included)
         results: list[AttemptResult | None] = [None] * len(attempts)
@@ -434,65 +434,50 @@ class Player:
         await asyncio.gather(*(serve(h, items) for h, items in queues.items()))
         return [r for r in results if r is not None]
 
-    async def attempt(self, a: Attempt, host: str, entry: Any, included: bool,
+    async def attempt(self, a: Attempt, host: str, entry: DirectoryEntry, included: bool,
                       used: dict[tuple[str, str], int], rec: EpochRecord) -> AttemptResult:
-        ident = self.identities[a.roamer]
-        cred = self.credentials.get(a.roamer) if a.roamer in self.credentials else None
-        if cred is None:
-            cred = self.forged_credential(a.roamer, rec)
-        url = self.host_url(host, entry)
-        kind = self.scenario.kind
-        amount = self.scenario.access.amount
-        resource: str | None = None
-        sha = ""
-        if kind == "wlan_channels":
-            amount = MICRO
-        elif kind == "files":
+        """The roamer's device asks ``host`` at the endpoint and key the coordinator's
+        directory ``entry`` publishes for it."""
+        cred = self.credentials.get(a.roamer) or self.forged_credential(a.roamer, rec)
+        kind = KINDS[self.scenario.kind]
+        # a channel is asked whole; other kinds ask the scenario's amount
+        amount = kind.granularity if kind.granularity > 1 else self.scenario.access.amount
+        item = ""
+        if kind.itemised:  # a file of the host's, by its hash: the amount is its size
             listing = self.files[host]
-            sha, size = listing[min(len(listing) - 1, int(a.v * len(listing)))]
-            resource, amount = "file:" + sha, max(1, size)
-        elif kind == "compute":
-            resource = "compute"
-            if included:
-                left = rec.owed.get(a.roamer, 0) - used[(a.roamer, host)]
-                amount = max(1, min(amount, left))
+            item, size = listing[min(len(listing) - 1, int(a.v * len(listing)))]
+            amount = max(1, size)
+        elif kind.shares and included:  # at most what is left of the roamer's share
+            left = rec.owed.get(a.roamer, 0) - used[(a.roamer, host)]
+            amount = max(1, min(amount, left))
         res = AttemptResult(roamer=a.roamer, location=a.location, included=included, host=host,
                             reason="internal")
+        url = self.host_url(host, entry)
         if url is None:
             res.reason = "unreachable"
             return res
+        t0 = time.perf_counter()
         try:
-            challenge = await self.peers.challenge(url)
-            request = make_access_request(ident, cred, host_id=entry.node_id,
-                                          challenge=challenge.value, amount=amount,
-                                          resource=resource)
-            t0 = time.perf_counter()
-            answer: AccessAnswer
-            if kind == "files":
-                answer, _ = await self.peers.download(url, sha, request, host_key=entry.public_key)
-            elif kind == "compute":
-                answer, _ = await self.peers.compute(url, request, host_key=entry.public_key)
-            else:
-                answer = await self.peers.access(url, request, host_key=entry.public_key)
-            res.latency_ms = (time.perf_counter() - t0) * 1000.0
+            answer = await ask(self.session, url, kind=kind,
+                               identity=self.identities[a.roamer], credential=cred,
+                               host_id=entry.node_id, host_key=entry.public_key,
+                               amount=amount, item=item, timeout=self.roam_timeout)
         except TimeoutError:
             res.reason = "timeout"
             return res
         except aiohttp.ClientError:
             res.reason = "unreachable"
             return res
-        except InkindError as exc:
-            res.reason = exc.code
-            return res
+        # The decision's latency: the challenge and the access request (one exchange).
+        res.latency_ms = (time.perf_counter() - t0) * 1000.0
         res.reason = answer.reason
-        if answer.receipt is not None:
-            res.amount = answer.receipt.amount
-            used[(a.roamer, host)] += answer.receipt.amount
+        res.amount = answer.amount
+        used[(a.roamer, host)] += answer.amount
         if answer.evidence is not None:
             self.evidence[a.roamer].append(answer.evidence)
         return res
 
-    def host_url(self, host: str, entry: Any) -> str | None:
+    def host_url(self, host: str, entry: DirectoryEntry) -> str | None:
         """Where a roamer reaches ``host`` (None: nowhere); the directory ``entry`` is
         what the coordinator published for it."""
         return self.fleet.nodes[host].url

@@ -1,47 +1,58 @@
 """Starting, stopping and breaking the coordinator and the nodes on 127.0.0.1.
 
+The launcher reaches every process only through its command line, its stdin/stdout and
+the wire; it imports nothing of ``node``.
+
 * :class:`CoordinatorProcess`: ``python -m coordinator --manual`` on an ephemeral port
   (the same port again after a restart, same database and key, so nodes keep their
   URL); the admin token travels in the environment, never on the command line.
 * Node fleets, one interface (:class:`Fleet`), three ways to run a node:
 
-  - ``process`` (default): one process per node, forked from a zygote that imported the
-    node code once (:mod:`.zygote`): real processes, but fast to start;
+  - ``process`` (default): one process per node, forked by the node-side runner
+    (``python -m node.fleet --mode process``, a forkserver that imported the node code
+    once): real processes, fast to start;
   - ``exec``: one ``python -m node`` per node (the plain command, slow to start);
-  - ``inproc``: every node in this process and event loop (:func:`node.launch.start_node`),
-    stepped by the driver; the cheapest way to run hundreds of nodes.
+  - ``inproc``: every node inside one runner process (``python -m node.fleet --mode
+    inproc``), stepped by the launcher phase by phase; the cheapest way to run hundreds
+    of nodes.
 
-  Process nodes run their own epoch loop (``--roam-moves 0``: the driver roams for them)
-  and poll the coordinator every ``poll`` seconds; in-process nodes are stepped
+  Process nodes run their own epoch loop (``--roam-moves 0``: the launcher roams for
+  them) and poll the coordinator every ``poll`` seconds; in-process nodes are stepped
   explicitly in each phase, so they need no polling.
 
 Faults: ``crash`` (SIGKILL; in process: the listener closed and the agent dropped),
 ``restart`` (same key and arguments, a new port, registers again), ``silence`` (SIGSTOP;
 in process: the listener replaced by one that accepts and never answers) and
 ``resume``. Every process is started in its own session so that a Ctrl-C in the
-terminal reaches only the launcher, which then stops everything in order.
+terminal reaches only the launcher, which then stops everything in order; and every
+process the launcher starts is killed by the kernel when the launcher dies, however it
+dies (``PR_SET_PDEATHSIG``, set between fork and exec), so nothing outlives a run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from protocol import MICRO, Identity
 
 from .scenario import NodePlan
 
 START_TIMEOUT = 120.0
+#: How long one in-process phase (every node stepped) may take.
+PHASE_STEP_TIMEOUT = 600.0
+#: The nodes' log level: INFO, so that each epoch step, grant and refusal is a line.
+NODE_LOG_LEVEL = "WARNING"
+PR_SET_PDEATHSIG = 1
 #: The coordinator's probes (coordinator/probe.py): the driver runs one round per epoch
 #: (POST /v1/admin/probe) after the audit reports, while faults are still in force.
 PROBE_ATTEMPTS = 3
@@ -51,6 +62,20 @@ STOP_TIMEOUT = 10.0
 
 class FleetError(RuntimeError):
     pass
+
+
+def die_with_launcher() -> Callable[[], None]:
+    """A ``preexec_fn``: the child asks the kernel for SIGKILL when the launcher (this
+    process) exits, and exits at once if it already has."""
+    launcher = os.getpid()
+
+    def guard() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != launcher:
+            os._exit(1)
+
+    return guard
 
 
 def units(micro: int) -> str:
@@ -93,7 +118,7 @@ class CoordinatorProcess:
         with self.log.open("ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv, stdout=asyncio.subprocess.PIPE, stderr=err, stdin=asyncio.subprocess.DEVNULL,
-                env=env, start_new_session=True)
+                env=env, start_new_session=True, preexec_fn=die_with_launcher())
         assert self.proc.stdout is not None
         try:
             info = await _read_json_line(self.proc.stdout, START_TIMEOUT, "the coordinator")
@@ -228,7 +253,7 @@ class Fleet:
                 "--capacity", units(p.capacity), "--theta", units(p.theta),
                 "--strategy", p.strategy, "--session-seconds", str(self.session_seconds),
                 "--roam-moves", "0", "--poll", f"{poll:g}", "--seed", "0",
-                "--log-level", "WARNING"]
+                "--log-level", NODE_LOG_LEVEL]
         if p.name in self.files_dirs:
             argv += ["--files-dir", str(self.files_dirs[p.name])]
         return argv
@@ -247,7 +272,7 @@ class Fleet:
 
 
 class _ProcessFleet(Fleet):
-    """Shared by the zygote and exec fleets: nodes are pids."""
+    """The exec fleet's process handling: nodes are pids."""
 
     async def crash(self, name: str) -> None:
         h = self.nodes[name]
@@ -286,123 +311,159 @@ class _ProcessFleet(Fleet):
             h.alive = False
 
 
-class ZygoteFleet(_ProcessFleet):
-    """One process per node, forked from :mod:`.zygote`."""
+class RunnerFleet(Fleet):
+    """Nodes hosted by the node-side runner (``python -m node.fleet``), driven over its
+    stdin and stdout: ``process`` mode (one process per node, forked by the runner's
+    forkserver) or ``inproc`` mode (every node in the runner's event loop, stepped by
+    the launcher phase by phase)."""
 
-    mode = "process"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, runner_mode: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.mode = runner_mode
+        self.stepped = runner_mode == "inproc"
         self.proc: asyncio.subprocess.Process | None = None
         self.reader: asyncio.Task[None] | None = None
-        self.up: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.exits: dict[int, asyncio.Future[int]] = {}
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.exits: dict[str, asyncio.Future[int]] = {}
+        self.next_id = 0
         self.write_lock = asyncio.Lock()
 
     def start_parallelism(self) -> int:
-        return 1_000_000  # forking is cheap; the zygote serialises it anyway
+        return 64
 
     async def start(self, coordinator_url: str, coordinator_key: str) -> None:
         await self.boot()
         await super().start(coordinator_url, coordinator_key)
 
     async def boot(self) -> None:
-        """Start the zygote (it imports the node code once; call early, it takes a while)."""
+        """Start the runner (it imports the node code once; call early, it takes a while)."""
         if self.proc is not None:
             return
         self.write_keys()
-        with (self.run_dir / "logs" / "zygote.log").open("ab") as err:
+        with (self.run_dir / "logs" / "fleet.log").open("ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "coordinator.testbed.zygote",
+                sys.executable, "-m", "node.fleet", "--mode", self.mode,
+                "--log-level", NODE_LOG_LEVEL,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-                start_new_session=True)
+                start_new_session=True, limit=1 << 24, preexec_fn=die_with_launcher())
         assert self.proc.stdout is not None
-        ready = await _read_json_line(self.proc.stdout, START_TIMEOUT, "the node zygote")
+        ready = await _read_json_line(self.proc.stdout, START_TIMEOUT, "the node runner")
         if ready.get("event") != "ready":
-            raise FleetError(f"unexpected zygote answer {ready!r}")
+            raise FleetError(f"unexpected node runner answer {ready!r}")
         self.reader = asyncio.create_task(self._read_events(self.proc.stdout))
 
     async def _read_events(self, stdout: asyncio.StreamReader) -> None:
-        while True:
-            line = await stdout.readline()
-            if not line:
-                break
+        while line := await stdout.readline():
             event = json.loads(line)
-            if event.get("event") == "up":
-                fut = self.up.pop(str(event["name"]), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(event)
-            elif event.get("event") == "exit":
-                pid = int(event["pid"])
-                fut2 = self.exits.setdefault(pid, asyncio.get_running_loop().create_future())
-                if not fut2.done():
-                    fut2.set_result(int(event["rc"]))
+            if event.get("event") == "exit":
                 name = str(event["name"])
-                upf = self.up.pop(name, None)
-                if upf is not None and not upf.done():
-                    upf.set_exception(FleetError(f"node {name} exited with {event['rc']} "
-                                                 "before it listened (see its log)"))
-        pending: list[asyncio.Future[Any]] = [*self.up.values(), *self.exits.values()]
-        for fut in pending:
-            if not fut.done():
-                fut.set_exception(FleetError("the node zygote exited"))
+                fut = self.exits.get(name)
+                if fut is not None and not fut.done():
+                    fut.set_result(int(event["rc"]))
+                h = self.nodes.get(name)
+                if h is not None and h.pid == event.get("pid"):
+                    h.alive = False
+                continue
+            waiter = self.pending.pop(int(event.get("id", -1)), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event)
+        gone = FleetError("the node runner exited (see logs/fleet.log)")
+        for waiter in self.pending.values():
+            if not waiter.done():
+                waiter.set_exception(gone)
+        for exit_ in self.exits.values():
+            if not exit_.done():
+                exit_.set_exception(gone)
 
-    async def _send(self, obj: dict[str, Any]) -> None:
+    async def call(self, timeout: float = START_TIMEOUT, **cmd: Any) -> dict[str, Any]:
+        """Send one command and wait for its answer (FleetError if it failed)."""
         assert self.proc is not None and self.proc.stdin is not None
+        self.next_id += 1
+        cmd["id"] = self.next_id
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[self.next_id] = fut
         async with self.write_lock:
-            self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+            self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
             await self.proc.stdin.drain()
+        try:
+            answer = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise FleetError(f"the node runner did not answer {cmd['op']} in {timeout:.0f} s")\
+                from None
+        if answer.get("event") == "error":
+            raise FleetError(f"{cmd['op']} {cmd.get('name', '')}: {answer.get('message')} "
+                             "(see the logs)")
+        return answer
 
     async def start_node(self, h: NodeHandle) -> None:
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.up[h.plan.name] = fut
         log = self.run_dir / "logs" / f"{h.plan.name}.log"
-        await self._send({"op": "spawn", "name": h.plan.name,
-                          "argv": self.node_argv(h, self.poll_seconds()), "log": str(log)})
-        event = await asyncio.wait_for(fut, START_TIMEOUT)
-        h.pid = int(event["pid"])
-        h.url = str(event["info"]["url"])
+        self.exits[h.plan.name] = asyncio.get_running_loop().create_future()
+        up = await self.call(op="start", name=h.plan.name, log=str(log),
+                             argv=self.node_argv(h, self.poll_seconds()))
+        h.pid, h.url = int(up["pid"]), str(up["url"])
         h.alive, h.silent = True, False
         h.starts += 1
-        self.exits.setdefault(h.pid, asyncio.get_running_loop().create_future())
 
-    async def wait_exit(self, h: NodeHandle) -> None:
-        if h.pid is None:
-            return
-        fut = self.exits.get(h.pid)
-        if fut is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), STOP_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(h.pid, signal.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), STOP_TIMEOUT)
+    async def crash(self, name: str) -> None:
+        h = self.nodes[name]
+        if h.alive:
+            exited = self.exits.get(name)
+            await self.call(op="crash", name=name)
+            if not self.stepped and exited is not None:
+                with contextlib.suppress(TimeoutError, FleetError):
+                    await asyncio.wait_for(asyncio.shield(exited), STOP_TIMEOUT)
+        h.alive = h.silent = False
+
+    async def silence(self, name: str) -> None:
+        h = self.nodes[name]
+        if h.alive and not h.silent:
+            await self.call(op="silence", name=name)
+            h.silent = True
+
+    async def resume(self, name: str) -> None:
+        h = self.nodes[name]
+        if h.alive and h.silent:
+            await self.call(op="resume", name=name)
+        h.silent = False
+
+    async def _step(self, phase: str) -> None:
+        if self.stepped:
+            await self.call(op="step", phase=phase, timeout=PHASE_STEP_TIMEOUT)
+
+    async def register_phase(self) -> None:
+        await self._step("register")
+
+    async def declare_phase(self, epoch: int) -> None:
+        await self._step("declare")
+
+    async def provide_phase(self, epoch: int) -> None:
+        await self._step("provide")
+
+    async def finish_phase(self, epoch: int) -> None:
+        await self._step("finish")
 
     async def stop(self) -> None:
-        if self.proc is None:
+        proc, self.proc = self.proc, None
+        if proc is None:
             return
+        if proc.stdin is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                proc.stdin.write(b'{"op": "quit"}\n')
+                await proc.stdin.drain()
+                proc.stdin.close()
         try:
-            await super().stop()
-        finally:
-            proc, self.proc = self.proc, None
-            if proc.stdin is not None:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    proc.stdin.write(b'{"op": "quit"}\n')
-                    await proc.stdin.drain()
-                    proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-            if self.reader is not None:
-                with contextlib.suppress(asyncio.CancelledError, FleetError):
-                    await self.reader
-            for fut in self.exits.values():
-                if fut.done() and not fut.cancelled():
-                    fut.exception()  # retrieved, so asyncio does not warn about it
+            await asyncio.wait_for(proc.wait(), 3 * STOP_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if self.reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, FleetError):
+                await self.reader
+        for fut in self.exits.values():
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved, so asyncio does not warn about it
+        for h in self.nodes.values():
+            h.alive = False
 
 
 class ExecFleet(_ProcessFleet):
@@ -427,7 +488,7 @@ class ExecFleet(_ProcessFleet):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "node", *self.node_argv(h, self.poll_seconds()),
                 stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=die_with_launcher())
         assert proc.stdout is not None
         try:
             info = await _read_json_line(proc.stdout, START_TIMEOUT, f"node {h.plan.name}")
@@ -451,148 +512,13 @@ class ExecFleet(_ProcessFleet):
             await proc.wait()
 
 
-class InProcessFleet(Fleet):
-    """Every node in this event loop; the driver steps their agents phase by phase."""
-
-    mode = "inproc"
-    stepped = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.session: aiohttp.ClientSession | None = None
-        self.running: dict[str, Any] = {}  # name -> node.launch.RunningNode
-        self.holes: dict[str, asyncio.Server] = {}
-
-    def start_parallelism(self) -> int:
-        return 32
-
-    async def start(self, coordinator_url: str, coordinator_key: str) -> None:
-        connector = aiohttp.TCPConnector(limit=256)
-        self.session = aiohttp.ClientSession(connector=connector)
-        await super().start(coordinator_url, coordinator_key)
-
-    async def start_node(self, h: NodeHandle) -> None:
-        from node.launch import NodeSpec, start_node
-        from node.strategy import parse_strategy
-
-        assert self.session is not None
-        p = h.plan
-        files_dir = self.files_dirs.get(p.name)
-        spec = NodeSpec(
-            coordinator=self.coordinator_url, location=p.location, kind=self.kind,
-            capacity=p.capacity, theta=p.theta, strategy=parse_strategy(p.strategy),
-            coordinator_key=self.coordinator_key,
-            files_dir=None if files_dir is None else str(files_dir),
-            session_seconds=self.session_seconds, roam_moves=0, seed=0)
-        running = await start_node(spec, Identity.from_seed(p.seed), self.session)
-        self.running[p.name] = running
-        h.url = running.url
-        h.alive, h.silent = True, False
-        h.starts += 1
-
-    async def crash(self, name: str) -> None:
-        h = self.nodes[name]
-        running = self.running.pop(name, None)
-        await self._close_hole(name)
-        if running is not None:
-            await running.stop()
-        h.alive = h.silent = False
-
-    async def silence(self, name: str) -> None:
-        """Swap the listener for one that accepts connections and never answers."""
-        h = self.nodes[name]
-        running = self.running.get(name)
-        if running is None or h.silent:
-            return
-        await running.runner.cleanup()
-        host, _, port = running.bound.rpartition(":")
-
-        async def hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while await reader.read(65536):
-                    pass
-            writer.close()
-
-        self.holes[name] = await asyncio.start_server(hole, host, int(port))
-        h.silent = True
-
-    async def _close_hole(self, name: str) -> None:
-        server = self.holes.pop(name, None)
-        if server is not None:
-            server.close()
-            if hasattr(server, "close_clients"):  # pragma: no cover (3.13)
-                server.close_clients()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
-
-    async def resume(self, name: str) -> None:
-        from node.launch import wall_clock
-        from node.service import make_app, start_site
-
-        h = self.nodes[name]
-        running = self.running.get(name)
-        if running is None or not h.silent:
-            h.silent = False
-            return
-        await self._close_hole(name)
-        host, _, port = running.bound.rpartition(":")
-        running.runner, _ = await start_site(make_app(running.host, clock=wall_clock),
-                                             host=host, port=int(port))
-        h.silent = False
-
-    async def _step_all(self, done: Callable[[Any], bool]) -> None:
-        sem = asyncio.Semaphore(64)
-
-        async def one(name: str) -> None:
-            agent = self.running[name].agent
-            async with sem:
-                for _ in range(12):
-                    if done(agent):
-                        return
-                    outcome = await agent.run_epoch_step()
-                    if outcome == "waiting":
-                        return
-        names = [h.plan.name for h in self.live() if h.plan.name in self.running]
-        await asyncio.gather(*(one(n) for n in names))
-
-    async def register_phase(self) -> None:
-        await self._step_all(lambda a: a.registered)
-
-    async def declare_phase(self, epoch: int) -> None:
-        def declared(agent: Any) -> bool:
-            cur = agent.current
-            return agent.registered and cur is not None and cur.epoch >= epoch and (
-                cur.declared_theta is not None or cur.declaration_refused is not None)
-
-        await self._step_all(declared)
-
-    async def provide_phase(self, epoch: int) -> None:
-        await self._step_all(
-            lambda a: a.current is not None and a.current.epoch >= epoch and a.current.provided)
-
-    async def finish_phase(self, epoch: int) -> None:
-        await self._step_all(
-            lambda a: a.current is not None and a.current.epoch >= epoch and a.current.reported)
-
-    async def stop(self) -> None:
-        for name in list(self.running):
-            with contextlib.suppress(Exception):
-                await self.crash(name)
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
-
-
-FLEETS: dict[str, type[Fleet]] = {"process": ZygoteFleet, "exec": ExecFleet,
-                                  "inproc": InProcessFleet}
+MODES = ("process", "exec", "inproc")
 
 
 def make_fleet(mode: str, *args: Any, **kwargs: Any) -> Fleet:
-    try:
-        cls = FLEETS[mode]
-    except KeyError:
-        raise FleetError(f"unknown node mode {mode!r}; choose from {sorted(FLEETS)}") from None
-    return cls(*args, **kwargs)
+    if mode == "exec":
+        return ExecFleet(*args, **kwargs)
+    if mode in ("process", "inproc"):
+        return RunnerFleet(*args, runner_mode=mode, **kwargs)
+    raise FleetError(f"unknown node mode {mode!r}; choose from {list(MODES)}")
 
-
-AsyncFn = Callable[[], Awaitable[None]]

@@ -36,10 +36,10 @@ from pydantic import (
 from coordinator.mechanism import Market, market_from_dict
 from coordinator.mechanism.distributions import TypeDistribution
 from protocol import MICRO
+from protocol.kinds import KINDS
 
 from .checks import CHECK_NAMES
 
-KINDS = ("wlan_coverage", "wlan_channels", "files", "compute")
 #: Scenario mechanism name -> the coordinator's ``--mechanism``.
 MECHANISMS = {"posted_fee": "posted_fee", "optimal": "optimal"}
 FAULT_KINDS = ("node_crash", "coordinator_restart", "host_silent")
@@ -247,7 +247,7 @@ class _ScenarioTable(BaseModel):
     epochs: int = Field(3, ge=1, le=MAX_EPOCHS)
     seed: int = Field(1, ge=0, le=2**63 - 1)
     mechanism: Names = "posted_fee"
-    kind: Literal["wlan_coverage", "wlan_channels", "files", "compute"] = "wlan_coverage"
+    kind: str = "wlan_coverage"
     checks: list[str] = Field(default_factory=lambda: list(DEFAULT_ABOUT))
 
 
@@ -436,6 +436,8 @@ def scenario_from_dict(data: dict[str, Any], *, path: str = "<dict>") -> Scenari
             raise ScenarioError(f"[scenario].mechanism: {m!r} is not one of {sorted(MECHANISMS)}")
     if len(set(mechanisms)) != len(mechanisms):
         raise ScenarioError("[scenario].mechanism lists a mechanism twice")
+    if sc.kind not in KINDS:
+        raise ScenarioError(f"[scenario].kind must be one of {list(KINDS)}")
     for c in sc.checks:
         if c not in CHECK_NAMES:
             raise ScenarioError(f"[scenario].checks: {c!r} is not one of {list(CHECK_NAMES)}")
