@@ -23,7 +23,7 @@ from aiohttp import web
 
 from coordinator.config import CoordinatorConfig
 from coordinator.penalty import PenaltyPolicy
-from coordinator.service import COORDINATOR, make_app
+from coordinator.service import COORDINATOR, make_app, make_runner
 from coordinator.store import Store, StoreError
 from protocol import Identity
 from protocol.errors import KeyFileError
@@ -118,7 +118,7 @@ def load_or_create_key(path: Path) -> Identity:
 async def serve(config: CoordinatorConfig, store: Store, identity: Identity, host: str,
                 port: int) -> None:
     app = make_app(config, store=store, identity=identity)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = make_runner(app, handle_signals=False, access_log=None)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -39,6 +39,7 @@ from aiohttp import web
 from coordinator.allocation import MechanismRunner, former_names
 from coordinator.config import MAX_BODY_BYTES, CoordinatorConfig
 from coordinator.epoch import Closed, Declared, EpochCore, EpochRecord, Phase, Settings
+from coordinator.http import JsonErrorRunner, error_for_status, error_response
 from coordinator.probe import ProbeResult, probe_round, round_times, targets
 from coordinator.store import Store
 from protocol import (
@@ -51,15 +52,12 @@ from protocol import (
     Registration,
     node_id_of,
     open_envelope,
-    to_wire,
 )
 from protocol.encoding import MAX_SAFE_INTEGER
 from protocol.envelope import envelope_size_limit
 from protocol.errors import (
     MalformedError,
-    MethodNotAllowedError,
     NoEpochError,
-    NotFoundError,
     NotIncludedError,
     OutOfRangeError,
     TooLargeError,
@@ -528,23 +526,29 @@ async def error_middleware(
     try:
         return await handler(request)
     except InkindError as exc:
-        return web.json_response(to_wire(exc), status=exc.http_status)
+        return error_response(exc)
     except web.HTTPException as exc:
-        err: InkindError
-        if exc.status == 404:
-            err = NotFoundError(f"no such path {request.path[:100]}")
-        elif exc.status == 405:
-            err = MethodNotAllowedError(f"{request.method} is not allowed here")
-        elif exc.status == 413:
-            err = TooLargeError("body too large")
-        elif exc.status < 400:
+        if exc.status < 400:
             raise
-        else:
-            err = MalformedError(exc.reason)
-        return web.json_response(to_wire(err), status=err.http_status)
+        message = {404: f"no such path {request.path[:100]}",
+                   405: f"{request.method} is not allowed here",
+                   413: "body too large"}.get(exc.status, exc.reason)
+        return error_response(error_for_status(exc.status, message))
+    except ConnectionResetError:
+        # The client went away mid-request (aiohttp's body reader raises this): its
+        # fault, not ours; the answer has nobody to reach and is dropped.
+        log.debug("client closed the connection during %s %s", request.method, request.path)
+        return error_response(MalformedError("connection closed before the body ended"))
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
-        return web.json_response({"code": "internal", "message": "internal error"}, status=500)
+        return error_response(None)
+
+
+def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """The runner the coordinator is served with: aiohttp's, except that requests its
+    HTTP parser refuses are answered in the protocol's error shape too
+    (:mod:`coordinator.http`). ``kwargs`` go to ``web.AppRunner``."""
+    return JsonErrorRunner(app, **kwargs)
 
 
 def make_app(

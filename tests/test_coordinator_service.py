@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from helpers.coordinator import (
     ADMIN,
@@ -37,7 +39,7 @@ from helpers.coordinator import (
 )
 
 from coordinator.service import COORDINATOR as APP_KEY
-from coordinator.service import make_app
+from coordinator.service import make_app, make_runner
 from coordinator.store import Store
 from protocol import (
     Allocation,
@@ -385,3 +387,81 @@ async def test_credentials_verify_for_the_holder(harness: Harness) -> None:
     _, body = await h.get(f"/v1/credential/0/{A.node_id}")
     _, cred = open_envelope(body, Credential, trusted=TRUSTED)
     assert cred.public_key == A.public_key and cred.not_before == T0 + EPOCH_SECONDS
+
+
+# --- errors keep their shape below the application (coordinator/http.py) ---------------------
+
+
+@pytest_asyncio.fixture
+async def raw_site(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
+    """The app behind the coordinator's own runner (as the CLI serves it), on a socket."""
+    store = Store(tmp_path / "coord.db")
+    app = make_app(config(), store=store, identity=COORDINATOR, clock=FakeClock(),
+                   runner=runner())
+    site_runner = make_runner(app, access_log=None)
+    await site_runner.setup()
+    site = web.TCPSite(site_runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield "127.0.0.1", int(site_runner.addresses[0][1])
+    finally:
+        await site_runner.cleanup()
+        store.close()
+
+
+async def exchange(where: tuple[str, int], data: bytes) -> tuple[int, dict[str, Any], str]:
+    """Send raw bytes, read the whole answer: (status, JSON body, content type)."""
+    reader, writer = await asyncio.open_connection(*where)
+    try:
+        writer.write(data)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), json.loads(body), headers.get("Content-Type", "")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("request_bytes", "status", "code"), [
+    (b"POST /v1/declarations HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "malformed"),
+    (b"G(T /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
+    (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 413,
+     "too_large"),
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 413, "too_large"),
+    (b"POST /v1/declarations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"zz\r\n", 400, "malformed"),
+    (b"GET /v1/status HTTP/9.9\r\nHost: x\r\n\r\n", 400, "malformed"),
+    (b"BREW /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
+    (b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
+])
+async def test_http_level_errors_answer_in_the_protocols_error_shape(
+        raw_site: tuple[str, int], request_bytes: bytes, status: int, code: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        got_status, body, content_type = await exchange(raw_site, request_bytes)
+    assert (got_status, body["code"]) == (status, code)
+    assert set(body) == {"code", "message"} and content_type.startswith("application/json")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.asyncio
+async def test_a_client_leaving_mid_body_is_not_an_internal_error(
+        raw_site: tuple[str, int], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        _, writer = await asyncio.open_connection(*raw_site)
+        writer.write(b"POST /v1/declarations HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"a\"")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # let the handler start reading the body
+        writer.close()
+        await writer.wait_closed()
+        # The server is still fine, and said nothing alarming about the one that left.
+        status, body, _ = await exchange(
+            raw_site, b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 200 and body["phase"] == "idle"
+    loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not loud, [r.getMessage() for r in loud]
