@@ -40,7 +40,7 @@ from collections.abc import Callable, Collection, Container, Iterable, Mapping, 
 from dataclasses import dataclass, field
 
 from coordinator.decision import Decision, Participant
-from coordinator.enforcement import Exclusion, find_free_riders
+from coordinator.enforcement import LEGITIMATE_REASONS, Exclusion, find_free_riders
 from coordinator.penalty import PenaltyPolicy, Sanction, Standing, forgotten, sentence
 from coordinator.probe import ProbeResult
 from protocol import (
@@ -130,7 +130,10 @@ class Settings:
     epoch_seconds: int  # declarations are open this long after an epoch opens
     pause_seconds: int  # between a close and the next open (auto-scheduling)
     credential_grace: int  # credentials outlive the next epoch's deadline by this much
-    max_evidence_per_epoch: int = 1_000_000
+    # Evidence items stored per signing host and epoch (only items that can matter are
+    # stored at all: EpochCore.check_audit); a host granting more often than this per
+    # epoch should grant larger amounts.
+    max_evidence_per_signer: int = 100_000
     penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
 
     @property
@@ -255,6 +258,31 @@ class AuditState:
     windows: dict[str, tuple[int, int]]
     commitments: dict[str, int] = field(default_factory=dict)
     evidence: dict[tuple[str, str, str], GrantReceipt | Refusal] = field(default_factory=dict)
+    per_signer: dict[str, int] = field(default_factory=dict)  # stored items by host
+
+    def add(self, item: GrantReceipt | Refusal) -> None:
+        kind = "grant_receipt" if isinstance(item, GrantReceipt) else "refusal"
+        key = (item.host_id, item.challenge, kind)
+        if key not in self.evidence:
+            self.evidence[key] = item
+            self.per_signer[item.host_id] = self.per_signer.get(item.host_id, 0) + 1
+
+    def matters(self, item: GrantReceipt | Refusal) -> bool:
+        """Whether ``item`` can change a judgement of
+        :func:`coordinator.enforcement.find_free_riders`, which reads only: refusals by an
+        included host of an included requester inside the requester's credential window,
+        for a reason that is not the requester's own fault; receipts by an included host to
+        another included node inside that node's window (they count toward the host's
+        capacity used when one of its capacity refusals is judged). Nothing else is
+        stored, so a node that was never included cannot fill the evidence table."""
+        window = self.windows.get(item.requester_id)
+        if item.host_id not in self.windows or window is None:
+            return False
+        if not window[0] <= item.time < window[1]:
+            return False
+        if isinstance(item, GrantReceipt):
+            return item.requester_id != item.host_id
+        return item.reason not in LEGITIMATE_REASONS
 
     @property
     def epoch(self) -> int:
@@ -499,17 +527,26 @@ class EpochCore:
 
     def check_audit(self, reporter_id: str, report: AuditReport) -> Audited:
         """Verify every evidence item (registered host, the host it names, the report's
-        epoch); the first bad item refuses the whole report. Items already held (same
-        host, challenge and kind) are counted once."""
+        epoch); the first bad item refuses the whole report. A verified report is never
+        refused for its volume; of its items, only those that can matter
+        (:meth:`AuditState.matters`) and are not held yet (same host, challenge and kind)
+        are stored, up to ``max_evidence_per_signer`` per signing host and epoch: a host
+        flooding its own evidence fills only its own quota, never another's."""
         audit = self._check_audit_epoch(report.epoch, Event.AUDIT)
         opened = open_evidence(report, host_keys=self.keys)
         new: dict[tuple[str, str, str], EvidenceRecord] = {}
+        added: dict[str, int] = {}
+        quota = self.settings.max_evidence_per_signer
         for (_, item), envelope in zip(opened, report.evidence, strict=True):
+            if not audit.matters(item):
+                continue
             rec = EvidenceRecord(item=item, envelope=envelope.to_bytes(), reporter_id=reporter_id)
-            if rec.key not in audit.evidence and rec.key not in new:
-                new[rec.key] = rec
-        if len(audit.evidence) + len(new) > self.settings.max_evidence_per_epoch:
-            raise CapacityExhaustedError(f"evidence table of epoch {report.epoch} is full")
+            host = item.host_id
+            if (rec.key in audit.evidence or rec.key in new
+                    or audit.per_signer.get(host, 0) + added.get(host, 0) >= quota):
+                continue
+            new[rec.key] = rec
+            added[host] = added.get(host, 0) + 1
         return Audited(epoch=report.epoch, reporter_id=reporter_id,
                        new_items=tuple(new.values()), n_items=len(opened))
 
@@ -550,7 +587,7 @@ class EpochCore:
         elif isinstance(change, Audited):
             assert self.audit is not None
             for rec in change.new_items:
-                self.audit.evidence[rec.key] = rec.item
+                self.audit.add(rec.item)
 
     # -- restoring ---------------------------------------------------------------------
 
@@ -582,6 +619,5 @@ class EpochCore:
                 windows={c.node_id: (c.not_before, c.expires) for c in snap.audit_credentials},
                 commitments={c.node_id: c.contribution for c in snap.commitments})
             for item in snap.evidence:
-                kind = "grant_receipt" if isinstance(item, GrantReceipt) else "refusal"
-                core.audit.evidence[(item.host_id, item.challenge, kind)] = item
+                core.audit.add(item)
         return core

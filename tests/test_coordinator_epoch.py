@@ -16,12 +16,15 @@ from helpers.coordinator import (
     GRACE,
     PAUSE_SECONDS,
     T0,
+    audit_report,
     commitment,
     declaration,
     new_core,
     node,
     open_now,
     raw,
+    receipt,
+    refusal,
     registered,
     registration,
     runner,
@@ -430,3 +433,60 @@ def test_exclusion_history_is_bounded_and_survives_a_restart(tmp_path: Path) -> 
                              settings=sett)
     assert back.standings == core.standings and back.sanctions == core.sanctions
     store.close()
+
+
+# --- evidence flooding ---------------------------------------------------------------------
+
+
+def closed_epoch_with_outsider(quota: int = 100_000) -> tuple[EpochCore, list[Identity],
+                                                              Identity]:
+    """Epoch 0 closed with three included nodes; a fourth is registered, never included."""
+    core = EpochCore(identity=COORDINATOR,
+                     settings=dataclasses.replace(settings(runner()),
+                                                  max_evidence_per_signer=quota))
+    *people, outsider = registered(core, 4)
+    open_now(core)
+    for p in people:
+        declare(core, p, theta=950_000)
+    core.close(T0 + EPOCH_SECONDS, runner().run)
+    assert core.audit is not None and set(core.audit.allocation.included) == {
+        p.node_id for p in people}
+    return core, people, outsider
+
+
+def test_evidence_that_cannot_matter_is_not_stored_and_honest_reports_still_are() -> None:
+    core, (a, b, c), outsider = closed_epoch_with_outsider()
+    t = T0 + EPOCH_SECONDS + 10
+    junk = [receipt(outsider, a, amount=1, time=t, n=i) for i in range(20)]  # never included
+    junk += [refusal(outsider, b, reason="not_included", time=t, n=100 + i) for i in range(20)]
+    junk += [refusal(a, outsider, reason="not_included", time=t, n=200)]  # not a member asked
+    junk += [receipt(a, a, amount=5, time=t, n=201)]  # to itself
+    junk += [refusal(a, b, reason="bad_proof", time=t, n=202)]  # the requester's fault
+    junk += [refusal(a, b, reason="not_included", time=T0 - 5, n=203)]  # before b's window
+    flood = core.check_audit(outsider.node_id, audit_report(outsider, junk))
+    assert flood.n_items == len(junk) and flood.new_items == ()  # verified, accepted, dropped
+    core.apply(flood)
+    honest = [refusal(a, b, reason="not_included", time=t, n=300),
+              refusal(a, c, reason="capacity_exhausted", time=t, n=301, amount=1),
+              receipt(b, c, amount=1, time=t, n=302)]
+    report = core.check_audit(c.node_id, audit_report(c, honest))
+    assert len(report.new_items) == 3
+    core.apply(report)
+    assert core.audit is not None and len(core.audit.evidence) == 3
+
+
+def test_a_host_flooding_its_own_evidence_fills_only_its_own_quota() -> None:
+    core, (a, b, c), _ = closed_epoch_with_outsider(quota=5)
+    t = T0 + EPOCH_SECONDS + 10
+    own = [receipt(a, b, amount=1, time=t, n=i) for i in range(12)]
+    first = core.check_audit(a.node_id, audit_report(a, own))
+    assert len(first.new_items) == 5  # a's quota
+    core.apply(first)
+    again = core.check_audit(a.node_id,
+                             audit_report(a, [receipt(a, c, amount=1, time=t, n=50)]))
+    assert again.new_items == ()
+    # Evidence signed by another host is stored whoever reports it.
+    other = core.check_audit(c.node_id, audit_report(c, [
+        refusal(b, c, reason="not_included", time=t, n=60),
+        receipt(c, b, amount=1, time=t, n=61)]))
+    assert len(other.new_items) == 2
