@@ -66,6 +66,7 @@ from protocol.errors import (
     EpochClosedError,
     FutureEpochError,
     NotIncludedError,
+    NotYetValidError,
     OutOfRangeError,
     ReplayError,
     StaleEpochError,
@@ -73,6 +74,13 @@ from protocol.errors import (
     WrongPhaseError,
 )
 from protocol.messages import MAX_CREDENTIAL_LIFETIME
+from protocol.verify import DEFAULT_MAX_SKEW
+
+#: The one clock policy: how far apart honest clocks may be (seconds), the same constant
+#: the hosts' gates use. The audit widens credential windows by it (a host whose clock is
+#: slow is not judged by a stricter rule than the one it enforced) and registrations
+#: dated further ahead than it are refused.
+CLOCK_SKEW = DEFAULT_MAX_SKEW
 
 
 class Phase(enum.StrEnum):
@@ -267,6 +275,12 @@ class AuditState:
             self.evidence[key] = item
             self.per_signer[item.host_id] = self.per_signer.get(item.host_id, 0) + 1
 
+    def skewed_windows(self) -> dict[str, tuple[int, int]]:
+        """Credential windows as the hosts' gates accept them: ``not_before`` −
+        :data:`CLOCK_SKEW` … ``expires`` + :data:`CLOCK_SKEW` (protocol.verify
+        ``check_validity``), so the audit judges by the rule the host enforced."""
+        return {n: (a - CLOCK_SKEW, b + CLOCK_SKEW) for n, (a, b) in self.windows.items()}
+
     def matters(self, item: GrantReceipt | Refusal) -> bool:
         """Whether ``item`` can change a judgement of
         :func:`coordinator.enforcement.find_free_riders`, which reads only: refusals by an
@@ -278,7 +292,9 @@ class AuditState:
         window = self.windows.get(item.requester_id)
         if item.host_id not in self.windows or window is None:
             return False
-        if not window[0] <= item.time < window[1]:
+        # Twice the skew: the judgement may place an item by its own time or by the
+        # request's, each within the skew of the window; storing more never harms.
+        if not window[0] - 2 * CLOCK_SKEW <= item.time < window[1] + 2 * CLOCK_SKEW:
             return False
         if isinstance(item, GrantReceipt):
             return item.requester_id != item.host_id
@@ -344,13 +360,27 @@ class EpochCore:
 
     # -- registration ------------------------------------------------------------------
 
-    def check_registration(self, reg: Registration, envelope: bytes) -> Registered | None:
-        """A new or newer registration; None if it repeats the stored one (idempotent)."""
+    def check_registration(self, reg: Registration, envelope: bytes, *,
+                           now: int) -> Registered | None:
+        """A new or newer registration; None if it repeats the stored one (idempotent).
+
+        A registration dated in the future is refused, since registrations are ordered
+        by (``epoch``, ``issued``) and a future one would lock the node's own updates
+        until then: ``issued`` more than :data:`CLOCK_SKEW` after ``now`` is
+        ``not_yet_valid``, an ``epoch`` after the next one to open is ``future_epoch``.
+        """
         step(self.phase, Event.REGISTER)
         if reg.home_location >= self.settings.n_locations:
             raise OutOfRangeError(
                 f"home_location {reg.home_location}: the market has "
                 f"{self.settings.n_locations} locations")
+        if reg.issued is not None and reg.issued > now + CLOCK_SKEW:
+            raise NotYetValidError(
+                f"registration issued at {reg.issued}, more than {CLOCK_SKEW} s after now")
+        next_epoch = 0 if self.current is None else self.current.epoch + 1
+        if reg.epoch > next_epoch:
+            raise FutureEpochError(
+                f"registration for epoch {reg.epoch}; the next epoch to open is {next_epoch}")
         old = self.nodes.get(reg.node_id)
         if old is not None:
             if reg == old.registration:
@@ -436,8 +466,8 @@ class EpochCore:
             new = tuple(
                 x for x in find_free_riders(
                     allocation=self.audit.allocation, commitments=self.audit.commitments,
-                    evidence=self.audit.evidence.values(), credential_windows=self.audit.windows,
-                    probes=probes)
+                    evidence=self.audit.evidence.values(),
+                    credential_windows=self.audit.skewed_windows(), probes=probes)
                 if (x.node_id, x.reason) not in known)
         policy = self.settings.penalty
         standings = {n: sentence(policy, self.standings.get(n), n, epoch - 1)

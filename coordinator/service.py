@@ -401,7 +401,7 @@ async def register(request: web.Request) -> web.Response:
     raw = await read_body(request, _limit(Registration))
     _, reg = open_envelope(raw, Registration, trusted=None)
     c = _coordinator(request)
-    change = c.core.check_registration(reg, raw)
+    change = c.core.check_registration(reg, raw, now=c.clock())
     if change is not None:
         c.store.persist(change)
         c.core.apply(change)

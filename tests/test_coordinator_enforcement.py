@@ -163,7 +163,7 @@ def test_free_riders_of_epoch_e_are_excluded_from_epoch_e_plus_1_on() -> None:
     people = [node(i) for i in range(4)]
     for p in people:
         r = registration(p)
-        core.apply(core.check_registration(r, raw(p, r)))  # type: ignore[arg-type]
+        core.apply(core.check_registration(r, raw(p, r), now=T0))  # type: ignore[arg-type]
     honest, lazy, rude, guest = people
     run_epoch(core, people, T0)
     closed0 = core.close(T0 + EPOCH_SECONDS, runner().run)
@@ -206,7 +206,7 @@ def test_commitments_are_refused_for_outsiders_and_wrong_epochs_without_change()
     a, b = node(0), node(1)
     for p in (a, b):
         r = registration(p)
-        core.apply(core.check_registration(r, raw(p, r)))  # type: ignore[arg-type]
+        core.apply(core.check_registration(r, raw(p, r), now=T0))  # type: ignore[arg-type]
     c = commitment(a, amount=1)
     with pytest.raises(InkindError) as info:
         core.check_commitment(c, raw(a, c))

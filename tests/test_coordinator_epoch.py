@@ -35,6 +35,7 @@ from hypothesis import settings as settings_
 from hypothesis import strategies as st
 
 from coordinator.epoch import (
+    CLOCK_SKEW,
     TRANSITIONS,
     Declared,
     EpochCore,
@@ -188,16 +189,62 @@ def test_registration_outside_the_market_and_older_registrations_are_refused() -
     a = node(0)
     for reg, code in ((registration(a, location=1), "out_of_range"),):
         with pytest.raises(InkindError) as info:
-            core.check_registration(reg, raw(a, reg))
+            core.check_registration(reg, raw(a, reg), now=T0)
         assert info.value.code == code
-    newer = registration(a, epoch=3)
-    core.apply(core.check_registration(newer, raw(a, newer)))  # type: ignore[arg-type]
-    older = registration(a, epoch=2, capacity=1)
+    open_now(core)  # epoch 0 open: registrations may name epochs 0 and 1
+    newer = registration(a, epoch=1)
+    core.apply(core.check_registration(newer, raw(a, newer), now=T0))  # type: ignore[arg-type]
+    older = registration(a, epoch=0, capacity=1)
     with pytest.raises(InkindError) as info:
-        core.check_registration(older, raw(a, older))
+        core.check_registration(older, raw(a, older), now=T0)
     assert info.value.code == "stale_epoch"
     assert core.nodes[a.node_id].registration == newer
-    assert core.check_registration(newer, raw(a, newer)) is None  # identical: idempotent
+    assert core.check_registration(newer, raw(a, newer), now=T0) is None  # identical: idempotent
+
+
+@pytest.mark.parametrize(("changes", "code"), [
+    ({"issued": T0 + CLOCK_SKEW + 1}, "not_yet_valid"),
+    ({"issued": T0 + 10**9}, "not_yet_valid"),
+    ({"epoch": 1}, "future_epoch"),  # nothing opened yet: the next epoch is 0
+    ({"epoch": 10**6, "issued": T0}, "future_epoch"),
+])
+def test_registrations_dated_in_the_future_are_refused_and_cannot_lock_updates(
+        changes: dict[str, int], code: str) -> None:
+    core = new_core()
+    a = node(0)
+    future = registration(a, **changes)
+    with pytest.raises(InkindError) as info:
+        core.check_registration(future, raw(a, future), now=T0)
+    assert info.value.code == code and core.nodes == {}
+    # Within the skew is fine, and the node can still update itself later.
+    soon = registration(a, issued=T0 + CLOCK_SKEW)
+    core.apply(core.check_registration(soon, raw(a, soon), now=T0))  # type: ignore[arg-type]
+    later = registration(a, issued=T0 + CLOCK_SKEW + 1, capacity=7)
+    change = core.check_registration(later, raw(a, later), now=T0 + 1)
+    assert change is not None and change.node.registration.capacity == 7
+
+
+def test_the_audit_judges_credential_windows_with_the_gates_skew() -> None:
+    # A host whose clock is 30 s slow grants an included roamer just after the credential
+    # became valid (host time before not_before) and then refuses it for capacity: its
+    # receipt must count, so the refusal is justified and nobody is excluded.
+    core, (a, b, c), _ = closed_epoch_with_outsider()
+    assert core.audit is not None
+    not_before = core.audit.windows[b.node_id][0]
+    owed = dict(zip(core.audit.allocation.included, core.audit.allocation.contributions,
+                    strict=True))
+    for p in (a, b, c):
+        cm = commitment(p, amount=owed[p.node_id])
+        core.apply(core.check_commitment(cm, raw(p, cm)))
+    slow = not_before - 30
+    report = core.check_audit(b.node_id, audit_report(b, [
+        receipt(a, b, amount=owed[a.node_id], time=slow, n=1),
+        refusal(a, b, reason="capacity_exhausted", time=slow + 1, n=2, amount=1)]))
+    assert len(report.new_items) == 2
+    core.apply(report)
+    open_now(core, T0 + 2 * EPOCH_SECONDS)
+    plan = core.begin_close(T0 + 3 * EPOCH_SECONDS)
+    assert plan.exclusions == ()
 
 
 def test_a_replayed_registration_cannot_roll_back_a_newer_one_in_the_same_epoch() -> None:
@@ -206,16 +253,16 @@ def test_a_replayed_registration_cannot_roll_back_a_newer_one_in_the_same_epoch(
     core = new_core()
     a = node(0)
     old = registration(a, endpoint="127.0.0.1:1111", issued=T0)
-    core.apply(core.check_registration(old, raw(a, old)))  # type: ignore[arg-type]
+    core.apply(core.check_registration(old, raw(a, old), now=T0))  # type: ignore[arg-type]
     new = registration(a, endpoint="127.0.0.1:2222", issued=T0 + 5)
-    core.apply(core.check_registration(new, raw(a, new)))  # type: ignore[arg-type]
+    core.apply(core.check_registration(new, raw(a, new), now=T0))  # type: ignore[arg-type]
     for replay in (old, registration(a, endpoint="127.0.0.1:3333", issued=T0 + 5),
                    registration(a, endpoint="127.0.0.1:4444")):
         with pytest.raises(InkindError) as info:
-            core.check_registration(replay, raw(a, replay))
+            core.check_registration(replay, raw(a, replay), now=T0)
         assert info.value.code == "stale_epoch"
     assert core.nodes[a.node_id].registration == new
-    assert core.check_registration(new, raw(a, new)) is None  # resent: idempotent
+    assert core.check_registration(new, raw(a, new), now=T0) is None  # resent: idempotent
 
 
 # --- closing ----------------------------------------------------------------------------
@@ -406,7 +453,7 @@ def test_exclusion_history_is_bounded_and_survives_a_restart(tmp_path: Path) -> 
     people = []
     for p in (node(i) for i in range(3)):
         r = registration(p)
-        change = core.check_registration(r, raw(p, r))
+        change = core.check_registration(r, raw(p, r), now=T0)
         assert change is not None
         store.persist(change)
         core.apply(change)
@@ -462,7 +509,8 @@ def test_evidence_that_cannot_matter_is_not_stored_and_honest_reports_still_are(
     junk += [refusal(a, outsider, reason="not_included", time=t, n=200)]  # not a member asked
     junk += [receipt(a, a, amount=5, time=t, n=201)]  # to itself
     junk += [refusal(a, b, reason="bad_proof", time=t, n=202)]  # the requester's fault
-    junk += [refusal(a, b, reason="not_included", time=T0 - 5, n=203)]  # before b's window
+    before = T0 + EPOCH_SECONDS - 2 * CLOCK_SKEW - 1  # before b's window, even skewed
+    junk += [refusal(a, b, reason="not_included", time=before, n=203)]
     flood = core.check_audit(outsider.node_id, audit_report(outsider, junk))
     assert flood.n_items == len(junk) and flood.new_items == ()  # verified, accepted, dropped
     core.apply(flood)

@@ -248,8 +248,12 @@ OPEN_CASES: list[Case] = [
      lambda: forge_payload(U, "registration", {
          "public_key": U.public_key.upper(), "epoch": 0, "home_location": 0,
          "capacity": 1, "kind": "files"}), None, 400, "out_of_range"),
-    ("older registration", "/v1/register", lambda: raw(A, registration(A, epoch=1)), None, 409,
+    ("older registration", "/v1/register", lambda: raw(A, registration(A, epoch=0)), None, 409,
      "stale_epoch"),
+    ("registration dated in the future", "/v1/register",
+     lambda: raw(U, registration(U, issued=T0 + 10**6)), None, 403, "not_yet_valid"),
+    ("registration for a future epoch", "/v1/register",
+     lambda: raw(U, registration(U, epoch=5)), None, 409, "future_epoch"),
     ("unknown kind", "/v1/register",
      lambda: forge_payload(U, "registration", {
          "public_key": U.public_key, "epoch": 0, "home_location": 0, "capacity": 1,
@@ -269,8 +273,8 @@ OPEN_CASES: list[Case] = [
 
 
 async def open_epoch_with_a_declared(h: Harness) -> None:
-    for who, epoch in ((A, 2), (B, 0), (C, 0)):
-        await h.ok("/v1/register", raw(who, registration(who, epoch=epoch)))
+    for who, issued in ((A, T0), (B, None), (C, None)):
+        await h.ok("/v1/register", raw(who, registration(who, epoch=0, issued=issued)))
     await h.ok("/v1/admin/open", admin=True)
     h.clock.now += 1
     await h.ok("/v1/declarations", A_FIRST)
@@ -373,7 +377,8 @@ async def test_registration_is_idempotent_and_newer_ones_replace(harness: Harnes
     before = await h.fingerprint()
     await h.ok("/v1/register", body)
     assert await h.fingerprint() == before
-    await h.ok("/v1/register", raw(A, registration(A, epoch=1, location=0, capacity=7)))
+    await h.ok("/v1/register", raw(A, registration(A, epoch=0, location=0, capacity=7,
+                                                   issued=T0)))
     assert h.client.app is not None
     assert h.client.app[APP_KEY].core.nodes[A.node_id].registration.capacity == 7
 

@@ -47,7 +47,7 @@ def test_a_failed_change_writes_nothing(tmp_path: Path) -> None:
     core = new_core()
     a = node(0)
     reg = registration(a)
-    registered = core.check_registration(reg, raw(a, reg))
+    registered = core.check_registration(reg, raw(a, reg), now=T0)
     assert registered is not None
     store.persist(registered)
     core.apply(registered)
@@ -78,7 +78,7 @@ def test_snapshot_restores_epoch_declarations_audit_and_exclusions(tmp_path: Pat
     people = [node(i) for i in range(3)]
     for p in people:
         r = registration(p)
-        do(core.check_registration(r, raw(p, r)))
+        do(core.check_registration(r, raw(p, r), now=T0))
     fees, q = runner().announcement_terms()
     do(core.plan_open(T0, fees=fees, q=q))
     for p in people:

@@ -201,7 +201,7 @@ def registered(core: EpochCore, n: int, *, location: int = 0) -> list[Identity]:
     people = [node(i) for i in range(n)]
     for p in people:
         reg = registration(p, location=location)
-        change = core.check_registration(reg, raw(p, reg))
+        change = core.check_registration(reg, raw(p, reg), now=T0)
         assert change is not None
         core.apply(change)
     return people
