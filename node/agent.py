@@ -8,11 +8,13 @@ Each call of :meth:`Agent.run_epoch_step` takes the machine's next action at the
 2. ``poll``: the signed announcement; a newer epoch starts its record, and its
    declaration follows in the same step;
 3. ``declare``: θ as the strategy says (truthful by default);
-4. ``provide``: once the epoch is closed, the signed allocation, the node's credential (if
-   included) and the directory; then the contribution opened on the host
-   (:class:`node.host.Host`) and a signed ``commitment`` -- unless the strategy free-rides;
+4. ``provide``: once the epoch is closed, the signed allocation and the node's credential
+   (if included); then the contribution opened on the host (:class:`node.host.Host`) and
+   a signed ``commitment`` -- unless the strategy free-rides;
 5. ``roam``: for scripted or random moves to other locations, ask a host there for access
-   and keep the signed receipts and refusals;
+   and keep the signed receipts and refusals. The directory (every included host) is
+   fetched here, once per epoch and only if the node has somewhere to go, so a node that
+   does not roam never downloads it;
 6. ``report``: them, in a signed ``audit_report``.
 
 A step returns what it did (``registered``, ``declared``, ``announced``, ``provided``,
@@ -41,6 +43,7 @@ import aiohttp
 from node.client import (
     AccessAnswer,
     CoordinatorClient,
+    Directory,
     DirectoryEntry,
     PeerClient,
     base_url,
@@ -269,7 +272,7 @@ class Agent:
         return answer
 
     async def fetch_outcome(self) -> bool:
-        """Fetch the current epoch's allocation, own credential and directory.
+        """Fetch the current epoch's allocation and own credential.
 
         False while the epoch is not closed yet (``unknown_epoch``).
         """
@@ -286,10 +289,16 @@ class Agent:
         credential = None
         if alloc.contribution_of(self.node_id) is not None:
             credential, _ = await self.coordinator.credential(progress.epoch, self.node_id)
-        directory = await self.coordinator.directory(progress.epoch)
-        self.machine.on_outcome(alloc, node_id=self.node_id, credential=credential,
-                                directory=directory)
+        self.machine.on_outcome(alloc, node_id=self.node_id, credential=credential)
         return True
+
+    async def directory(self) -> Directory:
+        """The current (closed) epoch's directory, fetched on first use and kept."""
+        progress = self._progress()
+        if progress.directory is None:
+            self.machine.on_directory(await self.coordinator.directory(progress.epoch))
+        assert progress.directory is not None
+        return progress.directory
 
     async def provide(self) -> bool:
         """Once the epoch is closed: open the contribution and send the commitment.
@@ -339,13 +348,15 @@ class Agent:
         ``roam_moves`` random other locations that have a host with an endpoint).
         """
         progress = self._progress()
-        directory, credential = progress.directory, progress.credential
+        credential = progress.credential
+        script = locations
+        if script is None and self.spec.roam_script is not None:
+            script = self.spec.roam_script.get(progress.epoch)
+        goes = bool(script) if script is not None else self.spec.roam_moves > 0
         answers: list[AccessAnswer] = []
-        if directory is not None and credential is not None:
+        if credential is not None and goes:
+            directory = await self.directory()
             hosts = roam_hosts(directory, node_id=self.node_id, home=self.host.location)
-            script = locations
-            if script is None and self.spec.roam_script is not None:
-                script = self.spec.roam_script.get(progress.epoch)
             for location in roam_locations(hosts, script=script, moves=self.spec.roam_moves,
                                            rng=self.rng):
                 here = [n for n in hosts if n.location == location]

@@ -2,7 +2,8 @@
 
 One node goes through each epoch as DESIGN "One epoch, end to end" says, from its side:
 register once, then per epoch declare, fetch the allocation (and its credential and the
-directory) once the epoch is closed, provide (open its contribution, commit), roam, and
+directory, only if it roams) once the epoch is closed, provide (open its contribution,
+commit), roam, and
 report the signed receipts and refusals. :class:`EpochMachine` holds where the node is;
 it does no I/O and reads no clock (``now`` is an argument, integer Unix seconds). A pump
 (:class:`node.agent.Agent`) asks it for the next :class:`Action`, does the I/O and feeds
@@ -208,12 +209,7 @@ class EpochMachine:
         self._event(Event.NOT_CLOSED)
 
     def on_outcome(
-        self,
-        allocation: Allocation,
-        *,
-        node_id: str,
-        credential: Envelope | None,
-        directory: Directory,
+        self, allocation: Allocation, *, node_id: str, credential: Envelope | None
     ) -> EpochProgress:
         """Keep the epoch's outcome (no transition: providing is what moves on)."""
         progress = self._progress()
@@ -224,8 +220,14 @@ class EpochMachine:
         progress.allocation = allocation
         progress.owed = allocation.contribution_of(node_id)
         progress.credential = credential
-        progress.directory = directory
         return progress
+
+    def on_directory(self, directory: Directory) -> None:
+        """Keep the closed epoch's directory (fetched when roaming first needs it)."""
+        progress = self._progress()
+        if progress.allocation is None or directory.epoch != progress.epoch:
+            raise EpochStateError(f"a directory of epoch {directory.epoch} is not expected")
+        progress.directory = directory
 
     def on_provided(self, *, opened: int, committed: bool) -> None:
         progress = self._progress()

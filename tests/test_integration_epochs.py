@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -65,7 +64,6 @@ FILE_BYTES = 300_000  # each file host shares one file of this size
 LOW, HIGH = (0.0, 0.12), (0.45, 1.0)  # type ranges: below / above every threshold
 BUSY = (2, 1)  # (location, index) of the busy file host, late in epoch 1
 FREE_RIDERS = {(0, 0): "free-ride", (1, 0): "free-ride:commit"}
-CASE_SECONDS = 20
 
 SPEC = """\
 weights = [[1.0, 0.5, 0.4], [0.5, 1.0, 0.5], [0.4, 0.5, 1.0]]
@@ -273,8 +271,7 @@ async def targeted_asks(b: Bed, log: EpochLog, included: set[str]) -> None:
         assert progress is not None
         if roamer.id not in included or progress.credential is None:
             continue
-        assert progress.directory is not None
-        entries = progress.directory.by_id()
+        entries = (await roamer.agent.directory()).by_id()
         for target in targets:
             if target.location == roamer.location or target.id not in entries:
                 continue
@@ -332,9 +329,9 @@ async def ask_late(b: Bed, late: Member, included: set[str]) -> AccessAnswer:
     """An included roamer of another location asks ``late`` (not kept as evidence)."""
     roamer = next(m for m in b.members if m.id in included and m.location != late.location)
     progress = roamer.agent.current
-    assert progress is not None and progress.directory is not None
-    assert progress.credential is not None
-    answer = await roamer.agent.ask(progress.directory.by_id()[late.id], progress.credential)
+    assert progress is not None and progress.credential is not None
+    entry = (await roamer.agent.directory()).by_id()[late.id]
+    answer = await roamer.agent.ask(entry, progress.credential)
     assert answer is not None
     return answer
 
@@ -454,7 +451,6 @@ MECHANISMS = [("posted_fee", "money"),
 async def test_three_epochs_with_free_riders_and_a_restart(
     tmp_path: Path, mechanism: str, payment: str
 ) -> None:
-    started = time.monotonic()
     async with bed(tmp_path, mechanism, payment) as b:
         assert len(b.members) >= 20 and {m.location for m in b.members} == {0, 1, 2}
         await b.step(b.members, "registered")
@@ -494,7 +490,6 @@ async def test_three_epochs_with_free_riders_and_a_restart(
         allocation2 = await b.client().allocation(2)
         # Still out: a first offence excludes for two epochs (coordinator/penalty.py).
         assert not riders.keys() & set(allocation2.included)
-    assert time.monotonic() - started < CASE_SECONDS
 
 
 @pytest.mark.asyncio
@@ -513,9 +508,8 @@ async def test_a_fresh_host_answers_future_epoch_until_its_agent_provides(tmp_pa
         await b.step([roamer], "provided")
         assert host.node.host.epoch == -1  # nothing enforced yet
         progress = roamer.agent.current
-        assert progress is not None and progress.directory is not None
-        assert progress.credential is not None
-        entry: DirectoryEntry = progress.directory.by_id()[host.id]
+        assert progress is not None and progress.credential is not None
+        entry: DirectoryEntry = (await roamer.agent.directory()).by_id()[host.id]
         answer = await roamer.agent.ask(entry, progress.credential)
         assert answer is not None and answer.reason == "future_epoch", answer
         assert answer.evidence is None and host.node.host.epoch == -1

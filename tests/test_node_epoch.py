@@ -63,7 +63,12 @@ def test_one_epoch_in_order_and_the_action_due_in_each_phase() -> None:
     assert (m.phase, m.next_action(NOW)) == (Phase.CLOSING, Action.PROVIDE)
     m.on_not_closed()
     assert m.phase is Phase.CLOSING
-    m.on_outcome(allocation(1), node_id=ME, credential=None, directory=Directory(epoch=1, nodes=()))
+    with pytest.raises(EpochStateError):  # no directory before the outcome
+        m.on_directory(Directory(epoch=1, nodes=()))
+    m.on_outcome(allocation(1), node_id=ME, credential=None)
+    with pytest.raises(EpochStateError):
+        m.on_directory(Directory(epoch=2, nodes=()))
+    m.on_directory(Directory(epoch=1, nodes=()))
     m.on_provided(opened=MICRO, committed=True)
     assert (m.phase, m.next_action(NOW)) == (Phase.PROVIDED, Action.ROAM)
     m.on_roamed([])
@@ -121,9 +126,7 @@ def test_providing_needs_the_outcome_and_the_outcome_its_own_epoch() -> None:
     with pytest.raises(EpochStateError):
         m.on_provided(opened=0, committed=False)
     with pytest.raises(EpochStateError):
-        m.on_outcome(
-            allocation(2), node_id=ME, credential=None, directory=Directory(epoch=2, nodes=())
-        )
+        m.on_outcome(allocation(2), node_id=ME, credential=None)
     assert m.phase is Phase.OPEN and m.history[1].allocation is None
 
 
