@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coordinator.mechanism import ALIASES, SOLVERS, Market, canonical, load_market, solve
+from coordinator.mechanism import ALIASES, SOLVERS, canonical, load_market, solve
+from coordinator.mechanism.expectations import expected_size_and_fee
 
 DEFAULT_DRAWS = 2000
-
-
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """An expected value, its standard error (0 when exact) and how it was obtained."""
-
-    value: float
-    se: float
-    source: str  # "exact", "monte carlo" or "none"
-
-    def text(self) -> str:
-        if self.source == "none" or not math.isfinite(self.value):
-            return "—"
-        if self.source == "exact":
-            return f"{self.value:.8g}"
-        return f"{self.value:.6g} ± {self.se:.2g}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"value": _finite(self.value), "se": _finite(self.se), "source": self.source}
 
 
 def _finite(x: float) -> float | None:
@@ -75,65 +56,6 @@ def _plain(x: Any) -> Any:
     if x is None or isinstance(x, (bool, int, str)):
         return x
     return str(x)
-
-
-def _per_location(value: Any, L: int) -> list[float] | None:
-    if value is None:
-        return None
-    arr = np.atleast_1d(np.asarray(value, dtype=float))
-    return [float(v) for v in arr] if arr.shape == (L,) else None
-
-
-def monte_carlo(mech: Any, market: Market, draws: int, seed: int
-                ) -> tuple[list[Expectation], list[Expectation]]:
-    """E[Q_l] and E[payment | included] per location from ``draws`` seeded type profiles.
-
-    The fee is the ratio E[Σ payments of included agents] / E[number included], with a
-    delta-method standard error.
-    """
-    rng = np.random.default_rng(seed)
-    L = market.L
-    Qs = np.empty((draws, L))
-    paid = np.empty((draws, L))
-    count = np.empty((draws, L))
-    for i, types in enumerate(market.sample_types(rng, draws)):
-        al = mech.allocate(types)
-        Qs[i] = al.Q
-        inc = np.asarray(al.included, dtype=bool)
-        paid[i] = np.bincount(al.location[inc], weights=al.payments[inc], minlength=L)
-        count[i] = np.bincount(al.location[inc], minlength=L)
-    q = [Expectation(float(Qs[:, l].mean()), float(Qs[:, l].std(ddof=1) / math.sqrt(draws)),
-                     "monte carlo") for l in range(L)]
-    fees = []
-    for l in range(L):
-        mean_n = float(count[:, l].mean())
-        if mean_n <= 0.0:
-            fees.append(Expectation(math.nan, math.nan, "none"))
-            continue
-        ratio = float(paid[:, l].mean()) / mean_n
-        resid = paid[:, l] - ratio * count[:, l]
-        fees.append(Expectation(ratio, float(resid.std(ddof=1) / math.sqrt(draws)) / mean_n,
-                                "monte carlo"))
-    return q, fees
-
-
-def expectations(mech: Any, market: Market, draws: int, seed: int
-                 ) -> tuple[list[Expectation], list[Expectation]]:
-    """E[Q_l] and the expected fee of a participant, exact where the result has them."""
-    r = mech.result
-    L = market.L
-    exact_q = _per_location(r.details.get("expected_Q", r.Q), L)
-    exact_fee = _per_location(r.fees, L)
-    if exact_q is not None and exact_fee is not None:
-        return ([Expectation(v, 0.0, "exact") for v in exact_q],
-                [Expectation(v, 0.0, "exact") for v in exact_fee])
-    if draws <= 0 or not r.success:
-        none = [Expectation(math.nan, math.nan, "none")] * L
-        return (none if exact_q is None else [Expectation(v, 0.0, "exact") for v in exact_q],
-                none if exact_fee is None else [Expectation(v, 0.0, "exact") for v in exact_fee])
-    q_mc, fee_mc = monte_carlo(mech, market, draws, seed)
-    return (q_mc if exact_q is None else [Expectation(v, 0.0, "exact") for v in exact_q],
-            fee_mc if exact_fee is None else [Expectation(v, 0.0, "exact") for v in exact_fee])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     r = mech.result
-    eq, efee = expectations(mech, market, args.draws, args.seed)
+    eq, efee = expected_size_and_fee(mech, market, draws=args.draws,
+                                     rng=np.random.default_rng(args.seed))
     money = market.payment == "money"
     units = {
         "welfare": "money units" if money else "resource units (in kind)",
