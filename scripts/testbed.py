@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, metavar="E", help="override the scenario's epochs")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve a live page on 127.0.0.1 that follows the run (its URL is "
+                        "printed on a line of its own); after the run it stays up until "
+                        "Ctrl-C")
+    p.add_argument("--dashboard-port", type=int, default=0, metavar="P",
+                   help="the dashboard's port (default: any free one)")
     return p
 
 
@@ -112,14 +118,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or Path("out") / "testbed" / scenario.name
     progress = Progress(enabled=not args.quiet)
+    board = None
+    if args.dashboard:
+        from coordinator.testbed.dashboard import Board
+
+        board = Board({"name": scenario.name, "description": scenario.description,
+                       "locations": [{"name": loc.name} for loc in scenario.locations]},
+                      live=True)
+        try:
+            url = board.serve(args.dashboard_port)
+        except OSError as exc:
+            print(f"testbed: {exc}", file=sys.stderr)
+            return 3
+        print(url, flush=True)
     progress.log(f"scenario {scenario.name}: {scenario.n_nodes} nodes in "
                  f"{len(scenario.locations)} locations, {args.epochs or scenario.epochs} "
                  f"epochs, {', '.join(scenario.mechanisms)}; nodes as {args.nodes}")
     try:
         report = run_testbed(scenario, out=out, seed=args.seed, mode=args.nodes,
-                             progress=progress, epochs=args.epochs, plots=not args.no_plots)
+                             progress=progress, epochs=args.epochs, plots=not args.no_plots,
+                             board=board)
     except KeyboardInterrupt:
         progress.close()
+        if board is not None:
+            board.close()
         print(f"testbed: interrupted; everything stopped; partial report in {out}/report.md",
               file=sys.stderr)
         return 130
@@ -133,7 +155,22 @@ def main(argv: list[str] | None = None) -> int:
     pngs = sorted(p.name for p in out.glob("*.png"))
     if pngs:
         print(f"plots:  {', '.join(str(out / p) for p in pngs)}")
+    if board is not None:
+        print(f"dashboard: {board.url} shows the finished run; Ctrl-C to stop", flush=True)
+        wait_for_interrupt()
+        board.close()
     return 0 if report["summary"]["ok"] else 1
+
+
+def wait_for_interrupt() -> None:
+    """Block until SIGINT or SIGTERM."""
+    import signal
+
+    got = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _f: got.append(s))
+    while not got:
+        signal.pause()
 
 
 if __name__ == "__main__":

@@ -70,10 +70,11 @@ from protocol import (
 from protocol.kinds import KINDS
 from protocol.messages import MAX_AUDIT_ITEMS, MAX_CREDENTIAL_LIFETIME
 
+from .dashboard import Board
 from .fleet import Fleet, FleetError, NodeHandle, make_fleet
 from .progress import Progress
 from .records import AttemptResult, EpochRecord, Options, RunRecord
-from .report import build_report, write_report
+from .report import ReportContext, build_report, epoch_report, write_report
 from .scenario import (
     MECHANISMS,
     Attempt,
@@ -170,6 +171,7 @@ class Player:
         self.record = RunRecord(run=run, mechanism=mechanism)
         self.crashed: set[str] = set()
         self.evidence: defaultdict[str, list[Envelope]] = defaultdict(list)  # per roamer
+        self.report_context: ReportContext | None = None  # for the live dashboard
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -508,18 +510,35 @@ class Player:
                 rec = await self.play_epoch(i)
                 self.record.epochs.append(rec)
                 self.progress.log(self.summary_line(rec))
+                if self.options.board is not None:
+                    await self.show(rec)
             cut = await self.play_epoch(self.n_epochs, cutoff=True)
             self.record.epochs.append(cut)
-            st = await self.status()
-            self.record.exclusions = [
-                {**x, "node": self.name_of.get(x["node_id"], x["node_id"])}
-                for x in st.get("excluded", [])]
+            await self.fetch_exclusions()
         finally:
             self.progress.set_prefix("")
             self.progress.phase("stopping")
             await self.stop()
             self.record.wall_s = time.monotonic() - t0
         return self.record
+
+    async def fetch_exclusions(self) -> None:
+        """The coordinator's exclusions so far, with node names (the record's)."""
+        st = await self.status()
+        self.record.exclusions = [
+            {**x, "node": self.name_of.get(x["node_id"], x["node_id"])}
+            for x in st.get("excluded", [])]
+
+    async def show(self, rec: EpochRecord) -> None:
+        """Hand a played epoch to the live dashboard, as report.json will record it."""
+        await self.fetch_exclusions()
+        if self.report_context is None:
+            self.report_context = ReportContext(self.scenario, self.options.seed)
+        figures = await asyncio.to_thread(epoch_report, self.report_context, self.record, rec)
+        self.options.board.epoch(figures, [
+            {"node": x["node"], "epoch": x["detected_epoch"],
+             "excluded_epoch": x["excluded_epoch"], "reason": x["reason"],
+             "mechanism": self.mechanism} for x in self.record.exclusions])
 
     def summary_line(self, rec: EpochRecord) -> str:
         inc = [a for a in rec.attempts if a.included]
@@ -552,8 +571,10 @@ async def play_all(scenario: Scenario, options: Options, runs: list[RunRecord]) 
 
 def run_testbed(scenario: Scenario | str | Path, *, out: str | Path, seed: int | None = None,
                 mode: str = "process", progress: Progress | None = None,
-                epochs: int | None = None, plots: bool = True) -> dict[str, Any]:
+                epochs: int | None = None, plots: bool = True,
+                board: Board | None = None) -> dict[str, Any]:
     """Play ``scenario`` and write the report into ``out``; returns the report (a dict).
+    ``board``: a live dashboard to follow the run (it is shown the report at the end).
 
     A KeyboardInterrupt stops everything cleanly, writes the report of the epochs played
     so far (``"interrupted": true``) and is raised again.
@@ -562,7 +583,10 @@ def run_testbed(scenario: Scenario | str | Path, *, out: str | Path, seed: int |
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     options = Options(out=out_dir, seed=sc.seed if seed is None else seed, mode=mode,
-                      progress=progress or Progress(enabled=False), epochs=epochs, plots=plots)
+                      progress=progress or Progress(enabled=False), epochs=epochs, plots=plots,
+                      board=board)
+    if board is not None:
+        options.progress.listener = board.phase
     t0 = time.monotonic()
     runs: list[RunRecord] = []
     interrupted = False
@@ -586,6 +610,8 @@ def run_testbed(scenario: Scenario | str | Path, *, out: str | Path, seed: int |
     report = build_report(sc, options, runs, wall_s=time.monotonic() - t0,
                           interrupted=interrupted)
     write_report(report, out_dir, plots=plots)
+    if board is not None:
+        board.finish(report)
     if interrupted:
         raise KeyboardInterrupt
     return report

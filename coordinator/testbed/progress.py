@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 
@@ -16,6 +17,8 @@ class Progress:
         self.prefix = ""
         self._last = ""
         self._last_write = 0.0
+        #: Called with every status text (the live dashboard shows it).
+        self.listener: Callable[[str], None] | None = None
 
     def _elapsed(self) -> str:
         return f"{time.monotonic() - self.t0:6.1f}s"
@@ -25,6 +28,8 @@ class Progress:
 
     def update(self, text: str, *, force: bool = False) -> None:
         """Replace the status line (a terminal), or log it (throttled) otherwise."""
+        if self.listener is not None:
+            self.listener(f"{self.prefix}{text}")
         if not self.enabled:
             return
         line = f"[{self._elapsed()}] {self.prefix}{text}"

@@ -78,6 +78,7 @@ class Options:
     keep_run_dir: bool = True
     plots: bool = True
     epochs: int | None = None  # override the scenario's
+    board: Any = None  # the live dashboard (dashboard.Board), if one follows the run
 
 
 def digest(obj: Any) -> str:

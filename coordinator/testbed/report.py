@@ -41,6 +41,7 @@ the size the included roamers actually got. The expected welfare is the mechanis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -94,11 +95,36 @@ def _counts(reasons: Iterable[str]) -> dict[str, int]:
     return dict(sorted(Counter(reasons).items()))
 
 
+#: One colour per access outcome, the same in every plot and on the dashboard: what a
+#: reader learns in one figure holds in the next. Outcomes not listed take a colour from
+#: REASON_SPARE chosen by a hash of their name (stable across runs).
+REASON_COLOURS = {
+    "granted": "#2ca02c", "no_coverage": "#c7c7c7", "capacity_exhausted": "#ff7f0e",
+    "not_included": "#d62728", "unknown_key": "#9467bd", "revoked": "#8c564b",
+    "timeout": "#7f7f7f", "unreachable": "#17becf", "not_running": "#e0e0e0",
+    "stale_epoch": "#bcbd22", "future_epoch": "#dbdb8d", "expired": "#ff9896",
+    "bad_proof": "#e377c2", "replay": "#f7b6d2", "malformed": "#393b79",
+}
+REASON_SPARE = ("#1f77b4", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94",
+                "#9edae5", "#637939", "#8c6d31", "#843c39")
+
+
+def reason_colour(reason: str) -> str:
+    """The colour of an access outcome (``granted`` or a refusal's reason code)."""
+    if reason in REASON_COLOURS:
+        return REASON_COLOURS[reason]
+    return REASON_SPARE[int(hashlib.sha256(reason.encode()).hexdigest(), 16)
+                        % len(REASON_SPARE)]
+
+
 BUDGET_DRAWS = 2000
 BUDGET_TAIL = 0.001
 
 
-class _Ctx:
+class ReportContext:
+    """What every epoch's figures are computed against: the scenario's market and plans,
+    and the mechanism's outcomes over type profiles (drawn once per size, cached)."""
+
     def __init__(self, scenario: Scenario, seed: int) -> None:
         self.scenario = scenario
         self.seed = seed
@@ -139,7 +165,7 @@ class _Ctx:
         return self._mc[key]
 
 
-def epoch_report(ctx: _Ctx, run: RunRecord, rec: EpochRecord) -> dict[str, Any]:
+def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[str, Any]:
     sc, plans, market = ctx.scenario, ctx.plans, ctx.market
     L = len(sc.locations)
     # An exclusion lasts excluded_epoch … excluded_until (graded, coordinator/penalty.py).
@@ -302,7 +328,7 @@ def epoch_report(ctx: _Ctx, run: RunRecord, rec: EpochRecord) -> dict[str, Any]:
 
 def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
                  wall_s: float, interrupted: bool = False) -> dict[str, Any]:
-    ctx = _Ctx(scenario, options.seed)
+    ctx = ReportContext(scenario, options.seed)
     epochs: list[dict[str, Any]] = []
     for run in runs:
         for rec in run.epochs:
@@ -557,7 +583,40 @@ def markdown(report: dict[str, Any], pngs: list[str]) -> str:
     return "\n".join(lines)
 
 
+MECHANISM_COLOURS = {"posted_fee": "#1f77b4", "optimal": "#9467bd"}
+
+
+def _positions(epochs: Sequence[dict[str, Any]]) -> tuple[list[float], list[str]]:
+    """x positions of the epochs: one per epoch, a gap between mechanisms (so no line
+    joins two mechanisms), and the epochs' numbers as tick labels."""
+    xs: list[float] = []
+    labels: list[str] = []
+    x = 0.0
+    for k, e in enumerate(epochs):
+        if k and e["run"] != epochs[k - 1]["run"]:
+            x += 1.0
+        xs.append(x)
+        labels.append(str(e["epoch"]))
+        x += 1.0
+    return xs, labels
+
+
+def _runs(epochs: Sequence[dict[str, Any]], xs: Sequence[float]
+          ) -> list[tuple[str, list[float], list[dict[str, Any]]]]:
+    """(mechanism, x positions, epochs) of each run: each is drawn as its own line."""
+    out: list[tuple[str, list[float], list[dict[str, Any]]]] = []
+    for x, e in zip(xs, epochs, strict=True):
+        if not out or out[-1][2][0]["run"] != e["run"]:
+            out.append((e["mechanism"], [], []))
+        out[-1][1].append(x)
+        out[-1][2].append(e)
+    return out
+
+
 def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
+    """service.png, access.png and welfare_budget.png: labelled axes with units, one
+    colour per access outcome in every plot (:func:`reason_colour`), one line per
+    mechanism (never joined across mechanisms), bands for what is expected."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -565,77 +624,114 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
 
     epochs = report["epochs"]
     names = [loc["name"] for loc in report["scenario"]["locations"]]
-    labels = [f"{e['mechanism'][:6]} {e['epoch']}" for e in epochs]
-    xs = list(range(len(epochs)))
+    xs, labels = _positions(epochs)
+    runs = _runs(epochs, xs)
     written: list[Path] = []
 
-    # 1. Planned coverage against realised service of included roamers.
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4), squeeze=False,
+    def ticks(ax: Any) -> None:
+        ax.set_xticks(xs, labels, fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+        for mech, rx, _ in runs:  # name each mechanism's group of epochs under its ticks
+            ax.annotate(mech, xy=((rx[0] + rx[-1]) / 2, 0), xycoords=("data", "axes fraction"),
+                        xytext=(0, -30), textcoords="offset points", ha="center", va="top",
+                        fontsize=8, color=MECHANISM_COLOURS.get(mech, "#444444"))
+
+    # 1. Planned coverage against the realised service of included roamers.
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False,
                              sharey=True)
     for l, name in enumerate(names):
         ax = axes[0][l]
-        planned = [e["locations"][l]["coverage_planned"] for e in epochs]
-        rate = [e["locations"][l]["service_rate_included"] for e in epochs]
-        ax.plot(xs, planned, "s--", color="tab:gray", label="planned f = min(1, Q/area)")
-        for x, e, r in zip(xs, epochs, rate, strict=True):
-            ci = e["locations"][l]["service_rate_ci95"]
-            if r is None or ci is None:
-                continue
-            ax.errorbar([x], [r], yerr=[[r - ci[0]], [ci[1] - r]], fmt="o", color="tab:blue",
-                        capsize=3, label="realised (95% CI)" if x == 0 else None)
-        ax.set_title(name)
-        ax.set_xticks(xs, labels, rotation=45, fontsize=7)
+        for mech, rx, es in runs:
+            colour = MECHANISM_COLOURS.get(mech, "#444444")
+            f = [e["locations"][l]["coverage_planned"] for e in es]
+            n = [e["locations"][l]["attempts_included"] for e in es]
+            lo = [max(0.0, p - 1.96 * math.sqrt(p * (1 - p) / k)) if k else p
+                  for p, k in zip(f, n, strict=True)]
+            hi = [min(1.0, p + 1.96 * math.sqrt(p * (1 - p) / k)) if k else p
+                  for p, k in zip(f, n, strict=True)]
+            ax.plot(rx, f, "--", color=colour, label=f"{mech}: planned f = min(1, Q/area)")
+            ax.fill_between(rx, lo, hi, color=colour, alpha=0.15,
+                            label=f"{mech}: 95% range of the rate if served at f")
+            for x, e in zip(rx, es, strict=True):
+                loc = e["locations"][l]
+                r, ci = loc["service_rate_included"], loc["service_rate_ci95"]
+                if r is None or ci is None:
+                    continue
+                ax.errorbar([x], [r], yerr=[[r - ci[0]], [ci[1] - r]], fmt="o", color=colour,
+                            capsize=3, label=f"{mech}: realised (95% CI)" if x == rx[0] else None)
+        ax.set_title(f"location {name}")
+        ticks(ax)
         ax.set_ylim(-0.02, 1.05)
         if l == 0:
-            ax.set_ylabel("service rate of included roamers")
-            ax.legend(fontsize=7)
+            ax.set_ylabel("service rate of included roamers\n(grants / attempts, fraction)")
+            ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
     written.append(_save(fig, out / "service.png", plt))
 
-    # 2. Access outcomes by reason, included vs excluded roamers.
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False)
-    for k, who in enumerate(("included", "excluded")):
-        ax = axes[0][k]
-        per: list[Counter[str]] = []
+    # 2. Access outcomes by reason, included vs excluded roamers: one colour per reason.
+    per: dict[str, list[Counter[str]]] = {"included": [], "excluded": []}
+    for who, counters in per.items():
         for e in epochs:
             c: Counter[str] = Counter()
             for loc in e["locations"]:
                 c["granted"] += loc[f"grants_{who}"]
                 c.update(loc[f"refusals_{who}"])
-            per.append(c)
-        reasons = sorted({r for c in per for r, v in c.items() if v},
-                         key=lambda r: (r != "granted", r))
+            counters.append(c)
+    reasons = sorted({r for cs in per.values() for c in cs for r, v in c.items() if v},
+                     key=lambda r: (r != "granted", r))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), squeeze=False, sharey=True)
+    for k, (who, counters) in enumerate(per.items()):
+        ax = axes[0][k]
         bottom = [0] * len(epochs)
-        palette = iter(["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink",
-                        "tab:olive", "tab:cyan", "tab:blue"] * 4)
         for r in reasons:
-            vals = [c.get(r, 0) for c in per]
-            color = {"granted": "tab:green", "no_coverage": "lightgray"}.get(r) or next(palette)
-            ax.bar(xs, vals, bottom=bottom, label=r, color=color)
+            vals = [c.get(r, 0) for c in counters]
+            ax.bar(xs, vals, bottom=bottom, label=r, color=reason_colour(r), width=0.8)
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-        ax.set_title(f"access attempts of {who} roamers")
-        ax.set_xticks(xs, labels, rotation=45, fontsize=7)
-        if reasons:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.set_title(f"access attempts of {who} roamers, by outcome")
+        ticks(ax)
+        if k == 0:
+            ax.set_ylabel("access attempts (count)")
+    if reasons:
+        handles, names_ = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, names_, fontsize=7, loc="upper right", title="outcome")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     written.append(_save(fig, out / "access.png", plt))
 
-    # 3. Welfare and budget.
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), squeeze=False)
+    # 3. Welfare against its expectation (band: ± 1 sd over type profiles) and budget.
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.0), squeeze=False)
     ax = axes[0][0]
-    for key, style in (("welfare_expected", "s--"), ("welfare_realised", "o-"),
-                       ("welfare_delivered", "^-")):
-        ax.plot(xs, [e[key] for e in epochs], style, label=key.replace("_", " "))
-    ax.set_title("social welfare (spec units)")
-    ax.set_xticks(xs, labels, rotation=45, fontsize=7)
-    ax.legend(fontsize=7)
+    for mech, rx, es in runs:
+        colour = MECHANISM_COLOURS.get(mech, "#444444")
+        exp = [e["welfare_expected"] for e in es]
+        sd = [e.get("welfare_sd") or 0.0 for e in es]
+        ax.plot(rx, exp, "--", color=colour, label=f"{mech}: expected")
+        ax.fill_between(rx, [m - s_ for m, s_ in zip(exp, sd, strict=True)],
+                        [m + s_ for m, s_ in zip(exp, sd, strict=True)], color=colour,
+                        alpha=0.15, label=f"{mech}: expected ± 1 sd over type profiles")
+        ax.plot(rx, [e["welfare_realised"] for e in es], "o-", color=colour,
+                label=f"{mech}: realised (planned Q)")
+        ax.plot(rx, [e["welfare_delivered"] for e in es], "^:", color=colour,
+                label=f"{mech}: delivered (Q actually served)")
+    ax.set_title("social welfare")
+    ax.set_ylabel("welfare (spec units)")
+    ticks(ax)
+    ax.legend(fontsize=6)
     ax = axes[0][1]
-    ax.plot(xs, [e["budget"]["cost"] for e in epochs], "s--", label="cost Σ c_l(n_l, Q_l)")
-    ax.plot(xs, [e["budget"]["payments"] for e in epochs], "o-",
-            label="payments / contributions owed")
+    for mech, rx, es in runs:
+        colour = MECHANISM_COLOURS.get(mech, "#444444")
+        ax.plot(rx, [e["budget"]["cost"] for e in es], "s--", color=colour,
+                label=f"{mech}: cost Σ c_l(n_l, Q_l)")
+        ax.plot(rx, [e["budget"]["payments"] for e in es], "o-", color=colour,
+                label=f"{mech}: payments / contributions owed")
     ax.set_title("budget")
-    ax.set_xticks(xs, labels, rotation=45, fontsize=7)
-    ax.legend(fontsize=7)
+    unit = "money units" if report["scenario"]["payment"] == "money" else "resource units"
+    ax.set_ylabel(f"cost and payments ({unit})")
+    top = max([e["budget"]["cost"] or 0.0 for e in epochs]
+              + [e["budget"]["payments"] or 0.0 for e in epochs] + [1e-9])
+    ax.set_ylim(0, top * 1.45)  # from zero (a 2% gap looks like one), room for the legend
+    ticks(ax)
+    ax.legend(fontsize=6, loc="upper right")
     fig.tight_layout()
     written.append(_save(fig, out / "welfare_budget.png", plt))
     return written
