@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -70,6 +71,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 JSON = "application/json"
+#: Closed epochs whose directory answers are kept (as bytes) at once.
+DIRECTORY_EPOCHS = 2
 
 
 def wall_clock() -> int:
@@ -111,6 +114,10 @@ class Coordinator:
             store.closed_at(self.core.epoch)
             if self.core.phase == Phase.CLOSED and self.core.epoch is not None else None)
         self._terms: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        # Directory answers per closed epoch, as bytes: the whole one (key None) and one
+        # per location; built once from the store, dropped when a registration changes
+        # (an endpoint may move) and kept for the last DIRECTORY_EPOCHS epochs only.
+        self._directories: dict[int, dict[int | None, bytes]] = {}
         self._task: asyncio.Task[None] | None = None
         # Group commit of declarations: checked ones wait here (not yet in the core) until
         # one transaction persists the whole batch; then each is applied and acknowledged.
@@ -322,6 +329,34 @@ class Coordinator:
         self.flush_declarations()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    # -- the directory -----------------------------------------------------------------
+
+    def directory(self, epoch: int, location: int | None) -> bytes:
+        """``{"epoch", "nodes"}`` of ``epoch`` (hosts of ``location`` only, if given) as
+        JSON bytes; one store query per epoch, not per request. ``unknown_epoch`` if the
+        epoch has no allocation, ``out_of_range`` for a location outside the market."""
+        if location is not None and location >= self.settings.n_locations:
+            raise OutOfRangeError(f"location {location}: the market has "
+                                  f"{self.settings.n_locations} locations")
+        built = self._directories.get(epoch)
+        if built is None:
+            if self.store.allocation(epoch) is None:
+                raise UnknownEpochError(f"epoch {epoch} has no allocation")
+            rows = self.store.directory(epoch)
+            built = {None: json.dumps({"epoch": epoch, "nodes": rows}).encode()}
+            for loc in range(self.settings.n_locations):
+                here = [r for r in rows if r["location"] == loc]
+                built[loc] = json.dumps({"epoch": epoch, "location": loc,
+                                         "nodes": here}).encode()
+            self._directories[epoch] = built
+            for old in sorted(self._directories)[:-DIRECTORY_EPOCHS]:
+                del self._directories[old]
+        return built[location]
+
+    def forget_directories(self) -> None:
+        """A registration changed: directories are rebuilt on the next request."""
+        self._directories.clear()
+
     # -- the status page ---------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -377,13 +412,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(buf)
 
 
-def _epoch_arg(request: web.Request) -> int:
-    text = request.match_info["epoch"]
+def _int_arg(request: web.Request, name: str) -> int:
+    text = request.match_info[name]
     if not text.isascii() or not text.isdigit() or (len(text) > 1 and text[0] == "0"):
-        raise OutOfRangeError("epoch: a decimal integer without leading zeros")
+        raise OutOfRangeError(f"{name}: a decimal integer without leading zeros")
     if len(text) > 16 or int(text) > MAX_SAFE_INTEGER:
-        raise OutOfRangeError("epoch: out of range")
+        raise OutOfRangeError(f"{name}: out of range")
     return int(text)
+
+
+def _epoch_arg(request: web.Request) -> int:
+    return _int_arg(request, "epoch")
 
 
 def _envelope(raw: bytes) -> web.Response:
@@ -405,6 +444,7 @@ async def register(request: web.Request) -> web.Response:
     if change is not None:
         c.store.persist(change)
         c.core.apply(change)
+        c.forget_directories()
     return web.json_response({"node_id": reg.node_id, "epoch": reg.epoch})
 
 
@@ -444,11 +484,11 @@ async def credential(request: web.Request) -> web.Response:
 
 
 async def directory(request: web.Request) -> web.Response:
+    """``GET /v1/directory/{epoch}`` and ``GET /v1/directory/{epoch}/{location}``."""
     epoch = _epoch_arg(request)
-    store = _coordinator(request).store
-    if store.allocation(epoch) is None:
-        raise UnknownEpochError(f"epoch {epoch} has no allocation")
-    return web.json_response({"epoch": epoch, "nodes": store.directory(epoch)})
+    location = (None if "location" not in request.match_info
+                else _int_arg(request, "location"))
+    return _envelope(_coordinator(request).directory(epoch, location))
 
 
 async def commit(request: web.Request) -> web.Response:
@@ -579,6 +619,7 @@ def make_app(
     app.router.add_get("/v1/allocation/{epoch}", allocation)
     app.router.add_get("/v1/credential/{epoch}/{node_id}", credential)
     app.router.add_get("/v1/directory/{epoch}", directory)
+    app.router.add_get("/v1/directory/{epoch}/{location}", directory)
     app.router.add_post("/v1/commitments", commit)
     app.router.add_post("/v1/audit", audit)
     app.router.add_get("/v1/status", status)

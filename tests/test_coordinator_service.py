@@ -28,6 +28,7 @@ from helpers.coordinator import (
     envelope_obj,
     flip_signature,
     forge_payload,
+    market,
     node,
     nonce,
     raw,
@@ -470,3 +471,57 @@ async def test_a_client_leaving_mid_body_is_not_an_internal_error(
     assert status == 200 and body["phase"] == "idle"
     loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not loud, [r.getMessage() for r in loud]
+
+
+# --- the directory, per location, built once per epoch --------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_directory_per_location_is_built_once_per_epoch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "coord.db")
+    clock = FakeClock()
+    app = make_app(config(market=market("two")), store=store, identity=COORDINATOR,
+                   clock=clock, runner=runner("two"))
+    queries: list[int] = []
+    real = store.directory
+
+    def counted(epoch: int) -> list[dict[str, Any]]:
+        queries.append(epoch)
+        return real(epoch)
+
+    monkeypatch.setattr(store, "directory", counted)
+    people = [node(i) for i in range(4)]
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        h = Harness(client=client, store=store, clock=clock)
+        for i, p in enumerate(people):
+            reg = registration(p, location=i % 2, endpoint=f"127.0.0.1:{9100 + i}")
+            await h.ok("/v1/register", raw(p, reg))
+        await h.ok("/v1/admin/open", admin=True)
+        clock.now += 1
+        for p in people:
+            await h.ok("/v1/declarations", raw(p, declaration(p, theta=950_000)))
+        clock.now += EPOCH_SECONDS
+        await h.ok("/v1/admin/close", admin=True)
+        _, whole = await h.get("/v1/directory/0")
+        everyone = json.loads(whole)["nodes"]
+        assert len(everyone) == 4
+        for loc in (0, 1):
+            status, body = await h.get(f"/v1/directory/0/{loc}")
+            answer = json.loads(body)
+            assert status == 200 and answer["epoch"] == 0 and answer["location"] == loc
+            assert answer["nodes"] == [n for n in everyone if n["location"] == loc]
+        assert queries == [0]  # one store query for every answer of the epoch
+        # An included host moves: the next answers show its new endpoint.
+        moved = registration(people[0], location=0, endpoint="127.0.0.1:9999", issued=T0 + 70)
+        await h.ok("/v1/register", raw(people[0], moved))
+        _, body = await h.get("/v1/directory/0/0")
+        assert "127.0.0.1:9999" in {n["endpoint"] for n in json.loads(body)["nodes"]}
+        assert queries == [0, 0]
+        for path, status, code in (("/v1/directory/0/2", 400, "out_of_range"),
+                                   ("/v1/directory/0/01", 400, "out_of_range"),
+                                   ("/v1/directory/0/x", 400, "out_of_range"),
+                                   ("/v1/directory/1/0", 404, "unknown_epoch")):
+            got, body = await h.get(path)
+            assert (got, json.loads(body)["code"]) == (status, code), path
+    store.close()
