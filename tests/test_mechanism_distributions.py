@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from scipy import integrate, optimize, stats
 
 from coordinator.cli import main as coordinator_main
 from coordinator.mechanism import solve
@@ -274,7 +274,7 @@ def test_posted_fee_with_an_irregular_prior_solves_and_its_threshold_is_the_glob
                               points=[0.5] if t < 0.5 else None, epsabs=1e-13)[0]
         return mean + lam * t * float(dist.sf(np.array(t)))
 
-    best = max(objective(t) for t in np.linspace(dist.low, dist.high, 1001)[:-1])
+    best = max(objective(t) for t in np.linspace(dist.low, dist.high, 201)[:-1])
     assert objective(float(r.thresholds[0])) >= best - 1e-9
     # And the budget constraint binds at the plan.
     plan = plan_at(m, np.asarray(r.lambdas), [provision_for(loc, m) for loc in m.locations])
@@ -325,3 +325,29 @@ def test_second_best_irons_when_the_multiplier_is_large_enough() -> None:
 def test_json_dump_of_an_ironed_result_is_plain_json() -> None:
     r = posted_fee(_market(TypeDistribution.beta(0.5, 0.5))).result
     json.loads(json.dumps(r.as_dict()))
+
+
+def test_myerson_ironing_of_beta_half_half_meets_the_tangency_condition() -> None:
+    # F(θ) = (2/π) arcsin √θ. In quantiles H(u) = ∫₀ᵘ g(F⁻¹) = −F⁻¹(u)(1 − u); g starts
+    # at 0, dips and rises, so the hull of H is a chord from the origin tangent to H at
+    # u_b: the ironed level is H(u_b)/u_b and equals g(θ_b) there. Solve that directly.
+    dist = TypeDistribution.beta(0.5, 0.5)
+
+    def F(t: float) -> float:
+        return 2.0 / math.pi * math.asin(math.sqrt(t))
+
+    def g(t: float) -> float:
+        return t - (1.0 - F(t)) * math.pi * math.sqrt(t * (1.0 - t))
+
+    def tangency(t: float) -> float:
+        return g(t) + t * (1.0 - F(t)) / F(t)
+
+    tb = optimize.brentq(tangency, 0.05, 0.6, xtol=1e-15)
+    level = -tb * (1.0 - F(tb)) / F(tb)
+    lam = 1e7  # (w̄ − θ)/λ → Myerson's ironed g as λ → ∞
+    vw = dist.weight(lam)
+    assert vw.intervals.shape == (1, 2)
+    assert vw.intervals[0, 0] == 0.0
+    assert vw.intervals[0, 1] == pytest.approx(tb, rel=1e-6)
+    assert vw.levels[0] / lam == pytest.approx(level, rel=1e-6)
+    assert g(tb) == pytest.approx(level, rel=1e-9)

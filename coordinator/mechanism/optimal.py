@@ -31,7 +31,7 @@ from .market import Market, check_solvable
 from .multipliers import kkt_multipliers
 from .provision import Provision, provision_for
 from .result import MechanismResult, Outcome
-from .sums import Group, SumLaw, sum_law, virtual_weight
+from .sums import DEFAULT_TOL, Group, LatticeLaw, SumLaw, sum_law, virtual_weight
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -62,9 +62,40 @@ def _groups(market: Market, lambdas: FloatArray, exclusion: bool, l: int) -> lis
     ]
 
 
+@dataclass(slots=True)
+class Refinement:
+    """The lattice resolution reached so far in one solve (None: the default), so later
+    evaluations start where earlier ones had to go to meet the tolerance."""
+
+    bins: int | None = None
+
+
 def evaluate(market: Market, lambdas: FloatArray, *, exclusion: bool,
-             provisions: list[Provision], method: str = "auto") -> Evaluation:
-    """Expected welfare and budget constraints (3)/(24) of the λ-pointwise solution."""
+             provisions: list[Provision], method: str = "auto", tol: float = DEFAULT_TOL,
+             refine: Refinement | None = None) -> Evaluation:
+    """Expected welfare and budget constraints (3)/(24) of the λ-pointwise solution.
+
+    Where the lattice method applies, its resolution is doubled until every quantity's
+    relative error estimate is at most ``tol`` or the lattice cannot grow (MAX_FFT); the
+    returned ``rel_error`` is the estimate reached, which the caller compares with
+    ``tol``. ``refine`` carries the resolution between calls of one solve.
+    """
+    refine = Refinement() if refine is None else refine
+    while True:
+        ev = _evaluate_once(market, lambdas, exclusion=exclusion, provisions=provisions,
+                            method=method, bins=refine.bins)
+        lattices = [law for law in ev.laws if isinstance(law, LatticeLaw)]
+        if ev.rel_error <= tol or not lattices:
+            return ev
+        reached = min(law.bins for law in lattices)
+        if refine.bins is not None and reached < refine.bins:
+            return ev  # the lattice cannot grow further: report the estimate as it is
+        refine.bins = 2 * reached
+
+
+def _evaluate_once(market: Market, lambdas: FloatArray, *, exclusion: bool,
+                   provisions: list[Provision], method: str,
+                   bins: int | None) -> Evaluation:
     L = market.L
     n = market.sizes.astype(float)
     bt = np.zeros((L, L))
@@ -73,7 +104,8 @@ def evaluate(market: Market, lambdas: FloatArray, *, exclusion: bool,
     laws = []
     for l in range(L):
         prov = provisions[l]
-        law = sum_law(_groups(market, lambdas, exclusion, l), [prov.benefit, prov.cost], method)
+        law = sum_law(_groups(market, lambdas, exclusion, l), [prov.benefit, prov.cost], method,
+                      bins)
         laws.append(law)
         ec[l] = law.expect(prov.cost)
         for k in range(L):
@@ -106,13 +138,16 @@ def _solve_money(f: Any) -> tuple[float, str]:
 
 
 def solve_lambdas(market: Market, *, exclusion: bool, provisions: list[Provision],
-                  method: str = "auto") -> tuple[FloatArray, bool, str]:
+                  method: str = "auto", tol: float = DEFAULT_TOL,
+                  refine: Refinement | None = None) -> tuple[FloatArray, bool, str]:
     """Multipliers λ (one, or one per location in kind) by complementary slackness."""
     L = market.L
+    refine = Refinement() if refine is None else refine
 
     def money(lam: float) -> float:
         return float(evaluate(market, np.full(L, lam), exclusion=exclusion,
-                              provisions=provisions, method=method).constraints.sum())
+                              provisions=provisions, method=method, tol=tol,
+                              refine=refine).constraints.sum())
 
     lam, status = _solve_money(money)
     if not math.isfinite(lam):
@@ -120,10 +155,12 @@ def solve_lambdas(market: Market, *, exclusion: bool, provisions: list[Provision
     if market.payment == "money" or L == 1:
         return np.full(L, lam), True, status
     scale = max(1.0, abs(evaluate(market, np.zeros(L), exclusion=exclusion,
-                                  provisions=provisions, method=method).welfare))
+                                  provisions=provisions, method=method, tol=tol,
+                                  refine=refine).welfare))
 
     def values(lam_v: FloatArray) -> tuple[float, FloatArray]:
-        ev = evaluate(market, lam_v, exclusion=exclusion, provisions=provisions, method=method)
+        ev = evaluate(market, lam_v, exclusion=exclusion, provisions=provisions, method=method,
+                      tol=tol, refine=refine)
         return ev.welfare, ev.constraints
 
     return kkt_multipliers(values, np.full(L, lam), scale)
@@ -277,14 +314,23 @@ class LagrangianMechanism:
 
 def _mechanism(market: Market, name: str, lambdas: FloatArray, ok: bool, status: str,
                exclusion: bool, provisions: list[Provision], method: str,
-               pay_interim: bool) -> LagrangianMechanism:
-    ev = evaluate(market, lambdas, exclusion=exclusion, provisions=provisions, method=method)
+               pay_interim: bool, tol: float = DEFAULT_TOL,
+               refine: Refinement | None = None) -> LagrangianMechanism:
+    ev = evaluate(market, lambdas, exclusion=exclusion, provisions=provisions, method=method,
+                  tol=tol, refine=refine)
+    if ev.rel_error > tol:
+        # An answer whose error estimate exceeds the tolerance asked for is not a success,
+        # however plausible it looks.
+        ok = False
+        status = (f"{status}; relative error estimate {ev.rel_error:.2g} exceeds the "
+                  f"tolerance {tol:.2g} (the lattice cannot be refined further)")
     thresholds = np.array([
         _groups(market, lambdas, exclusion, 0)[k].theta0 for k in range(market.L)])
     tables: list[InterimTable] = []
     details: dict[str, Any] = {
         "method": ",".join(sorted({law.method for law in ev.laws})),
         "relative_error_estimate": ev.rel_error,
+        "tolerance": tol,
         "constraint_values": ev.constraints,
         "expected_cost": ev.cost,
         "payment": market.payment,
@@ -307,31 +353,46 @@ def _mechanism(market: Market, name: str, lambdas: FloatArray, ok: bool, status:
                                pay_interim, ev)
 
 
-def first_best(market: Market, *, method: str = "auto") -> LagrangianMechanism:
-    """Complete information: Q_l maximises Σ θ u − c pointwise (λ = 0, no constraint)."""
+def first_best(market: Market, *, method: str = "auto",
+               tol: float = DEFAULT_TOL) -> LagrangianMechanism:
+    """Complete information: Q_l maximises Σ θ u − c pointwise (λ = 0, no constraint).
+
+    ``tol``: relative tolerance on the quadrature's error estimate (see :func:`evaluate`);
+    a result whose estimate exceeds it has ``success=False`` and says so in ``status``.
+    """
+    _check_tol(tol)
     provisions = [provision_for(loc, market) for loc in market.locations]
     return _mechanism(market, "first_best", np.zeros(market.L), True,
                       "complete information (no incentive constraint)", True, provisions,
-                      method, pay_interim=False)
+                      method, pay_interim=False, tol=tol)
+
+
+def _check_tol(tol: float) -> None:
+    if not (isinstance(tol, (int, float)) and 1e-13 <= tol <= 0.1):
+        raise ValueError(f"tol must be a relative tolerance in [1e-13, 0.1], got {tol!r}")
 
 
 def second_best(market: Market, *, exclusion: bool | None = None,
-                method: str = "auto") -> LagrangianMechanism:
+                method: str = "auto", tol: float = DEFAULT_TOL) -> LagrangianMechanism:
     """The optimal mechanism: maximise (1) subject to (3) or (24) via (17)/(25).
 
     Irregular priors are ironed (:class:`~coordinator.mechanism.distributions.VirtualWeight`).
     Raises :class:`~coordinator.mechanism.market.UnsupportedMarketError` before solving
     for a market it cannot handle (:func:`~coordinator.mechanism.market.check_solvable`).
+    ``tol``: relative tolerance on the quadrature's error estimate (see :func:`evaluate`);
+    a result whose estimate exceeds it has ``success=False`` and says so in ``status``.
     """
+    _check_tol(tol)
     excl = market.exclusion if exclusion is None else exclusion
     name = "optimal" if excl else "optimal_no_exclusion"
     check_solvable(market, "optimal", exclusion=excl)
     provisions = [provision_for(loc, market) for loc in market.locations]
+    refine = Refinement()
     lambdas, ok, status = solve_lambdas(market, exclusion=excl, provisions=provisions,
-                                        method=method)
+                                        method=method, tol=tol, refine=refine)
     if not np.all(np.isfinite(lambdas)):
         return LagrangianMechanism(market, MechanismResult(
             mechanism=name, success=False, status=status, welfare=0.0), lambdas, excl,
             provisions)
     return _mechanism(market, name, lambdas, ok, status, excl, provisions, method,
-                      pay_interim=True)
+                      pay_interim=True, tol=tol, refine=refine)

@@ -9,6 +9,7 @@ a (``Power``), which the exact moment method of :mod:`sums` can integrate.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,7 +41,24 @@ class Power:
         return self.coef * np.power(x, self.exponent)
 
 
-Phi = Power | Callable[[FloatArray], FloatArray]
+@dataclass(frozen=True, slots=True)
+class Step:
+    """φ(a) = values[j] for breaks[j−1] < a ≤ breaks[j] (values[0] below breaks[0]):
+    a nondecreasing step function of the weight, as u(Q(a)) and c(Q(a)) are when only
+    the sizes ``levels`` may be built. Its jumps are known, so the lattice averages it
+    exactly over a cell instead of sampling it (first-order error otherwise)."""
+
+    breaks: FloatArray  # (m,) increasing
+    values: FloatArray  # (m + 1,)
+
+    def __call__(self, a: npt.ArrayLike) -> FloatArray:
+        x = np.asarray(a, dtype=float)
+        # Ties go to the smaller size, as in the argmax: a jump takes effect above it.
+        return np.asarray(self.values[np.searchsorted(self.breaks, x, side="left")],
+                          dtype=np.float64)
+
+
+Phi = Power | Step | Callable[[FloatArray], FloatArray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +68,36 @@ class Provision:
     q: Callable[[FloatArray], FloatArray]
     benefit: Phi  # a ↦ u(Q(a))
     cost: Phi  # a ↦ c(n, Q(a))
+
+
+def _level_steps(levels: FloatArray, u_lv: FloatArray, c_lv: FloatArray) -> Step:
+    """Q(a) = argmax_k a u_k − c_k over the levels as a step function of a: the upper
+    envelope of the lines a ↦ a u_k − c_k, walked from a = −∞ (the smallest u, ties to
+    the smaller size) upward. Breaks are exact intersections (c_j − c_k)/(u_j − u_k)."""
+    order = np.lexsort((levels, u_lv))  # by u, then by size
+    current = int(order[0])
+    # Below every break the line with the smallest u wins (ties: the first, smallest).
+    for k in order:
+        if u_lv[k] == u_lv[current] and c_lv[k] < c_lv[current]:
+            current = int(k)
+    breaks: list[float] = []
+    values = [float(levels[current])]
+    while True:
+        best_a, best_k = math.inf, -1
+        for k in range(levels.size):
+            if u_lv[k] <= u_lv[current]:
+                continue
+            a = float((c_lv[k] - c_lv[current]) / (u_lv[k] - u_lv[current]))
+            # The next line to take over is the one crossing first; among those crossing
+            # at the same a, the steepest (it stays above afterwards).
+            if a < best_a or (a == best_a and u_lv[k] > u_lv[best_k]):
+                best_a, best_k = a, k
+        if best_k < 0:
+            break
+        breaks.append(best_a)
+        values.append(float(levels[best_k]))
+        current = best_k
+    return Step(np.array(breaks), np.array(values))
 
 
 def provision_for(loc: Location, market: Market) -> Provision:
@@ -66,10 +114,12 @@ def provision_for(loc: Location, market: Market) -> Provision:
             # Ties go to the smaller size: np.argmax returns the first maximum.
             return np.asarray(levels[np.argmax(gain, axis=-1)], dtype=float)
 
+        q_step = _level_steps(levels, u_lv, c_lv)
+        idx = np.searchsorted(levels, q_step.values)
         return Provision(
-            q_discrete,
-            lambda a: u(q_discrete(a)),
-            lambda a: np.asarray(c(n, q_discrete(a)), dtype=float),
+            q_step,
+            Step(q_step.breaks, u_lv[idx]),
+            Step(q_step.breaks, c_lv[idx]),
         )
     if isinstance(u, PowerUtility) and isinstance(c, PowerCost):
         if not u.alpha < c.beta:

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .distributions import TypeDistribution
-from .provision import Phi, Power
+from .provision import Phi, Power, Step
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -41,6 +41,10 @@ NEGLIGIBLE_PROBABILITY = 1e-18
 # Bins across the widest one-agent support in the coarse lattice (the fine one has 2x).
 LATTICE_BINS = 512
 MAX_FFT = 1 << 20
+# Default relative tolerance on the lattice's error estimate (six significant digits with
+# a margin: the estimate is the whole coarse-to-fine change, several times the error of
+# the extrapolated value it accompanies).
+DEFAULT_TOL = 1e-6
 # Half-width of the lattice window, in standard deviations of Z, when the full
 # support of Z would not fit in MAX_FFT points (the mass outside is < 1e-300).
 WINDOW_SDS = 40.0
@@ -266,6 +270,42 @@ def _negative_part_negligible(groups: list[Group]) -> bool:
 
 # -- the lattice method ---------------------------------------------------------------
 
+# Beyond this many half-widths from the kink at zero a power's cell average is taken
+# from its Taylor series (the closed form would cancel); the series' next term is below
+# 1e-14 relative there.
+SERIES_BEYOND = 1000.0
+
+
+def cell_average(phi: Phi, z: FloatArray, h: float) -> FloatArray:
+    """The mean of φ over [z − h, z + h], for each z.
+
+    A lattice point stands for the mass of a cell of width 2h (one bin), spread over it;
+    sampling φ at the point instead costs a first-order error wherever φ jumps (discrete
+    sizes) and loses accuracy where it is singular (Z^α with α < 1 at zero). Power and
+    Step forms are averaged exactly; other callables are sampled (they are smooth
+    wherever the engine builds them, and Richardson removes the O(h²) term).
+    """
+    z = np.asarray(z, dtype=float)
+    if isinstance(phi, Step):
+        out = np.full(z.shape, float(phi.values[0]))
+        for t, jump in zip(phi.breaks, np.diff(phi.values), strict=True):
+            out += jump * np.clip((z + h - t) / (2.0 * h), 0.0, 1.0)
+        return out
+    if isinstance(phi, Power):
+        e = phi.exponent
+        near = z < SERIES_BEYOND * h
+        a = np.maximum(z[near] - h, 0.0)
+        b = np.maximum(z[near] + h, 0.0)
+        out = np.empty_like(z)
+        out[near] = phi.coef * (b ** (e + 1.0) - a ** (e + 1.0)) / ((e + 1.0) * 2.0 * h)
+        far = z[~near]
+        # (1/2h) ∫ (z + s)^e ds = z^e (1 + e(e−1)/6 r² + e(e−1)(e−2)(e−3)/120 r⁴ + …), r = h/z.
+        r2 = (h / far) ** 2
+        out[~near] = phi(far) * (1.0 + e * (e - 1.0) / 6.0 * r2
+                                 + e * (e - 1.0) * (e - 2.0) * (e - 3.0) / 120.0 * r2 * r2)
+        return out
+    return np.asarray(phi(z), dtype=np.float64)
+
 
 class _TooWideError(Exception):
     """The lattice would need more than MAX_FFT points."""
@@ -365,15 +405,25 @@ class _Lattice:
         # Index i of the circular result stands for the lattice point start + ((i − start) mod N).
         self.points = self.start + np.mod(idx - self.start, N)
         self.z = self.offset + delta * self.points
+        # Lattice point 0 holds only the configuration in which every agent sits at its
+        # own index 0: all excluded (an exact atom at x = 0) or a constant weight. That
+        # mass is a point, not a cell, so φ is sampled there rather than averaged.
+        self.atom = self.points == 0
 
     def _values(self, spectrum: npt.NDArray[np.complex128]) -> FloatArray:
         return np.fft.irfft(spectrum, self.N)
 
+    def _phi(self, phi: Phi, z: FloatArray, atom: npt.NDArray[np.bool_]) -> FloatArray:
+        v = cell_average(phi, z, self.delta)
+        if atom.any():
+            v[atom] = np.asarray(phi(z[atom]), dtype=float)
+        return v
+
     def expect(self, phi: Phi) -> float:
-        return float(self._values(self.total) @ phi(self.z))
+        return float(self._values(self.total) @ self._phi(phi, self.z, self.atom))
 
     def tilted(self, phi: Phi, k: int) -> tuple[float, float]:
-        v = phi(self.z)
+        v = self._phi(phi, self.z, self.atom)
         return (float(self._values(self.T_theta[k] * self.others[k]) @ v),
                 float(self._values(self.T_g[k] * self.others[k]) @ v))
 
@@ -381,13 +431,15 @@ class _Lattice:
         pmf = self._values(self.others[k])
         keep = pmf > 1e-20 * float(pmf.max())
         zm = self.offset - self.shifts[k] + self.delta * self.points[keep]
+        atom = self.atom[keep]
         w = pmf[keep]
         x = np.asarray(x, dtype=float)
         out = np.empty_like(x)
         # Chunks bound the memory of the (len(x), support) matrix.
         step = max(1, 4_000_000 // max(1, zm.size))
         for i in range(0, x.size, step):
-            out[i:i + step] = phi(x[i:i + step, None] + zm[None, :]) @ w
+            zz = x[i:i + step, None] + zm[None, :]
+            out[i:i + step] = self._phi(phi, zz, np.broadcast_to(atom, zz.shape)) @ w
         return out
 
 
@@ -438,8 +490,13 @@ class LatticeLaw(SumLaw):
         return (4.0 * b - a) / 3.0
 
 
-def sum_law(groups: list[Group], phis: list[Phi], method: str = "auto") -> SumLaw:
-    """The cheapest exact law of Z for these groups and functions (module docstring)."""
+def sum_law(groups: list[Group], phis: list[Phi], method: str = "auto",
+            bins: int | None = None) -> SumLaw:
+    """The cheapest exact law of Z for these groups and functions (module docstring).
+
+    ``bins`` sets the lattice's coarse resolution (None: by the number of agents); the
+    lattice may use fewer when the sum's law would not fit (see ``LatticeLaw.bins``).
+    """
     if method not in ("auto", "moments", "lattice", "relaxed"):
         raise ValueError(f"unknown method {method!r}")
     if method == "relaxed":
@@ -457,7 +514,7 @@ def sum_law(groups: list[Group], phis: list[Phi], method: str = "auto") -> SumLa
         raise ValueError("the moment method needs integer power forms and Z >= 0")
     if method == "moments" or (method == "auto" and moments_ok):
         return MomentLaw(groups, max(e for e in exps if e is not None))
-    return LatticeLaw(groups)
+    return LatticeLaw(groups, bins)
 
 
 def _dist_key(dist: TypeDistribution) -> object:
