@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None,
                     help=f"comma-separated deviations (default all: {', '.join(BY_NAME)})")
     ap.add_argument("--nodes", choices=("inproc", "process"), default="inproc")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="runs played at once, each with its own coordinator (default 2)")
     ap.add_argument("--quick", action="store_true", help="2 seeds x 3 epochs (for tests)")
     ap.add_argument("--json", action="store_true",
                     help="print one JSON object per deviation on stdout")
@@ -64,12 +66,14 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown deviations {unknown}; choose from {list(BY_NAME)}")
     if not 1 <= epochs <= 1000:
         ap.error("--epochs must lie in 1..1000")
+    if not 1 <= args.jobs <= 16:
+        ap.error("--jobs must lie in 1..16")
     progress = Progress(sys.stderr)
     try:
         report = run_deviations(args.scenario, out=args.out, seeds=seeds,
                                 first_seed=args.first_seed, epochs=epochs, mode=args.nodes,
                                 mechanism=args.mechanism, only=only, progress=progress,
-                                plots=not args.no_plots)
+                                plots=not args.no_plots, jobs=args.jobs)
     except (ScenarioError, DeviationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

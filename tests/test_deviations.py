@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.mechanism import market_from_dict
+from coordinator.mechanism import market_from_dict, solve
 from coordinator.testbed.deviations import (
     BY_NAME,
     DEVIATIONS,
@@ -160,9 +160,10 @@ def test_bayesian_misreport_gain_is_not_positive_for_posted_fee(tiny: Path) -> N
 
     sc = load_scenario(tiny)
     market = market_from_dict(sc.market_spec())
+    mech = solve(market, "posted_fee")
     plan = truthful_population(sc, 5)[0]
     for factor in (0.5, 1.5):
-        assert bayes_gain(market, "posted_fee", plan, factor, 5, 2, 20) <= 1e-9
+        assert bayes_gain(mech, market, plan, factor, 5, 2, 20) <= 1e-9
 
 
 # --- end to end ----------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def test_bayesian_misreport_gain_is_not_positive_for_posted_fee(tiny: Path) -> N
 def played(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> SeedResult:
     out = tmp_path_factory.mktemp("dev-run")
     return asyncio.run(play_seed(load_scenario(tiny), "posted_fee", 5, 2, out, "inproc",
-                                 DEVIATIONS, Progress(enabled=False), 5))
+                                 DEVIATIONS, Progress(enabled=False), 5, jobs=2))
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from coordinator.mechanism import Market, solve
+from coordinator.mechanism import Market, Mechanism, solve
 from coordinator.mechanism.audit import interim_outcomes
 from protocol import InkindError, Registration, from_micro, seal
 from protocol.kinds import KINDS
@@ -502,11 +502,10 @@ async def play_run(scenario: Scenario, mechanism: str, seed: int, epochs: int, o
         return record, dict(player.mechanics)
 
 
-def bayes_gain(market: Market, mechanism: str, plan: NodePlan, factor: float, seed: int,
+def bayes_gain(mech: Mechanism, market: Market, plan: NodePlan, factor: float, seed: int,
                epochs: int, profiles: int) -> float:
     """E over the others' types of U(θ, report) − U(θ, θ), per epoch, for the deviator
     (``epochs`` × ``profiles`` profiles drawn from the priors, common to both reports)."""
-    mech = solve(market, MECHANISMS[mechanism])
     dist = market.locations[plan.location].dist
     theta = from_micro(plan.theta)
     report = min(max(factor * theta, float(dist.low)), float(dist.high))
@@ -519,7 +518,9 @@ def bayes_gain(market: Market, mechanism: str, plan: NodePlan, factor: float, se
 
 async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, out: Path,
                     mode: str, deviations: Sequence[Deviation], progress: Progress,
-                    profiles: int) -> SeedResult:
+                    profiles: int, jobs: int = 1) -> SeedResult:
+    """Play the truthful run, choose the deviator, then play ``deviations`` (``jobs`` runs
+    at a time, each with its own coordinator)."""
     market = scenario.market()
     plans = truthful_population(scenario, seed)
     by_name = {p.name: p for p in plans}
@@ -539,20 +540,31 @@ async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, 
         seed=seed, deviator=deviator, deviator_theta=from_micro(d.theta),
         deviator_location=scenario.locations[d.location].name,
         truthful=value_run(truthful, market, plans, deviator, DEVIATIONS[0], base, mech0))
-    for dev in deviations:
-        t = time.monotonic()
-        dplans = deviant_population(plans, deviator, dev, seed)
-        record, mech = await play_run(scenario, mechanism, seed, epochs, out, mode, dplans,
-                                      script, dev, deviator)
+    sem = asyncio.Semaphore(max(1, jobs))
+
+    async def one(dev: Deviation) -> None:
+        async with sem:
+            t = time.monotonic()
+            dplans = deviant_population(plans, deviator, dev, seed)
+            record, mech = await play_run(scenario, mechanism, seed, epochs, out, mode, dplans,
+                                          script, dev, deviator)
         rv = value_run(record, market, dplans, deviator, dev, base, mech)
         result.runs[dev.name] = rv
-        if dev.misreport is not None:
-            result.bayes[dev.name] = bayes_gain(market, mechanism, d, dev.misreport, seed,
-                                                epochs, profiles)
         gain = float(np.mean([a.deviator_utility - b.deviator_utility for a, b in
                               zip(rv.epochs, result.truthful.epochs, strict=True)]))
         progress.log(f"seed {seed}: {dev.name} in {time.monotonic() - t:.1f} s: ex-post gain "
                      f"{gain:+.4f}/epoch, honest excluded {len(rv.honest_excluded)}")
+
+    await asyncio.gather(*(one(dev) for dev in deviations))
+    result.runs = {dev.name: result.runs[dev.name] for dev in deviations}
+    # CPU-bound: after the runs, so that no in-process node waits on it.
+    misreports = [dev for dev in deviations if dev.misreport is not None]
+    if misreports:
+        solved = solve(market, MECHANISMS[mechanism])
+        for dev in misreports:
+            assert dev.misreport is not None
+            result.bayes[dev.name] = bayes_gain(solved, market, d, dev.misreport, seed,
+                                                epochs, profiles)
     return result
 
 
@@ -718,11 +730,12 @@ def run_deviations(scenario: Scenario | str | Path, *, out: str | Path, seeds: i
                    first_seed: int | None = None, epochs: int = 10, mode: str = "inproc",
                    mechanism: str | None = None, only: Sequence[str] | None = None,
                    profiles: int = PROFILES, progress: Progress | None = None,
-                   plots: bool = True) -> dict[str, Any]:
+                   plots: bool = True, jobs: int = 2) -> dict[str, Any]:
     """Play the experiment and write report.json, report.md and gain.png into ``out``.
 
     ``seeds`` consecutive seeds from ``first_seed`` (default: the scenario's);
-    ``only``: deviation names (default: all, :data:`DEVIATIONS`). Returns the report.
+    ``only``: deviation names (default: all, :data:`DEVIATIONS`); ``jobs``: runs played at
+    once (the control row shows whether that load disturbed anything). Returns the report.
     """
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     mech = mechanism or sc.mechanisms[0]
@@ -738,7 +751,7 @@ def run_deviations(scenario: Scenario | str | Path, *, out: str | Path, seeds: i
     results = []
     for seed in range(start, start + seeds):
         results.append(asyncio.run(play_seed(sc, mech, seed, epochs, out_dir, mode, devs, prog,
-                                             profiles)))
+                                             profiles, jobs)))
     rows = summarise(results, devs, epochs)
     report = build_report(sc, mech, results, rows, epochs, time.monotonic() - t0)
     write_outputs(report, out_dir, plots=plots)
