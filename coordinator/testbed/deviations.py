@@ -71,7 +71,7 @@ import numpy as np
 
 from coordinator.mechanism import Market, Mechanism, solve
 from coordinator.mechanism.audit import interim_outcomes
-from protocol import InkindError, Registration, from_micro, seal
+from protocol import MICRO, InkindError, Registration, from_micro, seal
 from protocol.kinds import KINDS
 
 from .driver import EpochRecord, Options, Player, RunRecord
@@ -340,8 +340,15 @@ class DeviantPlayer(Player):
         cred = self.credentials.get(self.deviator)
         if url is None or cred is None:
             return
+        kind = self.scenario.kind
+        if kind not in ("wlan_coverage", "wlan_channels"):
+            # Files are indivisible and compute is capped by the roamer's own share: no
+            # single request takes a host's whole capacity.
+            self.mechanics["drain_not_applicable"] = kind
+            return
         ident = self.identities[self.deviator]
-        asks = (self.by_name[self.target].capacity, self.scenario.access.amount)
+        small = MICRO if kind == "wlan_channels" else self.scenario.access.amount
+        asks = (self.by_name[self.target].capacity, small)
         outcome: dict[str, Any] = {"epoch": rec.epoch, "target": self.target}
         for k, amount in enumerate(asks):
             try:
