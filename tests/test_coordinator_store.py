@@ -125,3 +125,26 @@ def test_one_writer_per_database(tmp_path: Path) -> None:
     finally:
         first.close()
     Store(tmp_path / "c.db").close()  # released on close
+
+
+def test_a_database_from_before_graded_exclusion_keeps_its_exclusions(tmp_path: Path) -> None:
+    # The old exclusions table (no last_epoch, no standings): each offence excluded one
+    # epoch. Opened now, the node is still out of that epoch and has a standing.
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE exclusions (node_id TEXT NOT NULL, excluded_epoch INTEGER NOT"
+               " NULL, detected_epoch INTEGER NOT NULL, reason TEXT NOT NULL, detail TEXT NOT"
+               " NULL, PRIMARY KEY (node_id, excluded_epoch, reason))")
+    db.execute("INSERT INTO exclusions VALUES ('n', 4, 3, 'no_commitment', '')")
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        snap = store.snapshot(COORDINATOR.public_key)
+        [standing] = snap.standings
+        assert (standing.node_id, standing.first_epoch, standing.last_epoch) == ("n", 4, 4)
+        [sanction] = snap.sanctions
+        assert sanction.last_epoch == 4 and sanction.offence.detected_epoch == 3
+    finally:
+        store.close()
+    Store(path).close()  # migrating twice changes nothing
