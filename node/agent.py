@@ -85,6 +85,14 @@ DEFAULT_ROAM_AMOUNT = MICRO // 10
 #: epoch disagrees: too late); any other refusal is an error and the step is retried.
 _TOO_LATE = frozenset({"epoch_closed", "stale_epoch", "future_epoch"})
 _NETWORK = (aiohttp.ClientError, TimeoutError)
+#: Refusals of a registration that will recur however often it is sent: the node's own
+#: configuration is wrong (the CLI ends with a clear message and exit status 4).
+PERMANENT = frozenset({"out_of_range", "malformed", "wrong_type", "missing_field",
+                       "unknown_field", "bad_signature", "wrong_signer", "unauthorized"})
+
+
+class PermanentError(RuntimeError):
+    """A refusal that retrying cannot change: the node must stop."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,10 +173,23 @@ class Agent:
     async def run_epoch_step(self) -> str:
         """Do the next due action and name what was done (see the module docstring)."""
         try:
-            return await self._step()
-        except (*_NETWORK, InkindError) as exc:
+            outcome = await self._step()
+        except InkindError as exc:
+            if not self.registered and exc.code in PERMANENT:
+                # The coordinator will refuse this registration every time (a location
+                # its market does not have, a malformed field): retrying cannot help.
+                raise PermanentError(f"the coordinator refuses this node's registration: "
+                                     f"{exc.code}: {exc}") from exc
             log.warning("node %s: step failed: %s", self.node_id[:16], exc)
             return "error"
+        except _NETWORK as exc:
+            log.warning("node %s: step failed: %s", self.node_id[:16], exc)
+            return "error"
+        if outcome != "waiting":  # one line per epoch step, for an operator to follow
+            cur = self.current
+            log.info("node %s epoch %s: %s", self.node_id[:16],
+                     "-" if cur is None else cur.epoch, outcome)
+        return outcome
 
     async def _step(self) -> str:
         action = self.machine.next_action(self.clock())

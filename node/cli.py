@@ -26,7 +26,7 @@ from pathlib import Path
 
 import aiohttp
 
-from node.agent import DEFAULT_ROAM_AMOUNT, NodeSpec
+from node.agent import DEFAULT_ROAM_AMOUNT, NodeSpec, PermanentError
 from node.launch import start_node
 from node.resources import Tariff, parse_micro
 from node.strategy import Strategy, parse_strategy
@@ -46,6 +46,13 @@ units: --capacity and --roam-amount are in units of the node's resource kind; on
 strategies: truthful (default) | misreport:F (declare F·θ) | misreport:=V (declare V)
   | free-ride (declare truthfully, open and commit nothing)
   | free-ride:commit (commit what is owed but open nothing).
+
+logging: at --log-level INFO one line per epoch step (registered, declared, provided,
+  roamed, reported) and per access decision (granted or refused, with the reason).
+
+exit status: 0 stopped (SIGINT/SIGTERM), 1 the epoch loop crashed, 2 bad arguments or
+  key file, 4 the coordinator refuses this node's registration for good (a location its
+  market does not have, a malformed field): fix the configuration, retrying cannot help.
 
 example:
   inkind-node --coordinator http://127.0.0.1:8080 --key n1.pem --location 0 \\
@@ -205,8 +212,13 @@ def spec_from_args(args: argparse.Namespace) -> NodeSpec:
     )
 
 
+#: Exit status of a node whose configuration the coordinator refuses for good.
+EXIT_PERMANENT = 4
+
+
 async def serve(spec: NodeSpec, identity: Identity, *, poll_seconds: float) -> int:
-    """Run one node until SIGINT/SIGTERM; 0 on a clean stop, 1 if the loop crashed."""
+    """Run one node until SIGINT/SIGTERM; 0 on a clean stop, 1 if the loop crashed,
+    :data:`EXIT_PERMANENT` if the coordinator refuses its registration for good."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
@@ -222,6 +234,9 @@ async def serve(spec: NodeSpec, identity: Identity, *, poll_seconds: float) -> i
             for t in (task, stopped):
                 t.cancel()
             await asyncio.gather(task, stopped, return_exceptions=True)
+            if crashed and isinstance(task.exception(), PermanentError):
+                print(f"inkind-node: {task.exception()}", file=sys.stderr)
+                return EXIT_PERMANENT
             if crashed:
                 log.error("the epoch loop stopped: %r", task.exception())
                 return 1

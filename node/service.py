@@ -27,7 +27,7 @@ from aiohttp import web
 from node.files import SHA256_RE
 from node.host import AccessOutcome, Host
 from node.resources import hash_job, job_iterations
-from protocol import AccessRequest, InkindError, to_wire
+from protocol import AccessRequest, InkindError, from_micro, to_wire
 from protocol.envelope import envelope_size_limit
 from protocol.errors import (
     MethodNotAllowedError,
@@ -114,7 +114,15 @@ def make_app(node_state: Host, *, clock: Clock) -> web.Application:
     host = node_state
 
     def decide(raw: bytes, resource: str | None = None) -> AccessOutcome:
-        return host.access(raw, now=clock(), resource=resource)
+        outcome = host.access(raw, now=clock(), resource=resource)
+        d = outcome.decision
+        # One line per decision, so an operator can follow grants and refusals.
+        who = (d.requester_id or "an unverified requester")[:16]
+        if d.granted:
+            log.info("epoch %s: granted %s to %s", d.epoch, from_micro(d.amount), who)
+        else:
+            log.info("epoch %s: refused %s: %s", d.epoch, who, d.reason)
+        return outcome
 
     async def challenge(request: web.Request) -> web.Response:
         issued = host.issue_challenge(clock())

@@ -43,6 +43,15 @@ examples:
 """
 
 
+def default_data_dir() -> Path:
+    """$XDG_STATE_HOME/inkind, or ~/.local/state/inkind: private state (keys!) never
+    lands in a checkout."""
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "inkind"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="testbed.py", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", choices=("process", "exec", "inproc"), default="process",
                    help="how nodes run (default: %(default)s)")
     p.add_argument("--epochs", type=int, metavar="E", help="override the scenario's epochs")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), metavar="DIR",
+                   help="where keys, databases and logs go, in DIR/testbed/<scenario>/ "
+                        "(default: %(default)s, outside the source tree; two runs of one "
+                        "scenario at once need two)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     p.add_argument("--dashboard", action="store_true",
@@ -137,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_testbed(scenario, out=out, seed=args.seed, mode=args.nodes,
                              progress=progress, epochs=args.epochs, plots=not args.no_plots,
-                             board=board)
+                             board=board, data_dir=args.data_dir)
     except KeyboardInterrupt:
         progress.close()
         if board is not None:
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     progress.close()
     print(summary_text(report))
     print(f"report: {out / 'report.md'}  (data: {out / 'report.json'})")
+    print(f"keys, databases and logs: {args.data_dir / 'testbed' / scenario.name}")
     pngs = sorted(p.name for p in out.glob("*.png"))
     if pngs:
         print(f"plots:  {', '.join(str(out / p) for p in pngs)}")

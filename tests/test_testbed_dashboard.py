@@ -134,7 +134,8 @@ def test_finished_run_page_shows_the_report(tmp_path: Path) -> None:
     path.write_text(SCENARIO.format(epochs=2))
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "testbed.py"), "--scenario",
-                          str(path), "--out", str(out), "--nodes", "inproc", "--no-plots",
+                          str(path), "--out", str(out), "--data-dir", str(tmp_path / "state"),
+                          "--nodes", "inproc", "--no-plots",
                           "--quiet"], capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads((out / "report.json").read_text())
@@ -162,7 +163,8 @@ def test_live_page_follows_the_run(tmp_path: Path) -> None:
     out = tmp_path / "out"
     launcher = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "testbed.py"), "--scenario", str(path),
-         "--out", str(out), "--nodes", "inproc", "--no-plots", "--quiet", "--dashboard"],
+         "--out", str(out), "--data-dir", str(tmp_path / "state"), "--nodes", "inproc",
+         "--no-plots", "--quiet", "--dashboard"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert launcher.stdout is not None

@@ -42,7 +42,8 @@ def test_sigkill_of_the_launcher_leaves_no_survivor(tmp_path: Path, mode: str) -
     path.write_text(SCENARIO)
     launcher = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "testbed.py"), "--scenario", str(path),
-         "--out", str(tmp_path / "out"), "--no-plots", "--nodes", mode],
+         "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "state"), "--no-plots",
+         "--nodes", mode],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started: list[psutil.Process] = []
     try:

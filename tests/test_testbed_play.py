@@ -10,6 +10,7 @@ are out of the allocation after the epoch they were caught in.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -238,11 +239,19 @@ def test_cli(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2 and "epochs" in out.stderr
     path = scenario(tmp_path, name="cli", epochs=1, n=4)
+    # Keys and databases go to the data directory ($XDG_STATE_HOME/inkind by default),
+    # never next to the report or into the working directory.
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg")}
     out = subprocess.run([sys.executable, str(script), "--scenario", str(path), "--out",
                           str(tmp_path / "cli-out"), "--nodes", "inproc", "--no-plots"],
-                         capture_output=True, text=True, timeout=110, check=False)
+                         capture_output=True, text=True, timeout=110, check=False, env=env,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "report:" in out.stdout and (tmp_path / "cli-out" / "report.json").exists()
+    keys = tmp_path / "xdg" / "inkind" / "testbed" / "cli" / "posted_fee" / "keys"
+    assert len(list(keys.glob("*.pem"))) == 8
+    assert list(tmp_path.glob("*.pem")) == [] and list(tmp_path.glob("*.db")) == []
+    assert not list((tmp_path / "cli-out").rglob("*.pem"))
     assert load_scenario(path).name == "cli"
 
 
@@ -253,7 +262,7 @@ def test_ctrl_c_stops_everything_and_writes_the_partial_report(tmp_path: Path) -
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "testbed.py"), "--scenario", str(path),
-         "--out", str(out), "--no-plots"],
+         "--out", str(out), "--data-dir", str(tmp_path / "state"), "--no-plots"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -271,8 +280,10 @@ def test_ctrl_c_stops_everything_and_writes_the_partial_report(tmp_path: Path) -
     assert report["interrupted"] is True and 1 <= len(report["epochs"]) < 50
     assert report["summary"]["grants_to_excluded"] == 0
     # Nothing the run started is left: the coordinator and node processes are gone.
-    logs = out / "run" / "posted_fee" / "logs"
+    run = tmp_path / "state" / "testbed" / "int"
+    logs = run / "posted_fee" / "logs"
+    assert (run / "posted_fee" / "keys").is_dir() and not (out / "run").exists()
     assert (logs / "coordinator.log").exists()
-    alive = subprocess.run(["pgrep", "-f", str(out / "run")], capture_output=True, text=True,
+    alive = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True,
                            check=False)
     assert alive.stdout.strip() == ""

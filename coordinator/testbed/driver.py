@@ -560,7 +560,7 @@ async def play_all(scenario: Scenario, options: Options, runs: list[RunRecord]) 
     connector = aiohttp.TCPConnector(limit=128)
     async with aiohttp.ClientSession(connector=connector) as session:
         for k, mech in enumerate(scenario.mechanisms):
-            run_dir = options.out / "run" / mech
+            run_dir = options.run_root / mech
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
@@ -572,9 +572,12 @@ async def play_all(scenario: Scenario, options: Options, runs: list[RunRecord]) 
 def run_testbed(scenario: Scenario | str | Path, *, out: str | Path, seed: int | None = None,
                 mode: str = "process", progress: Progress | None = None,
                 epochs: int | None = None, plots: bool = True,
-                board: Board | None = None) -> dict[str, Any]:
+                board: Board | None = None, data_dir: str | Path | None = None
+                ) -> dict[str, Any]:
     """Play ``scenario`` and write the report into ``out``; returns the report (a dict).
-    ``board``: a live dashboard to follow the run (it is shown the report at the end).
+    ``board``: a live dashboard to follow the run (it is shown the report at the end);
+    ``data_dir``: where keys, databases and logs go (``<data_dir>/testbed/<scenario>/
+    <mechanism>``; default ``<out>/run/<mechanism>``).
 
     A KeyboardInterrupt stops everything cleanly, writes the report of the epochs played
     so far (``"interrupted": true``) and is raised again.
@@ -584,7 +587,8 @@ def run_testbed(scenario: Scenario | str | Path, *, out: str | Path, seed: int |
     out_dir.mkdir(parents=True, exist_ok=True)
     options = Options(out=out_dir, seed=sc.seed if seed is None else seed, mode=mode,
                       progress=progress or Progress(enabled=False), epochs=epochs, plots=plots,
-                      board=board)
+                      board=board,
+                      state=None if data_dir is None else Path(data_dir) / "testbed" / sc.name)
     if board is not None:
         options.progress.listener = board.phase
     t0 = time.monotonic()

@@ -79,6 +79,12 @@ class Options:
     plots: bool = True
     epochs: int | None = None  # override the scenario's
     board: Any = None  # the live dashboard (dashboard.Board), if one follows the run
+    state: Path | None = None  # keys, databases, logs (default: <out>/run)
+
+    @property
+    def run_root(self) -> Path:
+        """Where each mechanism's run keeps its keys, databases and logs."""
+        return self.state if self.state is not None else self.out / "run"
 
 
 def digest(obj: Any) -> str:
