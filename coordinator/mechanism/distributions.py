@@ -114,6 +114,7 @@ class TypeDistribution:
     _ends: tuple[float, float, float, float] = field(init=False)  # log F₀, log S₀ at ends
     _regular: list[bool] = field(init=False)  # lazily computed, one entry once known
     _ironing: dict[float, Any] = field(init=False)  # λ -> IronedWeight, bounded cache
+    key: str = field(init=False)  # equal for equal specs: alike locations share solves
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.low) and np.isfinite(self.high)) or self.high <= self.low:
@@ -130,6 +131,7 @@ class TypeDistribution:
         object.__setattr__(self, "_log_mass", log_mass)
         object.__setattr__(self, "_regular", [])
         object.__setattr__(self, "_ironing", {})
+        object.__setattr__(self, "key", repr(sorted(self.spec.items())))
 
     def _logs(self, x: FloatArray) -> tuple[Any, Any]:
         """(log F₀(x), log S₀(x)) of the base law; the support's ends from the cache."""
@@ -246,13 +248,28 @@ class TypeDistribution:
             return np.asarray(np.where(inside, self.base.logpdf(x) - self._log_mass, -np.inf),
                               dtype=np.float64)
 
+    @property
+    def _uniform(self) -> bool:
+        # U[low, high] has closed forms: no scipy call at all on the engine's hot paths.
+        return self.spec.get("dist") == "uniform"
+
     def cdf(self, x: npt.ArrayLike) -> FloatArray:
+        if self._uniform:
+            t = np.clip(np.asarray(x, dtype=float), self.low, self.high)
+            return np.asarray((t - self.low) / (self.high - self.low), dtype=np.float64)
         return np.exp(self.logcdf(x))
 
     def sf(self, x: npt.ArrayLike) -> FloatArray:
+        if self._uniform:
+            t = np.clip(np.asarray(x, dtype=float), self.low, self.high)
+            return np.asarray((self.high - t) / (self.high - self.low), dtype=np.float64)
         return np.exp(self.logsf(x))
 
     def pdf(self, x: npt.ArrayLike) -> FloatArray:
+        if self._uniform:
+            t = np.asarray(x, dtype=float)
+            inside = (t >= self.low) & (t <= self.high)
+            return np.where(inside, 1.0 / (self.high - self.low), 0.0)
         return np.exp(self.logpdf(x))
 
     def ppf(self, u: npt.ArrayLike) -> FloatArray:
@@ -294,6 +311,9 @@ class TypeDistribution:
         """Virtual value g(θ) = θ − (1 − F(θ)) / f(θ), paper eq. (2), as θ − exp(log(1 − F)
         − log f): far in a tail both factors underflow while their ratio does not."""
         x = np.asarray(x, dtype=float)
+        if self._uniform:
+            # θ − (high − θ) inside the support (and θ at its top, as below).
+            return np.asarray(np.where(x < self.high, 2.0 * x - self.high, x), dtype=np.float64)
         ls = self.logsf(x)
         lf = self.logpdf(x)
         with np.errstate(all="ignore"):

@@ -518,7 +518,7 @@ def sum_law(groups: list[Group], phis: list[Phi], method: str = "auto",
 
 
 def _dist_key(dist: TypeDistribution) -> object:
-    return repr(sorted(dist.spec.items())) if dist.spec else id(dist)
+    return dist.key if dist.spec else id(dist)
 
 
 def _by_distribution(dists: list[TypeDistribution]) -> dict[object, list[int]]:
@@ -537,6 +537,10 @@ def thresholds(dists: list[TypeDistribution], lambdas: FloatArray) -> FloatArray
     for idx in groups.values():
         dist = dists[idx[0]]
         lam = np.asarray(lambdas, dtype=float)[idx]
+        if _is_uniform(dist):
+            # U[a, b]: g(θ) = 2θ − b, so θ + λ g = 0 at θ = λ b / (1 + 2λ).
+            out[idx] = np.clip(lam * dist.high / (1.0 + 2.0 * lam), dist.low, dist.high)
+            continue
         if not dist.is_regular():
             # Ironed weights are tabulated per λ: one scalar solve each.
             out[idx] = [_bisect_threshold(dist, float(x)) for x in lam]
@@ -595,12 +599,22 @@ def thresholds(dists: list[TypeDistribution], lambdas: FloatArray) -> FloatArray
 _GL64 = np.polynomial.legendre.leggauss(64)
 
 
+def _is_uniform(dist: TypeDistribution) -> bool:
+    """U[low, high], for which F, g and the partial means have closed forms."""
+    return dist.spec.get("dist") == "uniform"
+
+
 def survival(dists: list[TypeDistribution], points: FloatArray) -> FloatArray:
     """1 − F_i(points[i]) for each i, one vectorised call per distinct distribution."""
     out = np.empty(len(dists))
     groups = _by_distribution(dists)
     for idx in groups.values():
-        out[idx] = dists[idx[0]].sf(np.asarray(points, dtype=float)[idx])
+        dist = dists[idx[0]]
+        t = np.asarray(points, dtype=float)[idx]
+        if _is_uniform(dist):
+            out[idx] = np.clip((dist.high - t) / (dist.high - dist.low), 0.0, 1.0)
+        else:
+            out[idx] = dist.sf(t)
     return out
 
 
@@ -612,6 +626,10 @@ def partial_means(dists: list[TypeDistribution], lows: FloatArray) -> FloatArray
     for idx in groups.values():
         dist = dists[idx[0]]
         a = np.asarray(lows, dtype=float)[idx]
+        if _is_uniform(dist):
+            t = np.clip(a, dist.low, dist.high)
+            out[idx] = (dist.high**2 - t**2) / (2.0 * (dist.high - dist.low))
+            continue
         # Four panels of 64 Gauss nodes between each lower limit and the top.
         edges = a[:, None] + (dist.high - a)[:, None] * np.linspace(0, 1, 5)[None, :]
         mid = 0.5 * (edges[:, 1:] + edges[:, :-1])
