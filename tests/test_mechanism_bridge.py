@@ -207,6 +207,7 @@ def test_allocate_rejects_wrong_shape() -> None:
 # -- a general prior -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_general_prior_budget_binds_and_monte_carlo_agrees() -> None:
     dist = TypeDistribution.beta(2.0, 2.0)
     sb = second_best(dist)

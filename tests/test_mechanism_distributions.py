@@ -257,6 +257,7 @@ def test_regular_priors_are_never_ironed() -> None:
         assert not dist.weight(2.0).ironed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dist", [TypeDistribution.beta(0.5, 0.5), _two_step(1.8)],
                          ids=["beta-0.5-0.5", "two-step"])
 def test_posted_fee_with_an_irregular_prior_solves_and_its_threshold_is_the_global_optimum(
@@ -281,6 +282,7 @@ def test_posted_fee_with_an_irregular_prior_solves_and_its_threshold_is_the_glob
     assert abs(float(plan.constraints.sum())) < 1e-9
 
 
+@pytest.mark.slow
 def test_second_best_with_beta_half_half_is_ironed_incentive_compatible_and_budget_balanced(
 ) -> None:
     dist = TypeDistribution.beta(0.5, 0.5)
@@ -297,6 +299,7 @@ def test_second_best_with_beta_half_half_is_ironed_incentive_compatible_and_budg
     assert abs(a.welfare_mc - r.welfare) <= 4 * a.welfare_mc_se
 
 
+@pytest.mark.slow
 def test_second_best_irons_when_the_multiplier_is_large_enough() -> None:
     # The two-step prior's ironed interval (around 1/2) lies among the included types:
     # allocation, V and payments must be flat across it.
