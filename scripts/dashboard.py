@@ -38,14 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     print(url, flush=True)
     print("Ctrl-C to stop", file=sys.stderr, flush=True)
-    import signal
-
-    got: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, _f: got.append(s))
-    while not got:
-        signal.pause()
-    board.close()
+    board.serve_until_interrupted()
     return 0
 
 

@@ -38,7 +38,7 @@ scenarios shipped in scripts/scenarios/: commuters (default), free-riders,
   posted-vs-optimal, file-sharing, grid-computing, channels, faults.
 examples:
   python scripts/testbed.py
-  python scripts/testbed.py --scenario scripts/scenarios/free-riders.toml --seed 7
+  python scripts/testbed.py --scenario free-riders --seed 7
   python scripts/testbed.py --scenario scripts/scenarios/commuters.toml --nodes inproc
 """
 
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="testbed.py", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO, metavar="FILE",
-                   help="scenario file, TOML (default: scripts/scenarios/commuters.toml)")
+                   help="scenario file (TOML), or the name of a shipped one such as "
+                        "free-riders (default: scripts/scenarios/commuters.toml)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="report directory (default: out/testbed/<scenario name>)")
     p.add_argument("--seed", type=int, metavar="N",
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from coordinator.testbed.scenario import ScenarioError, load_scenario
 
     try:
-        scenario = load_scenario(args.scenario)
+        scenario = load_scenario(resolve_scenario(args.scenario))
     except ScenarioError as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 2
@@ -171,20 +172,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plots:  {', '.join(str(out / p) for p in pngs)}")
     if board is not None:
         print(f"dashboard: {board.url} shows the finished run; Ctrl-C to stop", flush=True)
-        wait_for_interrupt()
-        board.close()
+        board.serve_until_interrupted()
     return 0 if report["summary"]["ok"] else 1
 
 
-def wait_for_interrupt() -> None:
-    """Block until SIGINT or SIGTERM."""
-    import signal
-
-    got = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, _f: got.append(s))
-    while not got:
-        signal.pause()
+def resolve_scenario(path: Path) -> Path:
+    """A scenario file, or the name of a shipped one (``free-riders``)."""
+    shipped = HERE / "scenarios" / f"{path.name.removesuffix('.toml')}.toml"
+    if not path.exists() and path.parent == Path(".") and shipped.exists():
+        return shipped
+    return path
 
 
 if __name__ == "__main__":

@@ -188,3 +188,19 @@ def test_the_launcher_expects_what_the_node_plays(theta: int, spelling: str) -> 
     mine, node = parse_strategy(spelling), node_strategy(spelling)
     assert mine.declare(theta) == node.declare(theta)
     assert (mine.commits, mine.opens) == (node.commits, node.opens_contribution)
+
+
+def test_shipped_scenario_names_resolve() -> None:
+    """``--scenario free-riders`` finds scripts/scenarios/free-riders.toml; a path that
+    exists is taken as it is."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("testbed_cli", SCENARIOS.parent / "testbed.py")
+    assert spec is not None and spec.loader is not None
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    for path in SCENARIOS.glob("*.toml"):
+        assert cli.resolve_scenario(Path(path.stem)) == path
+        assert cli.resolve_scenario(Path(path.name)) == path
+    assert cli.resolve_scenario(Path("nope")) == Path("nope")
+    assert cli.resolve_scenario(SCENARIOS / "channels.toml") == SCENARIOS / "channels.toml"

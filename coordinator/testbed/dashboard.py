@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from .checks import verdict_text
-from .report import reason_colour
+from .report import _fmt, reason_colour
 
 REFRESH_MS = 1000
 
@@ -37,11 +37,7 @@ def _e(x: Any) -> str:
 
 
 def _n(x: Any, nd: int = 2) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return _e(x)
+    return _e(_fmt(x, nd))
 
 
 def render_body(state: Mapping[str, Any]) -> str:
@@ -251,6 +247,17 @@ class Board:
             raise OSError(f"the dashboard could not listen on 127.0.0.1:{port}: "
                           f"{failure[0] if failure else 'timeout'}")
         return self.url
+
+    def serve_until_interrupted(self) -> None:
+        """Keep serving until SIGINT or SIGTERM, then stop (the main thread waits)."""
+        import signal
+
+        got: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda s, _f: got.append(s))
+        while not got:
+            signal.pause()
+        self.close()
 
     def close(self) -> None:
         if self._loop is not None and self._stop is not None:
