@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None,
                     help=f"comma-separated deviations (default all: {', '.join(BY_NAME)})")
     ap.add_argument("--nodes", choices=("inproc", "process"), default="inproc")
-    ap.add_argument("--jobs", type=int, default=2,
-                    help="runs played at once, each with its own coordinator (default 2)")
+    ap.add_argument("--jobs", type=int, default=3,
+                    help="runs played at once, each with its own coordinator (default 3)")
     ap.add_argument("--quick", action="store_true", help="2 seeds x 3 epochs (for tests)")
     ap.add_argument("--json", action="store_true",
                     help="print one JSON object per deviation on stdout")

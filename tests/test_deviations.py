@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,9 @@ attempts = 4
 nodes = "north-1"
 strategy = "free-ride"
 """
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +287,24 @@ def test_report_shape_and_control_gain_zero(played: SeedResult, tiny: Path,
 def test_run_deviations_refuses_one_seed(tiny: Path, tmp_path: Path) -> None:
     with pytest.raises(DeviationError, match="2 seeds"):
         run_deviations(tiny, out=tmp_path, seeds=1)
+
+
+def _script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "deviations.py"), *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_script_refuses_an_unknown_deviation(tmp_path: Path) -> None:
+    proc = _script("--only", "teleport", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "unknown deviations" in proc.stderr
+
+
+@pytest.mark.slow
+def test_script_json_prints_one_object_per_deviation(tiny: Path, tmp_path: Path) -> None:
+    proc = _script("--scenario", str(tiny), "--quick", "--epochs", "2", "--only", "control",
+                   "--out", str(tmp_path), "--json", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [list(r) for r in rows] == [list(JSON_FIELDS)]
+    assert rows[0]["deviation"] == "control" and rows[0]["seeds"] == 2
+    assert "truthful run" in proc.stderr  # progress goes to stderr

@@ -737,7 +737,7 @@ def run_deviations(scenario: Scenario | str | Path, *, out: str | Path, seeds: i
                    first_seed: int | None = None, epochs: int = 10, mode: str = "inproc",
                    mechanism: str | None = None, only: Sequence[str] | None = None,
                    profiles: int = PROFILES, progress: Progress | None = None,
-                   plots: bool = True, jobs: int = 2) -> dict[str, Any]:
+                   plots: bool = True, jobs: int = 3) -> dict[str, Any]:
     """Play the experiment and write report.json, report.md and gain.png into ``out``.
 
     ``seeds`` consecutive seeds from ``first_seed`` (default: the scenario's);
