@@ -32,6 +32,7 @@ from coordinator.mechanism.market import (
 from coordinator.mechanism.optimal import second_best
 from coordinator.mechanism.posted_fee import plan_at, posted_fee
 from coordinator.mechanism.provision import provision_for
+from coordinator.mechanism.sums import partial_means, survival, thresholds
 
 
 def _market(dist: TypeDistribution, n: int = 5, *, exclusion: bool = True) -> Market:
@@ -354,3 +355,23 @@ def test_myerson_ironing_of_beta_half_half_meets_the_tangency_condition() -> Non
     assert vw.intervals[0, 1] == pytest.approx(tb, rel=1e-6)
     assert vw.levels[0] / lam == pytest.approx(level, rel=1e-6)
     assert g(tb) == pytest.approx(level, rel=1e-9)
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 1.0), (1.0, 3.0), (-0.5, 0.5)])
+def test_uniform_closed_forms_agree_with_the_general_log_domain_path(low: float,
+                                                                     high: float) -> None:
+    # U[low, high] skips scipy on the hot paths; the same law through scipy.stats.uniform
+    # takes the general route. Every quantity the engine uses must agree.
+    fast = TypeDistribution.uniform(low, high)
+    slow = TypeDistribution.from_scipy("uniform", low, high, loc=low, scale=high - low)
+    x = np.linspace(low, high, 101)
+    for name in ("pdf", "cdf", "sf", "g"):
+        np.testing.assert_allclose(getattr(fast, name)(x), getattr(slow, name)(x),
+                                   rtol=1e-12, atol=1e-12, err_msg=name)
+    lam = np.array([0.0, 0.3, 1.0, 7.5])
+    np.testing.assert_allclose(thresholds([fast] * 4, lam), thresholds([slow] * 4, lam),
+                               rtol=1e-12, atol=1e-12)
+    t = np.linspace(low, high, 4)
+    np.testing.assert_allclose(survival([fast] * 4, t), survival([slow] * 4, t), atol=1e-12)
+    np.testing.assert_allclose(partial_means([fast] * 4, t), partial_means([slow] * 4, t),
+                               rtol=1e-12, atol=1e-12)
