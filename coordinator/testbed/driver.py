@@ -268,7 +268,9 @@ class Player:
 
     async def play_epoch(self, index: int, *, cutoff: bool = False) -> EpochRecord:
         rec = EpochRecord(index=index, run=self.run, mechanism=self.mechanism, cutoff=cutoff)
-        label = "cut-off" if cutoff else f"{index + 1}/{self.n_epochs}"
+        # Epochs are numbered as the coordinator numbers them (from 0), everywhere.
+        label = (f"{index} (the audit cut-off: opened and closed, not played)" if cutoff
+                 else f"{index} (of 0..{self.n_epochs - 1})")
         self.progress.set_prefix(f"{self.mechanism} epoch {label}: ")
         t = time.monotonic()
         if not cutoff:
