@@ -100,7 +100,8 @@ def summary_text(report: dict[str, Any]) -> str:
     for m, b in s["by_mechanism"].items():
         z = b["welfare_z"]
         noise = "" if z is None else (" (within noise)" if abs(z) < 2 else
-                                      " (outside 2 sd: look at the epochs)")
+                                      " (|z| >= 2: an unusual type profile, or service "
+                                      "lost; see the epochs in report.md)")
         lines.append(
             f"  {m}: epochs {0 if b['epochs'] else '-'}..{b['epochs'] - 1} played, epoch "
             f"{b['cutoff_epoch']} is the audit cut-off; welfare expected "
