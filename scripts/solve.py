@@ -31,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coordinator.mechanism import ALIASES, SOLVERS, canonical, load_market, solve
+from coordinator.mechanism import ALIASES, SOLVERS, Mechanism, canonical, load_market, solve
+from coordinator.mechanism import equal_contribution as ec
 from coordinator.mechanism.expectations import expected_size_and_fee
 
 DEFAULT_DRAWS = 2000
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                    + "; ".join(f"{k}: {v[1]}" for k, v in SOLVERS.items())
                    + "; former names: " + ", ".join(f"{k} = {v}" for k, v in ALIASES.items()))
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--convention", choices=sorted(ec.CONVENTIONS), default="bayes",
+                   help="participant count of the equal-contribution schemes: "
+                   + "; ".join(f"{k}: {v}" for k, v in ec.CONVENTIONS.items())
+                   + " (default bayes)")
     p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
                    help="type profiles for the Monte Carlo of E[Q] and the expected fee "
                         f"where no exact value exists (default {DEFAULT_DRAWS}; 0: skip)")
@@ -81,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read spec {args.spec}: {exc}", file=sys.stderr)
         return 2
     try:
-        mech = solve(market, args.mechanism)
+        if args.convention != "bayes":
+            if canonical(args.mechanism) not in ec.SCHEMES:
+                raise ValueError(f"--convention applies to the equal-contribution schemes "
+                                 f"{sorted(ec.SCHEMES)}, not {args.mechanism}")
+            mech: Mechanism = ec.solve_scheme(market, canonical(args.mechanism),
+                                              args.convention)
+        else:
+            mech = solve(market, args.mechanism)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -114,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     err = r.details.get("relative_error_estimate")
     if err is not None:
         print(f"error estimate  {float(err):.2g} (relative)")
+    if "convention" in r.details:
+        print(f"convention      {r.details['convention']}: "
+              f"{ec.CONVENTIONS[r.details['convention']]}")
     excl = "allowed" if market.exclusion else "not allowed"
     print(f"payment         {market.payment}; exclusion {excl}")
     if r.lambdas is not None:

@@ -169,3 +169,23 @@ def test_bench_quick_json_and_check_agree() -> None:
         assert f["ratio"] == pytest.approx(f["value"] / f["ceiling"])
     assert any("equal share" in f["figure"] for f in figs)
     assert proc.returncode == (0 if all(f["met"] for f in figs) else 1)
+
+
+def test_solve_convention_selects_the_participant_count(tmp_path: Path) -> None:
+    from coordinator.mechanism import equal_contribution as ec
+
+    spec = tmp_path / "town.toml"
+    spec.write_text(SPEC)
+    out = {}
+    for conv in ("bayes", "slides"):
+        proc = _run(str(SCRIPTS / "solve.py"), str(spec), "-m", "equal_share_post_size",
+                    "--convention", conv, "--json")
+        assert proc.returncode == 0, proc.stderr
+        out[conv] = _strict_json(proc.stdout)
+        assert out[conv]["details"]["convention"] == conv
+        assert out[conv]["welfare"] == pytest.approx(
+            ec.post_size_share_cost(ec.slides_economy(12, conv)).result.welfare, rel=1e-9)
+    assert out["slides"]["welfare"] < out["bayes"]["welfare"]
+    proc = _run(str(SCRIPTS / "solve.py"), str(spec), "-m", "optimal", "--convention",
+                "slides")
+    assert proc.returncode == 2 and "--convention applies" in proc.stderr

@@ -56,6 +56,7 @@ from scipy import optimize, stats
 
 from .declared import one_location
 from .distributions import TypeDistribution
+from .market import Market
 from .result import FloatArray, MechanismResult, Outcome
 
 UtilityFn = Callable[[FloatArray], FloatArray]
@@ -709,8 +710,38 @@ def post_fee_and_size(
     ))
 
 
+SCHEMES: dict[str, Callable[[Economy], PostSizeShareCost | PostFeeBuildLargest
+                              | PostFeeAndSize]] = {
+    "equal_share_post_size": post_size_share_cost,
+    "equal_share_post_fee": post_fee_build_largest,
+    "equal_share_post_fee_and_size": post_fee_and_size,
+}
+"""The schemes by their registry names (those of ``coordinator.mechanism.solve``)."""
+
+
+def economy_of(market: Market, convention: Convention = "bayes") -> Economy:
+    """The :class:`Economy` of a one-location market; ValueError for several locations."""
+    if market.L != 1:
+        raise ValueError(f"the equal-contribution schemes are defined for one location "
+                         f"(slides); this market has {market.L}")
+    loc = market.locations[0]
+    return Economy(loc.dist, loc.n, loc.utility, loc.cost, convention=convention)
+
+
+def solve_scheme(market: Market, name: str, convention: Convention = "bayes"
+                 ) -> PostSizeShareCost | PostFeeBuildLargest | PostFeeAndSize:
+    """Scheme ``name`` (a key of :data:`SCHEMES`) for a one-location market, with the
+    participant-count ``convention``; ValueError for an unknown name or several
+    locations."""
+    if name not in SCHEMES:
+        raise ValueError(f"unknown equal-contribution scheme {name!r}; choose from "
+                         f"{sorted(SCHEMES)}")
+    return SCHEMES[name](economy_of(market, convention))
+
+
 __all__ = [
     "CONVENTIONS",
+    "SCHEMES",
     "Convention",
     "CostFn",
     "Economy",
@@ -720,6 +751,7 @@ __all__ = [
     "PostSizeShareCost",
     "ShareTable",
     "UtilityFn",
+    "economy_of",
     "expected_inverse_count",
     "post_fee_and_size",
     "post_fee_build_largest",
@@ -734,4 +766,5 @@ __all__ = [
     "slides_cost_inverse",
     "slides_economy",
     "slides_utility",
+    "solve_scheme",
 ]
