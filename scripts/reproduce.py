@@ -23,6 +23,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -190,17 +191,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     p.add_argument("--out", default="out", help="directory for the PNG plots (default: out)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="processes for the slowest figures (the optimal mechanism without "
+                        "exclusion), computed beside the rest (default 2; 1: in line)")
     p.add_argument("--quick", action="store_true",
                    help="skip the large-n coefficient fits (n up to 16,000) and plot "
                         "fewer n")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     t0 = time.time()
 
     def say(msg: str) -> None:
         print(f"[{time.time() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
     record: claims.Record = {}
-    rows = list(claims.rows(include_fits=not args.quick, progress=say, record=record))
+    if args.jobs > 1:
+        # The no-exclusion figures take most of the time: start them at once in other
+        # processes, the largest n first (the slowest), then the others in the order the
+        # rows need them, and let the rows pick them up when they get there.
+        order = [max(claims.NS), *sorted(claims.NS)[:-1]]
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {n: pool.submit(claims.no_exclusion_welfare, n) for n in order}
+            rows = list(claims.rows(include_fits=not args.quick, progress=say, record=record,
+                                    no_exclusion=lambda n: futures[n].result()))
+    else:
+        rows = list(claims.rows(include_fits=not args.quick, progress=say, record=record))
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=1, ensure_ascii=False,
                          allow_nan=False))
