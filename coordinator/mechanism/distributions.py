@@ -112,8 +112,10 @@ class TypeDistribution:
     spec: dict[str, Any] = field(default_factory=dict)
     _log_mass: float = field(init=False)
     _ends: tuple[float, float, float, float] = field(init=False)  # log F₀, log S₀ at ends
-    _regular: list[bool] = field(init=False)  # lazily computed, one entry once known
-    _ironing: dict[float, Any] = field(init=False)  # λ -> IronedWeight, bounded cache
+    # Caches: lazily filled, so left out of equality and repr (two equal priors stay
+    # equal whatever has been asked of them).
+    _regular: list[bool] = field(init=False, compare=False, repr=False)
+    _ironing: dict[float, Any] = field(init=False, compare=False, repr=False)
     key: str = field(init=False)  # equal for equal specs: alike locations share solves
 
     def __post_init__(self) -> None:
@@ -426,7 +428,8 @@ class VirtualWeight:
     phi_edges: FloatArray
     u_grid: FloatArray  # the quantile grid and T on it (empty when not ironed)
     T_grid: FloatArray
-    cache: dict[str, float] = field(default_factory=dict)  # derived scalars (θ₀)
+    cache: dict[str, float] = field(default_factory=dict, compare=False,
+                                    repr=False)  # derived scalars (θ₀)
 
     @classmethod
     def build(cls, dist: TypeDistribution, lam: float) -> VirtualWeight:
