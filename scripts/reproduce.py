@@ -92,7 +92,7 @@ def plot_welfare(path: Path, curves: dict[str, tuple[list[int], list[float]]]) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
     styles = ["o-", "s-", "v-", "D-", "^--", "^:", "x--", "x:", "+-"]
     fb_n, fb_y = curves["first best"]
     first = dict(zip(fb_n, fb_y, strict=True))
@@ -110,8 +110,10 @@ def plot_welfare(path: Path, curves: dict[str, tuple[list[int], list[float]]]) -
     axes[0].set_title("u(Q) = (2/3)√Q, c(Q) = Q, θ ~ U[0, 1]", fontsize=10)
     axes[1].set_ylabel("welfare / first-best welfare (ratio, no unit)")
     axes[1].set_title("share of the first best achieved", fontsize=10)
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    # One legend under both panels, where it hides no line.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0.0, 0.1, 1.0, 1.0))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
