@@ -22,6 +22,9 @@ the most populated location), over --epochs epochs and --seeds seeds, and report
 deviator's gain in realised utility per epoch (spec units) with a 95% interval over
 seeds, and the harm to honest nodes. Writes report.json, report.md and gain.png into
 --out; progress goes to stderr.
+
+exit status: 0 no deviation pays (gain above 0 beyond its interval) and no honest node
+  was excluded; 1 otherwise (the report says which); 2 bad scenario or arguments.
 """
 
 
@@ -90,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['deviation']:24s} gain {r['gain']:+.4f} {ci_s}  honest excluded "
                   f"{r['honest_excluded']}  service lost {r['service_lost']:+.4f}")
         print(f"report: {args.out / 'report.md'} (data: report.json, plot: gain.png)")
+    bad = [r["deviation"] for r in report["rows"] if r["pays"] or r["honest_excluded"]]
+    if bad:
+        print(f"deviations that pay or exclude honest nodes: {', '.join(bad)}", file=sys.stderr)
+        return 1
     return 0
 
 

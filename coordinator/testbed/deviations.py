@@ -656,6 +656,7 @@ def build_report(scenario: Scenario, mechanism: str, results: Sequence[SeedResul
         "rows": rows,
         "runs": {f"seed{r.seed}": {
             name: {"mechanics": rv.mechanics, "honest_excluded": rv.honest_excluded,
+                   "gain_expected": r.bayes.get(name),
                    "deviator_excluded_at": rv.deviator_excluded,
                    "deviator_utility": [e.deviator_utility for e in rv.epochs],
                    "deviator_paid": [e.deviator_paid for e in rv.epochs],
