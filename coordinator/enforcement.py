@@ -26,6 +26,11 @@ it with its receipts (protocol README section 7, step 5). Any other reason
 coordinator admitted, so it is not. A host that was not included owes nothing, so its
 refusals are never held against it.
 
+What a node owes is its contribution plus any debt the allocation charges it
+(``Allocation.owed_of``, restitution: README "Graded exclusion"); every rule above
+judges that sum, and :func:`shortfall` is what a free rider caught in epoch e owes as
+debt from then on.
+
 Nothing here reads a clock, the database or the network; the audit cut-off is whenever
 the caller evaluates (the epoch state machine does so when it closes epoch e + 1).
 """
@@ -55,6 +60,10 @@ UNREACHABLE = "unreachable"
 #: Every reason an exclusion may record.
 EXCLUSION_REASONS = frozenset({NO_COMMITMENT, SHORT_COMMITMENT, UNJUSTIFIED_REFUSAL,
                                UNREACHABLE})
+#: Offences that are only about how much was committed: what was committed counts as
+#: delivered. Any other offence (a refusal of someone it owed, no answer to probes) means
+#: the coordinator cannot tell what was delivered, so nothing counts.
+COMMITMENT_REASONS = frozenset({NO_COMMITMENT, SHORT_COMMITMENT})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -88,6 +97,16 @@ def refusal_is_legitimate(refusal: Refusal, *, received: int, committed: int) ->
     return False
 
 
+def shortfall(owed: int, committed: int, reasons: Iterable[str]) -> int:
+    """The debt of a node caught for ``reasons`` in an epoch in which it owed ``owed``
+    (contribution + debt charged, micro-units) and committed ``committed``:
+    ``owed − committed`` (at least 0) when every reason is in
+    :data:`COMMITMENT_REASONS`, else all of ``owed``."""
+    if set(reasons) <= COMMITMENT_REASONS:
+        return max(0, owed - committed)
+    return owed
+
+
 def find_free_riders(
     *,
     allocation: Allocation,
@@ -112,7 +131,7 @@ def find_free_riders(
             node_id=node, excluded_epoch=epoch + 1, detected_epoch=epoch, reason=reason,
             detail=detail))
 
-    owed = dict(zip(allocation.included, allocation.contributions, strict=True))
+    owed = allocation.owed()
     for node, amount in owed.items():
         if amount <= 0:
             continue

@@ -13,7 +13,10 @@ Registrations are accepted in every phase; declarations only in ``open(e)`` whil
 cut-off of epoch e: enforcement (:mod:`coordinator.enforcement`) runs then, and the free
 riders it finds take no part in epoch e + 1 nor in the further epochs their graded
 exclusion lasts (:mod:`coordinator.penalty`; their declarations, accepted earlier, are
-ignored: π = 0, no credential). ``closing`` is transient (the mechanism runs in a worker
+ignored: π = 0, no credential); each owes what it withheld as a debt, which the next
+allocation that includes it charges on top of its contribution (``Allocation.debts``)
+and which is cleared only when that epoch's audit finds no offence by it (restitution,
+README "Graded exclusion"). ``closing`` is transient (the mechanism runs in a worker
 thread meanwhile) and is never persisted: a coordinator that dies while closing restarts
 in ``open(e)`` and closes again.
 
@@ -40,8 +43,8 @@ from collections.abc import Callable, Collection, Container, Iterable, Mapping, 
 from dataclasses import dataclass, field
 
 from coordinator.decision import Decision, Participant
-from coordinator.enforcement import LEGITIMATE_REASONS, Exclusion, find_free_riders
-from coordinator.penalty import PenaltyPolicy, Sanction, Standing, forgotten, sentence
+from coordinator.enforcement import LEGITIMATE_REASONS, Exclusion, find_free_riders, shortfall
+from coordinator.penalty import PenaltyPolicy, Sanction, Standing, forgotten, repaid, sentence
 from coordinator.probe import ProbeResult
 from protocol import (
     Allocation,
@@ -256,6 +259,9 @@ class ClosePlan:
     exclusions: tuple[Exclusion, ...]  # newly detected at this cut-off (for this epoch)
     standings: tuple[Standing, ...] = ()  # the offenders' standings after this cut-off
     forgotten: tuple[str, ...] = ()  # standings that no longer matter (decayed, served)
+    # (node id, debt) of the participants that owe restitution, sorted; the allocation
+    # charges those it includes (micro-units).
+    debts: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -470,11 +476,27 @@ class EpochCore:
                     credential_windows=self.audit.skewed_windows(), probes=probes)
                 if (x.node_id, x.reason) not in known)
         policy = self.settings.penalty
-        standings = {n: sentence(policy, self.standings.get(n), n, epoch - 1)
-                     for n in sorted({x.node_id for x in new})}
-        gone = tuple(sorted(n for n, s in self.standings.items()
-                            if n not in standings and forgotten(policy, s, epoch)))
-        out = {n for n, s in (self.standings | standings).items() if s.excludes(epoch)}
+        reasons: dict[str, list[str]] = {}
+        for x in new:
+            reasons.setdefault(x.node_id, []).append(x.reason)
+        standings: dict[str, Standing] = {}
+        if reasons:
+            assert self.audit is not None  # new offences come only from the audit
+            owed = self.audit.allocation.owed()
+            for n in sorted(reasons):
+                debt = shortfall(owed.get(n, 0), self.audit.commitments.get(n, 0), reasons[n])
+                standings[n] = sentence(policy, self.standings.get(n), n, epoch - 1,
+                                        debt=debt)
+        if self.audit is not None and self.audit.epoch == epoch - 1:
+            # Restitution: a debt the last epoch charged is repaid once its audit found no
+            # offence by the node (every rule judged contribution + debt).
+            for n, s in self.standings.items():
+                if (n not in standings and s.debt > 0 and s.detected_epoch < epoch - 1
+                        and self.audit.allocation.debt_of(n) == s.debt):
+                    standings[n] = repaid(s)
+        after = self.standings | standings
+        gone = tuple(sorted(n for n, s in after.items() if forgotten(policy, s, epoch)))
+        out = {n for n, s in after.items() if s.excludes(epoch)}
         participants = tuple(sorted(
             (Participant(
                 node_id=node_id, public_key=self.nodes[node_id].public_key,
@@ -482,9 +504,12 @@ class EpochCore:
                 theta=rec.declaration.theta)
              for node_id, rec in self.declarations.items() if node_id not in out),
             key=lambda p: (p.location, p.node_id)))
+        debts = tuple(sorted((p.node_id, after[p.node_id].debt) for p in participants
+                             if p.node_id in after and after[p.node_id].debt > 0))
         self.phase = nxt
         return ClosePlan(epoch=epoch, now=now, participants=participants, exclusions=new,
-                         standings=tuple(standings.values()), forgotten=gone)
+                         standings=tuple(s for n, s in standings.items() if n not in gone),
+                         forgotten=gone, debts=debts)
 
     def abort_close(self, plan: ClosePlan) -> None:
         """The mechanism could not run: back to ``open`` (the epoch can be closed again)."""
@@ -493,10 +518,12 @@ class EpochCore:
     def finish_close(self, plan: ClosePlan, outcome: Decision) -> Closed:
         """Sign the allocation and one credential per included node (no state change)."""
         step(self.phase, Event.FINISH_CLOSE)
+        owing = dict(plan.debts)
+        debts = tuple(owing.get(n, 0) for n in outcome.included)
         allocation = Allocation(
             epoch=plan.epoch, mechanism=self.settings.mechanism, q=outcome.q,
             included=outcome.included, contributions=outcome.contributions,
-            expected_welfare=outcome.expected_welfare)
+            expected_welfare=outcome.expected_welfare, debts=debts if any(debts) else None)
         by_id = {p.node_id: p for p in plan.participants}
         expires = min(
             self.next_deadline_after_close(plan.now) + self.settings.credential_grace,

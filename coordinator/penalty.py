@@ -14,21 +14,34 @@ epochs: e + 1 … e + L(s). Serving an exclusion does not count as good behaviou
 score only decays over epochs after the exclusion ended, so a node caught at every
 readmission is out for 2, 4, 8, 16 … epochs with the defaults, never every other epoch.
 
+Restitution: a standing also carries the node's ``debt``, what it owed and did not
+deliver in the epoch it was caught (micro-units of its own location's resource in kind,
+money units with money; :func:`coordinator.enforcement.shortfall`). The next allocation
+that includes the node charges it contribution + debt (``Allocation.debts``); the debt is
+cleared only when the audit of that epoch finds no offence, and a short delivery is a new
+offence whose shortfall (including the unpaid debt) is the new debt. Time alone never
+reduces a debt: forgiveness decays the score, not what is owed.
+
 Why free riding does not pay (README "Graded exclusion"): one offence saves a node at
-most the contribution C it owed in that epoch and costs it L · (B − C) over the epochs it
-is out, B being the benefit of the service it would have had. It pays only if
-B / C < 1 + 1 / L, i.e. for L = base_epochs = 2 only for a node whose benefit is within
-50% of its contribution, less each time it is caught again.
+most the contribution C it owed in that epoch; it then costs L · (B − C) over the L
+epochs it is out (B the benefit of the service it would have had), and C again as debt
+when it is readmitted. Its net gain against truthful play is C − L(B − C) − C =
+−L(B − C) ≤ 0 for every included node (B ≥ C, individual rationality), whatever the
+offence pattern: each withheld amount is paid back before the node is served again
+without paying it. (A node that never returns never repays, but never gains service
+again either.)
 
 History stays bounded: one :class:`Standing` per node (forgotten once its score has
-decayed below :data:`FORGET_BELOW` and it is no longer excluded) and the offences of the
-last ``history_epochs`` epochs; nothing reads every exclusion ever recorded.
+decayed below :data:`FORGET_BELOW`, it is no longer excluded and it owes no debt, so a
+node that never returns keeps its one row only while it owes something: at most one row
+per registered node) and the offences of the last ``history_epochs`` epochs; nothing
+reads every exclusion ever recorded.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from coordinator.enforcement import Exclusion
 
@@ -81,7 +94,8 @@ class PenaltyPolicy:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Standing:
     """A node's record: ``score`` after its last offence (detected in ``detected_epoch``),
-    excluded from ``first_epoch`` through ``last_epoch``; ``offences`` ever counted."""
+    excluded from ``first_epoch`` through ``last_epoch``; ``offences`` ever counted;
+    ``debt`` what it withheld and has not repaid yet (micro-units, ≥ 0)."""
 
     node_id: str
     score: float
@@ -89,30 +103,47 @@ class Standing:
     first_epoch: int
     last_epoch: int
     offences: int
+    debt: int = 0
+
+    def __post_init__(self) -> None:
+        if self.debt < 0:
+            raise ValueError("a debt is never negative")
 
     def excludes(self, epoch: int) -> bool:
         return self.first_epoch <= epoch <= self.last_epoch
 
 
 def sentence(policy: PenaltyPolicy, previous: Standing | None, node_id: str,
-             detected_epoch: int) -> Standing:
-    """The standing of ``node_id`` caught free-riding in ``detected_epoch``.
+             detected_epoch: int, *, debt: int = 0) -> Standing:
+    """The standing of ``node_id`` caught free-riding in ``detected_epoch``, owing
+    ``debt`` from then on: its shortfall in that epoch
+    (:func:`coordinator.enforcement.shortfall`), which includes any earlier debt, since
+    an allocation charges an included node all of its debt.
 
     Idempotent: a standing that already counts ``detected_epoch`` is returned unchanged.
     """
+    if debt < 0:
+        raise ValueError("a debt is never negative")
     if previous is not None and previous.detected_epoch >= detected_epoch:
         return previous
     score = 1.0 + (0.0 if previous is None else policy.decayed(previous, detected_epoch))
     length = policy.length(score)
     return Standing(node_id=node_id, score=score, detected_epoch=detected_epoch,
                     first_epoch=detected_epoch + 1, last_epoch=detected_epoch + length,
-                    offences=1 + (0 if previous is None else previous.offences))
+                    offences=1 + (0 if previous is None else previous.offences), debt=debt)
+
+
+def repaid(standing: Standing) -> Standing:
+    """``standing`` once the audit found its debt delivered in full (score unchanged)."""
+    return replace(standing, debt=0)
 
 
 def forgotten(policy: PenaltyPolicy, standing: Standing, epoch: int) -> bool:
     """Whether ``standing`` can be dropped at ``epoch``: it excludes nothing from
-    ``epoch`` on and its score has decayed below :data:`FORGET_BELOW`."""
-    return standing.last_epoch < epoch and policy.decayed(standing, epoch) < FORGET_BELOW
+    ``epoch`` on, its score has decayed below :data:`FORGET_BELOW` and it owes nothing
+    (a debt is never forgotten)."""
+    return (standing.debt == 0 and standing.last_epoch < epoch
+            and policy.decayed(standing, epoch) < FORGET_BELOW)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -50,10 +50,11 @@ class ProbeResult:
 
 
 def targets(allocation: Allocation, endpoints: Mapping[str, str | None]) -> dict[str, str]:
-    """node id -> endpoint of every included host with a positive contribution and a
+    """node id -> endpoint of every included host that owes something (contribution +
+    debt) and has a
     registered endpoint (``endpoints``: the nodes' registered endpoints)."""
     out: dict[str, str] = {}
-    for node, amount in zip(allocation.included, allocation.contributions, strict=True):
+    for node, amount in allocation.owed().items():
         endpoint = endpoints.get(node)
         if amount > 0 and endpoint:
             out[node] = endpoint

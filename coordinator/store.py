@@ -13,7 +13,8 @@ Tables: ``meta`` (coordinator key, mechanism), ``nodes``, ``epochs`` (phase, dea
 announcement envelope), ``declarations`` (unique (epoch, node) and (epoch, nonce)),
 ``allocations`` (envelope), ``credentials``, ``commitments``, ``evidence``,
 ``exclusions`` (offences of the recent history and the last epoch each keeps its node
-out), ``standings`` (one decayed offence score per node, :mod:`coordinator.penalty`),
+out), ``standings`` (one decayed offence score and unpaid debt per node,
+:mod:`coordinator.penalty`; a row stays while the node owes a debt),
 ``probes`` (coordinator probe results, :mod:`coordinator.probe`). This
 module deliberately makes no decisions: it stores what the state machine accepted.
 
@@ -99,7 +100,8 @@ CREATE TABLE IF NOT EXISTS exclusions (
     PRIMARY KEY (node_id, excluded_epoch, reason));
 CREATE TABLE IF NOT EXISTS standings (
     node_id TEXT PRIMARY KEY, score REAL NOT NULL, detected_epoch INTEGER NOT NULL,
-    first_epoch INTEGER NOT NULL, last_epoch INTEGER NOT NULL, offences INTEGER NOT NULL);
+    first_epoch INTEGER NOT NULL, last_epoch INTEGER NOT NULL, offences INTEGER NOT NULL,
+    debt INTEGER NOT NULL DEFAULT 0 CHECK (debt >= 0));
 CREATE TABLE IF NOT EXISTS probes (
     epoch INTEGER NOT NULL, node_id TEXT NOT NULL, time INTEGER NOT NULL,
     answered INTEGER NOT NULL CHECK (answered IN (0, 1)));
@@ -171,6 +173,10 @@ class Store:
                 " last_epoch, offences) SELECT node_id, 1.0, MAX(detected_epoch),"
                 " MAX(excluded_epoch), MAX(excluded_epoch), COUNT(DISTINCT detected_epoch)"
                 " FROM exclusions GROUP BY node_id")
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(standings)")}
+        if "debt" not in columns:  # a database from before restitution: nobody owes
+            self._db.execute(
+                "ALTER TABLE standings ADD COLUMN debt INTEGER NOT NULL DEFAULT 0")
         self._meta_default("schema_version", SCHEMA_VERSION)
 
     def close(self) -> None:
@@ -285,12 +291,13 @@ class Store:
                            [(n,) for n in change.forgotten])
             db.executemany(
                 "INSERT INTO standings (node_id, score, detected_epoch, first_epoch,"
-                " last_epoch, offences) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO"
-                " UPDATE SET score = excluded.score, detected_epoch = excluded.detected_epoch,"
+                " last_epoch, offences, debt) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT"
+                " (node_id) DO UPDATE SET score = excluded.score,"
+                " detected_epoch = excluded.detected_epoch,"
                 " first_epoch = excluded.first_epoch, last_epoch = excluded.last_epoch,"
-                " offences = excluded.offences",
+                " offences = excluded.offences, debt = excluded.debt",
                 [(s.node_id, s.score, s.detected_epoch, s.first_epoch, s.last_epoch,
-                  s.offences) for s in change.standings])
+                  s.offences, s.debt) for s in change.standings])
             db.execute("DELETE FROM exclusions WHERE COALESCE(last_epoch, excluded_epoch) < ?",
                        (change.history_from,))
         elif isinstance(change, Committed):
@@ -334,10 +341,10 @@ class Store:
                 " FROM exclusions ORDER BY excluded_epoch, node_id, reason"))
         standings = tuple(
             Standing(node_id=n, score=float(s), detected_epoch=d, first_epoch=f, last_epoch=la,
-                     offences=o)
-            for n, s, d, f, la, o in db.execute(
-                "SELECT node_id, score, detected_epoch, first_epoch, last_epoch, offences"
-                " FROM standings ORDER BY node_id"))
+                     offences=o, debt=int(debt))
+            for n, s, d, f, la, o, debt in db.execute(
+                "SELECT node_id, score, detected_epoch, first_epoch, last_epoch, offences,"
+                " debt FROM standings ORDER BY node_id"))
         if row is None:
             return Snapshot(nodes=tuple(nodes), sanctions=sanctions, standings=standings)
         epoch, phase, deadline, opened_at, raw_ann, status = row

@@ -218,7 +218,9 @@ class EpochMachine:
         if allocation.epoch != progress.epoch:
             raise EpochStateError(f"outcome of epoch {allocation.epoch} in {progress.epoch}")
         progress.allocation = allocation
-        progress.owed = allocation.contribution_of(node_id)
+        # Contribution plus any restitution debt: what the audit judges (README "Graded
+        # exclusion"), so an honest node readmitted after an offence repays it.
+        progress.owed = allocation.owed_of(node_id)
         progress.credential = credential
         return progress
 

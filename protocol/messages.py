@@ -294,8 +294,13 @@ class Allocation(Message):
     """coordinator -> all: the outcome of ``epoch``.
 
     ``q[l]`` is Q_l per location; ``included`` the included node ids in strictly
-    increasing order; ``contributions[i]`` what ``included[i]`` owes (in kind: units of
-    its own location's resource; in money: money units), all micro-units.
+    increasing order; ``contributions[i]`` what the mechanism charges ``included[i]`` (in
+    kind: units of its own location's resource; in money: money units), all micro-units.
+    ``debts`` (optional) is restitution: ``debts[i]`` what ``included[i]`` withheld in an
+    earlier epoch it was caught free-riding in and still owes, in the same units. What
+    ``included[i]`` owes this epoch is ``contributions[i] + debts[i]`` (:meth:`owed_of`).
+    Omitted when nobody owes a debt (one encoding per allocation: present means some
+    entry is positive).
     """
 
     TYPE = "allocation"
@@ -308,6 +313,7 @@ class Allocation(Message):
     included: tuple[str, ...]
     contributions: tuple[int, ...]
     expected_welfare: int
+    debts: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_epoch("epoch", self.epoch)
@@ -325,13 +331,44 @@ class Allocation(Message):
         if len(self.contributions) != len(self.included):
             raise OutOfRangeError("contributions must have one entry per included node")
         check_int("expected_welfare", self.expected_welfare, -MAX_WELFARE_MICRO, MAX_WELFARE_MICRO)
+        if self.debts is not None:
+            check_int_tuple("debts", self.debts, 0, MAX_QUANTITY_MICRO, max_len=MAX_INCLUDED)
+            if len(self.debts) != len(self.included):
+                raise OutOfRangeError("debts must have one entry per included node")
+            if not any(self.debts):
+                raise OutOfRangeError("debts must be omitted when every entry is 0")
+            if any(c + d > MAX_QUANTITY_MICRO
+                   for c, d in zip(self.contributions, self.debts, strict=True)):
+                raise OutOfRangeError(f"contribution + debt above {MAX_QUANTITY_MICRO}")
+
+    def _index(self, node_id: str) -> int | None:
+        i = bisect_left(self.included, node_id)
+        return i if i < len(self.included) and self.included[i] == node_id else None
 
     def contribution_of(self, node_id: str) -> int | None:
-        """What ``node_id`` owes, or None if it is not included (binary search)."""
-        i = bisect_left(self.included, node_id)
-        if i < len(self.included) and self.included[i] == node_id:
-            return self.contributions[i]
-        return None
+        """What the mechanism charges ``node_id``, or None if it is not included."""
+        i = self._index(node_id)
+        return None if i is None else self.contributions[i]
+
+    def debt_of(self, node_id: str) -> int | None:
+        """The earlier debt ``node_id`` must repay this epoch (0 if none), or None if it
+        is not included."""
+        i = self._index(node_id)
+        return None if i is None else (0 if self.debts is None else self.debts[i])
+
+    def owed_of(self, node_id: str) -> int | None:
+        """What ``node_id`` owes this epoch, contribution plus debt (micro-units), or None
+        if it is not included (binary search)."""
+        i = self._index(node_id)
+        if i is None:
+            return None
+        return self.contributions[i] + (0 if self.debts is None else self.debts[i])
+
+    def owed(self) -> dict[str, int]:
+        """node id -> contribution + debt, for every included node."""
+        debts = self.debts if self.debts is not None else (0,) * len(self.included)
+        return {n: c + d for n, c, d in zip(self.included, self.contributions, debts,
+                                            strict=True)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -304,8 +304,10 @@ class Player:
         directory = await self.client.directory(rec.epoch)
         rec.q = list(alloc.q)
         rec.included = sorted(self.name_of[n] for n in alloc.included)
-        rec.owed = {self.name_of[n]: c for n, c in zip(alloc.included, alloc.contributions,
-                                                       strict=True)}
+        # What each included node owes: contribution + restitution debt (the audit's sum).
+        rec.owed = {self.name_of[n]: c for n, c in alloc.owed().items()}
+        rec.debts = {self.name_of[n]: d for n, d in zip(alloc.included, alloc.debts or (),
+                                                        strict=True) if d > 0}
         rec.expected_welfare = alloc.expected_welfare
         rec.durations["close"] = time.monotonic() - t
         if cutoff:

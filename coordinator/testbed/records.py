@@ -38,7 +38,8 @@ class EpochRecord:
     declarations: int = 0
     q: list[int] = field(default_factory=list)
     included: list[str] = field(default_factory=list)
-    owed: dict[str, int] = field(default_factory=dict)
+    owed: dict[str, int] = field(default_factory=dict)  # contribution + debt
+    debts: dict[str, int] = field(default_factory=dict)  # restitution charged (> 0 only)
     participants: dict[str, int] = field(default_factory=dict)  # name -> location
     expected_welfare: int = 0
     status: str = ""

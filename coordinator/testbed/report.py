@@ -210,7 +210,10 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
             delivering += weight if ok else 0.0
         n_l = sizes[l]
         cost = float(market.locations[l].cost(n_l, q[l])) if n_l > 0 and q[l] > 0 else 0.0
-        paid = from_micro(total_owed)
+        # Restitution of earlier free riding is no payment of this epoch's mechanism: the
+        # budget judges the contributions alone and the debts charged are listed apart.
+        restitution = from_micro(sum(rec.debts.get(n, 0) for n in hosts))
+        paid = from_micro(total_owed) - restitution
         total_cost += cost
         total_paid += paid
         lat = [a.latency_ms for a in mine if a.latency_ms is not None]
@@ -236,6 +239,7 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
             "hosts_delivering_share": _r(delivering),
             "cost": _r(cost),
             "payments": _r(paid),
+            "restitution_charged": _r(restitution),
             "budget_surplus": _r(paid - cost),
             "latency_ms": latency(lat),
         })
