@@ -194,3 +194,20 @@ def test_roaming_goes_only_to_other_locations_hosts_with_an_endpoint() -> None:
     assert len(picks) == 50 and set(picks) == {0, 1}
     assert roam_locations(hosts, script=[1, 9], moves=50, rng=rng) == [1, 9]
     assert roam_locations([], script=None, moves=5, rng=rng) == []
+
+
+def test_a_node_readmitted_with_a_debt_owes_and_opens_contribution_plus_debt() -> None:
+    # Restitution (README "Graded exclusion"): the allocation charges the debt beside the
+    # contribution; an honest node opens and commits the sum, so its debt is cleared.
+    m = EpochMachine()
+    m.on_registered()
+    m.on_announced(announcement(1))
+    m.on_declared(420_000)
+    debtor = Allocation(epoch=1, mechanism="posted_fee", q=(MICRO,), included=(ME,),
+                        contributions=(MICRO,), expected_welfare=0, debts=(MICRO // 2,))
+    progress = m.on_outcome(debtor, node_id=ME, credential=None)
+    assert progress.owed == MICRO + MICRO // 2
+    plan = provision(owed=progress.owed, payment="in_kind", capacity=4 * MICRO, unit=MICRO,
+                     strategy=Truthful())
+    assert plan.opened == 2 * MICRO and plan.claimed is not None
+    assert plan.claimed >= MICRO + MICRO // 2

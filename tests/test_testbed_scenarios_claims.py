@@ -45,6 +45,11 @@ def test_every_shipped_scenario_checks_what_it_is_about(name: str, tmp_path: Pat
         assert len(riders) == 10  # "10 free riders", as the header says
         assert set(report["summary"]["free_riders"]["nodes"]) == riders  # all caught
         assert by["free_riders_caught"]["checked"] >= 10
+        # Restitution: caught in epoch 0 and out of 1-2, the riders are readmitted in 3
+        # owing their contribution plus what they withheld in 0 (never before).
+        charged = {e["epoch"]: sum(loc["restitution_charged"] for loc in e["locations"])
+                   for e in report["epochs"]}
+        assert charged[0] == charged[1] == charged[2] == 0 and charged[3] > 0
     if name == "grid-computing":
         sc = load_scenario(SCENARIOS / "grid-computing.toml")
         (crash,) = resolve_faults(sc, sc.seed)

@@ -306,8 +306,9 @@ class Player:
         rec.included = sorted(self.name_of[n] for n in alloc.included)
         # What each included node owes: contribution + restitution debt (the audit's sum).
         rec.owed = {self.name_of[n]: c for n, c in alloc.owed().items()}
-        rec.debts = {self.name_of[n]: d for n, d in zip(alloc.included, alloc.debts or (),
-                                                        strict=True) if d > 0}
+        rec.debts = {self.name_of[n]: d for n, d in zip(alloc.included, alloc.debts,
+                                                        strict=True) if d > 0
+                     } if alloc.debts is not None else {}
         rec.expected_welfare = alloc.expected_welfare
         rec.durations["close"] = time.monotonic() - t
         if cutoff:
