@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no automatic schedule: epochs open and close only through "
                         "POST /v1/admin/open and /v1/admin/close")
     p.add_argument("--probe-attempts", type=int, default=3, metavar="N",
-                   help="coordinator probes (GET /v1/challenge) of each owing host per "
+                   help="coordinator probes (signed GET /v1/probe) of each owing host per "
                         "closed epoch; 0 disables them (default: %(default)s)")
     p.add_argument("--probe-timeout", type=float, default=2.0, metavar="S",
                    help="seconds one probe may take (default: %(default)s)")

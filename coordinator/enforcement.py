@@ -15,13 +15,16 @@ and is excluded from epoch e + 1 (π = 0, no credential) when, at the audit cut-
 
 Legitimate reasons (:data:`LEGITIMATE_REASONS`) are the requester's own faults in the
 access exchange, which the coordinator cannot re-check from a refusal alone (a malformed
-request, a bad proof, a replayed or expired challenge). ``capacity_exhausted`` is
+request, a bad proof, a replayed or stale request). ``capacity_exhausted`` is
 legitimate only if what the host's receipts of epoch e up to the refusal's time leave of
 the capacity it committed (no commitment counts as zero) is less than the amount the
 request asked (the refusal's ``amount``; absent, 1): ``committed - received < amount``.
 With ``amount`` = 1 that is "the receipts reach the commitment"; a larger indivisible
 request (a file bigger than the bytes left) may be refused earlier, and the host proves
-it with its receipts (protocol README section 7, step 5). Any other reason
+it with its receipts (protocol README section 7, step 5). The receipts that count are
+those it could not have made up (:func:`ledger_grants`): each embeds the granted
+request signed by its requester, so a host files its own ledger and a roamer that drains
+it and hides its receipt cannot frame it. Any other reason
 (``not_included``, ``revoked``, ``not_yet_valid``, ``stale_epoch`` ...) refuses someone the
 coordinator admitted, so it is not. A host that was not included owes nothing, so its
 refusals are never held against it.
@@ -38,11 +41,11 @@ the caller evaluates (the epoch state machine does so when it closes epoch e + 1
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from coordinator.probe import ProbeResult, unanswered
-from protocol import Allocation, GrantReceipt, Refusal
+from protocol import MAX_CLOCK_SKEW, Allocation, GrantReceipt, Refusal, request_of
 
 #: Refusal reasons that are the requester's fault in the exchange (README §7).
 LEGITIMATE_REASONS = frozenset({
@@ -107,6 +110,55 @@ def shortfall(owed: int, committed: int, reasons: Iterable[str]) -> int:
     return owed
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerGrant:
+    """A grant that counts toward its host's capacity used: ``amount`` granted at the
+    host's ``time`` for a request its requester ``issued`` (requester's clock)."""
+
+    time: int
+    issued: int
+    amount: int
+
+    def counts_before(self, cutoff: int) -> bool:
+        """Whether it was granted by ``cutoff`` (host time), by both parties' word."""
+        return self.time <= cutoff and self.issued <= cutoff + MAX_CLOCK_SKEW
+
+
+def ledger_grants(
+    receipts: Iterable[GrantReceipt],
+    refused: Container[tuple[str, bytes]],
+    owed: Mapping[str, int],
+    credential_windows: Mapping[str, tuple[int, int]],
+) -> dict[str, list[LedgerGrant]]:
+    """Per host, the receipts that count toward its capacity used (README section 7,
+    step 5): only those it could not have made up, whoever reported them.
+
+    A receipt counts iff its embedded request (signed by the requester: verified when the
+    evidence entered) is from another node than the host, included in the epoch
+    (``owed``), issued inside that node's credential window (as given: the coordinator
+    passes the windows its hosts' gates accept) widened by the clock skew (a request is
+    issued by the roamer's clock, within the skew of the host's),
+    granted within the skew of its issue, and the host did not also sign a refusal of the
+    very same request (``refused``: (host, request signature) pairs; an equivocating
+    host's grant counts for nothing -- the same request, not just the same nonce, so a
+    roamer reusing a nonce cannot void a grant). So a host cannot excuse itself with
+    receipts to itself, to non-members, for requests never made, or outside the window;
+    and a roamer cannot frame a host by hiding the receipts the host files itself.
+    """
+    out: dict[str, list[LedgerGrant]] = defaultdict(list)
+    for r in receipts:
+        window = credential_windows.get(r.requester_id)
+        if (r.requester_id == r.host_id or r.requester_id not in owed or window is None
+                or (r.host_id, r.request.signature) in refused):
+            continue
+        issued = request_of(r).issued
+        if not (window[0] - MAX_CLOCK_SKEW <= issued < window[1] + MAX_CLOCK_SKEW
+                and abs(r.time - issued) <= MAX_CLOCK_SKEW):
+            continue
+        out[r.host_id].append(LedgerGrant(time=r.time, issued=issued, amount=r.amount))
+    return out
+
+
 def find_free_riders(
     *,
     allocation: Allocation,
@@ -118,10 +170,10 @@ def find_free_riders(
     """The exclusions for ``allocation.epoch + 1``, sorted, one per (node, reason).
 
     ``commitments`` maps node id to the contribution it committed for the epoch;
-    ``evidence`` holds the verified receipts and refusals of that epoch (duplicates of one
-    (host, challenge) are counted once); ``credential_windows`` maps each included node to
-    its credential's ``(not_before, expires)``; ``probes`` the coordinator's probe
-    results (those of other epochs are ignored).
+    ``evidence`` holds the verified receipts and refusals of that epoch, from roamers and
+    from the hosts' own ledgers (duplicates of one (host, nonce) are counted once);
+    ``credential_windows`` maps each included node to its credential's ``(not_before,
+    expires)``; ``probes`` the coordinator's probe results (other epochs' are ignored).
     """
     epoch = allocation.epoch
     found: dict[tuple[str, str], Exclusion] = {}
@@ -150,20 +202,12 @@ def find_free_riders(
     for item in evidence:
         if item.epoch != epoch:
             continue
-        table: dict[tuple[str, str], GrantReceipt] | dict[tuple[str, str], Refusal]
-        table = receipts if isinstance(item, GrantReceipt) else refusals
-        table.setdefault((item.host_id, item.challenge), item)  # type: ignore[arg-type]
-    granted: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for r in receipts.values():
-        # A receipt is signed by the host alone, so only receipts a host could not have
-        # made up for free count toward its capacity used: to another included node,
-        # inside that node's credential window. (A host colluding with an included node
-        # can still inflate its receipts; a requester's countersignature would close it.)
-        window = credential_windows.get(r.requester_id)
-        if (r.requester_id == r.host_id or r.requester_id not in owed or window is None
-                or not window[0] <= r.time < window[1]):
-            continue
-        granted[r.host_id].append((r.time, r.amount))
+        if isinstance(item, GrantReceipt):
+            receipts.setdefault((item.host_id, item.nonce), item)
+        else:
+            refusals.setdefault((item.host_id, item.nonce), item)
+    refused = {(r.host_id, r.request.signature) for r in refusals.values()}
+    ledgers = ledger_grants(receipts.values(), refused, owed, credential_windows)
 
     for (host, _), refusal in sorted(refusals.items()):
         if host not in owed or refusal.requester_id not in owed:
@@ -171,7 +215,10 @@ def find_free_riders(
         window = credential_windows.get(refusal.requester_id)
         if window is None or not window[0] <= refusal.time < window[1]:
             continue  # the credential was not valid then: any refusal is fair
-        received = sum(a for t, a in granted.get(host, ()) if t <= refusal.time)
+        # The refused request's issued time (the requester's word) bounds when the host
+        # may say it refused, so a refusal dated late cannot borrow later grants.
+        cutoff = min(refusal.time, request_of(refusal).issued + MAX_CLOCK_SKEW)
+        received = sum(g.amount for g in ledgers.get(host, ()) if g.counts_before(cutoff))
         committed = commitments.get(host, 0)
         if not refusal_is_legitimate(refusal, received=received, committed=committed):
             flag(host, UNJUSTIFIED_REFUSAL,

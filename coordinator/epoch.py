@@ -76,14 +76,14 @@ from protocol.errors import (
     UnknownKeyError,
     WrongPhaseError,
 )
+from protocol.fields import MAX_CLOCK_SKEW
 from protocol.messages import MAX_CREDENTIAL_LIFETIME
-from protocol.verify import DEFAULT_MAX_SKEW
 
 #: The one clock policy: how far apart honest clocks may be (seconds), the same constant
 #: the hosts' gates use. The audit widens credential windows by it (a host whose clock is
 #: slow is not judged by a stricter rule than the one it enforced) and registrations
 #: dated further ahead than it are refused.
-CLOCK_SKEW = DEFAULT_MAX_SKEW
+CLOCK_SKEW = MAX_CLOCK_SKEW
 
 
 class Phase(enum.StrEnum):
@@ -200,7 +200,7 @@ class EvidenceRecord:
     @property
     def key(self) -> tuple[str, str, str]:
         kind = "grant_receipt" if isinstance(self.item, GrantReceipt) else "refusal"
-        return (self.item.host_id, self.item.challenge, kind)
+        return (self.item.host_id, self.item.nonce, kind)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -276,7 +276,7 @@ class AuditState:
 
     def add(self, item: GrantReceipt | Refusal) -> None:
         kind = "grant_receipt" if isinstance(item, GrantReceipt) else "refusal"
-        key = (item.host_id, item.challenge, kind)
+        key = (item.host_id, item.nonce, kind)
         if key not in self.evidence:
             self.evidence[key] = item
             self.per_signer[item.host_id] = self.per_signer.get(item.host_id, 0) + 1
@@ -586,7 +586,7 @@ class EpochCore:
         """Verify every evidence item (registered host, the host it names, the report's
         epoch); the first bad item refuses the whole report. A verified report is never
         refused for its volume; of its items, only those that can matter
-        (:meth:`AuditState.matters`) and are not held yet (same host, challenge and kind)
+        (:meth:`AuditState.matters`) and are not held yet (same host, nonce and kind)
         are stored, up to ``max_evidence_per_signer`` per signing host and epoch: a host
         flooding its own evidence fills only its own quota, never another's."""
         audit = self._check_audit_epoch(report.epoch, Event.AUDIT)

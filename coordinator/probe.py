@@ -1,18 +1,22 @@
-"""Coordinator probes: is an included host there at all?
+"""Coordinator probes: is an included host there at all, and is it who it claims to be?
 
 Signed evidence (receipts, refusals) catches a host that answers badly; a host that does
-not answer at all (stopped, crashed, unplugged) leaves roamers with nothing but
-timeouts. So after each close the coordinator itself asks every host that owes something
-in the closed epoch e (included, positive contribution, a registered endpoint) for a
-challenge, ``GET /v1/challenge`` on ``http://ENDPOINT``, with a bounded timeout. A probe
-is *answered* when the host replies ``200`` with a JSON object holding a ``challenge``
-string, or ``409 capacity_exhausted`` (its challenge book is full: alive, perhaps
-flooded); a refused connection, a timeout or any other reply is not answered. Every probe
-is recorded durably (host, epoch, time, answered) and, at the audit cut-off of e (the
-close of e + 1), a host with at least one probe in e and none answered is a free rider
-with reason ``unreachable`` (:func:`coordinator.enforcement.find_free_riders`), excluded
-from e + 1 like the others. A host that was never probed (probes disabled, no endpoint)
-is never flagged by this rule.
+not answer at all (stopped, crashed, unplugged, or never reachable: no endpoint, or
+another node's) leaves roamers with nothing but timeouts. So after each close the
+coordinator itself probes every host that owes something in the closed epoch e
+(included, positive contribution): ``GET /v1/probe/{e}/{nonce}`` on ``http://ENDPOINT``
+with a fresh random nonce and a bounded timeout. A probe is *answered* only by a
+``probe_answer`` envelope signed by the host's registered key over (e, host id, that
+nonce) (:func:`protocol.check_probe_answer`): only that host can make it, so another
+node's endpoint, a replayed answer, an unsigned or wrongly signed one, a refused
+connection, a timeout or any other reply is unanswered. A host with no endpoint is
+probed too, without the network: unanswered.
+
+Every probe is recorded durably (host, epoch, time, answered) and, at the audit cut-off
+of e (the close of e + 1), a host with at least one probe in e and none answered is a
+free rider with reason ``unreachable`` (:func:`coordinator.enforcement.find_free_riders`),
+excluded from e + 1 like the others. Transient failures do not exclude an honest host:
+there are ``probe_attempts`` rounds spread over the epoch and one answer suffices.
 
 When the probes run: with the automatic schedule, ``probe_attempts`` rounds are spread
 evenly over the time between the close of e and the expected cut-off
@@ -29,11 +33,18 @@ called, so the pure core (:mod:`coordinator.epoch`) stays free of it.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from protocol import Allocation
+from protocol import Allocation, InkindError, Registration, check_probe_answer
+from protocol.envelope import envelope_size_limit
+from protocol.fields import NONCE_BYTES
+from protocol.messages import ProbeAnswer
+
+#: Largest probe answer read, bytes.
+MAX_ANSWER_BYTES = envelope_size_limit(ProbeAnswer.MAX_PAYLOAD_BYTES)
 
 if TYPE_CHECKING:  # pragma: no cover
     import aiohttp
@@ -49,15 +60,23 @@ class ProbeResult:
     answered: bool
 
 
-def targets(allocation: Allocation, endpoints: Mapping[str, str | None]) -> dict[str, str]:
-    """node id -> endpoint of every included host that owes something (contribution +
-    debt) and has a
-    registered endpoint (``endpoints``: the nodes' registered endpoints)."""
-    out: dict[str, str] = {}
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """A host to probe: where it said it listens (None: nowhere) and its key."""
+
+    endpoint: str | None
+    public_key: str
+
+
+def targets(allocation: Allocation, nodes: Mapping[str, Registration]) -> dict[str, Target]:
+    """node id -> :class:`Target` of every included host that owes something
+    (contribution + debt; ``nodes``: the registrations). A host without an endpoint is a
+    target too: it owes something and nobody can reach it."""
+    out: dict[str, Target] = {}
     for node, amount in allocation.owed().items():
-        endpoint = endpoints.get(node)
-        if amount > 0 and endpoint:
-            out[node] = endpoint
+        reg = nodes.get(node)
+        if amount > 0 and reg is not None:
+            out[node] = Target(endpoint=reg.endpoint or None, public_key=reg.public_key)
     return out
 
 
@@ -85,44 +104,51 @@ def url_of(endpoint: str) -> str:
     return endpoint if "://" in endpoint else f"http://{endpoint}"
 
 
-async def probe_host(session: aiohttp.ClientSession, endpoint: str, *, timeout: float) -> bool:
-    """One ``GET /v1/challenge``: True iff the host answered with a challenge in time."""
+async def probe_host(
+    session: aiohttp.ClientSession,
+    target: Target,
+    *,
+    epoch: int,
+    timeout: float,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> bool:
+    """One probe: True iff the host answered in time with its signature over ``epoch``
+    and a fresh nonce (never raises for the host's faults)."""
     import aiohttp
 
+    if target.endpoint is None:
+        return False
+    nonce = rng(NONCE_BYTES).hex()
     try:
-        async with session.get(f"{url_of(endpoint)}/v1/challenge",
+        async with session.get(f"{url_of(target.endpoint)}/v1/probe/{epoch}/{nonce}",
                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            if resp.status == 409:
-                # A host whose challenge book is full (possibly flooded by someone else)
-                # is alive and answering: that is not the silence this probe looks for.
-                body = await resp.json(content_type=None)
-                return isinstance(body, dict) and body.get("code") == "capacity_exhausted"
             if resp.status != 200:
                 return False
-            body = await resp.json(content_type=None)
-            return isinstance(body, dict) and isinstance(body.get("challenge"), str)
-    except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
+            raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+        check_probe_answer(raw, host_key=target.public_key, epoch=epoch, nonce=nonce)
+    except (aiohttp.ClientError, TimeoutError, ValueError, OSError, InkindError):
         return False
+    return True
 
 
 async def probe_round(
     epoch: int,
-    hosts: Mapping[str, str],
+    hosts: Mapping[str, Target],
     *,
     clock: Callable[[], int],
     timeout: float,
     attempts: int,
     session: aiohttp.ClientSession | None = None,
 ) -> list[ProbeResult]:
-    """Probe every host of ``hosts`` (node id -> endpoint) in parallel, up to
+    """Probe every host of ``hosts`` (node id -> target) in parallel, up to
     ``attempts`` times each back to back, stopping at the first answer; one result per
     attempt, sorted."""
     import aiohttp
 
-    async def one(s: aiohttp.ClientSession, node: str, endpoint: str) -> list[ProbeResult]:
+    async def one(s: aiohttp.ClientSession, node: str, target: Target) -> list[ProbeResult]:
         out = []
         for _ in range(max(1, attempts)):
-            ok = await probe_host(s, endpoint, timeout=timeout)
+            ok = await probe_host(s, target, epoch=epoch, timeout=timeout)
             out.append(ProbeResult(epoch=epoch, node_id=node, time=clock(), answered=ok))
             if ok:
                 break

@@ -217,7 +217,7 @@ class Coordinator:
             return []
         epoch = audit.epoch
         hosts = targets(audit.allocation, {
-            n: r.registration.endpoint for n, r in self.core.nodes.items()})
+            n: r.registration for n, r in self.core.nodes.items()})
         if skip_answered:
             answered = {p.node_id for p in self.store.probes(epoch) if p.answered}
             hosts = {n: e for n, e in hosts.items() if n not in answered}

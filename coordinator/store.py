@@ -312,7 +312,7 @@ class Store:
             db.executemany(
                 "INSERT OR IGNORE INTO evidence (epoch, host_id, challenge, kind,"
                 " requester_id, reporter_id, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(change.epoch, rec.item.host_id, rec.item.challenge, rec.key[2],
+                [(change.epoch, rec.item.host_id, rec.item.nonce, rec.key[2],
                   rec.item.requester_id, rec.reporter_id, rec.envelope)
                  for rec in change.new_items])
         else:  # pragma: no cover - the Change union is closed

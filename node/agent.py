@@ -410,7 +410,6 @@ class Agent:
                     return None
                 pick = self.rng.choice(listing)
                 item, cost = pick["sha256"], pick["size"]
-            challenge = await self.peers.challenge(url)
             own = self.current.owed if self.current is not None else None
             ask = kind.ask(amount=amount, roam_amount=self.spec.roam_amount,
                            share=self.tariff.share(own or 0), item=item, cost=cost)
@@ -418,7 +417,7 @@ class Agent:
                 self.identity,
                 credential,
                 host_id=entry.node_id,
-                challenge=challenge.value,
+                now=self.clock(),
                 amount=ask.amount,
                 resource=ask.resource,
             )
@@ -437,7 +436,8 @@ class Agent:
     async def report(self) -> dict[str, object] | None:
         """Send the epoch's receipts and refusals in a signed audit report (if any)."""
         progress = self._progress()
-        evidence = progress.evidence[:MAX_AUDIT_ITEMS]
+        # The host's own ledger first: its receipts, each backed by the roamer's request.
+        evidence = (self.host.ledger(progress.epoch) + progress.evidence)[:MAX_AUDIT_ITEMS]
         try:
             if not evidence:
                 return None

@@ -9,8 +9,9 @@ owns (one session serves many nodes in one event loop).
   coordinator key before they are returned. The HTTP binding's own codes (``no_epoch``,
   ``unknown_epoch``, ...) are protocol codes too; a code this implementation does not
   know arrives as :class:`~protocol.errors.UnrecognizedError` keeping the code.
-* :class:`PeerClient` asks a host for a challenge and access (plain, a file download or
-  a compute job). A refusal is an answer, not an exception: :class:`AccessAnswer` carries
+* :class:`PeerClient` asks a host for access in one round trip (plain, a file download
+  or a compute job), sending a body built by :func:`protocol.make_access_request`
+  (re-exported here). A refusal is an answer, not an exception: :class:`AccessAnswer` carries
   the host-signed receipt or refusal (checked against the host's key from the directory)
   or the plain error of a request the host could not verify.
 
@@ -30,31 +31,30 @@ from typing import Any
 import aiohttp
 
 from protocol import (
-    AccessRequest,
+    AccessBody,
     Allocation,
-    Challenge,
     Credential,
     Envelope,
     EpochAnnouncement,
     GrantReceipt,
-    Identity,
     InkindError,
     Refusal,
+    check_receipt,
+    check_refusal,
     from_wire,
     node_id_of,
     open_embedded,
-    seal,
 )
+from protocol.access import make_access_request as make_access_request  # re-exported
 from protocol.envelope import envelope_size_limit
 from protocol.errors import (
-    BadProofError,
     MalformedError,
     OutOfRangeError,
     TooLargeError,
     UnknownKeyError,
     WrongSignerError,
 )
-from protocol.fields import check_node_id, check_nonce, check_time
+from protocol.fields import check_node_id
 from protocol.identity import check_strong_public_key
 
 #: Largest JSON answer that is not an envelope (directory, status), bytes.
@@ -289,26 +289,6 @@ class CoordinatorClient:
 # --- peers ------------------------------------------------------------------------------
 
 
-def make_access_request(
-    identity: Identity,
-    credential: Envelope,
-    *,
-    host_id: str,
-    challenge: str,
-    amount: int,
-    resource: str | None = None,
-) -> Envelope:
-    """The signed ``access_request`` a roamer sends (README section 7, step 2)."""
-    request = AccessRequest(
-        credential=credential,
-        host_id=host_id,
-        challenge=challenge,
-        amount=amount,
-        resource=resource,
-    )
-    return seal(identity, request)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccessAnswer:
     """A host's answer: a verified receipt, a verified refusal, or a plain error."""
@@ -337,25 +317,6 @@ class AccessAnswer:
         return self.receipt_envelope or self.refusal_envelope
 
 
-def _check_answer(
-    message: GrantReceipt | Refusal, host_id: str | None, challenge: str | None
-) -> None:
-    if host_id is not None and message.host_id != host_id:
-        raise WrongSignerError("answer names another host")
-    if challenge is not None and message.challenge != challenge:
-        raise BadProofError("answer is for another challenge")
-
-
-def check_refusal(refusal: Refusal, request: Envelope) -> None:
-    """A refusal must answer this request: host, challenge, requester and amount asked."""
-    signer, req = open_embedded(request, AccessRequest, trusted=None)
-    _check_answer(refusal, req.host_id, req.challenge)
-    if refusal.requester_id != node_id_of(signer):
-        raise BadProofError("refusal names another requester")
-    if refusal.amount is not None and refusal.amount != req.amount:
-        raise BadProofError(f"refusal says {refusal.amount} was asked, not {req.amount}")
-
-
 class PeerClient:
     """A node's client for other nodes' host endpoints (HTTP.md "Node").
 
@@ -369,20 +330,8 @@ class PeerClient:
         self.session = session
         self.timeout = timeout
 
-    async def challenge(self, url: str) -> Challenge:
-        """``GET /v1/challenge``."""
-        async with self.session.get(url.rstrip("/") + "/v1/challenge", timeout=self.timeout) as r:
-            await _raise_for(r)
-            body = _json(await _read(r, 4096))
-        if not isinstance(body, dict):
-            raise MalformedError("challenge answer is not an object")
-        return Challenge(
-            value=check_nonce("challenge", body.get("challenge")),
-            expires=check_time("expires", body.get("expires")),
-        )
-
     async def _send(
-        self, url: str, path: str, request: Envelope, host_key: str | None
+        self, url: str, path: str, request: AccessBody, host_key: str | None
     ) -> tuple[AccessAnswer, aiohttp.ClientResponse, bytes]:
         async with self.session.post(
             url.rstrip("/") + path,
@@ -414,17 +363,16 @@ class PeerClient:
         _, message = open_embedded(env, cls, trusted=trusted)
         return message
 
-    def _granted(self, env: Envelope, host_key: str | None, request: Envelope) -> AccessAnswer:
+    def _granted(self, env: Envelope, host_key: str | None, request: AccessBody) -> AccessAnswer:
         try:
             receipt: GrantReceipt = self._open(env, GrantReceipt, host_key)
-            _, req = open_embedded(request, AccessRequest, trusted=None)
-            _check_answer(receipt, req.host_id, req.challenge)
+            check_receipt(receipt, request)
         except InkindError as exc:
             return AccessAnswer(error=exc)
         return AccessAnswer(receipt_envelope=env, receipt=receipt)
 
     async def access(
-        self, url: str, request: Envelope, *, host_key: str | None = None
+        self, url: str, request: AccessBody, *, host_key: str | None = None
     ) -> AccessAnswer:
         """``POST /v1/access`` (WLAN coverage and channels)."""
         answer, _, data = await self._send(url, "/v1/access", request, host_key)
@@ -437,7 +385,7 @@ class PeerClient:
         return self._granted(env, host_key, request)
 
     async def download(
-        self, url: str, sha256: str, request: Envelope, *, host_key: str | None = None
+        self, url: str, sha256: str, request: AccessBody, *, host_key: str | None = None
     ) -> tuple[AccessAnswer, bytes | None]:
         """``POST /v1/files/{sha256}``: the file's bytes (checked against the hash)."""
         answer, resp, data = await self._send(url, f"/v1/files/{sha256}", request, host_key)
@@ -454,7 +402,7 @@ class PeerClient:
         return answer, data if answer.granted else None
 
     async def compute(
-        self, url: str, request: Envelope, *, host_key: str | None = None
+        self, url: str, request: AccessBody, *, host_key: str | None = None
     ) -> tuple[AccessAnswer, dict[str, Any] | None]:
         """``POST /v1/compute``: ``{"receipt", "result"}``."""
         answer, _, data = await self._send(url, "/v1/compute", request, host_key)

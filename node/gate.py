@@ -6,13 +6,15 @@ it in the epoch's allocation, and only within the capacity the host contributed
 order; the first that fails decides, and every decision carries a wire error code as its
 machine-readable ``reason``:
 
-1. the cryptographic part, :func:`protocol.check_access_request`: the request envelope
-   and its signature (``malformed``, ``bad_signature``, ...), the addressee
-   (``bad_proof``), the coordinator's signature on the embedded credential
-   (``unknown_key``, ``bad_signature``), its epoch (``stale_epoch``, ``future_epoch``)
-   and validity window with bounded clock skew (``not_yet_valid``, ``expired``), proof of
-   possession (``bad_proof``) and last the single-use challenge (``bad_proof``,
-   ``expired``, ``replay``);
+1. the cryptographic part, :meth:`protocol.AccessVerifier.check`: the body's form
+   (``malformed``, ...), the credential (remembered by digest, or its coordinator
+   signature: ``unknown_key``, ``bad_signature``), its epoch (``stale_epoch``,
+   ``future_epoch``) and validity window with the protocol's clock skew
+   (``not_yet_valid``, ``expired``), proof of possession (``bad_proof``,
+   ``bad_signature``: signed by the credential's key, for this host, this credential and
+   its epoch) and last freshness and replay (``expired``, ``not_yet_valid``,
+   ``replay``). A request failing here gets a plain error, never a signed refusal: it
+   may not come from the requester it names (a replay, say);
 2. policy, only once the requester's identity is proven: revocation (``revoked``),
    inclusion in the allocation (``not_included``), the resource the endpoint serves and
    the amount's form (``out_of_range``: wrong resource, not a whole number of channels,
@@ -30,9 +32,10 @@ Only a request that passes every check is granted; an exception that is not an
 :class:`~protocol.InkindError` is a bug and propagates (the request is not granted).
 
 Purity: the gate reads the clock from ``now`` and the host's state from ``view``, an
-immutable snapshot, and changes nothing -- except that a fully verified proof uses up its
-challenge in the host's :class:`~protocol.ChallengeBook` (``view.challenges``), which is
-what makes a challenge single use. Applying a grant (consuming capacity, signing the
+immutable snapshot, and changes nothing -- except the host's
+:class:`~protocol.AccessVerifier` (``view.verifier``): it remembers a verified
+credential, and a fully verified request's nonce, which is what makes a request single
+use. Applying a grant (consuming capacity, signing the
 receipt) is the caller's job (:mod:`node.host`), so a refused request never changes the
 host's capacity.
 """
@@ -45,9 +48,9 @@ from types import MappingProxyType
 
 from protocol import (
     AccessRequest,
-    ChallengeBook,
+    AccessVerifier,
+    Envelope,
     InkindError,
-    check_access_request,
     error_from_code,
 )
 from protocol.errors import (
@@ -60,8 +63,6 @@ from protocol.errors import (
 
 #: The reason of a granted decision (every other reason is a wire error code).
 GRANTED = "granted"
-#: Default clock tolerance between coordinator and host, seconds (protocol default).
-DEFAULT_MAX_SKEW = 60
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -70,8 +71,6 @@ _EMPTY: Mapping[str, int] = MappingProxyType({})
 class HostView:
     """What the host knows when a request arrives (a snapshot; build one per request).
 
-    * ``coordinator_key``: the trusted coordinator key (None: none trusted yet, so every
-      request is refused ``unknown_key``);
     * ``epoch``: the epoch of the allocation the host enforces;
     * ``included``: that allocation's included node ids; ``revoked``: ids revoked or
       excluded since (they are refused even if included);
@@ -81,11 +80,11 @@ class HostView:
     * ``costs``: exact amounts of named resources (a file's size in bytes);
     * ``shares``: per requester, the compute share bought this epoch (None: no
       per-requester limit); ``share_used``: what each requester already used here;
-    * ``challenges``: the host's challenge book (the one mutable thing the gate touches).
+    * ``verifier``: the host's access verifier, which holds the trusted coordinator key,
+      the clock skew and the host's id (the one mutable thing the gate touches); no
+      coordinator key trusted yet: every request is refused ``unknown_key``.
     """
 
-    host_id: str
-    coordinator_key: str | None
     epoch: int
     included: frozenset[str]
     revoked: frozenset[str] = frozenset()
@@ -95,8 +94,7 @@ class HostView:
     costs: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     shares: Mapping[str, int] | None = None
     share_used: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
-    max_skew: int = DEFAULT_MAX_SKEW
-    challenges: ChallengeBook
+    verifier: AccessVerifier
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +114,7 @@ class Decision:
     amount: int = 0
     requester_id: str | None = None
     request: AccessRequest | None = None
+    envelope: Envelope | None = None  # the signed request, once verified
 
     @property
     def verified(self) -> bool:
@@ -129,24 +128,16 @@ class Decision:
 
 
 def authorize(request: bytes, view: HostView, *, now: int, resource: str | None = None) -> Decision:
-    """Decide an access request (wire bytes of an ``access_request`` envelope).
+    """Decide an access request (wire bytes of an access body, :class:`protocol.AccessBody`).
 
     ``resource``, if given, is what the endpoint serves (``"file:" + sha256``,
     ``"compute"``): the request must name exactly it. Deny by default: the only
     ``granted=True`` is the last line.
     """
-    if view.coordinator_key is None:
+    if view.verifier.coordinator_key is None:
         return _deny(UnknownKeyError("no coordinator key is trusted yet"), view.epoch)
     try:
-        verified = check_access_request(
-            request,
-            coordinator_key=view.coordinator_key,
-            host_id=view.host_id,
-            epoch=view.epoch,
-            now=now,
-            challenges=view.challenges,
-            max_skew=view.max_skew,
-        )
+        verified = view.verifier.check(request, epoch=view.epoch, now=now)
     except InkindError as exc:
         return _deny(exc, view.epoch)
     req = verified.request
@@ -154,7 +145,8 @@ def authorize(request: bytes, view: HostView, *, now: int, resource: str | None 
     try:
         amount = _check_policy(req, who, view, resource)
     except InkindError as exc:
-        return _deny(exc, view.epoch, requester_id=who, request=req)
+        return _deny(exc, view.epoch, requester_id=who, request=req,
+                     envelope=verified.envelope)
     return Decision(
         granted=True,
         reason=GRANTED,
@@ -162,6 +154,7 @@ def authorize(request: bytes, view: HostView, *, now: int, resource: str | None 
         amount=amount,
         requester_id=who,
         request=req,
+        envelope=verified.envelope,
     )
 
 
@@ -202,6 +195,7 @@ def _deny(
     *,
     requester_id: str | None = None,
     request: AccessRequest | None = None,
+    envelope: Envelope | None = None,
 ) -> Decision:
     return Decision(
         granted=False,
@@ -210,4 +204,5 @@ def _deny(
         epoch=epoch,
         requester_id=requester_id,
         request=request,
+        envelope=envelope,
     )

@@ -1,14 +1,26 @@
 """The node's aiohttp service: the "Node (host side)" table of ``protocol/HTTP.md``.
 
-Thin handlers over :class:`node.host.Host`: read the body (bounded before it is read in
-full), read the clock once, call the core, serialise. One middleware turns the error
-hierarchy into ``{"code", "message"}`` bodies with each code's HTTP status; a signed
-refusal travels as ``403 {"code", "message", "refusal": ENVELOPE}``.
+Thin handlers over :class:`node.host.Host`: read the body (bounded in size and in time
+before it is read in full), read the clock once, call the core, serialise. One
+middleware turns the error hierarchy into ``{"code", "message"}`` bodies with each
+code's HTTP status; a signed refusal travels as ``403 {"code", "message", "refusal":
+ENVELOPE}``.
+
+Slow and flooding clients (HTTP.md "Node: limits"): a connection that has not sent a
+whole request head within :data:`IDLE_SECONDS` (of connecting, or of its last answer) is
+closed (aiohttp's keep-alive timer, which also covers a connection that sends nothing);
+a body must arrive within :data:`BODY_SECONDS` (else ``malformed`` and the connection
+is closed);
+and one client address holds at most :data:`MAX_CONNECTIONS_PER_CLIENT` connections at
+once, further ones are closed on accept. So stalled connections cannot exhaust the host's
+file descriptors and crowd out roamers and the coordinator's probes, and since no
+request reserves state before it verified (no challenge book), unauthenticated calls
+cost the host CPU only, never a roamer's access.
 
 Beyond HTTP.md, ``GET /v1/files`` lists the shared files (``{"files": [{"sha256",
 "size"}]}``) so a roamer can learn what to download; a node of another kind answers an
 empty list. An endpoint of another resource kind than the node's answers
-``404 not_found`` (nothing is consumed, not even the challenge).
+``404 not_found`` (nothing is consumed, not even the nonce).
 
 :func:`make_app` builds the app with its dependencies injected; :func:`start_site` binds
 it (port 0 for an ephemeral port), so many nodes share one process and one event loop.
@@ -23,17 +35,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from node.files import SHA256_RE
 from node.host import AccessOutcome, Host
 from node.resources import hash_job, job_iterations
-from protocol import AccessRequest, InkindError, from_micro, to_wire
-from protocol.envelope import envelope_size_limit
+from protocol import InkindError, from_micro, to_wire
+from protocol.access import MAX_ACCESS_BODY_BYTES
 from protocol.errors import (
+    MalformedError,
     MethodNotAllowedError,
     NotFoundError,
     TooLargeError,
 )
+from protocol.fields import check_epoch, check_nonce
 from protocol.kinds import Answer, kind_of
 
 log = logging.getLogger("inkind.node")
@@ -41,8 +56,14 @@ log = logging.getLogger("inkind.node")
 Clock = Callable[[], int]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Largest access request body: the envelope limit of its type.
-MAX_REQUEST_BYTES = envelope_size_limit(AccessRequest.MAX_PAYLOAD_BYTES)
+#: Largest access request body: two small envelopes (protocol.access).
+MAX_REQUEST_BYTES = MAX_ACCESS_BODY_BYTES
+#: Seconds a connection may stay without a whole request head (idle or trickling).
+IDLE_SECONDS = 5.0
+#: Seconds a request body may take to arrive.
+BODY_SECONDS = 5.0
+#: Connections one client address may hold open at once.
+MAX_CONNECTIONS_PER_CLIENT = 128
 HOST_KEY: web.AppKey[Host] = web.AppKey("host", Host)
 
 _HTTP_CODES = {
@@ -71,15 +92,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error("internal", "internal error", 500)
 
 
-async def read_body(request: web.Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
-    """The body, refused (``too_large``) as soon as it exceeds ``limit`` bytes."""
+async def read_body(
+    request: web.Request, limit: int = MAX_REQUEST_BYTES, *, seconds: float = BODY_SECONDS
+) -> bytes:
+    """The body, refused (``too_large``) as soon as it exceeds ``limit`` bytes, and
+    (``malformed``) if it has not arrived within ``seconds``."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}")
     buf = bytearray()  # read(n) returns what has arrived, not n bytes: read to EOF
-    while chunk := await request.content.read(min(limit + 1 - len(buf), 1 << 20)):
-        buf += chunk
-        if len(buf) > limit:
-            raise TooLargeError(f"body exceeds {limit} bytes")
+    try:
+        async with asyncio.timeout(seconds):
+            while chunk := await request.content.read(min(limit + 1 - len(buf), 1 << 20)):
+                buf += chunk
+                if len(buf) > limit:
+                    raise TooLargeError(f"body exceeds {limit} bytes")
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.close()  # a slow sender loses its connection
+        raise MalformedError(f"body not received within {seconds} s") from None
     return bytes(buf)
 
 
@@ -102,8 +132,11 @@ def _kind_error(host: Host, path: str) -> web.Response:
                   NotFoundError.http_status)
 
 
-def make_app(node_state: Host, *, clock: Clock) -> web.Application:
-    """The node's app. ``clock()`` returns integer Unix seconds; read once per request.
+def make_app(
+    node_state: Host, *, clock: Clock, body_seconds: float = BODY_SECONDS
+) -> web.Application:
+    """The node's app. ``clock()`` returns integer Unix seconds; read once per request;
+    a request body must arrive within ``body_seconds``.
 
     Every request is decided on what the host holds: a credential of an epoch the host
     does not enforce yet is refused ``future_epoch`` (only the node's agent moves the
@@ -124,14 +157,18 @@ def make_app(node_state: Host, *, clock: Clock) -> web.Application:
             log.info("epoch %s: refused %s: %s", d.epoch, who, d.reason)
         return outcome
 
-    async def challenge(request: web.Request) -> web.Response:
-        issued = host.issue_challenge(clock())
-        return web.json_response({"challenge": issued.value, "expires": issued.expires})
+    async def probe(request: web.Request) -> web.Response:
+        epoch = request.match_info["epoch"]
+        if not epoch.isascii() or not epoch.isdigit() or len(epoch) > 16:
+            raise NotFoundError("epoch must be a decimal integer")
+        answer = host.probe(epoch=check_epoch("epoch", int(epoch)),
+                            nonce=check_nonce("nonce", request.match_info["nonce"]))
+        return web.Response(body=answer.to_bytes(), content_type="application/json")
 
     async def access(request: web.Request) -> web.Response:
         if not _serves(host, Answer.RECEIPT):
             return _kind_error(host, "/v1/access")
-        raw = await read_body(request)
+        raw = await read_body(request, seconds=body_seconds)
         outcome = decide(raw)
         if outcome.receipt is None:
             return _refused(outcome)
@@ -143,7 +180,7 @@ def make_app(node_state: Host, *, clock: Clock) -> web.Application:
             return _kind_error(host, "/v1/files")
         if not SHA256_RE.fullmatch(sha) or sha not in host.files:
             return _error(NotFoundError.code, "no such file here", NotFoundError.http_status)
-        raw = await read_body(request)
+        raw = await read_body(request, seconds=body_seconds)
         outcome = decide(raw, kind_of(host.kind).resource_of(sha))
         if outcome.receipt is None:
             return _refused(outcome)
@@ -158,17 +195,17 @@ def make_app(node_state: Host, *, clock: Clock) -> web.Application:
     async def compute(request: web.Request) -> web.Response:
         if not _serves(host, Answer.JOB):
             return _kind_error(host, "/v1/compute")
-        raw = await read_body(request)
+        raw = await read_body(request, seconds=body_seconds)
         outcome = decide(raw, kind_of(host.kind).resource_of())
         request_msg = outcome.decision.request
         if outcome.receipt is None or request_msg is None:
             return _refused(outcome)
         amount = outcome.decision.amount  # what was granted (maybe less than asked)
-        seed = bytes.fromhex(request_msg.challenge)
+        seed = bytes.fromhex(request_msg.nonce)
         digest = await asyncio.to_thread(hash_job, amount, seed=seed)
         result = {
             "job": "sha256-chain",
-            "seed": request_msg.challenge,
+            "seed": request_msg.nonce,
             "iterations": job_iterations(amount),
             "digest": digest,
         }
@@ -180,7 +217,7 @@ def make_app(node_state: Host, *, clock: Clock) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(host.status(clock()))
 
-    app.router.add_get("/v1/challenge", challenge)
+    app.router.add_get("/v1/probe/{epoch}/{nonce}", probe)
     app.router.add_post("/v1/access", access)
     app.router.add_post("/v1/files/{sha256}", download)
     app.router.add_post("/v1/compute", compute)
@@ -189,13 +226,83 @@ def make_app(node_state: Host, *, clock: Clock) -> web.Application:
     return app
 
 
+class _PerClient(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection: counts it against its client address
+    and closes it on accept when that address already holds ``limit`` connections."""
+
+    def __init__(self, inner: RequestHandler, open_by: dict[str, int], limit: int) -> None:
+        self._inner, self._open_by, self._limit = inner, open_by, limit
+        self._client: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if self._open_by.get(client, 0) >= self._limit:
+            transport.close()  # never handed to aiohttp: it holds no state for it
+            return
+        self._client = client
+        self._open_by[client] = self._open_by.get(client, 0) + 1
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._client is None:
+            return
+        left = self._open_by[self._client] - 1
+        if left:
+            self._open_by[self._client] = left
+        else:
+            del self._open_by[self._client]
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> None:
+        self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class _LimitedSite(web.TCPSite):
+    """:class:`aiohttp.web.TCPSite` whose connections go through :class:`_PerClient`."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, per_client: int) -> None:
+        super().__init__(runner, host, port)
+        self._per_client = per_client
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        open_by: dict[str, int] = {}
+        limit = self._per_client
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _PerClient(server(), open_by, limit), self._host, self._port,
+            backlog=self._backlog)
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
 async def start_site(
-    app: web.Application, *, host: str = "127.0.0.1", port: int = 0
+    app: web.Application,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    idle_seconds: float = IDLE_SECONDS,
+    per_client: int = MAX_CONNECTIONS_PER_CLIENT,
 ) -> tuple[web.AppRunner, str]:
-    """Bind ``app`` (port 0: an ephemeral port); returns the runner and ``host:port``."""
-    runner = web.AppRunner(app, access_log=None)
+    """Bind ``app`` (port 0: an ephemeral port); returns the runner and ``host:port``.
+
+    ``idle_seconds``: a connection without a whole request head for that long is closed;
+    ``per_client``: most connections one client address may hold at once.
+    """
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_seconds)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = _LimitedSite(runner, host, port, per_client=per_client)
     await site.start()
     bound_port = int(runner.addresses[0][1]) if runner.addresses else port
     shown = f"[{host}]" if ":" in host else host

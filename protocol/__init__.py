@@ -8,9 +8,22 @@ for a second implementation is ``protocol/README.md``.
 
 Submodules: :mod:`~protocol.errors`, :mod:`~protocol.encoding`, :mod:`~protocol.fields`,
 :mod:`~protocol.identity`, :mod:`~protocol.envelope`, :mod:`~protocol.messages`,
-:mod:`~protocol.verify`, :mod:`~protocol.guards`. The names below are the public API.
+:mod:`~protocol.verify`, :mod:`~protocol.guards`, :mod:`~protocol.access`. The names below
+are the public API.
 """
 
+from protocol.access import (
+    AccessBody,
+    AccessVerifier,
+    VerifiedAccess,
+    check_probe_answer,
+    check_receipt,
+    check_refusal,
+    credential_digest,
+    make_access_request,
+    make_probe_answer,
+    request_of,
+)
 from protocol.encoding import MICRO, canonical, decode, decode_canonical, from_micro, to_micro
 from protocol.envelope import Envelope, signing_input
 from protocol.errors import (
@@ -22,8 +35,9 @@ from protocol.errors import (
     from_wire,
     to_wire,
 )
-from protocol.guards import Challenge, ChallengeBook, ReplayGuard
-from protocol.identity import Identity, node_id_of, verify_signature
+from protocol.fields import MAX_CLOCK_SKEW
+from protocol.guards import CredentialCache, ReplayGuard, ReplayWindow
+from protocol.identity import Identity, is_strong_public_key, node_id_of, verify_signature
 from protocol.messages import (
     MESSAGE_TYPES,
     AccessRequest,
@@ -35,12 +49,11 @@ from protocol.messages import (
     EpochAnnouncement,
     GrantReceipt,
     Message,
+    ProbeAnswer,
     Refusal,
     Registration,
 )
 from protocol.verify import (
-    VerifiedAccess,
-    check_access_request,
     check_credential,
     check_declaration,
     check_epoch,
@@ -55,15 +68,17 @@ from protocol.verify import (
 
 __all__ = [
     "ERROR_CLASSES",
+    "MAX_CLOCK_SKEW",
     "MESSAGE_TYPES",
     "MICRO",
+    "AccessBody",
     "AccessRequest",
+    "AccessVerifier",
     "Allocation",
     "AuditReport",
-    "Challenge",
-    "ChallengeBook",
     "Commitment",
     "Credential",
+    "CredentialCache",
     "Declaration",
     "Envelope",
     "EpochAnnouncement",
@@ -71,28 +86,37 @@ __all__ = [
     "Identity",
     "InkindError",
     "Message",
+    "ProbeAnswer",
     "ProtocolViolationError",
     "Refusal",
     "RefusedError",
     "Registration",
     "ReplayGuard",
+    "ReplayWindow",
     "VerifiedAccess",
     "canonical",
-    "check_access_request",
     "check_credential",
     "check_declaration",
     "check_epoch",
+    "check_probe_answer",
+    "check_receipt",
+    "check_refusal",
     "check_validity",
+    "credential_digest",
     "decode",
     "decode_canonical",
     "error_from_code",
     "from_micro",
     "from_wire",
+    "is_strong_public_key",
+    "make_access_request",
+    "make_probe_answer",
     "node_id_of",
     "open_any",
     "open_embedded",
     "open_envelope",
     "open_evidence",
+    "request_of",
     "seal",
     "seal_bytes",
     "signing_input",

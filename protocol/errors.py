@@ -104,7 +104,7 @@ class WrongSignerError(ProtocolViolationError):
 
 
 class BadProofError(ProtocolViolationError):
-    """Proof of possession failed: unknown challenge, or not signed by the credential key."""
+    """Proof of possession failed: not signed by the credential key, or for another host."""
 
     code = "bad_proof"
     http_status = 401
@@ -148,7 +148,7 @@ class EpochClosedError(RefusedError):
 
 
 class ReplayError(RefusedError):
-    """This nonce or challenge has already been used."""
+    """This nonce has already been used."""
 
     code = "replay"
     http_status = 409
@@ -162,7 +162,7 @@ class DuplicateDeclarationError(RefusedError):
 
 
 class ExpiredError(RefusedError):
-    """A credential or challenge is past its expiry time."""
+    """A credential or a request is past its validity window."""
 
     code = "expired"
 

@@ -21,9 +21,16 @@ from protocol.errors import OutOfRangeError, TooLargeError, WrongTypeError
 PUBLIC_KEY_HEX_CHARS = 64
 #: Node id: full SHA-256 of the raw public key, lowercase hex.
 NODE_ID_HEX_CHARS = 64
-#: Nonces and challenges: 16 random bytes, lowercase hex.
+#: Nonces: 16 random bytes, lowercase hex.
 NONCE_BYTES = 16
 NONCE_HEX_CHARS = 2 * NONCE_BYTES
+
+#: The one clock policy (README section 6): how far apart, in seconds, two honest peers'
+#: clocks may be. The host's gate accepts a request issued within it of its own clock and
+#: a credential within it of its window; the coordinator's audit counts receipts with the
+#: same tolerance, so a host with a slow clock is never judged by a stricter rule than
+#: the one it enforced.
+MAX_CLOCK_SKEW = 60
 
 MAX_EPOCH = MAX_SAFE_INTEGER
 #: Times are integer Unix seconds (UTC); the protocol never reads a clock itself.
@@ -89,7 +96,7 @@ def check_node_id(name: str, value: object) -> str:
 
 
 def check_nonce(name: str, value: object) -> str:
-    """Nonce or challenge as 32 lowercase hex characters."""
+    """Nonce as 32 lowercase hex characters."""
     return check_hex(name, value, NONCE_HEX_CHARS)
 
 

@@ -1,14 +1,15 @@
-"""Bounded, sans-I/O state for refusing replays: a nonce guard and a challenge book.
+"""Bounded, sans-I/O state for refusing replays and remembering verified credentials.
 
 * :class:`ReplayGuard` (coordinator side) remembers the nonces of authentic messages for
   the current epoch and the ``window - 1`` epochs before it; older epochs are forgotten
   and refused as ``stale_epoch``, so memory is bounded by ``window * max_per_epoch``.
-* :class:`ChallengeBook` (host side) issues fresh random challenges that expire ``ttl``
-  seconds after issue and can be consumed once; a used challenge is remembered until it
-  would have expired, so a replay is reported as ``replay`` rather than as unknown.
+* :class:`ReplayWindow` (host side) refuses a second access request with the same
+  (requester, nonce) while its ``issued`` time is inside the clock-skew window; memory
+  is bounded by the accepted rate times the window.
+* :class:`CredentialCache` (host side) remembers credentials whose coordinator signature
+  verified, by digest, so each is verified once.
 
-Time is always an argument ``now`` in integer Unix seconds; randomness is a function
-passed in (``os.urandom`` by default), so tests are deterministic. Neither class is
+Time is always an argument ``now`` in integer Unix seconds. No class is
 thread-safe: each belongs to one event loop or is guarded by its owner's lock. This module
 deliberately does not verify signatures: feed it only messages that already passed
 :mod:`protocol.verify`, or an attacker could fill it with forged nonces.
@@ -16,19 +17,21 @@ deliberately does not verify signatures: feed it only messages that already pass
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import heapq
+from collections import OrderedDict
+from typing import Generic, TypeVar
 
 from protocol.errors import (
-    BadProofError,
     CapacityExhaustedError,
     ExpiredError,
     FutureEpochError,
+    NotYetValidError,
     ReplayError,
     StaleEpochError,
 )
-from protocol.fields import NONCE_BYTES, check_epoch, check_int, check_time
+from protocol.fields import MAX_CLOCK_SKEW, check_epoch, check_int, check_time
+
+V = TypeVar("V")
 
 
 class ReplayGuard:
@@ -86,79 +89,104 @@ class ReplayGuard:
         self._seen[epoch] = nonces
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Challenge:
-    """A challenge as issued: send ``value`` (and ``expires``) to the requester."""
+class ReplayWindow:
+    """Host-side replay refusal for requests bound to a time window (README section 6).
 
-    value: str
-    expires: int
+    A request carries its requester's ``issued`` time and a random nonce. It is fresh iff
+    ``now - skew <= issued <= now + skew``; a fresh request is accepted once per
+    (requester, nonce). A pair is remembered only while its request could still be fresh
+    (until ``issued + skew < now``): after that the time check alone refuses it, so memory
+    is bounded by (accepted requests per second) x (2 x skew) entries, at most
+    ``capacity`` (about 300 bytes each: the default 100 000 is some 30 MB at most, and
+    holds 800 accepted requests per second over a 2 x 60 s window before the window
+    starts to shrink). When the table is full the oldest entry is forgotten and every request
+    issued at or before that entry's time is refused from then on (``expired``): under a
+    flood the window shrinks, it never forgets early enough to let a replay in.
 
+    A request's ``issued`` is signed with its nonce, so once a pair is forgotten only the
+    requester itself can send the nonce again (with a later ``issued``): that is a new
+    request, not a replay. Feed it only requests whose signature verified (else anyone
+    could fill it), and only after every other check passed (a refused request leaves no
+    trace).
+    """
 
-class ChallengeBook:
-    """Host-side single-use challenges with expiry, at most ``capacity`` remembered."""
+    __slots__ = ("_capacity", "_floor", "_heap", "_seen", "_skew")
 
-    __slots__ = ("_capacity", "_open", "_rng", "_ttl", "_used")
-
-    def __init__(
-        self,
-        *,
-        ttl: int = 30,
-        capacity: int = 10_000,
-        rng: Callable[[int], bytes] = os.urandom,
-    ) -> None:
-        self._ttl = check_int("ttl", ttl, 1, 24 * 3600)
+    def __init__(self, *, skew: int = MAX_CLOCK_SKEW, capacity: int = 100_000) -> None:
+        self._skew = check_int("skew", skew, 0, 24 * 3600)
         self._capacity = check_int("capacity", capacity, 1, 1 << 30)
-        self._rng = rng
-        self._open: dict[str, int] = {}  # challenge -> expiry, not yet used
-        self._used: dict[str, int] = {}  # challenge -> expiry, used once already
+        self._seen: set[tuple[str, str]] = set()
+        self._heap: list[tuple[int, str, str]] = []  # (issued, requester, nonce)
+        self._floor = -1  # requests issued at or before it are refused
 
     def __len__(self) -> int:
-        """Number of challenges remembered (outstanding or used, not yet pruned)."""
-        return len(self._open) + len(self._used)
+        return len(self._seen)
 
-    def issue(self, now: int) -> Challenge:
-        """A fresh challenge valid while ``now < expires``; ``capacity_exhausted`` if full.
+    @property
+    def skew(self) -> int:
+        return self._skew
 
-        Only outstanding (unused) challenges count against ``capacity``: used ones are
-        kept just to answer a replay with ``replay`` and are forgotten oldest first, so a
-        host's sustained rate is not capped at capacity / ttl. A forgotten used challenge
-        is still refused (``bad_proof``: unknown).
-        """
+    def check_fresh(self, issued: int, now: int) -> None:
+        """Raise ``expired`` / ``not_yet_valid`` unless ``issued`` is inside the window."""
         check_time("now", now)
-        if len(self._open) >= self._capacity:
-            self.prune(now)
-            if len(self._open) >= self._capacity:
-                # Refuse rather than evict: evicting would let a flood void honest challenges.
-                raise CapacityExhaustedError("too many outstanding challenges")
-        for _ in range(3):
-            raw = self._rng(NONCE_BYTES)
-            if not isinstance(raw, bytes) or len(raw) != NONCE_BYTES:
-                raise ValueError(f"rng must return {NONCE_BYTES} bytes")
-            value = raw.hex()
-            if value not in self._open and value not in self._used:
-                expires = now + self._ttl
-                self._open[value] = expires
-                return Challenge(value=value, expires=expires)
-        raise RuntimeError("random source keeps repeating itself")
+        if issued < now - self._skew or issued <= self._floor:
+            raise ExpiredError(f"request issued at {issued}, too old at {now}")
+        if issued > now + self._skew:
+            raise NotYetValidError(f"request issued at {issued}, in the future at {now}")
 
-    def consume(self, challenge: str, now: int) -> None:
-        """Use ``challenge`` once, or raise ``replay``, ``expired`` or ``bad_proof`` (unknown)."""
-        check_time("now", now)
-        if challenge in self._used:
-            raise ReplayError("challenge already used")
-        expires = self._open.pop(challenge, None)
-        if expires is None:
-            raise BadProofError("challenge was not issued by this host (or was pruned)")
-        if now >= expires:
-            raise ExpiredError("challenge expired")
-        self._used[challenge] = expires
-        if len(self._used) > self._capacity:
-            # dicts keep insertion order: drop the oldest used challenge.
-            del self._used[next(iter(self._used))]
+    def check_and_record(self, requester: str, nonce: str, issued: int, now: int) -> None:
+        """Accept a request once, or raise (``expired``, ``not_yet_valid``, ``replay``)
+        without changing any state."""
+        self.check_fresh(issued, now)
+        key = (requester, nonce)
+        if key in self._seen:
+            raise ReplayError("request already seen (same requester and nonce)")
+        self.prune(now)
+        if len(self._seen) >= self._capacity:
+            if self._heap[0][0] >= issued:  # it would be the first forgotten
+                raise ExpiredError(f"request issued at {issued}: replay table turned over")
+            old_issued, old_requester, old_nonce = heapq.heappop(self._heap)
+            self._seen.discard((old_requester, old_nonce))
+            self._floor = max(self._floor, old_issued)
+        self._seen.add(key)
+        heapq.heappush(self._heap, (issued, requester, nonce))
 
     def prune(self, now: int) -> None:
-        """Forget every challenge whose expiry is at or before ``now``."""
-        check_time("now", now)
-        for table in (self._open, self._used):
-            for value in [v for v, exp in table.items() if exp <= now]:
-                del table[value]
+        """Forget every pair whose request can no longer be fresh."""
+        while self._heap and self._heap[0][0] < now - self._skew:
+            _, requester, nonce = heapq.heappop(self._heap)
+            self._seen.discard((requester, nonce))
+
+
+class CredentialCache(Generic[V]):
+    """Verified credentials by digest, least recently used forgotten first.
+
+    A host verifies a credential's coordinator signature once and then finds it by the
+    digest the requester signs (README section 7), so a roamer's later requests cost one
+    verification, not two. Only verified credentials enter (so the table holds at most
+    what the coordinator issued); forgetting one only costs its re-verification.
+    """
+
+    __slots__ = ("_capacity", "_items")
+
+    def __init__(self, *, capacity: int = 1 << 16) -> None:
+        self._capacity = check_int("capacity", capacity, 1, 1 << 30)
+        self._items: OrderedDict[str, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, digest: str) -> V | None:
+        item = self._items.get(digest)
+        if item is not None:
+            self._items.move_to_end(digest)
+        return item
+
+    def put(self, digest: str, item: V) -> None:
+        self._items[digest] = item
+        self._items.move_to_end(digest)
+        if len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()

@@ -27,13 +27,14 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, Self
 
-from protocol.encoding import MAX_SAFE_INTEGER, JsonObject, JsonValue
+from protocol.encoding import MAX_SAFE_INTEGER, JsonObject, JsonValue, decode_object
 from protocol.envelope import Envelope
 from protocol.errors import (
     SERVICE_CODES,
     WIRE_CODES,
     MissingFieldError,
     OutOfRangeError,
+    TooLargeError,
     UnexpectedMessageError,
     UnknownFieldError,
     WrongTypeError,
@@ -42,6 +43,7 @@ from protocol.fields import (
     check_choice,
     check_endpoint,
     check_epoch,
+    check_hex,
     check_int,
     check_int_tuple,
     check_node_id,
@@ -59,10 +61,13 @@ from protocol.kinds import KIND_NAMES
 MAX_LOCATIONS = 1024
 #: Most node ids one allocation may include.
 MAX_INCLUDED = 100_000
-#: Most receipts and refusals one audit report may carry.
-MAX_AUDIT_ITEMS = 1_000
+#: Most receipts and refusals one audit report may carry (500 receipts with their
+#: requests are about 1 MB).
+MAX_AUDIT_ITEMS = 500
 MAX_ENDPOINT_CHARS = 255
 MAX_RESOURCE_CHARS = 128
+#: A SHA-256 digest as lowercase hex.
+DIGEST_HEX_CHARS = 64
 #: theta in [0, 1] as micro-units.
 THETA_MAX_MICRO = 1_000_000
 #: Upper bound of any non-negative quantity: 1e9 units.
@@ -381,6 +386,7 @@ class Credential(Message):
 
     TYPE = "credential"
     SIGNER = "coordinator"
+    MAX_PAYLOAD_BYTES = 1024  # about 250 bytes; small, as it travels with every request
 
     node_id: str
     public_key: str
@@ -426,56 +432,95 @@ class Commitment(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccessRequest(Message):
-    """requester -> host: proof of possession plus the coordinator's credential.
+    """requester -> host: a proof of possession bound to one host and one moment.
 
-    The host first issues ``challenge`` (fresh, single use). The requester signs this
-    message with the key named in ``credential``; the host verifies the credential with
-    the coordinator key, then that the envelope signer is the credential's key.
-    ``amount`` is how much of the host's resource is asked for (micro-units; one WLAN
-    channel is 1_000_000); ``resource`` optionally names it (a file hash, a job id).
+    Signed by the key of the credential whose ``credential_digest`` it names (README
+    section 7); the credential itself travels beside the request in the access body
+    (:mod:`protocol.access`). ``issued`` is the requester's clock (Unix seconds): a host
+    accepts it within :data:`protocol.fields.MAX_CLOCK_SKEW` of its own and refuses a
+    second request with the same ``nonce`` in that window (``replay``). ``amount`` is how
+    much of the host's resource is asked for (micro-units; one WLAN channel is
+    1_000_000); ``resource`` optionally names it (a file hash, ``compute``).
     """
 
     TYPE = "access_request"
     SIGNER = "credential_holder"
-    MAX_DEPTH = 2
-    ENVELOPE_FIELDS = frozenset({"credential"})
+    MAX_PAYLOAD_BYTES = 1024
+    MAX_DEPTH = 1
 
-    credential: Envelope
+    credential_digest: str
     host_id: str
-    challenge: str
+    epoch: int
+    issued: int
+    nonce: str
     amount: int
     resource: str | None = None
 
     def __post_init__(self) -> None:
-        _check_embedded("credential", self.credential, frozenset({Credential.TYPE}))
+        check_hex("credential_digest", self.credential_digest, DIGEST_HEX_CHARS)
         check_node_id("host_id", self.host_id)
-        check_nonce("challenge", self.challenge)
+        check_epoch("epoch", self.epoch)
+        check_time("issued", self.issued)
+        check_nonce("nonce", self.nonce)
         check_int("amount", self.amount, 1, MAX_QUANTITY_MICRO)
         if self.resource is not None:
             _check_resource("resource", self.resource)
 
 
+def _answered_request(
+    answer: GrantReceipt | Refusal, request: object
+) -> AccessRequest:
+    """The embedded request of a receipt or refusal, which must be the one it answers:
+    same host, nonce and epoch, signed by the requester it names. (Its signature is
+    checked where the answer enters: by the roamer against what it sent, by the
+    coordinator in protocol.verify.open_evidence.)"""
+    env = _check_embedded("request", request, frozenset({AccessRequest.TYPE}))
+    if len(env.payload) > AccessRequest.MAX_PAYLOAD_BYTES:
+        raise TooLargeError("request: payload over the access_request limit")
+    req = AccessRequest.from_payload(decode_object(
+        env.payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
+        max_depth=AccessRequest.MAX_DEPTH))
+    if (req.host_id != answer.host_id or req.nonce != answer.nonce
+            or req.epoch != answer.epoch or node_id_of(env.signer) != answer.requester_id):
+        raise OutOfRangeError("request: not the request this answer names")
+    return req
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GrantReceipt(Message):
-    """host -> requester (and, via audits, coordinator): access granted at ``time``."""
+    """host -> requester (and, via audits, coordinator): ``amount`` granted at ``time``.
+
+    ``request`` is the requester's own signed ``access_request`` that was granted: the
+    host's ledger entry. The requester cannot deny it (its signature) and the host cannot
+    make one up (it cannot sign for the requester), so the audit counts a receipt toward
+    the host's capacity used only through it (README section 7, step 5). ``nonce`` and
+    ``amount`` repeat the request's nonce and what was granted (at most what was asked).
+    """
 
     TYPE = "grant_receipt"
     SIGNER = "node"
+    MAX_PAYLOAD_BYTES = 4096  # the embedded request is at most 1024 bytes of payload
+    MAX_DEPTH = 2
+    ENVELOPE_FIELDS = frozenset({"request"})
 
     epoch: int
     host_id: str
     requester_id: str
-    challenge: str
+    nonce: str
     amount: int
     time: int
+    request: Envelope
 
     def __post_init__(self) -> None:
         check_epoch("epoch", self.epoch)
         check_node_id("host_id", self.host_id)
         check_node_id("requester_id", self.requester_id)
-        check_nonce("challenge", self.challenge)
+        check_nonce("nonce", self.nonce)
         check_int("amount", self.amount, 1, MAX_QUANTITY_MICRO)
         check_time("time", self.time)
+        req = _answered_request(self, self.request)
+        if self.amount > req.amount:
+            raise OutOfRangeError(f"amount {self.amount} exceeds the {req.amount} asked")
 
     def signer_node_id(self) -> str:
         return self.host_id
@@ -485,30 +530,65 @@ class GrantReceipt(Message):
 class Refusal(Message):
     """host -> requester (and, via audits, coordinator): access refused, with a code.
 
-    ``amount`` (optional) echoes what the request asked for; the audit judges a
-    ``capacity_exhausted`` refusal by it (README section 7, step 5).
+    ``request`` is the requester's signed request that was refused (only a verified
+    request is ever refused with a signed refusal) and ``nonce`` its nonce. ``amount``
+    (optional) must then equal what the request asked for; the audit judges a
+    ``capacity_exhausted`` refusal by the request (README section 7, step 5), and bounds
+    the refusal's ``time`` by the request's ``issued``, so a host cannot date a refusal
+    late to make later grants excuse it.
     """
 
     TYPE = "refusal"
     SIGNER = "node"
+    MAX_PAYLOAD_BYTES = 4096
+    MAX_DEPTH = 2
+    ENVELOPE_FIELDS = frozenset({"request"})
 
     epoch: int
     host_id: str
     requester_id: str
-    challenge: str
+    nonce: str
     reason: str
     time: int
+    request: Envelope
     amount: int | None = None  # what the refused request asked for (micro-units)
 
     def __post_init__(self) -> None:
         check_epoch("epoch", self.epoch)
         check_node_id("host_id", self.host_id)
         check_node_id("requester_id", self.requester_id)
-        check_nonce("challenge", self.challenge)
+        check_nonce("nonce", self.nonce)
         check_choice("reason", self.reason, REFUSAL_REASONS)
         check_time("time", self.time)
         if self.amount is not None:
             check_int("amount", self.amount, 1, MAX_QUANTITY_MICRO)
+        req = _answered_request(self, self.request)
+        if self.amount is not None and self.amount != req.amount:
+            raise OutOfRangeError(f"amount {self.amount} is not the {req.amount} asked")
+
+    def signer_node_id(self) -> str:
+        return self.host_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeAnswer(Message):
+    """host -> coordinator: "I, ``host_id``, am here for ``epoch``", over the probe's
+    fresh ``nonce`` (README section 7, probes). Only the host's key can make it, so an
+    answer from another node's endpoint, or none, is a probe unanswered."""
+
+    TYPE = "probe_answer"
+    SIGNER = "node"
+    MAX_PAYLOAD_BYTES = 512
+    MAX_DEPTH = 1
+
+    epoch: int
+    host_id: str
+    nonce: str
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_node_id("host_id", self.host_id)
+        check_nonce("nonce", self.nonce)
 
     def signer_node_id(self) -> str:
         return self.host_id
@@ -524,7 +604,7 @@ class AuditReport(Message):
 
     TYPE = "audit_report"
     SIGNER = "node"
-    MAX_PAYLOAD_BYTES = 1024 * 1024
+    MAX_PAYLOAD_BYTES = 1536 * 1024  # its envelope stays within 2 MiB
     MAX_DEPTH = 3
     ENVELOPE_FIELDS = frozenset({"evidence"})
 
@@ -557,6 +637,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = {
         GrantReceipt,
         Refusal,
         AuditReport,
+        ProbeAnswer,
     )
 }
 

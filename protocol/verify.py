@@ -7,21 +7,19 @@ the exact payload bytes, and only then parse the payload (canonical form require
 a typed message and check that the signer is the identity the message names.
 
 Time is always the argument ``now``, in integer Unix seconds, read once by the caller per
-request. This module deliberately keeps no state of its own: replay tables and challenge
-books live in :mod:`protocol.guards`, and policy (revocation, inclusion, capacity) is
-the host's ``authorize`` function.
+request. This module deliberately keeps no state of its own: replay tables and caches
+live in :mod:`protocol.guards`, the access exchange in :mod:`protocol.access`, and
+policy (revocation, inclusion, capacity) is the host's ``authorize`` function.
 """
 
 from __future__ import annotations
 
 from collections.abc import Container
-from dataclasses import dataclass
 from typing import TypeVar
 
 from protocol.encoding import canonical, decode_object
 from protocol.envelope import Envelope, envelope_size_limit
 from protocol.errors import (
-    BadProofError,
     EpochClosedError,
     ExpiredError,
     FutureEpochError,
@@ -32,8 +30,7 @@ from protocol.errors import (
     UnknownKeyError,
     WrongSignerError,
 )
-from protocol.fields import check_int, check_time
-from protocol.guards import ChallengeBook
+from protocol.fields import MAX_CLOCK_SKEW, check_int, check_time
 from protocol.identity import Identity, node_id_of
 from protocol.messages import (
     MESSAGE_TYPES,
@@ -49,8 +46,6 @@ from protocol.messages import (
 
 M = TypeVar("M", bound=Message)
 
-#: Default tolerance between the clocks of coordinator and hosts, in seconds.
-DEFAULT_MAX_SKEW = 60
 
 
 def seal(identity: Identity, message: Message) -> Envelope:
@@ -177,7 +172,7 @@ def check_credential(
     *,
     epoch: int,
     now: int,
-    max_skew: int = DEFAULT_MAX_SKEW,
+    max_skew: int = MAX_CLOCK_SKEW,
 ) -> Credential:
     """Verify a credential: coordinator signature, epoch ``epoch``, valid at ``now``.
 
@@ -193,51 +188,16 @@ def check_credential(
     return cred
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VerifiedAccess:
-    """An access request whose proof of possession and credential both verified."""
-
-    requester_id: str
-    credential: Credential
-    request: AccessRequest
-
-
-def check_access_request(
-    raw: bytes,
-    *,
-    coordinator_key: str,
-    host_id: str,
-    epoch: int,
-    now: int,
-    challenges: ChallengeBook,
-    max_skew: int = DEFAULT_MAX_SKEW,
-) -> VerifiedAccess:
-    """The host's cryptographic check of an access request (README "Access").
-
-    In order: the request envelope's signature (any key), the addressee is this host, the
-    embedded credential (coordinator key, epoch, validity), the request's signer is the
-    credential's key (proof of possession), and last the challenge is consumed -- so only a
-    fully verified proof uses up a challenge, and a replayed request fails with ``replay``.
-    """
-    signer, request = open_envelope(raw, AccessRequest, trusted=None)
-    if request.host_id != host_id:
-        raise BadProofError("access request is addressed to another host")
-    cred = check_credential(
-        request.credential, coordinator_key, epoch=epoch, now=now, max_skew=max_skew
-    )
-    if signer != cred.public_key:
-        raise BadProofError("access request is not signed by the credential's key")
-    challenges.consume(request.challenge, now)
-    return VerifiedAccess(requester_id=cred.node_id, credential=cred, request=request)
-
-
 def open_evidence(
     report: AuditReport, *, host_keys: Container[str]
 ) -> list[tuple[str, GrantReceipt | Refusal]]:
     """Verify every receipt and refusal in an audit report against registered host keys.
 
     Each item must be signed by a key in ``host_keys`` and by the host it names, and
-    belong to the report's epoch; the first bad item refuses the whole report.
+    belong to the report's epoch; a receipt's embedded request must be signed by a key in
+    ``host_keys`` too (the requester's: so a host cannot make a ledger entry up), and so
+    must a refusal's (so its requester and time are the requester's word too). The
+    first bad item refuses the whole report.
     """
     opened: list[tuple[str, GrantReceipt | Refusal]] = []
     for envelope in report.evidence:
@@ -248,5 +208,6 @@ def open_evidence(
         else:
             signer, item = open_embedded(envelope, Refusal, trusted=host_keys)
         check_epoch(item.epoch, current=report.epoch)
+        open_embedded(item.request, AccessRequest, trusted=host_keys)
         opened.append((signer, item))
     return opened

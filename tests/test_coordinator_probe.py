@@ -32,11 +32,11 @@ from helpers.coordinator import (
 
 from coordinator.config import CoordinatorConfig
 from coordinator.enforcement import UNREACHABLE, Exclusion, find_free_riders
-from coordinator.probe import ProbeResult, round_times, targets, unanswered
+from coordinator.probe import ProbeResult, Target, probe_host, round_times, targets, unanswered
 from coordinator.service import COORDINATOR as APP_KEY
 from coordinator.service import make_app
 from coordinator.store import Store
-from protocol import Allocation, open_envelope
+from protocol import Allocation, Identity, make_probe_answer, open_envelope
 
 A, B, C, D = (node(i) for i in range(4))
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -56,10 +56,13 @@ def probe(who: str, answered: bool, *, epoch: int = 0, t: int = T0) -> ProbeResu
 # --- the pure part -----------------------------------------------------------------------
 
 
-def test_targets_are_owing_hosts_with_an_endpoint() -> None:
+def test_targets_are_owing_hosts_with_or_without_an_endpoint() -> None:
     a = alloc((A.node_id, 5), (B.node_id, 0), (C.node_id, 7), (D.node_id, 3))
-    eps = {A.node_id: "127.0.0.1:1", B.node_id: "127.0.0.1:2", C.node_id: None}
-    assert targets(a, eps) == {A.node_id: "127.0.0.1:1"}
+    regs = {A.node_id: registration(A, endpoint="127.0.0.1:1"),
+            B.node_id: registration(B, endpoint="127.0.0.1:2"), C.node_id: registration(C)}
+    assert targets(a, regs) == {
+        A.node_id: Target(endpoint="127.0.0.1:1", public_key=A.public_key),
+        C.node_id: Target(endpoint=None, public_key=C.public_key)}  # D is not registered
 
 
 def test_unanswered_needs_a_probe_and_no_answer() -> None:
@@ -117,21 +120,42 @@ def test_probe_results_are_durable(tmp_path: Path) -> None:
 # --- over HTTP ---------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def hosts() -> AsyncIterator[dict[str, str]]:
-    """Endpoints: one that answers challenges, one that accepts and never answers, one
-    with nothing listening."""
+def prober(who: Identity, *, nonce: str | None = None, epoch: int | None = None,
+           status: int = 200) -> web.Application:
+    """An endpoint answering probes as ``who`` (optionally over another nonce or epoch)."""
 
-    async def challenge(_: web.Request) -> web.Response:
-        return web.json_response({"challenge": "00" * 32, "expires": T0 + 60})
+    async def answer(request: web.Request) -> web.Response:
+        env = make_probe_answer(who, epoch=epoch if epoch is not None else
+                                int(request.match_info["epoch"]),
+                                nonce=nonce or request.match_info["nonce"])
+        return web.Response(body=env.to_bytes(), status=status)
 
     app = web.Application()
-    app.router.add_get("/v1/challenge", challenge)
+    app.router.add_get("/v1/probe/{epoch}/{nonce}", answer)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
     site_runner = web.AppRunner(app)
     await site_runner.setup()
-    site = web.TCPSite(site_runner, "127.0.0.1", 0)
-    await site.start()
-    good_port = site_runner.addresses[0][1]
+    await web.TCPSite(site_runner, "127.0.0.1", 0).start()
+    try:
+        yield f"127.0.0.1:{site_runner.addresses[0][1]}"
+    finally:
+        await site_runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def hosts() -> AsyncIterator[dict[str, str]]:
+    """Endpoints: A's own (answers probes signed by A), one that accepts and never
+    answers, one with nothing listening."""
+    async with serving(prober(A)) as good, _silent_and_dead() as (silent, dead):
+        yield {"good": good, "silent": silent, "dead": dead}
+
+
+@contextlib.asynccontextmanager
+async def _silent_and_dead() -> AsyncIterator[tuple[str, str]]:
 
     async def hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -145,11 +169,9 @@ async def hosts() -> AsyncIterator[dict[str, str]]:
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
     try:
-        yield {"good": f"127.0.0.1:{good_port}", "silent": f"127.0.0.1:{silent_port}",
-               "dead": f"127.0.0.1:{dead_port}"}
+        yield f"127.0.0.1:{silent_port}", f"127.0.0.1:{dead_port}"
     finally:
         silent.close()
-        await site_runner.cleanup()
 
 
 def config(**kw: Any) -> CoordinatorConfig:
@@ -172,8 +194,9 @@ async def post(client: TestClient[Any, Any], path: str, body: bytes = b"",
 
 async def close_epoch_zero(client: TestClient[Any, Any], clock: FakeClock,
                            endpoints: dict[str, str | None]) -> dict[str, int]:
-    """Register A (good), B (silent), C (dead), D (no endpoint); all declare and commit."""
-    people = [(A, endpoints["good"]), (B, endpoints["silent"]), (C, endpoints["dead"]),
+    """Register A (its own endpoint), B (A's endpoint: borrowed), C (silent), D (no
+    endpoint); all declare and commit."""
+    people = [(A, endpoints["good"]), (B, endpoints["good"]), (C, endpoints["silent"]),
               (D, None)]
     for p, ep in people:
         await post(client, "/v1/register", raw(p, registration(p, endpoint=ep)))
@@ -221,22 +244,24 @@ async def test_admin_probe_finds_silent_and_dead_hosts(tmp_path: Path) -> None:
             res = await post(cl, "/v1/admin/probe", admin=True)
             assert time.monotonic() - t0 < 10
             assert res["epoch"] == 0 and res["enabled"] is True
-            assert res["unanswered"] == sorted([B.node_id, C.node_id])
+            assert res["unanswered"] == sorted([B.node_id, C.node_id, D.node_id])
             per: dict[str, list[bool]] = {}
             for p in res["probes"]:
                 per.setdefault(p["node_id"], []).append(p["answered"])
             assert per == {A.node_id: [True], B.node_id: [False, False],
-                           C.node_id: [False, False]}  # D has no endpoint
-            assert len(store.probes(0)) == 5
+                           C.node_id: [False, False], D.node_id: [False, False]}
+            assert len(store.probes(0)) == 7
             resp = await cl.post("/v1/admin/probe")
             assert resp.status == 401
             got = await next_epoch_excluded(cl, clock)
-            assert got == {(B.node_id, UNREACHABLE), (C.node_id, UNREACHABLE)}
+            # B answered through A's endpoint only with A's signature: not B's answer.
+            assert got == {(B.node_id, UNREACHABLE), (C.node_id, UNREACHABLE),
+                           (D.node_id, UNREACHABLE)}
             resp = await cl.get("/v1/allocation/1")
             _, a1 = open_envelope(await resp.read(), Allocation,
                                   trusted={COORDINATOR.public_key})
-            assert B.node_id not in a1.included and C.node_id not in a1.included
-            assert A.node_id in a1.included and D.node_id in a1.included
+            assert not {B.node_id, C.node_id, D.node_id} & set(a1.included)
+            assert A.node_id in a1.included
     finally:
         store.close()
 
@@ -269,7 +294,7 @@ async def test_scheduled_rounds_probe_until_an_answer(tmp_path: Path) -> None:
             try:
                 clock.now += 5 + EPOCH_SECONDS - 1  # every round is due, the cut-off is not
                 deadline = time.monotonic() + 20
-                while len(store.probes(0)) < 7 and time.monotonic() < deadline:
+                while len(store.probes(0)) < 10 and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
             finally:
                 task.cancel()
@@ -279,9 +304,11 @@ async def test_scheduled_rounds_probe_until_an_answer(tmp_path: Path) -> None:
             for p in store.probes(0):
                 per.setdefault(p.node_id, []).append(p.answered)
             # One attempt per host per round; A answered in the first and is not asked again.
-            assert per == {A.node_id: [True], B.node_id: [False] * 3, C.node_id: [False] * 3}
+            assert per == {A.node_id: [True], B.node_id: [False] * 3, C.node_id: [False] * 3,
+                           D.node_id: [False] * 3}
             got = await next_epoch_excluded(cl, clock)
-            assert got == {(B.node_id, UNREACHABLE), (C.node_id, UNREACHABLE)}
+            assert got == {(B.node_id, UNREACHABLE), (C.node_id, UNREACHABLE),
+                           (D.node_id, UNREACHABLE)}
     finally:
         store.close()
 
@@ -294,31 +321,34 @@ def test_config_bounds() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_flooded_host_answering_capacity_exhausted_counts_as_answered() -> None:
-    # Anyone can fill a host's challenge book (GET /v1/challenge is open); the host then
-    # answers 409 capacity_exhausted to everyone. It is alive: the probe must not let a
-    # flood get an honest host excluded as unreachable. Any other error is not an answer.
-    from coordinator.probe import probe_host
+async def test_only_the_hosts_own_signature_over_the_fresh_nonce_answers_a_probe() -> None:
+    target = Target(endpoint=None, public_key=A.public_key)
+    async with aiohttp.ClientSession() as session:
+        assert not await probe_host(session, target, epoch=3, timeout=2.0)  # no endpoint
+        cases = [
+            (prober(A), True),
+            (prober(B), False),  # another node's endpoint answers with its own key
+            (prober(A, nonce="ab" * 16), False),  # a replayed answer (another nonce)
+            (prober(A, epoch=2), False),  # another epoch
+            (prober(A, status=500), False),
+        ]
+        for app, expected in cases:
+            async with serving(app) as ep:
+                target = Target(endpoint=ep, public_key=A.public_key)
+                assert await probe_host(session, target, epoch=3, timeout=2.0) is expected
 
-    async def full(_: web.Request) -> web.Response:
-        return web.json_response({"code": "capacity_exhausted", "message": "full"}, status=409)
+        async def unsigned(_: web.Request) -> web.Response:
+            return web.json_response({"challenge": "00" * 16, "expires": T0})
 
-    async def other(_: web.Request) -> web.Response:
-        return web.json_response({"code": "wrong_phase", "message": "no"}, status=409)
-
-    for handler, expected in ((full, True), (other, False)):
-        app = web.Application()
-        app.router.add_get("/v1/challenge", handler)
-        runner_ = web.AppRunner(app)
-        await runner_.setup()
-        site = web.TCPSite(runner_, "127.0.0.1", 0)
-        await site.start()
-        port = runner_.addresses[0][1]
-        try:
-            async with aiohttp.ClientSession() as session:
-                assert await probe_host(session, f"127.0.0.1:{port}", timeout=2.0) is expected
-        finally:
-            await runner_.cleanup()
+        plain = web.Application()
+        plain.router.add_get("/v1/probe/{epoch}/{nonce}", unsigned)
+        async with serving(plain) as ep:
+            target = Target(endpoint=ep, public_key=A.public_key)
+            assert not await probe_host(session, target, epoch=3, timeout=2.0)
+        async with _silent_and_dead() as (silent, dead):
+            for ep in (silent, dead):
+                target = Target(endpoint=ep, public_key=A.public_key)
+                assert not await probe_host(session, target, epoch=3, timeout=0.3)
 
 
 @pytest.mark.asyncio

@@ -20,6 +20,7 @@ from helpers.coordinator import (
     T0,
     FakeClock,
     Harness,
+    access_request,
     audit_report,
     commitment,
     config,
@@ -366,8 +367,9 @@ async def test_bad_input_after_close_is_refused_without_change(harness: Harness)
 
 
 def _refusal_msg(host: Identity, requester: Identity, t: int) -> Refusal:
+    req = access_request(host, requester, n=77, issued=t, amount=1)
     return Refusal(epoch=0, host_id=host.node_id, requester_id=requester.node_id,
-                   challenge=nonce(77), reason="not_included", time=t)
+                   nonce=nonce(77), reason="not_included", time=t, request=req)
 
 
 @pytest.mark.asyncio

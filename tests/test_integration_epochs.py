@@ -31,6 +31,7 @@ included, are never found free-riding).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -47,10 +48,22 @@ from coordinator.config import CoordinatorConfig
 from coordinator.service import make_app
 from coordinator.store import Store
 from node.agent import Agent
-from node.client import AccessAnswer, CoordinatorClient, DirectoryEntry, make_access_request
+from node.client import AccessAnswer, CoordinatorClient, DirectoryEntry
 from node.launch import NodeSpec, RunningNode, start_node
 from node.strategy import parse_strategy
-from protocol import MICRO, Allocation, Envelope, GrantReceipt, Identity, InkindError
+from protocol import (
+    MICRO,
+    AccessBody,
+    AccessRequest,
+    Allocation,
+    Credential,
+    Envelope,
+    GrantReceipt,
+    Identity,
+    InkindError,
+    credential_digest,
+    seal,
+)
 from protocol.errors import NotIncludedError
 
 T0 = 1_700_000_000
@@ -283,6 +296,17 @@ async def targeted_asks(b: Bed, log: EpochLog, included: set[str]) -> None:
 FREE_RIDERS_AT = sorted(FREE_RIDERS)
 
 
+def signed_anyway(identity: Identity, credential: Envelope, *, host_id: str, now: int,
+                  amount: int, resource: str | None) -> AccessBody:
+    """An access body signed by ``identity`` whoever holds ``credential`` (the reference
+    builder refuses another's credential; an attacker need not use it)."""
+    cred = Credential.from_payload(json.loads(credential.payload))
+    request = AccessRequest(credential_digest=credential_digest(credential), host_id=host_id,
+                            epoch=cred.epoch, issued=now, nonce=random.randbytes(16).hex(),
+                            amount=amount, resource=resource)
+    return AccessBody(request=seal(identity, request), credential=credential)
+
+
 async def excluded_attempts(b: Bed, log: EpochLog, included: set[str],
                             old_credentials: dict[str, Envelope]) -> None:
     """Excluded nodes try to get in: no credential (``not_included``); then with an old
@@ -308,13 +332,12 @@ async def excluded_attempts(b: Bed, log: EpochLog, included: set[str],
         for credential in credentials:
             host = hosts[(m.index + len(log.excluded_attempts)) % len(hosts)]
             url = f"http://{host.node.bound}"
-            challenge = await m.agent.peers.challenge(url)
             resource = None
             if host.node.spec.kind == "files":
                 listing = await m.agent.peers.files(url)
                 resource = "file:" + listing[0]["sha256"]
-            request = make_access_request(
-                m.node.identity, credential, host_id=host.id, challenge=challenge.value,
+            request = signed_anyway(
+                m.node.identity, credential, host_id=host.id, now=b.clock(),
                 amount=FILE_BYTES if resource else MICRO // 10, resource=resource)
             if resource:
                 answer, _ = await m.agent.peers.download(url, resource[5:], request,

@@ -25,7 +25,16 @@ from node.client import PeerClient
 from node.epoch import Action
 from node.launch import start_node
 from node.service import start_site
-from protocol import MICRO, GrantReceipt, Refusal, open_embedded
+from protocol import (
+    MICRO,
+    AccessBody,
+    AccessRequest,
+    GrantReceipt,
+    Refusal,
+    credential_digest,
+    open_embedded,
+    seal,
+)
 
 
 @pytest.mark.asyncio
@@ -93,7 +102,9 @@ async def test_one_epoch_end_to_end_with_a_free_rider_and_a_misreporter(clock: F
                     _, item = open_embedded(env, GrantReceipt, trusted=env.signer)
                 else:
                     _, item = open_embedded(env, Refusal, trusted=env.signer)
-                assert item.epoch == 1 and item.requester_id == report.reporter_id
+                # A node reports what it got as a roamer and, as a host, its own ledger.
+                own_ledger = env.type == "grant_receipt" and item.host_id == report.reporter_id
+                assert item.epoch == 1 and (item.requester_id == report.reporter_id or own_ledger)
         refusals = [
             env for report in fake.audits for env in report.evidence if env.type == "refusal"
         ]
@@ -162,8 +173,15 @@ async def test_an_excluded_node_gets_no_credential_opens_nothing_and_is_refused(
         cred = fake.credentials[(1, host.node_id)]
         assert host.history[1].directory is None  # it did not roam: never fetched
         directory = await host.directory()
-        answer = await outsider.ask(directory.by_id()[host.node_id], cred)
-        assert answer is not None and answer.reason == "bad_proof"
+        # The reference builder will not even sign with another's credential ...
+        assert await outsider.ask(directory.by_id()[host.node_id], cred) is None
+        # ... and a request signed anyway, presented beside it, fails at the host.
+        forged = seal(outsider.identity, AccessRequest(
+            credential_digest=credential_digest(cred), host_id=host.node_id, epoch=1,
+            issued=clock.now, nonce="cd" * 16, amount=MICRO))
+        answer = await outsider.peers.access(f"http://{entry.endpoint}",
+                                             AccessBody(request=forged, credential=cred))
+        assert answer.reason == "bad_proof"
         assert host.host.resource.remaining(clock.now) == MICRO
 
 

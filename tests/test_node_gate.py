@@ -23,6 +23,7 @@ from node.gate import GRANTED, authorize
 from node.host import Host
 from protocol import (
     MICRO,
+    AccessBody,
     AccessRequest,
     Declaration,
     Envelope,
@@ -47,9 +48,10 @@ class Case:
 
 
 def _tamper_signature(raw: bytes) -> bytes:
-    env = Envelope.from_bytes(raw, max_size=1 << 20)
+    body = AccessBody.from_bytes(raw)
+    env = body.request
     bad = bytes([env.signature[0] ^ 1]) + env.signature[1:]
-    return replace(env, signature=bad).to_bytes()
+    return replace(body, request=replace(env, signature=bad)).to_bytes()
 
 
 def _forged_credential(w: World) -> Envelope:
@@ -68,7 +70,7 @@ CASES = [
     Case("granted", lambda w: w.request(w.alice), GRANTED, verified=True),
     Case("malformed body", lambda w: b"{not json", "malformed"),
     Case("too large body", lambda w: b" " * 200_000, "too_large"),
-    Case("another message type", _declaration, "unexpected_message"),
+    Case("an envelope instead of an access body", _declaration, "unknown_field"),
     Case(
         "request signature tampered",
         lambda w: _tamper_signature(w.request(w.alice)),
@@ -132,12 +134,11 @@ CASES = [
         lambda w: w.request(w.alice, signer=w.mallory),
         "bad_proof",
     ),
-    Case("challenge never issued", lambda w: w.request(w.alice, challenge="ab" * 16), "bad_proof"),
-    Case(
-        "challenge expired",
-        lambda w: w.request(w.alice, challenge=w.book.issue(NOW - 30).value),
-        "expired",
-    ),
+    Case("issued before the skew window", lambda w: w.request(w.alice, now=NOW - 61),
+         "expired"),
+    Case("issued at the edge of the skew window", lambda w: w.request(w.alice, now=NOW - 60),
+         GRANTED, verified=True),
+    Case("issued in the future", lambda w: w.request(w.alice, now=NOW + 61), "not_yet_valid"),
     Case(
         "no coordinator key trusted",
         lambda w: w.request(w.alice),
@@ -271,7 +272,6 @@ def _host(w: World, view: dict[str, Any] | None, capacity: int = 3 * MICRO) -> H
         max_skew=view.get("max_skew", 60),
         partial_grants=view.get("partial", True),
     )
-    host.challenges = w.book
     host.open_epoch(
         epoch=w.epoch,
         included=w.included,
@@ -327,7 +327,7 @@ def _fresh(
     amount: int = MICRO, who: str = "alice", resource: str | None = None
 ) -> Callable[[World, list[bytes], int], bytes]:
     return lambda w, sent, now: w.request(
-        getattr(w, who), amount=amount, resource=resource, challenge=w.challenge(now)
+        getattr(w, who), amount=amount, resource=resource, now=now
     )
 
 
@@ -391,7 +391,6 @@ def test_scenario_steps_give_the_expected_reasons(name: str) -> None:
     host = Host(
         w.host, kind=kind, location=0, coordinator_key=w.coord.public_key, session_seconds=60
     )
-    host.challenges = w.book
     shares = {w.alice.node_id: 2 * MICRO} if kind == "compute" else None
     host.open_epoch(epoch=w.epoch, included=w.included, opened=opened, now=NOW, shares=shares)
     sent: list[bytes] = []
@@ -405,16 +404,14 @@ def test_scenario_steps_give_the_expected_reasons(name: str) -> None:
             assert host.resource.remaining(step.now) == before
 
 
-def test_a_challenge_is_not_used_up_by_a_request_that_fails_its_proof() -> None:
+def test_a_request_that_fails_its_proof_leaves_no_trace() -> None:
     w = World()
-    challenge = w.challenge()
-    bad = w.request(w.alice, challenge=challenge, signer=w.mallory)
-    assert authorize(bad, w.view(), now=NOW).reason == "bad_proof"
-    good = w.request(w.alice, challenge=challenge)
-    assert authorize(good, w.view(), now=NOW).granted
+    good = w.request(w.alice)
+    assert authorize(_tamper_signature(good), w.view(), now=NOW).reason == "bad_signature"
+    assert authorize(good, w.view(), now=NOW).granted  # its nonce was not recorded
 
 
-def test_a_policy_refusal_uses_up_the_challenge() -> None:
+def test_a_policy_refusal_records_the_request_so_its_replay_is_refused() -> None:
     w = World()
     raw = w.request(w.bob)
     assert authorize(raw, w.view(), now=NOW).reason == "not_included"
@@ -456,7 +453,6 @@ def test_grants_never_exceed_the_capacity_opened(
     host = Host(
         w.host, kind=kind, location=0, coordinator_key=w.coord.public_key, session_seconds=50
     )
-    host.challenges = w.book
     shares = {w.alice.node_id: 3 * MICRO} if kind == "compute" else None
     host.open_epoch(epoch=w.epoch, included=w.included, opened=opened, now=NOW, shares=shares)
     host.revoke([w.carol.node_id])
@@ -471,7 +467,7 @@ def test_grants_never_exceed_the_capacity_opened(
             w.request(
                 getattr(w, who),
                 amount=amount,
-                challenge=w.challenge(now),
+                now=now,
                 resource="compute" if kind == "compute" else None,
             ),
             now=now,
@@ -516,6 +512,6 @@ def test_an_excluded_requester_is_never_granted(
 def test_the_request_class_is_the_protocols() -> None:
     # The gate accepts exactly protocol access requests; a sanity check on the fixture.
     w = World()
-    env = Envelope.from_bytes(w.request(w.alice), max_size=1 << 20)
+    env = AccessBody.from_bytes(w.request(w.alice)).request
     _, req = open_embedded(env, AccessRequest, trusted=None)
     assert req.host_id == w.host.node_id

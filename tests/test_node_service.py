@@ -8,6 +8,7 @@ malformed input). Every refusal keeps the host's capacity unchanged.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,12 +18,12 @@ import pytest
 from helpers.node import NOW, World
 
 from coordinator.enforcement import refusal_is_legitimate
-from node.client import PeerClient, check_refusal, make_access_request
+from node.client import PeerClient, make_access_request
 from node.files import FileStore
 from node.host import Host
 from node.resources import hash_job, job_iterations
 from node.service import make_app, start_site
-from protocol import MICRO, Envelope, Identity, InkindError, Refusal, open_embedded, seal
+from protocol import MICRO, AccessBody, Identity, InkindError, Refusal, check_refusal
 from protocol.errors import NotFoundError
 
 
@@ -60,17 +61,18 @@ async def ask(
     *,
     amount: int = MICRO,
     resource: str | None = None,
-) -> tuple[Envelope, str]:
-    challenge = await peers.challenge(url)
-    request = make_access_request(
+) -> tuple[AccessBody, str]:
+    """A fresh body (one round trip: nothing is fetched first) and its nonce."""
+    body = make_access_request(
         who,
         w.credential(who),
         host_id=w.host.node_id,
-        challenge=challenge.value,
+        now=NOW,
         amount=amount,
         resource=resource,
+        rng=w.rng,
     )
-    return request, challenge.value
+    return body, str(json.loads(body.request.payload)["nonce"])
 
 
 @pytest.mark.asyncio
@@ -81,7 +83,7 @@ async def test_access_grants_with_a_receipt_then_refuses_a_replay() -> None:
         request, challenge = await ask(peers, url, w, w.alice)
         answer = await peers.access(url, request, host_key=w.host.public_key)
         assert answer.granted and answer.receipt is not None
-        assert answer.receipt.challenge == challenge and answer.receipt.time == NOW
+        assert answer.receipt.nonce == challenge and answer.receipt.time == NOW
         assert answer.receipt.requester_id == w.alice.node_id
         replay = await peers.access(url, request, host_key=w.host.public_key)
         assert replay.reason == "replay" and replay.refusal is None  # a plain 409, unsigned
@@ -109,7 +111,7 @@ async def test_policy_refusals_are_signed_and_keep_capacity(
         answer = await peers.access(url, request, host_key=w.host.public_key)
         assert not answer.granted
         assert answer.refusal is not None and answer.refusal.reason == reason
-        assert answer.refusal.challenge == challenge
+        assert answer.refusal.nonce == challenge
         assert answer.error is not None and answer.error.code == reason
         assert answer.evidence is answer.refusal_envelope
         assert host.resource.remaining(NOW) == opened
@@ -130,12 +132,11 @@ async def test_expired_credential_gets_a_plain_error_with_its_status() -> None:
     w, clock = World(), Clock()
     host = make_host(w, "wlan_coverage", 2 * MICRO)
     async with serving(host, clock) as (url, peers):
-        challenge = await peers.challenge(url)
         request = make_access_request(
             w.alice,
             w.credential(w.alice, not_before=NOW - 7200, expires=NOW - 3600),
             host_id=w.host.node_id,
-            challenge=challenge.value,
+            now=NOW,
             amount=MICRO,
         )
         answer = await peers.access(url, request)
@@ -203,7 +204,7 @@ async def test_files_are_downloaded_by_hash_within_the_byte_budget(tmp_path: Pat
         assert answer.refusal is not None and answer.refusal.amount == 1000
         assert refusal_is_legitimate(answer.refusal, received=1000, committed=1500)
         assert not refusal_is_legitimate(answer.refusal, received=500, committed=1500)
-        # An unknown file is not found before any check (the challenge is not used).
+        # An unknown file is not found before any check (the nonce is not recorded).
         other = "0" * 64
         stray, _ = await ask(peers, url, w, w.alice, amount=1000, resource="file:" + other)
         answer, _ = await peers.download(url, other, stray)
@@ -273,15 +274,18 @@ async def test_a_refusal_must_echo_the_request() -> None:
     assert answer.refusal is not None and answer.refusal.amount == 3 * MICRO
     good = answer.refusal
     check_refusal(good, request)
+    other, _ = await ask(peers, url, w, w.alice, amount=3 * MICRO)
+    with pytest.raises(InkindError) as info:
+        check_refusal(good, other)  # a refusal of another request of hers
+    assert info.value.code == "bad_proof"
     fields = {"epoch": good.epoch, "host_id": good.host_id, "requester_id": good.requester_id,
-              "challenge": good.challenge, "reason": good.reason, "time": good.time}
+              "nonce": good.nonce, "reason": good.reason, "time": good.time,
+              "request": good.request}
     for change in ({"amount": MICRO}, {"requester_id": w.bob.node_id},
-                   {"challenge": "ab" * 16}):
-        bad = Refusal(**{**fields, "amount": good.amount, **change})  # type: ignore[arg-type]
-        env = seal(w.host, bad)
-        with pytest.raises(InkindError) as info:
-            check_refusal(open_embedded(env, Refusal, trusted=None)[1], request)
-        assert info.value.code in ("bad_proof", "wrong_signer")
+                   {"nonce": "ab" * 16}):
+        with pytest.raises(InkindError) as info:  # a refusal not echoing its request
+            Refusal(**{**fields, "amount": good.amount, **change})  # type: ignore[arg-type]
+        assert info.value.code == "out_of_range"
     check_refusal(Refusal(**fields), request)  # type: ignore[arg-type]  # amount is optional
 
 

@@ -1,4 +1,4 @@
-"""Replay guard and challenge book: bounded, deterministic, refusals change no state."""
+"""Replay guard, replay window and credential cache: bounded, refusals change no state."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import itertools
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.errors import InkindError
-from protocol.guards import ChallengeBook, ReplayGuard
+from protocol.guards import CredentialCache, ReplayGuard, ReplayWindow
 
 
 def code(fn: Callable[[], object]) -> str:
@@ -67,76 +69,107 @@ def test_replay_guard_validates_its_arguments() -> None:
     assert code(lambda: ReplayGuard().check_and_record(True, "x")) == "wrong_type"
 
 
-# --- ChallengeBook --------------------------------------------------------------------
+# --- ReplayWindow -----------------------------------------------------------------------
 
 
-def test_challenges_are_fresh_hex_and_usable_once() -> None:
-    book = ChallengeBook(ttl=30, rng=counter_rng())
-    first, second = book.issue(100), book.issue(100)
-    assert first.value != second.value
-    assert len(first.value) == 32 and first.expires == 130
-    book.consume(first.value, 129)
-    assert code(lambda: book.consume(first.value, 129)) == "replay"
-    book.consume(second.value, 110)
+def test_a_request_is_accepted_once_inside_the_skew_window() -> None:
+    w = ReplayWindow(skew=60)
+    w.check_and_record("alice", "n1", 1000, 1000)
+    with pytest.raises(InkindError) as excinfo:
+        w.check_and_record("alice", "n1", 1000, 1001)
+    assert excinfo.value.code == "replay"
+    w.check_and_record("bob", "n1", 1000, 1001)  # per requester: nobody blocks another
+    w.check_and_record("alice", "n2", 1060, 1000)  # the window's edges are inside
+    w.check_and_record("alice", "n3", 940, 1000)
+    assert len(w) == 4
 
 
-def test_a_challenge_expires_at_its_expiry_time() -> None:
-    book = ChallengeBook(ttl=30, rng=counter_rng())
-    ch = book.issue(100)
-    assert code(lambda: book.consume(ch.value, 130)) == "expired"
-    assert code(lambda: book.consume(ch.value, 131)) == "bad_proof"  # gone for good
+@pytest.mark.parametrize(("issued", "code"), [(939, "expired"), (1061, "not_yet_valid")])
+def test_a_request_outside_the_window_is_refused_and_not_recorded(issued: int, code: str
+                                                                  ) -> None:
+    w = ReplayWindow(skew=60)
+    with pytest.raises(InkindError) as excinfo:
+        w.check_and_record("alice", "n", issued, 1000)
+    assert excinfo.value.code == code
+    assert len(w) == 0
 
 
-def test_an_unknown_challenge_is_a_bad_proof() -> None:
-    book = ChallengeBook(rng=counter_rng())
-    assert code(lambda: book.consume("00" * 16, 0)) == "bad_proof"
+def test_entries_are_forgotten_once_the_time_check_alone_refuses_them() -> None:
+    w = ReplayWindow(skew=10)
+    w.check_and_record("a", "n", 100, 100)
+    w.prune(110)
+    assert len(w) == 1  # still fresh at 110: a replay must still be caught
+    with pytest.raises(InkindError):
+        w.check_and_record("a", "n", 100, 110)
+    w.prune(111)
+    assert len(w) == 0
+    with pytest.raises(InkindError) as excinfo:  # and the time check refuses it now
+        w.check_and_record("a", "n", 100, 111)
+    assert excinfo.value.code == "expired"
 
 
-def test_the_book_is_bounded_and_pruning_frees_room() -> None:
-    book = ChallengeBook(ttl=10, capacity=2, rng=counter_rng())
-    a = book.issue(0)
-    book.issue(0)
-    assert code(lambda: book.issue(5)) == "capacity_exhausted"
-    book.consume(a.value, 5)  # a used challenge frees its outstanding slot
-    book.issue(9)
-    assert code(lambda: book.issue(9)) == "capacity_exhausted"
-    book.issue(10)  # everything issued at 0 expired at 10
-    assert len(book) == 2  # the two issued at 9 and 10
+def test_a_full_window_shrinks_and_never_lets_a_replay_in() -> None:
+    w = ReplayWindow(skew=60, capacity=3)
+    for i, issued in enumerate((1000, 1001, 1002)):
+        w.check_and_record("a", f"n{i}", issued, 1002)
+    # Full: the oldest (issued 1000) is forgotten and everything issued at or before
+    # 1000 is refused from now on, so its replay is still refused.
+    w.check_and_record("a", "n3", 1002, 1002)
+    assert len(w) == 3
+    with pytest.raises(InkindError) as excinfo:
+        w.check_and_record("a", "n0", 1000, 1002)
+    assert excinfo.value.code == "expired"
+    # A request that would itself be the first forgotten is refused, changing nothing.
+    w2 = ReplayWindow(skew=60, capacity=1)
+    w2.check_and_record("a", "x", 1000, 1000)
+    with pytest.raises(InkindError):
+        w2.check_and_record("a", "y", 999, 1000)
+    with pytest.raises(InkindError) as excinfo:
+        w2.check_and_record("a", "x", 1000, 1000)
+    assert excinfo.value.code == "replay"
 
 
-def test_a_repeating_random_source_is_caught() -> None:
-    book = ChallengeBook(rng=lambda n: b"\x00" * n)
-    book.issue(0)
-    with pytest.raises(RuntimeError):
-        book.issue(0)
-    with pytest.raises(ValueError):
-        ChallengeBook(rng=lambda n: b"short").issue(0)
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5), st.integers(-70, 70),
+                          st.integers(0, 30)), max_size=60),
+       st.integers(1, 8))
+def test_no_pair_is_ever_accepted_twice_and_memory_stays_bounded(
+    steps: list[tuple[int, int, int, int]], capacity: int
+) -> None:
+    # A request is (requester, nonce, issued): all three are signed, so only the
+    # requester can make another request with the same nonce and another issued time.
+    w = ReplayWindow(skew=60, capacity=capacity)
+    accepted: set[tuple[str, str, int]] = set()
+    now = 1000
+    for who, nonce, offset, advance in steps:
+        now += advance
+        key = (f"r{who}", f"n{nonce}", now + offset)
+        try:
+            w.check_and_record(key[0], key[1], key[2], now)
+        except InkindError:
+            continue
+        assert key not in accepted
+        accepted.add(key)
+        assert len(w) <= capacity
 
 
-def test_the_default_random_source_works() -> None:
-    book = ChallengeBook()
-    assert book.issue(0).value != book.issue(0).value
+def test_the_window_validates_its_arguments() -> None:
+    with pytest.raises(InkindError):
+        ReplayWindow(skew=-1)
+    with pytest.raises(InkindError):
+        ReplayWindow(capacity=0)
 
 
-def test_used_challenges_do_not_cap_the_sustained_rate() -> None:
-    # capacity bounds outstanding challenges; used ones are forgotten oldest first, so a
-    # host answering far more than capacity / ttl requests per second keeps working.
-    import itertools
+# --- CredentialCache --------------------------------------------------------------------
 
-    from protocol import ChallengeBook
-    from protocol.errors import BadProofError, ReplayError
 
-    counter = itertools.count(1)
-    book = ChallengeBook(ttl=30, capacity=4, rng=lambda n: next(counter).to_bytes(n, "big"))
-    first = book.issue(1000)
-    book.consume(first.value, 1000)
-    for _ in range(50):
-        c = book.issue(1000)
-        book.consume(c.value, 1000)
-    assert len(book) <= 4
-    with pytest.raises(BadProofError):
-        book.consume(first.value, 1000)  # forgotten, still refused
-    last = book.issue(1000)
-    book.consume(last.value, 1000)
-    with pytest.raises(ReplayError):
-        book.consume(last.value, 1000)
+def test_the_credential_cache_forgets_the_least_recently_used() -> None:
+    cache: CredentialCache[int] = CredentialCache(capacity=2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the most recent
+    cache.put("c", 3)
+    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
+    assert len(cache) == 2
+    cache.clear()
+    assert len(cache) == 0

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.access import credential_digest
 from protocol.encoding import canonical, decode_canonical
 from protocol.envelope import Envelope
 from protocol.errors import InkindError
@@ -33,6 +34,7 @@ from protocol.messages import (
     EpochAnnouncement,
     GrantReceipt,
     Message,
+    ProbeAnswer,
     Refusal,
     Registration,
     message_from_payload,
@@ -55,21 +57,34 @@ CREDENTIAL = Credential(
     location=3,
 )
 CREDENTIAL_ENV = Envelope.seal(COORD, "credential", canonical(CREDENTIAL.to_payload()))
+ACCESS = AccessRequest(
+    credential_digest=credential_digest(CREDENTIAL_ENV),
+    host_id=HOST.node_id,
+    epoch=7,
+    issued=1_500,
+    nonce=NONCE,
+    amount=1_000_000,
+    resource="sha256:abcd",
+)
+ACCESS_ENV = seal(NODE, ACCESS)
 RECEIPT = GrantReceipt(
     epoch=7,
     host_id=HOST.node_id,
     requester_id=NODE.node_id,
-    challenge=NONCE,
+    nonce=NONCE,
     amount=1_000_000,
     time=1_500,
+    request=ACCESS_ENV,
 )
 REFUSAL = Refusal(
     epoch=7,
     host_id=HOST.node_id,
     requester_id=NODE.node_id,
-    challenge=NONCE,
+    nonce=NONCE,
     reason="capacity_exhausted",
     time=1_500,
+    request=ACCESS_ENV,
+    amount=1_000_000,
 )
 
 SAMPLES: dict[str, Message] = {
@@ -101,13 +116,7 @@ SAMPLES: dict[str, Message] = {
     ),
     "credential": CREDENTIAL,
     "commitment": Commitment(epoch=7, node_id=NODE.node_id, contribution=1_000_000),
-    "access_request": AccessRequest(
-        credential=CREDENTIAL_ENV,
-        host_id=HOST.node_id,
-        challenge=NONCE,
-        amount=1_000_000,
-        resource="sha256:abcd",
-    ),
+    "access_request": ACCESS,
     "grant_receipt": RECEIPT,
     "refusal": REFUSAL,
     "audit_report": AuditReport(
@@ -118,6 +127,7 @@ SAMPLES: dict[str, Message] = {
             Envelope.seal(HOST, "refusal", canonical(REFUSAL.to_payload())),
         ),
     ),
+    "probe_answer": ProbeAnswer(epoch=7, host_id=HOST.node_id, nonce=NONCE),
 }
 
 
@@ -247,10 +257,20 @@ BAD_FIELDS = [
     ("access_request", "resource", "", "out_of_range"),
     ("access_request", "resource", "caf\u00e9", "out_of_range"),
     ("access_request", "resource", "x" * 129, "out_of_range"),
-    ("access_request", "credential", "opaque", "wrong_type"),
-    ("access_request", "credential", {"type": "credential"}, "missing_field"),
-    ("access_request", "challenge", NONCE[:-2], "out_of_range"),
+    ("access_request", "credential_digest", "ab" * 31, "out_of_range"),
+    ("access_request", "nonce", NONCE[:-2], "out_of_range"),
+    ("access_request", "issued", -1, "out_of_range"),
     ("grant_receipt", "time", 1.5, "wrong_type"),
+    ("grant_receipt", "request", "opaque", "wrong_type"),
+    ("grant_receipt", "request", {"type": "access_request"}, "missing_field"),
+    ("grant_receipt", "amount", 1_000_001, "out_of_range"),  # more than was asked
+    ("grant_receipt", "nonce", "ff" * 16, "out_of_range"),  # not the request's nonce
+    ("grant_receipt", "requester_id", OTHER.node_id, "out_of_range"),  # not its signer
+    ("grant_receipt", "host_id", OTHER.node_id, "out_of_range"),  # not its addressee
+    ("grant_receipt", "epoch", 8, "out_of_range"),
+    ("refusal", "amount", 2, "out_of_range"),  # not what was asked
+    ("refusal", "nonce", "ff" * 16, "out_of_range"),
+    ("probe_answer", "nonce", "00", "out_of_range"),
     ("refusal", "reason", "because", "out_of_range"),
     ("refusal", "reason", "refused", "out_of_range"),
     ("audit_report", "evidence", "all", "wrong_type"),
@@ -313,9 +333,10 @@ def test_allocation_contribution_lookup() -> None:
     assert alloc.contribution_of(OTHER.node_id) is None
 
 
-def test_access_request_must_embed_a_credential() -> None:
+def test_answers_must_embed_an_access_request() -> None:
     wrong = Envelope.seal(COORD, "allocation", b"{}")
-    assert refusal_code("access_request", credential=wrong.to_obj()) == "unexpected_message"
+    assert refusal_code("grant_receipt", request=wrong.to_obj()) == "unexpected_message"
+    assert refusal_code("refusal", request=wrong.to_obj()) == "unexpected_message"
 
 
 def test_audit_report_evidence_is_bounded_and_typed() -> None:
@@ -357,7 +378,7 @@ def test_every_message_type_survives_seal_and_open(message_type: str) -> None:
     cls = MESSAGE_TYPES[message_type]
     if cls.SIGNER == "coordinator":
         ident = COORD
-    elif isinstance(msg, GrantReceipt | Refusal):
+    elif isinstance(msg, GrantReceipt | Refusal | ProbeAnswer):
         ident = HOST
     else:
         ident = NODE
@@ -367,13 +388,18 @@ def test_every_message_type_survives_seal_and_open(message_type: str) -> None:
 
 def test_the_largest_audit_report_fits_its_payload_limit() -> None:
     longest_reason = max(REFUSAL_REASONS, key=len)
+    request = seal(NODE, AccessRequest(
+        credential_digest="ab" * 32, host_id=HOST.node_id, epoch=MAX_EPOCH, issued=MAX_TIME,
+        nonce=NONCE, amount=MAX_QUANTITY_MICRO, resource="r" * 128))
     item = Refusal(
         epoch=MAX_EPOCH,
         host_id=HOST.node_id,
         requester_id=NODE.node_id,
-        challenge=NONCE,
+        nonce=NONCE,
         reason=longest_reason,
         time=MAX_TIME,
+        request=request,
+        amount=MAX_QUANTITY_MICRO,
     )
     env = seal(HOST, item)
     report = AuditReport(

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from protocol.encoding import canonical
 from protocol.envelope import Envelope
 from protocol.errors import InkindError
-from protocol.guards import ChallengeBook
 from protocol.identity import Identity
 from protocol.messages import (
     AccessRequest,
@@ -29,7 +28,6 @@ from protocol.messages import (
     Registration,
 )
 from protocol.verify import (
-    check_access_request,
     check_credential,
     check_declaration,
     check_epoch,
@@ -297,92 +295,25 @@ def test_a_credential_not_signed_by_the_coordinator_is_refused() -> None:
     )
 
 
-# --- access requests ------------------------------------------------------------------
-
-
-def access(
-    *,
-    requester: Identity = NODE,
-    holder: Identity = NODE,
-    host_id: str = HOST.node_id,
-    challenge: str | None = None,
-    book: ChallengeBook,
-    cred: Credential | None = None,
-) -> bytes:
-    cred_env = seal(COORD, cred or credential_for(holder))
-    value = challenge if challenge is not None else book.issue(1_500).value
-    request = AccessRequest(credential=cred_env, host_id=host_id, challenge=value, amount=1)
-    return signed(requester, "access_request", request.to_payload())
-
-
-def host_check(raw: bytes, book: ChallengeBook, now: int = 1_510) -> object:
-    return check_access_request(
-        raw,
-        coordinator_key=COORD.public_key,
-        host_id=HOST.node_id,
-        epoch=EPOCH,
-        now=now,
-        challenges=book,
-    )
-
-
-def test_a_valid_access_request_verifies_once() -> None:
-    book = ChallengeBook(rng=lambda n: b"\x11" * n)
-    raw = access(book=book)
-    verified = host_check(raw, book)
-    assert verified.requester_id == NODE.node_id  # type: ignore[attr-defined]
-    assert code(lambda: host_check(raw, book)) == "replay"
-
-
-def test_access_needs_the_credential_holders_key() -> None:
-    book = ChallengeBook()
-    raw = access(requester=MALLORY, holder=NODE, book=book)
-    assert code(lambda: host_check(raw, book)) == "bad_proof"
-
-
-def test_access_requests_are_bound_to_their_host() -> None:
-    book = ChallengeBook()
-    raw = access(host_id=MALLORY.node_id, book=book)
-    assert code(lambda: host_check(raw, book)) == "bad_proof"
-
-
-def test_access_needs_a_challenge_this_host_issued_and_still_valid() -> None:
-    book = ChallengeBook(ttl=30)
-    assert code(lambda: host_check(access(challenge=NONCE, book=book), book)) == "bad_proof"
-    raw = access(book=book)  # issued at 1500, expires at 1530
-    assert code(lambda: host_check(raw, book, now=1_530)) == "expired"
-
-
-def test_a_failed_credential_check_does_not_use_up_the_challenge() -> None:
-    book = ChallengeBook()
-    ch = book.issue(1_500).value
-    stale = access(challenge=ch, book=book, cred=credential_for(NODE, epoch=EPOCH - 1))
-    assert code(lambda: host_check(stale, book)) == "stale_epoch"
-    host_check(access(challenge=ch, book=book), book)
-
-
-def test_access_credential_must_come_from_the_coordinator() -> None:
-    book = ChallengeBook()
-    challenge = book.issue(1_500).value
-    forged = seal(MALLORY, credential_for(NODE))
-    request = AccessRequest(credential=forged, host_id=HOST.node_id, challenge=challenge, amount=1)
-    raw = seal_bytes(NODE, request)
-    assert code(lambda: host_check(raw, book)) == "unknown_key"
-
-
 # --- audit evidence -------------------------------------------------------------------
 
 
-def receipt(host: Identity, epoch: int = EPOCH) -> Envelope:
+def request(host: Identity, epoch: int = EPOCH, requester: Identity = NODE) -> Envelope:
+    return seal(requester, AccessRequest(credential_digest="ab" * 32, host_id=host.node_id,
+                                         epoch=epoch, issued=1_500, nonce=NONCE, amount=1))
+
+
+def receipt(host: Identity, epoch: int = EPOCH, requester: Identity = NODE) -> Envelope:
     return seal(
         host,
         GrantReceipt(
             epoch=epoch,
             host_id=host.node_id,
-            requester_id=NODE.node_id,
-            challenge=NONCE,
+            requester_id=requester.node_id,
+            nonce=NONCE,
             amount=1,
             time=1_500,
+            request=request(host, epoch, requester),
         ),
     )
 
@@ -394,9 +325,10 @@ def refusal(host: Identity) -> Envelope:
             epoch=EPOCH,
             host_id=host.node_id,
             requester_id=NODE.node_id,
-            challenge=NONCE,
+            nonce=NONCE,
             reason="capacity_exhausted",
             time=1_500,
+            request=request(host),
         ),
     )
 
@@ -407,7 +339,8 @@ def report(*evidence: Envelope) -> AuditReport:
 
 
 def test_audit_evidence_opens_into_receipts_and_refusals() -> None:
-    items = open_evidence(report(receipt(HOST), refusal(HOST)), host_keys={HOST.public_key})
+    keys = {HOST.public_key, NODE.public_key}
+    items = open_evidence(report(receipt(HOST), refusal(HOST)), host_keys=keys)
     assert [type(item) for _, item in items] == [GrantReceipt, Refusal]
     assert all(signer == HOST.public_key for signer, _ in items)
 
@@ -421,14 +354,28 @@ def test_audit_evidence_refusals() -> None:
         epoch=EPOCH,
         host_id=HOST.node_id,
         requester_id=NODE.node_id,
-        challenge=NONCE,
+        nonce=NONCE,
         amount=1,
         time=1,
+        request=request(HOST),
     ).to_payload()
     framed = Envelope.seal(MALLORY, "grant_receipt", canonical(payload))
-    assert code(lambda: open_evidence(report(framed), host_keys={MALLORY.public_key})) == (
-        "wrong_signer"
-    )
+    keys_m = {MALLORY.public_key, NODE.public_key}
+    assert code(lambda: open_evidence(report(framed), host_keys=keys_m)) == "wrong_signer"
+
+
+def test_a_receipt_backed_by_a_request_its_requester_never_signed_is_refused() -> None:
+    # The host signs a receipt around a request it made up (signed by itself, or by a
+    # key that is not registered): the ledger entry is worthless.
+    keys = {HOST.public_key, NODE.public_key}
+    made_up = receipt(HOST, requester=MALLORY)
+    assert code(lambda: open_evidence(report(made_up), host_keys=keys)) == "unknown_key"
+    forged_req = Envelope(type="access_request", signer=NODE.public_key,
+                          payload=request(HOST).payload, signature=bytes(64))
+    bad = GrantReceipt(epoch=EPOCH, host_id=HOST.node_id, requester_id=NODE.node_id,
+                       nonce=NONCE, amount=1, time=1_500, request=forged_req)
+    assert code(lambda: open_evidence(report(seal(HOST, bad)), host_keys=keys)) == (
+        "bad_signature")
 
 
 def test_coordinator_signed_allocation_needs_a_trusted_signer() -> None:

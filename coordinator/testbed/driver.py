@@ -19,7 +19,7 @@ each epoch:
    seeded roaming script, and records every answer and the decision latency;
 7. audit: each roamer's signed receipts and refusals go to the coordinator; then
    ``POST /v1/admin/probe``: the coordinator probes every host that owes something in
-   this epoch now (``GET /v1/challenge``), while the epoch's faults are still in force,
+   this epoch now (``GET /v1/probe``), while the epoch's faults are still in force,
    so a crashed or silent host is found ``unreachable`` at the next cut-off;
 8. the hosts' and the coordinator's status pages are read into the epoch's record.
 
@@ -475,7 +475,7 @@ class Player:
         except aiohttp.ClientError:
             res.reason = "unreachable"
             return res
-        # The decision's latency: the challenge and the access request (one exchange).
+        # The decision's latency: one POST of the access body (one exchange).
         res.latency_ms = (time.perf_counter() - t0) * 1000.0
         res.reason = answer.reason
         res.amount = answer.amount

@@ -7,9 +7,10 @@ against the key it must carry (the coordinator's, or the host's own) before it i
 * :class:`Coordinator`: status, the signed allocation, credentials and the directory of
   an epoch, registrations and audit reports, and the admin actions (open, close, probe)
   of a ``--manual`` coordinator;
-* :func:`ask`: one access attempt of a roaming device -- fetch a challenge, send the
-  signed ``access_request`` (embedding the credential), and read the host's signed
-  receipt or refusal -- the whole device in one function.
+* :func:`ask`: one access attempt of a roaming device -- one POST of the access body
+  (the credential beside an ``access_request`` signed for that host and moment, built by
+  :func:`protocol.make_access_request`), and read the host's signed receipt or refusal
+  -- the whole device in one function.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import base64
 import binascii
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from protocol import (
-    AccessRequest,
     Allocation,
     Credential,
     Envelope,
@@ -32,7 +33,9 @@ from protocol import (
     Identity,
     InkindError,
     Refusal,
-    seal,
+    check_receipt,
+    check_refusal,
+    make_access_request,
 )
 from protocol.envelope import envelope_size_limit
 from protocol.errors import MalformedError, OutOfRangeError, TooLargeError, from_wire
@@ -192,16 +195,10 @@ async def ask(session: aiohttp.ClientSession, url: str, *, kind: ResourceKind,
     Raises aiohttp.ClientError (unreachable) and TimeoutError as they come; a reply that
     breaks the protocol is an answer with the protocol error's code, never a grant.
     """
-    async with session.get(url + "/v1/challenge", timeout=timeout) as resp:
-        body = _json(await _body(resp, 4096))
-        if resp.status >= 400:
-            return Answer(reason=_error(body, resp.status).code)
-    challenge = str(body.get("challenge", "")) if isinstance(body, dict) else ""
     try:
-        request = seal(identity, AccessRequest(credential=credential, host_id=host_id,
-                                               challenge=challenge, amount=amount,
-                                               resource=kind.resource_of(item)))
-    except InkindError as exc:  # the host's challenge was not one
+        request = make_access_request(identity, credential, host_id=host_id, amount=amount,
+                                      now=int(time.time()), resource=kind.resource_of(item))
+    except InkindError as exc:  # a credential of another key: nothing to send
         return Answer(reason=exc.code)
     async with session.post(url + kind.path(item), data=request.to_bytes(), timeout=timeout,
                             headers={"Content-Type": "application/json"}) as resp:
@@ -215,9 +212,7 @@ async def ask(session: aiohttp.ClientSession, url: str, *, kind: ResourceKind,
                 return Answer(reason=_error(err, status).code)
             env = Envelope.from_obj(err["refusal"])
             _, refusal = open_embedded(env, Refusal, trusted=frozenset({host_key}))
-            if (refusal.host_id, refusal.challenge, refusal.requester_id) != (
-                    host_id, challenge, identity.node_id):
-                raise MalformedError("the refusal answers another request")
+            check_refusal(refusal, request)  # it answers this very request
             return Answer(reason=refusal.reason, evidence=env)
         if kind.answer is KindAnswer.FILE:
             env = Envelope.from_bytes(base64.b64decode(header, validate=True),
@@ -232,9 +227,7 @@ async def ask(session: aiohttp.ClientSession, url: str, *, kind: ResourceKind,
         else:
             env = Envelope.from_bytes(data, max_size=64 * 1024)
         _, receipt = open_embedded(env, GrantReceipt, trusted=frozenset({host_key}))
-        if (receipt.host_id, receipt.challenge, receipt.requester_id) != (
-                host_id, challenge, identity.node_id):
-            raise MalformedError("the receipt answers another request")
+        check_receipt(receipt, request)  # it answers this very request
     except InkindError as exc:
         return Answer(reason=exc.code)
     except (binascii.Error, ValueError):

@@ -23,6 +23,7 @@ from coordinator.store import Store
 from helpers.clock import NOW, FakeClock
 from helpers.memnet import MemoryNet
 from protocol import (
+    AccessRequest,
     AuditReport,
     Commitment,
     Declaration,
@@ -137,18 +138,32 @@ def commitment(who: Identity, *, epoch: int = 0, amount: int) -> Commitment:
     return Commitment(epoch=epoch, node_id=who.node_id, contribution=amount)
 
 
+def access_request(host: Identity, requester: Identity, *, epoch: int = 0, n: int = 1,
+                   issued: int, amount: int) -> Envelope:
+    """The requester's signed request (what receipts and refusals embed)."""
+    return seal(requester, AccessRequest(credential_digest="ab" * 32, host_id=host.node_id,
+                                         epoch=epoch, issued=issued, nonce=nonce(n),
+                                         amount=amount))
+
+
 def refusal(host: Identity, requester: Identity, *, epoch: int = 0, reason: str,
-            time: int, n: int = 1, amount: int | None = None) -> Envelope:
+            time: int, n: int = 1, amount: int | None = None,
+            issued: int | None = None) -> Envelope:
+    req = access_request(host, requester, epoch=epoch, n=n,
+                         issued=time if issued is None else issued, amount=amount or 1)
     return seal(host, Refusal(epoch=epoch, host_id=host.node_id,
-                              requester_id=requester.node_id, challenge=nonce(n),
-                              reason=reason, time=time, amount=amount))
+                              requester_id=requester.node_id, nonce=nonce(n),
+                              reason=reason, time=time, request=req, amount=amount))
 
 
 def receipt(host: Identity, requester: Identity, *, epoch: int = 0, amount: int,
-            time: int, n: int = 1) -> Envelope:
+            time: int, n: int = 1, issued: int | None = None,
+            asked: int | None = None) -> Envelope:
+    req = access_request(host, requester, epoch=epoch, n=n,
+                         issued=time if issued is None else issued, amount=asked or amount)
     return seal(host, GrantReceipt(epoch=epoch, host_id=host.node_id,
-                                   requester_id=requester.node_id, challenge=nonce(n),
-                                   amount=amount, time=time))
+                                   requester_id=requester.node_id, nonce=nonce(n),
+                                   amount=amount, time=time, request=req))
 
 
 def audit_report(reporter: Identity, evidence: Sequence[Envelope], *,

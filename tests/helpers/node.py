@@ -32,10 +32,10 @@ from node.launch import start_node
 from node.strategy import parse_strategy
 from protocol import (
     MICRO,
-    AccessRequest,
+    AccessBody,
+    AccessVerifier,
     Allocation,
     AuditReport,
-    ChallengeBook,
     Commitment,
     Credential,
     Declaration,
@@ -44,6 +44,7 @@ from protocol import (
     Identity,
     InkindError,
     Registration,
+    make_access_request,
     open_envelope,
     seal,
     to_wire,
@@ -58,7 +59,7 @@ def ident(n: int) -> Identity:
 
 
 def counter_rng() -> Callable[[int], bytes]:
-    """A deterministic random source for challenge books (distinct values)."""
+    """A deterministic random source for request nonces (distinct values)."""
     counter = itertools.count(1)
     return lambda n: next(counter).to_bytes(n, "big")
 
@@ -74,7 +75,8 @@ class World:
     carol: Identity = field(default_factory=lambda: ident(5))  # included but revoked
     mallory: Identity = field(default_factory=lambda: ident(6))  # no credential of her own
     epoch: int = EPOCH
-    book: ChallengeBook = field(default_factory=lambda: ChallengeBook(ttl=30, rng=counter_rng()))
+    rng: Callable[[int], bytes] = field(default_factory=counter_rng)
+    verifier: AccessVerifier | None = None
 
     @property
     def included(self) -> frozenset[str]:
@@ -99,38 +101,46 @@ class World:
         )
         return seal(signer or self.coord, cred)
 
-    def challenge(self, now: int = NOW) -> str:
-        return self.book.issue(now).value
-
-    def request(
+    def body(
         self,
         who: Identity,
         *,
         amount: int = MICRO,
-        challenge: str | None = None,
         credential: Envelope | None = None,
         host_id: str | None = None,
         signer: Identity | None = None,
         resource: str | None = None,
-    ) -> bytes:
-        req = AccessRequest(
-            credential=credential if credential is not None else self.credential(who),
-            host_id=host_id or self.host.node_id,
-            challenge=challenge or self.challenge(),
-            amount=amount,
-            resource=resource,
-        )
-        return seal(signer or who, req).to_bytes()
+        now: int = NOW,
+    ) -> AccessBody:
+        """``who``'s access body; ``signer`` signs the request instead (with a
+        credential of its own key, then presented beside ``who``'s credential)."""
+        cred = credential if credential is not None else self.credential(who)
+        if signer is None:
+            return make_access_request(who, cred, host_id=host_id or self.host.node_id,
+                                       amount=amount, now=now, resource=resource,
+                                       rng=self.rng)
+        forged = make_access_request(signer, self.credential(signer),
+                                     host_id=host_id or self.host.node_id, amount=amount,
+                                     now=now, resource=resource, rng=self.rng)
+        return AccessBody(request=forged.request, credential=cred)
+
+    def request(self, who: Identity, **kw: Any) -> bytes:
+        return self.body(who, **kw).to_bytes()
 
     def view(self, **overrides: Any) -> HostView:
+        """A host view; ``coordinator_key`` and ``max_skew`` configure its verifier."""
+        if self.verifier is None or {"coordinator_key", "max_skew"} & set(overrides):
+            self.verifier = AccessVerifier(
+                host_id=self.host.node_id,
+                coordinator_key=overrides.pop("coordinator_key", self.coord.public_key),
+                skew=overrides.pop("max_skew", 60),
+            )
         values: dict[str, Any] = {
-            "host_id": self.host.node_id,
-            "coordinator_key": self.coord.public_key,
             "epoch": self.epoch,
             "included": self.included,
             "revoked": frozenset({self.carol.node_id}),
             "remaining": 3 * MICRO,
-            "challenges": self.book,
+            "verifier": self.verifier,
         }
         values.update(overrides)
         return HostView(**values)
