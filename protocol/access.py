@@ -29,12 +29,10 @@ from protocol.encoding import canonical, decode, decode_object
 from protocol.envelope import Envelope, envelope_size_limit, signing_input
 from protocol.errors import (
     BadProofError,
-    MissingFieldError,
-    UnknownFieldError,
     WrongSignerError,
     WrongTypeError,
 )
-from protocol.fields import MAX_CLOCK_SKEW, NONCE_BYTES, check_nonce
+from protocol.fields import MAX_CLOCK_SKEW, NONCE_BYTES, check_nonce, check_object
 from protocol.guards import CredentialCache, ReplayWindow
 from protocol.identity import Identity
 from protocol.messages import AccessRequest, Credential, GrantReceipt, ProbeAnswer, Refusal
@@ -89,15 +87,10 @@ class AccessBody:
     def from_bytes(cls, raw: bytes) -> AccessBody:
         """Parse a body (``too_large`` over :data:`MAX_ACCESS_BODY_BYTES`); the envelopes'
         signatures are not checked here."""
-        obj = decode(raw, max_bytes=MAX_ACCESS_BODY_BYTES, max_depth=2)
-        if not isinstance(obj, dict):
-            raise WrongTypeError("access body: expected a JSON object")
-        unknown = set(obj) - ACCESS_BODY_FIELDS
-        if unknown:
-            raise UnknownFieldError(f"access body: unknown fields {sorted(unknown)}")
-        missing = ACCESS_BODY_FIELDS - set(obj)
-        if missing:
-            raise MissingFieldError(f"access body: missing fields {sorted(missing)}")
+        obj = check_object(
+            "access body", decode(raw, max_bytes=MAX_ACCESS_BODY_BYTES, max_depth=2),
+            ACCESS_BODY_FIELDS,
+        )
         return cls(
             request=Envelope.from_obj(obj["request"]),
             credential=Envelope.from_obj(obj["credential"]),

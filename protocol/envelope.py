@@ -35,12 +35,10 @@ from protocol.encoding import canonical, decode
 from protocol.errors import (
     BadSignatureError,
     MalformedError,
-    MissingFieldError,
     OutOfRangeError,
-    UnknownFieldError,
     WrongTypeError,
 )
-from protocol.fields import check_hex, check_public_key, check_str
+from protocol.fields import check_hex, check_object, check_public_key, check_str
 from protocol.identity import SIGNATURE_BYTES, Identity, verify_signature
 
 DOMAIN = b"inkind/v1\x00"
@@ -125,19 +123,12 @@ class Envelope:
     @classmethod
     def from_obj(cls, obj: object) -> Envelope:
         """Parse the JSON object form; unknown or missing fields are refused."""
-        if not isinstance(obj, dict):
-            raise WrongTypeError("envelope: expected a JSON object")
-        unknown = set(obj) - ENVELOPE_FIELDS
-        if unknown:
-            raise UnknownFieldError(f"envelope: unknown fields {sorted(unknown)}")
-        missing = ENVELOPE_FIELDS - set(obj)
-        if missing:
-            raise MissingFieldError(f"envelope: missing fields {sorted(missing)}")
-        payload = check_str("payload", obj["payload"], max_chars=1 << 62)
-        sig = check_hex("signature", obj["signature"], 2 * SIGNATURE_BYTES)
+        fields = check_object("envelope", obj, ENVELOPE_FIELDS)
+        payload = check_str("payload", fields["payload"], max_chars=1 << 62)
+        sig = check_hex("signature", fields["signature"], 2 * SIGNATURE_BYTES)
         return cls(
-            type=obj["type"],
-            signer=obj["signer"],
+            type=check_message_type("type", fields["type"]),
+            signer=check_public_key("signer", fields["signer"]),
             payload=_b64decode(payload),
             signature=bytes.fromhex(sig),
         )

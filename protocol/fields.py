@@ -15,7 +15,13 @@ import re
 from collections.abc import Collection
 
 from protocol.encoding import MAX_SAFE_INTEGER
-from protocol.errors import OutOfRangeError, TooLargeError, WrongTypeError
+from protocol.errors import (
+    MissingFieldError,
+    OutOfRangeError,
+    TooLargeError,
+    UnknownFieldError,
+    WrongTypeError,
+)
 
 #: Raw Ed25519 public key (32 bytes) as lowercase hex.
 PUBLIC_KEY_HEX_CHARS = 64
@@ -51,6 +57,19 @@ def check_int(name: str, value: object, lo: int, hi: int) -> int:
         raise WrongTypeError(f"{name}: expected integer, got {_type_name(value)}")
     if not lo <= value <= hi:
         raise OutOfRangeError(f"{name}: {value} not in [{lo}, {hi}]")
+    return value
+
+
+def check_object(name: str, value: object, keys: frozenset[str]) -> dict[str, object]:
+    """A JSON object with exactly ``keys`` (``unknown_field``, ``missing_field``)."""
+    if not isinstance(value, dict):
+        raise WrongTypeError(f"{name}: expected a JSON object")
+    unknown = set(value) - keys
+    if unknown:
+        raise UnknownFieldError(f"{name}: unknown fields {sorted(unknown)}")
+    missing = keys - set(value)
+    if missing:
+        raise MissingFieldError(f"{name}: missing fields {sorted(missing)}")
     return value
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from test_node_support import NOW, World
+from helpers.node import NOW, World
 
 from node.host import Host
 from node.service import make_app, start_site
