@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from test_coordinator_support import (
+from helpers.coordinator import (
     EPOCH_SECONDS,
     T0,
     audit_report,
