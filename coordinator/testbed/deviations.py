@@ -391,7 +391,7 @@ class DeviantPlayer(Player):
             async with sem:
                 try:
                     if k % 2:
-                        async with self.session.get(url + "/v1/challenge",
+                        async with self.session.get(url + f"/v1/probe/0/{k:032x}",
                                                     timeout=timeout) as r:
                             await r.read()
                             codes[str(r.status)] += 1
