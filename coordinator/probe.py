@@ -124,8 +124,12 @@ async def probe_host(
                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             if resp.status != 200:
                 return False
-            raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
-        check_probe_answer(raw, host_key=target.public_key, epoch=epoch, nonce=nonce)
+            raw = bytearray()  # read(n) returns what has arrived: read to the end
+            while chunk := await resp.content.read(MAX_ANSWER_BYTES + 1 - len(raw)):
+                raw += chunk
+                if len(raw) > MAX_ANSWER_BYTES:
+                    return False
+        check_probe_answer(bytes(raw), host_key=target.public_key, epoch=epoch, nonce=nonce)
     except (aiohttp.ClientError, TimeoutError, ValueError, OSError, InkindError):
         return False
     return True

@@ -238,8 +238,6 @@ def test_drain_hid_the_receipt_and_reported_the_refusal(played: SeedResult) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 11 item 2 (framing an honest host) is not fixed on main yet;"
-                          " remove this mark when the host-filed grant ledgers land")
 def test_framed_host_was_not_excluded(played: SeedResult) -> None:
     rv = played.runs["drain-and-frame"]
     targets = {d["target"] for d in rv.mechanics["drains"]}
