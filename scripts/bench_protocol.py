@@ -1,28 +1,38 @@
 #!/usr/bin/env python3
 """Speed of the signed protocol: host access decisions and coordinator ingest.
 
-    python scripts/bench_protocol.py            # about 30 s
-    python scripts/bench_protocol.py --quick    # smaller counts, under 15 s
+    python scripts/bench_protocol.py            # about 40 s
+    python scripts/bench_protocol.py --quick    # smaller counts, under a minute
+    python scripts/bench_protocol.py --json     # the figures as a JSON list
     python scripts/bench_protocol.py --profile  # profile the ingest even if it meets its target
 
-Targets of the protocol issue: a host decides an access request in under 1 ms of CPU;
-decisions per second on loopback through HTTP are reported (no target); the coordinator
-ingests at least 2,000 signed declarations per second on one core. This script reports
-figures and never fails on a missed target (the last column says yes or NO).
+Targets: a host decides an access request in under 1 ms of CPU; through HTTP a first
+decision (one POST, one Ed25519 verification once the host knows the credential) reaches
+at least 90 % of a bare aiohttp handler doing the same cryptography, measured in the same
+run with the same load generator (issue 8, item 1); the coordinator ingests at least 2,000
+signed declarations per second on one core. This script reports figures and never fails
+on a missed target (the last column says yes or NO). Each figure judged against a
+ceiling prints the ceiling and the ratio beside it; ``--json`` prints a list of objects
+with ``figure``, ``value``, ``unit``, ``ceiling``, ``ratio``, ``goal`` and ``met``.
 
 1. Host decision CPU: a :class:`node.host.Host` with an open epoch whose allocation
-   includes the requesters; signed access requests are built in advance, each with its own
-   fresh challenge from the host's challenge book; each ``host.access(raw, now=...)`` is
-   timed with :func:`time.process_time`. Grant path (requester included) and refusal path
+   includes the requesters; access bodies (README section 7) are signed in advance, each
+   with a fresh nonce; each ``host.access(raw, now=...)`` is timed with
+   :func:`time.process_time`. Grant path (requester included) and refusal path
    (``not_included``: a valid credential of a node the allocation left out; the host signs
-   a refusal). Both paths verify two Ed25519 signatures and sign one.
-2. Decisions per second through HTTP: the node app (:func:`node.service.make_app`) in a
-   child process on 127.0.0.1, port 0; one aiohttp session in this process drives
-   :class:`node.client.PeerClient`. One decision = ``GET /v1/challenge``, signing the
-   access request, ``POST /v1/access`` and checking the host-signed receipt: two round
-   trips. Sequentially (1 in flight) and with 16 in flight; p50/p99 of one decision's
-   wall time; the CPU per decision of the node process and of the client process (which
-   signs each request and verifies each receipt: with few cores it competes with the node).
+   a refusal). The credentials were seen once before (warm-up), so each decision verifies
+   one Ed25519 signature (the request's) and signs one (the answer).
+2. Decisions per second through HTTP, with 16 in flight from one aiohttp session in this
+   process (the load generator), against three servers in child processes on 127.0.0.1:
+   the node app (:func:`node.service.make_app`, its connection limits included); a bare
+   aiohttp app whose handler reads the body, verifies one Ed25519 signature over the
+   request's bytes and signs a reply of the receipt's size (the same cryptography: the
+   ceiling for first decisions); and a bare aiohttp app answering a fixed short body (the
+   trivial ceiling). Bodies are signed before the clock starts and answers are only
+   checked for their status in the timed loop, so the generator is not the bottleneck
+   (its CPU per request is printed); one run's receipts are verified afterwards.
+   "Session decisions" (later requests in a session authenticated by a MAC) are not
+   implemented, so that figure is not reported.
 3. Coordinator ingest: the coordinator app (:func:`coordinator.service.make_app`) in a
    child process, a real SQLite store (WAL, ``synchronous=FULL``) in a temporary directory,
    manual epochs (``POST /v1/admin/open`` with the admin token). K nodes register (not
@@ -50,6 +60,7 @@ import asyncio
 import contextlib
 import cProfile
 import hashlib
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -132,6 +143,17 @@ class Row:
     unit: str
     target: str = ""
     met: bool | None = None
+    ceiling: float | None = None  # the bare figure this one is judged against, same run
+    goal: float | None = None  # the ratio to reach
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.ceiling is None else self.value / self.ceiling
+
+    def to_json(self) -> dict[str, Any]:
+        return {"figure": self.figure, "value": self.value, "unit": self.unit,
+                "ceiling": self.ceiling, "ratio": self.ratio, "goal": self.goal,
+                "met": self.met}
 
 
 # --- small helpers ---------------------------------------------------------------------
@@ -239,6 +261,33 @@ def _add_bench_routes(app: web.Application, stop: asyncio.Event) -> None:
     app.router.add_post("/bench/stop", halt)
 
 
+#: A reply of a receipt's size (an envelope around a request, base64 twice), bytes.
+BARE_REPLY_BYTES = 1500
+
+
+def _bare_app(crypto: bool) -> tuple[web.Application, Callable[[], None]]:
+    """The ceilings of figure 2: a handler doing the host's cryptography and nothing else
+    (verify one Ed25519 signature over the body's request bytes, sign a reply), or only
+    reading the body and answering."""
+    key = ident("bare", 0)
+    data = b"r" * 255  # an access request's payload size (README section 9)
+    signature = key.sign(data)
+    reply = b"x" * BARE_REPLY_BYTES
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        if not crypto:
+            return web.Response(body=b'{"ok":1}', content_type="application/json")
+        if not verify_signature(key.public_key, signature, data):
+            raise RuntimeError("the fixed signature does not verify")
+        return web.Response(body=reply[:-64] + key.sign(reply)[:64],
+                            content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/access", handle)
+    return app, lambda: None
+
+
 def _node_app(requesters: int) -> tuple[web.Application, Callable[[], None]]:
     host = Host(ident("host", 0), kind="wlan_coverage", location=0,
                 coordinator_key=ident("coordinator", 0).public_key)
@@ -266,10 +315,22 @@ def serve(kind: str, arg: Any, conn: Connection) -> None:
     """Child process body: serve ``kind`` ("node" or "coordinator") until /bench/stop."""
 
     async def main() -> None:
-        app, close = _node_app(arg) if kind == "node" else _coordinator_app(arg)
+        if kind == "node":
+            app, close = _node_app(arg)
+        elif kind == "bare":
+            app, close = _bare_app(arg)
+        else:
+            app, close = _coordinator_app(arg)
         stop = asyncio.Event()
         _add_bench_routes(app, stop)
-        runner, address = await start_site(app)
+        if kind == "bare":  # plain aiohttp: no limits of the node's own
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            address = f"127.0.0.1:{runner.addresses[0][1]}"
+        else:
+            runner, address = await start_site(app)
         try:
             conn.send(address)
             await stop.wait()
@@ -324,25 +385,25 @@ def bench_host_cpu(sizes: Sizes) -> tuple[list[Row], dict[str, float]]:
     outsiders = [ident("out", i) for i in range(50)]
     m = sizes.decisions_cpu
     host = Host(host_id, kind="wlan_coverage", location=0, coordinator_key=coord.public_key,
-                max_challenges=2 * m + 200)
+                max_replays=4 * m + 200)
     host.open_epoch(epoch=EPOCH, included=[w.node_id for w in included],
-                    opened=(m + 100) * MICRO, now=now)
+                    opened=(m + sizes.requesters + 100) * MICRO, now=now)
     creds = {w.node_id: credential(coord, w, now=now) for w in included + outsiders}
 
     def requests(people: list[Identity], n: int) -> list[bytes]:
         out = []
         for i in range(n):
             who = people[i % len(people)]
-            challenge = host.issue_challenge(now).value
             out.append(make_access_request(who, creds[who.node_id], host_id=host.node_id,
-                                           challenge=challenge, amount=MICRO).to_bytes())
+                                           amount=MICRO, now=now).to_bytes())
         return out
 
     # Rounds alternate the two paths so that both see the same machine (a shared VM's
-    # CPU time is noisy); every request is decided once, challenges are all fresh.
+    # CPU time is noisy); every request is decided once, nonces are all fresh.
     paths = {"grant": (included, "granted"), "refusal not_included": (outsiders, "not_included")}
     samples: dict[str, list[float]] = {label: [] for label in paths}
-    for raw in requests(included, 20) + requests(outsiders, 20):  # warm-up
+    # Warm-up: every requester once, so the host knows each credential (verified once).
+    for raw in requests(included, len(included)) + requests(outsiders, len(outsiders)):
         host.access(raw, now=now)
     for rnd in range(ROUNDS):
         order = list(paths) if rnd % 2 == 0 else list(reversed(paths))
@@ -364,7 +425,7 @@ def bench_host_cpu(sizes: Sizes) -> tuple[list[Row], dict[str, float]]:
             rows.append(Row(f"host decision CPU, {label}: {stat}", us, "µs",
                             "< 1000 µs", us < TARGET_DECISION_US))
 
-    # Context: the Ed25519 operations a decision contains (2 verifications, 1 signature).
+    # Context: the Ed25519 operations a decision contains (1 verification, 1 signature).
     data = b"x" * 300
     sig = coord.sign(data)
     reps = 2000
@@ -387,44 +448,80 @@ async def bench_http(sizes: Sizes) -> list[Row]:
     host = ident("host", 0)
     n_people = min(sizes.requesters, 64)
     people = [ident("req", i) for i in range(n_people)]
+    n = sizes.decisions_http
     rows: list[Row] = []
-    async with aiohttp.ClientSession() as session:
-        child = await asyncio.to_thread(Child, "node", sizes.requesters)
+    rates: dict[str, float] = {}
+    connector = aiohttp.TCPConnector(limit=HTTP_CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        children = {"node": await asyncio.to_thread(Child, "node", sizes.requesters),
+                    "bare-crypto": await asyncio.to_thread(Child, "bare", True),
+                    "bare-trivial": await asyncio.to_thread(Child, "bare", False)}
         try:
-            now = int(time.time())
-            creds = [credential(coord, w, now=now) for w in people]
-            peer = PeerClient(session)
+            creds = [credential(coord, w, now=int(time.time())) for w in people]
 
-            async def decide(i: int) -> float:
-                who = i % n_people
-                t0 = time.perf_counter()
-                challenge = await peer.challenge(child.url)
-                request = make_access_request(people[who], creds[who], host_id=host.node_id,
-                                              challenge=challenge.value, amount=MICRO)
-                answer = await peer.access(child.url, request, host_key=host.public_key)
-                if not answer.granted:
-                    raise RuntimeError(f"access refused: {answer.reason}")
-                return time.perf_counter() - t0
+            def bodies(count: int) -> list[bytes]:
+                now = int(time.time())
+                return [make_access_request(people[i % n_people], creds[i % n_people],
+                                            host_id=host.node_id, amount=MICRO,
+                                            now=now).to_bytes() for i in range(count)]
 
-            await run_bounded(50, 8, decide)  # warm up connections and code paths
-            for inflight in (1, HTTP_CONCURRENCY):
-                cpu0 = await child.cpu(session)
+            async def run(name: str, payloads: list[bytes]) -> tuple[float, float, float]:
+                """(requests per wall second, server CPU and client CPU per request, µs)."""
+                url = children[name].url + "/v1/access"
+
+                async def post(i: int) -> float:
+                    async with session.post(url, data=payloads[i]) as resp:
+                        await resp.read()
+                        if resp.status != 200:
+                            raise RuntimeError(f"{name}: HTTP {resp.status}")
+                    return 0.0
+
+                cpu0 = await children[name].cpu(session)
                 t0, client0 = time.perf_counter(), time.process_time()
-                lat = await run_bounded(sizes.decisions_http, inflight, decide)
+                await run_bounded(len(payloads), HTTP_CONCURRENCY, post)
                 wall = time.perf_counter() - t0
-                client_cpu = time.process_time() - client0
-                server_cpu = await child.cpu(session) - cpu0
-                n = sizes.decisions_http
-                tag = f"HTTP, {inflight} in flight"
-                rows.append(Row(f"access decisions/s, {tag}", n / wall, "/s", "report"))
-                rows.append(Row(f"decision latency p50, {tag}", 1e3 * pct(lat, 0.5), "ms"))
-                rows.append(Row(f"decision latency p99, {tag}", 1e3 * pct(lat, 0.99), "ms"))
-                rows.append(Row(f"node process CPU per decision, {tag}", 1e6 * server_cpu / n,
-                                "µs"))
-                rows.append(Row(f"client process CPU per decision, {tag}",
-                                1e6 * client_cpu / n, "µs"))
+                client = time.process_time() - client0
+                server = await children[name].cpu(session) - cpu0
+                k = len(payloads)
+                return k / wall, 1e6 * server / k, 1e6 * client / k
+
+            # Warm up: every requester once at the node (its credential is then known),
+            # and the connections of all three.
+            for name in children:
+                await run(name, bodies(max(n_people, 50)))
+            # Alternate the three so they see the same machine; keep each one's best.
+            for _ in range(3):
+                for name in children:
+                    rate, server_us, client_us = await run(name, bodies(n))
+                    if rate > rates.get(name, 0.0):
+                        rates[name] = rate
+                        rates[name + ":server"] = server_us
+                        rates[name + ":client"] = client_us
+            # The answers are receipts the roamer accepts (checked outside the timing).
+            peer = PeerClient(session)
+            body = make_access_request(people[0], creds[0], host_id=host.node_id,
+                                       amount=MICRO, now=int(time.time()))
+            answer = await peer.access(children["node"].url, body, host_key=host.public_key)
+            if not answer.granted:
+                raise RuntimeError(f"access refused: {answer.reason}")
         finally:
-            await child.stop(session)
+            for child in children.values():
+                await child.stop(session)
+    tag = f"HTTP, {HTTP_CONCURRENCY} in flight"
+    first = rates["node"]
+    rows.append(Row(f"first access decisions/s, {tag}", first, "/s",
+                    ">= 90% of the same-crypto ceiling",
+                    first >= 0.9 * rates["bare-crypto"], ceiling=rates["bare-crypto"],
+                    goal=0.9))
+    rows.append(Row(f"  ceiling: bare handler, same crypto, {tag}", rates["bare-crypto"], "/s"))
+    rows.append(Row(f"first access decisions/s vs the bare trivial handler, {tag}", first,
+                    "/s", ceiling=rates["bare-trivial"]))
+    rows.append(Row(f"  ceiling: bare trivial handler, {tag}", rates["bare-trivial"], "/s"))
+    for name, label in (("node", "node"), ("bare-crypto", "bare same-crypto"),
+                        ("bare-trivial", "bare trivial")):
+        rows.append(Row(f"  {label} server CPU per request", rates[name + ":server"], "µs"))
+        rows.append(Row(f"  load generator CPU per request ({label})",
+                        rates[name + ":client"], "µs"))
     return rows
 
 
@@ -545,18 +642,25 @@ async def bench_ingest(sizes: Sizes, *, force_profile: bool) -> IngestResult:
 # --- output --------------------------------------------------------------------------------
 
 
+def _num(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
 def print_table(rows: Sequence[Row]) -> None:
-    head = ("figure", "value", "unit", "target", "met")
-    cells = [(r.figure, f"{r.value:,.1f}" if r.value < 100 else f"{r.value:,.0f}", r.unit,
+    head = ("figure", "value", "unit", "ceiling", "ratio", "target", "met")
+    cells = [(r.figure, _num(r.value), r.unit,
+              "-" if r.ceiling is None else _num(r.ceiling),
+              "-" if r.ratio is None else f"{100 * r.ratio:.0f}%",
               r.target or "-", "-" if r.met is None else ("yes" if r.met else "NO"))
              for r in rows]
-    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(5)]
+    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
     line = "  ".join("-" * w for w in widths)
     print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     print(line)
     for c in cells:
-        print("  ".join([c[0].ljust(widths[0]), c[1].rjust(widths[1]),
-                         *(x.ljust(w) for x, w in zip(c[2:], widths[2:], strict=True))]))
+        print("  ".join([c[0].ljust(widths[0]), c[1].rjust(widths[1]), c[2].ljust(widths[2]),
+                         c[3].rjust(widths[3]), c[4].rjust(widths[4]),
+                         *(x.ljust(w) for x, w in zip(c[5:], widths[5:], strict=True))]))
 
 
 def print_profiles(result: IngestResult, per_pass: int) -> None:
@@ -574,32 +678,38 @@ def print_profiles(result: IngestResult, per_pass: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smaller counts (under 15 s)")
+    parser.add_argument("--quick", action="store_true", help="smaller counts (under a minute)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the figures as a JSON list of objects")
     parser.add_argument("--profile", action="store_true",
                         help="profile the coordinator ingest even if it meets its target")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
+    note = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
     print(f"inkind protocol benchmark{' (--quick)' if args.quick else ''}: "
           f"Python {platform.python_version()}, {os.cpu_count()} cores, "
           f"aiohttp {aiohttp.__version__}, SQLite {sqlite3.sqlite_version}, "
-          f"temp dir {tempfile.gettempdir()}", flush=True)
+          f"temp dir {tempfile.gettempdir()}", file=note, flush=True)
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"note: load average {load:.1f} before starting; other processes share the "
-              "cores, so these figures are pessimistic", flush=True)
+              "cores, so these figures are pessimistic", file=note, flush=True)
 
     host_rows, crypto = bench_host_cpu(sizes)
     http_rows = asyncio.run(bench_http(sizes))
     ingest = asyncio.run(bench_ingest(sizes, force_profile=args.profile))
-    print(f"host: {sizes.decisions_cpu} decisions per path, {sizes.requesters} included; "
-          f"HTTP: {sizes.decisions_http} decisions per run (1 decision = GET /v1/challenge + "
-          f"POST /v1/access); ingest: {sizes.nodes} nodes, {INGEST_CONCURRENCY} in flight, "
-          f"{ingest.db_rows} declarations found committed in the database\n")
     rows = [*host_rows,
             Row("  context: Ed25519 sign (cryptography)", crypto["sign_us"], "µs"),
             Row("  context: Ed25519 verify (verify_signature)", crypto["verify_us"], "µs"),
             *http_rows, *ingest.rows]
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=1))
+        return 0
+    print(f"host: {sizes.decisions_cpu} decisions per path, {sizes.requesters} included; "
+          f"HTTP: {sizes.decisions_http} decisions per run (1 decision = one POST "
+          f"/v1/access); ingest: {sizes.nodes} nodes, {INGEST_CONCURRENCY} in flight, "
+          f"{ingest.db_rows} declarations found committed in the database\n")
     print_table(rows)
     if ingest.profiles:
         print_profiles(ingest, sizes.profile_nodes)

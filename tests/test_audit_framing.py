@@ -135,7 +135,7 @@ def test_end_to_end_the_ledger_a_host_files_rebuts_a_drain_and_hide() -> None:
     people = [HOST, ROAMER, OTHER, OUTSIDER]
     for p in people:
         r = registration(p)
-        core.apply(core.check_registration(r, raw(p, r)))  # type: ignore[arg-type]
+        core.apply(core.check_registration(r, raw(p, r), now=T0))  # type: ignore[arg-type]
     fees, q = runner().announcement_terms()
     core.apply(core.plan_open(T0, fees=fees, q=q))
     for p in people:
