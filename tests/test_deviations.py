@@ -206,8 +206,8 @@ def test_free_rider_was_included_then_excluded(played: SeedResult, name: str) ->
     rv = played.runs[name]
     assert rv.epochs[0].deviator_included
     assert rv.mechanics["served_by_deviator"] == 0
-    # Without a commitment it is caught at once; with one, only once a roamer it owes
-    # service was refused (a probe that checks service would catch it regardless).
+    # Without a commitment it is caught by the missing commitment; with one, only once a
+    # roamer it owed service was refused (the probes check the key, not the service).
     if name == "free-ride" or rv.mechanics["refused_by_deviator"]:
         assert rv.deviator_excluded, "the free rider was never excluded"
     assert rv.honest_excluded == []
@@ -226,6 +226,17 @@ def test_hider_registered_elsewhere_and_served_nobody(played: SeedResult, name: 
     assert rv.epochs[0].deviator_included
     assert m["served_by_deviator"] == 0
     assert rv.honest_excluded == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["hide-no-endpoint", "hide-borrowed-endpoint"])
+def test_hider_is_caught_by_the_probes(played: SeedResult, name: str) -> None:
+    # Included in epoch 0, it owes service; the coordinator's probe (answerable only with
+    # its key, at its registered endpoint) goes unanswered, so it is out at the next close.
+    rv = played.runs[name]
+    assert rv.epochs[0].deviator_included
+    assert rv.deviator_excluded, "a host nobody can reach was never excluded"
+    assert not rv.epochs[1].deviator_included
 
 
 @pytest.mark.slow
