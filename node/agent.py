@@ -15,7 +15,8 @@ Each call of :meth:`Agent.run_epoch_step` takes the machine's next action at the
    and keep the signed receipts and refusals. The directory (every included host) is
    fetched here, once per epoch and only if the node has somewhere to go, so a node that
    does not roam never downloads it;
-6. ``report``: them, in a signed ``audit_report``.
+6. ``report``: them and the host's ledger, in signed audit reports. Receipts the
+   host signs after that are filed at its next step (:meth:`Agent.file_ledger`).
 
 A step returns what it did (``registered``, ``declared``, ``announced``, ``provided``,
 ``roamed``, ``reported``) or ``waiting`` (nothing to do until the coordinator moves on)
@@ -192,6 +193,7 @@ class Agent:
         return outcome
 
     async def _step(self) -> str:
+        await self.file_ledger()
         action = self.machine.next_action(self.clock())
         if action is Action.REGISTER:
             await self.register()
@@ -434,21 +436,53 @@ class Agent:
         return answer
 
     async def report(self) -> dict[str, object] | None:
-        """Send the epoch's receipts and refusals in a signed audit report (if any)."""
+        """Send the epoch's receipts and refusals in signed audit reports (if any): the
+        host's unfiled ledger first, then what the node got as a roamer, in reports of at
+        most ``MAX_AUDIT_ITEMS`` items; the last answer is returned."""
         progress = self._progress()
         # The host's own ledger first: its receipts, each backed by the roamer's request.
-        evidence = (self.host.ledger(progress.epoch) + progress.evidence)[:MAX_AUDIT_ITEMS]
+        ledger = self.host.unfiled(progress.epoch)
+        evidence = ledger + progress.evidence
+        answer: dict[str, object] | None = None
         try:
-            if not evidence:
-                return None
-            report = AuditReport(
-                epoch=progress.epoch, reporter_id=self.node_id, evidence=tuple(evidence)
-            )
-            return await self.coordinator.audit(seal(self.identity, report))
+            for start in range(0, len(evidence), MAX_AUDIT_ITEMS):
+                chunk = tuple(evidence[start:start + MAX_AUDIT_ITEMS])
+                report = AuditReport(epoch=progress.epoch, reporter_id=self.node_id,
+                                     evidence=chunk)
+                answer = await self.coordinator.audit(seal(self.identity, report))
+            return answer
         finally:
             # One attempt: a report lost or refused is not retried, so the node never
             # stays behind in an old epoch (the audit's cut-off would refuse it anyway).
+            self.host.filed(progress.epoch, ledger)
             self.machine.on_reported()
+
+    async def file_ledger(self) -> int:
+        """File the receipts the host signed after its epoch's report (README section 7,
+        step 5): grants go on until the host moves to a newer allocation, and a roamer
+        that drains the host after its report and hides the receipt must not frame it.
+        Every step files what is new, so the receipts reach the coordinator before the
+        audit cut-off (the close of the next epoch). Returns how many were sent; a
+        refused report (past the cut-off) drops them, a network error keeps them."""
+        sent = 0
+        for epoch in self.host.ledger_epochs():
+            progress = self.history.get(epoch)
+            pending = self.host.unfiled(epoch)
+            if progress is None or not progress.reported or not pending:
+                continue
+            try:
+                for start in range(0, len(pending), MAX_AUDIT_ITEMS):
+                    chunk = pending[start:start + MAX_AUDIT_ITEMS]
+                    report = AuditReport(epoch=epoch, reporter_id=self.node_id,
+                                         evidence=tuple(chunk))
+                    await self.coordinator.audit(seal(self.identity, report))
+                    self.host.filed(epoch, chunk)
+                    sent += len(chunk)
+            except InkindError as exc:
+                log.info("node %s: late ledger of epoch %d refused: %s",
+                         self.node_id[:16], epoch, exc)
+                self.host.filed(epoch, pending)
+        return sent
 
     def _progress(self) -> EpochProgress:
         if self.current is None:

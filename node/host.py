@@ -9,10 +9,13 @@ roamer's signed request; a refusal of a verified requester is answered with a si
 ``refusal`` carrying the reason code; an unverified request gets only the error
 (nobody's name is signed for it).
 
-The host's **ledger** (:meth:`Host.ledger`) is every receipt it signed in an epoch. It
-files them in its own audit report (README section 7, step 5): each is backed by the
-roamer's signature, so a roamer that drains the host and hides its receipt cannot make
-the host's later ``capacity_exhausted`` refusals look unjustified.
+The host's **ledger** (:meth:`Host.unfiled`) holds the receipts it signed in an epoch that
+the audit may need. It files them in its own audit reports (README section 7, step 5),
+and any it signs later it files at a later step (the agent's): each is backed
+by the roamer's signature, so a roamer that drains the host and hides its receipt cannot
+make the host's later ``capacity_exhausted`` refusals look unjustified. The ledger is
+bounded (:data:`MAX_LEDGER` unfiled receipts; see ``_record`` for what it keeps when full,
+by what the judgement of a capacity refusal reads: the sum granted before it).
 
 Time is the argument ``now`` (integer Unix seconds). The aiohttp service
 (:mod:`node.service`) is a thin shell over this class, and tests drive it directly.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from node.files import FileStore
 from node.gate import Decision, HostView, authorize
@@ -37,16 +40,39 @@ from protocol import (
     make_probe_answer,
     seal,
 )
-from protocol.errors import OutOfRangeError, ReplayError
+from protocol.errors import CapacityExhaustedError, OutOfRangeError, ReplayError
 from protocol.fields import check_int
 from protocol.kinds import kind_of
 from protocol.messages import MAX_AUDIT_ITEMS
 
 #: ``Host.epoch`` before any allocation is enforced (every credential is then future).
 NO_EPOCH = -1
-#: Most receipts kept in one epoch's ledger: half an audit report, so the ledger and the
-#: node's own roaming evidence travel in one report.
-MAX_LEDGER = MAX_AUDIT_ITEMS // 2
+#: Most receipts kept unfiled in one epoch's ledger (about 1.4 kB each). The agent files
+#: them at every step, in reports of MAX_AUDIT_ITEMS, and filed ones leave memory, so this
+#: bounds only what piles up between two steps. The proof of a tight capacity refusal is
+#: every grant before it, so nothing is dropped below this bound; above it the ledger keeps
+#: the larger receipts, and receipts pinned as a refusal's proof up to twice the bound.
+MAX_LEDGER = 10 * MAX_AUDIT_ITEMS
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One kept receipt; ``pinned`` once it is part of the proof of a capacity refusal."""
+
+    receipt: Envelope
+    amount: int
+    nonce: str
+    pinned: bool = False
+
+
+@dataclass(slots=True)
+class _Ledger:
+    """One epoch's receipts not filed yet (in grant order), the sum and nonces of every
+    receipt kept or filed (a filed receipt is the coordinator's to keep)."""
+
+    entries: list[_Entry] = field(default_factory=list)
+    total: int = 0
+    nonces: set[str] = field(default_factory=set)  # of the entries and of those filed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,9 +129,7 @@ class Host:
         self.owed = 0
         self.decisions: Counter[str] = Counter()
         self._costs: Mapping[str, int] = self.files.costs()
-        self._ledgers: dict[int, list[Envelope]] = {}
-        self._ledger_sums: dict[int, int] = {}
-        self._ledger_nonces: dict[int, set[str]] = {}
+        self._ledgers: dict[int, _Ledger] = {}
 
     @property
     def node_id(self) -> str:
@@ -119,10 +143,25 @@ class Host:
     def coordinator_key(self, key: str | None) -> None:
         self.verifier.coordinator_key = key
 
-    def ledger(self, epoch: int) -> list[Envelope]:
-        """The receipts this host signed in ``epoch`` (the current and the previous
-        epoch are kept: an epoch's audit runs during the next one)."""
-        return list(self._ledgers.get(epoch, ()))
+    def unfiled(self, epoch: int) -> list[Envelope]:
+        """The receipts of ``epoch`` kept and not yet :meth:`filed`, in grant order (the
+        current and the previous epoch are kept: an epoch's audit runs during the next
+        one)."""
+        book = self._ledgers.get(epoch)
+        return [] if book is None else [e.receipt for e in book.entries]
+
+    def filed(self, epoch: int, receipts: Iterable[Envelope]) -> None:
+        """``receipts`` (of :meth:`unfiled`) reached the coordinator, or never will: they
+        leave the ledger, their sum and nonces stay."""
+        book = self._ledgers.get(epoch)
+        if book is None:
+            return
+        sent = {r.signature for r in receipts}
+        book.entries = [e for e in book.entries if e.receipt.signature not in sent]
+
+    def ledger_epochs(self) -> list[int]:
+        """The epochs whose ledgers are kept, oldest first."""
+        return sorted(self._ledgers)
 
     # --- state changes driven by the agent --------------------------------------------
 
@@ -152,8 +191,6 @@ class Host:
         self._costs = self.files.costs()
         for old in [e for e in self._ledgers if e < epoch - 1]:
             del self._ledgers[old]
-            self._ledger_sums.pop(old, None)
-            self._ledger_nonces.pop(old, None)
 
     def revoke(self, node_ids: Iterable[str]) -> None:
         self.revoked.update(node_ids)
@@ -184,8 +221,9 @@ class Host:
     def access(self, raw: bytes, *, now: int, resource: str | None = None) -> AccessOutcome:
         """Decide and apply one access request (wire bytes)."""
         decision = authorize(raw, self.view(now), now=now, resource=resource)
-        if decision.granted and decision.request is not None and (
-                decision.request.nonce in self._ledger_nonces.get(decision.epoch, ())):
+        book = self._ledgers.get(decision.epoch)
+        if decision.granted and decision.request is not None and book is not None and (
+                decision.request.nonce in book.nonces):
             # The audit knows a grant by (host, nonce): a second grant under a nonce of
             # the ledger (a requester reusing it once the replay window forgot it) would
             # shadow the ledger entry. Plain error, nothing signed, nothing consumed.
@@ -208,6 +246,8 @@ class Host:
                 request=signed,  # the audit judges a refusal by the refused request
                 amount=request.amount,
             )
+            if decision.reason == CapacityExhaustedError.code:
+                self._pin(decision.epoch, request.amount)
             return AccessOutcome(decision=decision, refusal=seal(self.identity, refusal))
         self.resource.consume(decision.amount, now=now, requester=who)
         receipt = GrantReceipt(
@@ -224,15 +264,52 @@ class Host:
         return AccessOutcome(decision=decision, receipt=envelope)
 
     def _record(self, epoch: int, receipt: Envelope, amount: int, nonce: str) -> None:
-        # The earliest grants are what justify later capacity refusals (the audit counts
-        # receipts up to each refusal's time), and once they add up to what was opened
-        # every later refusal is justified: later receipts need not be kept.
-        ledger = self._ledgers.setdefault(epoch, [])
-        used = self._ledger_sums.get(epoch, 0)
-        if len(ledger) < MAX_LEDGER and used < self.resource.opened:
-            ledger.append(receipt)
-            self._ledger_sums[epoch] = used + amount
-            self._ledger_nonces.setdefault(epoch, set()).add(nonce)
+        # The audit judges a capacity refusal by the sum of the host's receipts before it
+        # (coordinator.enforcement): once the receipts kept or filed add up to what was
+        # opened, every later refusal is justified and later receipts need not be kept.
+        # Below that every receipt is kept; a full ledger (a flood between two filings)
+        # keeps the larger receipt -- tiny grants taken first must not crowd out the large
+        # one that exhausted the host -- but never drops one pinned as the proof of a
+        # refusal already signed (a later grant cannot justify it).
+        book = self._ledgers.setdefault(epoch, _Ledger())
+        if book.total >= self.resource.opened:
+            return
+        if len(book.entries) >= MAX_LEDGER:
+            loose = [e for e in book.entries if not e.pinned]
+            if loose:
+                smallest = min(reversed(loose), key=lambda e: e.amount)  # latest of ties
+                if smallest.amount >= amount:
+                    return
+                book.entries.remove(smallest)
+                book.total -= smallest.amount
+                book.nonces.discard(smallest.nonce)
+            elif len(book.entries) >= 2 * MAX_LEDGER:
+                return
+        book.entries.append(_Entry(receipt=receipt, amount=amount, nonce=nonce))
+        book.total += amount
+        book.nonces.add(nonce)
+
+    def _pin(self, epoch: int, asked: int) -> None:
+        # The gate refused ``asked`` for capacity: the receipts granted so far leave less
+        # than ``asked`` of what was opened. Pin the fewest kept receipts (pinned ones
+        # first, then the largest) whose sum shows it, so they stay until filed.
+        book = self._ledgers.get(epoch)
+        if book is None:
+            return
+        # Filed receipts count too (the coordinator holds them).
+        filed = book.total - sum(e.amount for e in book.entries)
+        need = self.resource.opened - asked + 1 - filed
+        order = sorted(book.entries, key=lambda e: (not e.pinned, -e.amount))
+        chosen: list[_Entry] = []
+        total = 0
+        for entry in order:
+            if total >= need:
+                break
+            chosen.append(entry)
+            total += entry.amount
+        if total >= need:  # else the kept receipts cannot show it: pin nothing
+            for entry in chosen:
+                entry.pinned = True
 
     def status(self, now: int) -> dict[str, object]:
         """Unsigned operator JSON (``GET /v1/status``); quantities in micro-units."""

@@ -8,7 +8,11 @@ roamer's signed request. Both sides may report selectively; each case below is o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import pytest
+from helpers.clock import NOW, FakeClock
 from helpers.coordinator import (
     EPOCH_SECONDS,
     T0,
@@ -23,20 +27,27 @@ from helpers.coordinator import (
     registration,
     runner,
 )
+from helpers.node import BedNode, node_bed, step_all
 
 from coordinator.enforcement import UNJUSTIFIED_REFUSAL, find_free_riders
 from coordinator.epoch import EpochCore
-from node.host import Host
+from node import host as host_module
+from node.host import AccessOutcome, Host
 from protocol import (
     MAX_CLOCK_SKEW,
+    MICRO,
     Allocation,
+    Credential,
     Envelope,
     GrantReceipt,
+    Identity,
     Refusal,
     make_access_request,
     open_embedded,
+    open_envelope,
     seal,
 )
+from protocol.messages import MAX_AUDIT_ITEMS
 
 HOST, ROAMER, OTHER, OUTSIDER = node(0), node(1), node(2), node(3)
 OWED = 2_000_000
@@ -130,7 +141,43 @@ def test_a_slow_host_clock_keeps_its_receipts() -> None:
 # --- the whole path: the host's gate, its ledger, its own report, the coordinator's core
 
 
-def test_end_to_end_the_ledger_a_host_files_rebuts_a_drain_and_hide() -> None:
+@dataclass
+class Closed:
+    """Epoch 0 closed on a real core with HOST owing ``owed``; the roamers' credentials."""
+
+    core: EpochCore
+    alloc: Allocation
+    owed: int
+    creds: dict[str, Envelope]
+    now: int
+
+    def host(self, **kw: Any) -> Host:
+        host = Host(HOST, kind="wlan_coverage", location=0,
+                    coordinator_key=self.core.identity.public_key, **kw)
+        host.open_epoch(epoch=0, included=self.alloc.included, opened=self.owed,
+                        now=self.now, owed=self.owed)
+        return host
+
+    def ask(self, host: Host, who: Identity, amount: int, at: int) -> AccessOutcome:
+        req = make_access_request(who, self.creds[who.node_id], host_id=HOST.node_id,
+                                  amount=amount, now=at)
+        return host.access(req.to_bytes(), now=at)
+
+    def file(self, who: Identity, evidence: Sequence[Envelope]) -> None:
+        for start in range(0, len(evidence), MAX_AUDIT_ITEMS):
+            chunk = evidence[start:start + MAX_AUDIT_ITEMS]
+            self.core.apply(self.core.check_audit(who.node_id, audit_report(who, chunk)))
+
+    def judged(self, evidence: Sequence[GrantReceipt | Refusal] | None = None) -> set[str]:
+        audit = self.core.audit
+        assert audit is not None
+        return {x.node_id for x in find_free_riders(
+            allocation=self.alloc, commitments=audit.commitments,
+            evidence=list(audit.evidence.values()) if evidence is None else evidence,
+            credential_windows=audit.windows)}
+
+
+def closed_epoch() -> Closed:
     core: EpochCore = new_core()
     people = [HOST, ROAMER, OTHER, OUTSIDER]
     for p in people:
@@ -143,39 +190,122 @@ def test_end_to_end_the_ledger_a_host_files_rebuts_a_drain_and_hide() -> None:
         core.apply(core.check_declaration(d, raw(p, d), T0 + 1))
     closed = core.close(T0 + EPOCH_SECONDS, runner().run)
     alloc = closed.allocation
-    assert ROAMER.node_id in alloc.included
+    assert {ROAMER.node_id, OTHER.node_id} <= set(alloc.included)
     owed = alloc.contribution_of(HOST.node_id) or 0
     assert owed > 0
     for p in people:
         c = commitment(p, amount=alloc.contribution_of(p.node_id) or 0)
         core.apply(core.check_commitment(c, raw(p, c)))
-    cred = next(c for c in closed.credentials if c.credential.node_id == ROAMER.node_id)
-    cred_env = Envelope.from_bytes(cred.envelope, max_size=1 << 16)
-    now = cred.credential.not_before + 1
-    host = Host(HOST, kind="wlan_coverage", location=0,
-                coordinator_key=core.identity.public_key)
-    host.open_epoch(epoch=0, included=alloc.included, opened=owed, now=now, owed=owed)
-    big = make_access_request(ROAMER, cred_env, host_id=HOST.node_id, amount=10 * owed,
-                              now=now)
-    assert host.access(big.to_bytes(), now=now).granted  # all there is
-    again = make_access_request(ROAMER, cred_env, host_id=HOST.node_id, amount=1,
-                                now=now + 1)
-    outcome = host.access(again.to_bytes(), now=now + 1)
+    creds = {c.credential.node_id: Envelope.from_bytes(c.envelope, max_size=1 << 16)
+             for c in closed.credentials}
+    start = max(c.credential.not_before for c in closed.credentials) + 1
+    return Closed(core=core, alloc=alloc, owed=owed, creds=creds, now=start)
+
+
+def test_end_to_end_the_ledger_a_host_files_rebuts_a_drain_and_hide() -> None:
+    bed = closed_epoch()
+    host = bed.host()
+    assert bed.ask(host, ROAMER, 10 * bed.owed, bed.now).granted  # all there is
+    outcome = bed.ask(host, ROAMER, 1, bed.now + 1)
     assert outcome.refusal is not None and outcome.decision.reason == "capacity_exhausted"
     # The roamer reports only the refusal ...
-    core.apply(core.check_audit(ROAMER.node_id, audit_report(ROAMER, [outcome.refusal])))
-    assert core.audit is not None
-    refusal_only = list(core.audit.evidence.values())
+    bed.file(ROAMER, [outcome.refusal])
+    assert HOST.node_id in bed.judged()  # what the framing relied on
     # ... and the host files its ledger.
-    ledger = host.ledger(0)
+    ledger = host.unfiled(0)
     assert len(ledger) == 1
-    core.apply(core.check_audit(HOST.node_id, audit_report(HOST, ledger)))
+    bed.file(HOST, ledger)
+    assert HOST.node_id not in bed.judged()
 
-    def judged(evidence: list[GrantReceipt | Refusal]) -> set[str]:
-        assert core.audit is not None
-        return {x.node_id for x in find_free_riders(
-            allocation=alloc, commitments=core.audit.commitments, evidence=evidence,
-            credential_windows=core.audit.windows)}
 
-    assert HOST.node_id in judged(refusal_only)  # what the framing relied on
-    assert HOST.node_id not in judged(list(core.audit.evidence.values()))
+@pytest.mark.parametrize("colluders", [(ROAMER,), (ROAMER, OTHER)])
+def test_tiny_grants_flooding_the_ledger_cannot_hide_the_drain(
+        colluders: tuple[Identity, ...]) -> None:
+    # Many tiny grants first (more than the ledger holds), then one that takes the rest,
+    # then the refusal the roamer files alone.
+    bed = closed_epoch()
+    host = bed.host()
+    at = bed.now
+    for i in range(MAX_AUDIT_ITEMS + 20):  # more than one report holds
+        assert bed.ask(host, colluders[i % len(colluders)], 1, at).granted
+    assert bed.ask(host, ROAMER, 10 * bed.owed, at + 1).granted
+    outcome = bed.ask(host, ROAMER, 1, at + 2)
+    assert outcome.refusal is not None
+    bed.file(ROAMER, [outcome.refusal])
+    bed.file(HOST, host.unfiled(0))
+    assert HOST.node_id not in bed.judged()
+
+
+def test_receipts_proving_a_refusal_are_not_crowded_out_by_later_grants(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A flood fills the ledger between two filings (a small bound keeps the test fast).
+    # An indivisible request larger than what is left is refused while only tiny grants
+    # add up to the proof; later, larger grants must not push that proof out.
+    bound = 40
+    monkeypatch.setattr(host_module, "MAX_LEDGER", bound)
+    bed = closed_epoch()
+    host = bed.host(partial_grants=False)
+    at = bed.now
+    step = bed.owed // (2 * bound)
+    for _ in range(bound):
+        assert bed.ask(host, OTHER, step, at).granted
+    left = bed.owed - bound * step
+    outcome = bed.ask(host, ROAMER, left + 1, at + 1)  # just too much: justified
+    assert outcome.refusal is not None and outcome.decision.reason == "capacity_exhausted"
+    for _ in range(5):
+        assert bed.ask(host, ROAMER, left // 8, at + 2).granted
+    later = bed.ask(host, ROAMER, bed.owed, at + 3)
+    assert later.refusal is not None
+    bed.file(ROAMER, [outcome.refusal, later.refusal])
+    bed.file(HOST, host.unfiled(0))
+    assert HOST.node_id not in bed.judged()
+
+
+@pytest.mark.asyncio
+async def test_a_drain_after_the_hosts_report_is_filed_before_the_cut_off(
+        clock: FakeClock) -> None:
+    # The roamer waits until the host has sent its epoch's report, then drains it, hides
+    # the receipt and files only the refusal that follows. The host files the late
+    # receipt at its next step, so the audit (over everything filed) does not exclude it.
+    specs = [BedNode(seed=31, location=0, kind="wlan_coverage", theta=700_000),
+             BedNode(seed=32, location=1, kind="wlan_coverage", theta=700_000)]
+    async with node_bed(specs, clock) as (fake, agents):
+        host, roamer = agents
+        assert await step_all(agents) == ["registered"] * 2
+        fake.open(1, deadline=NOW + 60)
+        assert await step_all(agents) == ["declared"] * 2
+        clock.now = NOW + 60
+        alloc = fake.close(1, owed={host.node_id: MICRO, roamer.node_id: MICRO})
+        assert await step_all(agents) == ["provided"] * 2
+        assert await step_all(agents) == ["roamed"] * 2
+        assert await step_all(agents) == ["reported"] * 2
+        cred = fake.credentials[(1, roamer.node_id)]
+        clock.now += 5
+        drain = make_access_request(roamer.identity, cred, host_id=host.node_id,
+                                    amount=10 * MICRO, now=clock.now)
+        assert host.host.access(drain.to_bytes(), now=clock.now).granted
+        again = make_access_request(roamer.identity, cred, host_id=host.node_id, amount=1,
+                                    now=clock.now + 1)
+        refused = host.host.access(again.to_bytes(), now=clock.now + 1).refusal
+        assert refused is not None
+        filed = [refused]  # all the roamer files
+
+        def judged() -> set[str]:
+            windows = {}
+            for (epoch, node_id), env in fake.credentials.items():
+                if epoch == 1:
+                    c = open_envelope(env.to_bytes(), Credential, trusted=env.signer)[1]
+                    windows[node_id] = (c.not_before, c.expires)
+            items = [item(e) for e in filed] + [
+                item(e) for r in fake.audits if r.epoch == 1 for e in r.evidence]
+            commitments = {n: c.contribution for n, c in fake.commitments[1].items()}
+            return {x.node_id for x in find_free_riders(
+                allocation=alloc, commitments=commitments, evidence=items,
+                credential_windows=windows)}
+
+        assert host.node_id in judged()  # before the host's next step
+        assert await step_all(agents) == ["waiting"] * 2
+        assert host.node_id not in judged()
+        n_reports = len(fake.audits)
+        assert await step_all(agents) == ["waiting"] * 2
+        assert len(fake.audits) == n_reports  # filed once
