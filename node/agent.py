@@ -446,15 +446,19 @@ class Agent:
         answer: dict[str, object] | None = None
         try:
             for start in range(0, len(evidence), MAX_AUDIT_ITEMS):
-                chunk = tuple(evidence[start:start + MAX_AUDIT_ITEMS])
+                chunk = evidence[start:start + MAX_AUDIT_ITEMS]
                 report = AuditReport(epoch=progress.epoch, reporter_id=self.node_id,
-                                     evidence=chunk)
+                                     evidence=tuple(chunk))
                 answer = await self.coordinator.audit(seal(self.identity, report))
+                self.host.filed(progress.epoch, chunk)
             return answer
+        except InkindError:
+            self.host.filed(progress.epoch, ledger)  # refused: it would be refused again
+            raise
         finally:
             # One attempt: a report lost or refused is not retried, so the node never
-            # stays behind in an old epoch (the audit's cut-off would refuse it anyway).
-            self.host.filed(progress.epoch, ledger)
+            # stays behind in an old epoch (the audit's cut-off would refuse it anyway);
+            # only the host's unfiled receipts are tried again (file_ledger).
             self.machine.on_reported()
 
     async def file_ledger(self) -> int:
