@@ -73,11 +73,11 @@ from coordinator.mechanism import Market, Mechanism, solve
 from coordinator.mechanism.audit import interim_outcomes
 from protocol import MICRO, InkindError, Registration, from_micro, seal
 from protocol.kinds import KINDS
+from protocol.messages import MECHANISMS
 
 from .driver import EpochRecord, Options, Player, RunRecord
 from .progress import Progress
 from .scenario import (
-    MECHANISMS,
     Attempt,
     NodePlan,
     Scenario,
@@ -567,7 +567,7 @@ async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, 
     # CPU-bound: after the runs, so that no in-process node waits on it.
     misreports = [dev for dev in deviations if dev.misreport is not None]
     if misreports:
-        solved = solve(market, MECHANISMS[mechanism])
+        solved = solve(market, mechanism)
         for dev in misreports:
             assert dev.misreport is not None
             result.bayes[dev.name] = bayes_gain(solved, market, d, dev.misreport, seed,

@@ -76,7 +76,6 @@ from .progress import Progress
 from .records import AttemptResult, EpochRecord, Options, RunRecord
 from .report import ReportContext, build_report, epoch_report, write_report
 from .scenario import (
-    MECHANISMS,
     Attempt,
     NodePlan,
     Scenario,
@@ -158,7 +157,7 @@ class Player:
         spec.write_text(json.dumps(scenario.market_spec(), indent=1))
         self.token = secrets.token_hex(16)
         self.coordinator = CoordinatorProcess(
-            spec=spec, mechanism=MECHANISMS[mechanism], db=run_dir / "coordinator.db",
+            spec=spec, mechanism=mechanism, db=run_dir / "coordinator.db",
             key=run_dir / "coordinator.pem", log=run_dir / "logs" / "coordinator.log",
             token=self.token)
         self.fleet: Fleet = make_fleet(

@@ -141,14 +141,14 @@ class ReportContext:
             from coordinator.mechanism import solve
             from coordinator.mechanism.audit import realised_welfare
 
-            from .scenario import MECHANISMS, _rng
+            from .scenario import _rng
 
             present = [l for l, k in enumerate(sizes) if k > 0]
             m = self.market
             sub = m.replace(locations=tuple(m.locations[l] for l in present),
                             weights=m.weights[np.ix_(present, present)]
                             ).with_sizes([sizes[l] for l in present])
-            mech = solve(sub, MECHANISMS[mechanism])
+            mech = solve(sub, mechanism)
             rng = _rng(self.seed, "budget", mechanism, *sizes)
             surplus = np.zeros((BUDGET_DRAWS, len(sizes) if m.payment == "in_kind" else 1))
             welfare = np.zeros(BUDGET_DRAWS)

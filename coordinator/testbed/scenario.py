@@ -37,11 +37,10 @@ from coordinator.mechanism import Market, market_from_dict
 from coordinator.mechanism.distributions import TypeDistribution
 from protocol import MICRO
 from protocol.kinds import KINDS
+from protocol.messages import MECHANISMS
 
 from .checks import CHECK_NAMES
 
-#: Scenario mechanism name -> the coordinator's ``--mechanism``.
-MECHANISMS = {"posted_fee": "posted_fee", "optimal": "optimal"}
 FAULT_KINDS = ("node_crash", "coordinator_restart", "host_silent")
 #: The checks a scenario is about unless it says otherwise ([scenario] checks): none in
 #: particular, but a run that checked nothing at all still fails.
