@@ -39,6 +39,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from node.files import SHA256_RE
 from node.host import AccessOutcome, Host
+from node.http import NodeRunner
 from node.resources import hash_job, job_iterations
 from protocol import InkindError, from_micro, to_wire
 from protocol.access import MAX_ACCESS_BODY_BYTES
@@ -300,7 +301,7 @@ async def start_site(
     ``idle_seconds``: a connection without a whole request head for that long is closed;
     ``per_client``: most connections one client address may hold at once.
     """
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_seconds)
+    runner = NodeRunner(app, access_log=None, keepalive_timeout=idle_seconds)
     await runner.setup()
     site = _LimitedSite(runner, host, port, per_client=per_client)
     await site.start()
