@@ -8,6 +8,7 @@ grid axes that vary it and the mechanisms to solve::
     mechanisms = ["first_best", "optimal", "posted_fee"]
     draws = 200          # type profiles for E[Q] and fees where no exact value exists
     seed = 0
+    tol = 1e-6           # optional: the lattice tolerance of the solvers (default 1e-6)
 
     [base]               # a market spec, as in scripts/specs/*.toml
     ...
@@ -49,11 +50,12 @@ import numpy as np
 
 from coordinator.mechanism import SOLVERS, canonical, market_from_dict, solve
 from coordinator.mechanism.expectations import expected_size_and_fee
+from coordinator.mechanism.sums import DEFAULT_TOL
 
 MAX_TASKS = 100_000
 """A larger grid is refused (likely a typo in an axis)."""
 _TOP = {"sweep", "base", "grid", "plot"}
-_SWEEP = {"name", "description", "mechanisms", "draws", "seed"}
+_SWEEP = {"name", "description", "mechanisms", "draws", "seed", "tol"}
 _PLOT = {"x", "per_agent"}
 
 RESULT_FIELDS = (
@@ -80,6 +82,7 @@ class Sweep:
     seed: int
     plot_x: str | None
     per_agent: bool
+    tol: float = DEFAULT_TOL
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -97,6 +100,7 @@ class Task:
     spec: dict[str, Any]
     draws: int
     seed: int
+    tol: float = DEFAULT_TOL
 
 
 def _set_path(spec: dict[str, Any], path: str, value: Any) -> None:
@@ -138,12 +142,24 @@ def _canonical_json(x: Any) -> str:
                       allow_nan=False)
 
 
-def task_key(spec: dict[str, Any], mechanism: str, draws: int, seed: int) -> str:
-    """Stable hash of what determines a row: the spec, the mechanism, and the Monte
-    Carlo settings of its expectations (16 hex digits of SHA-256)."""
-    blob = _canonical_json({"spec": spec, "mechanism": mechanism, "draws": draws,
-                            "seed": seed})
+def task_key(spec: dict[str, Any], mechanism: str, draws: int, seed: int,
+             tol: float = DEFAULT_TOL) -> str:
+    """Stable hash of what determines a row: the spec, the mechanism, the Monte Carlo
+    settings of its expectations and the solver's tolerance when it is not the default
+    (16 hex digits of SHA-256)."""
+    what: dict[str, Any] = {"spec": spec, "mechanism": mechanism, "draws": draws,
+                            "seed": seed}
+    if tol != DEFAULT_TOL:
+        what["tol"] = tol
+    blob = _canonical_json(what)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tol(table: dict[str, Any]) -> float:
+    x = table.get("tol", DEFAULT_TOL)
+    if isinstance(x, bool) or not isinstance(x, int | float) or not 0.0 < x < 1.0:
+        raise SweepError(f"sweep.tol must be a number in (0, 1), got {x!r}")
+    return float(x)
 
 
 def _int(table: dict[str, Any], key: str, default: int, lo: int) -> int:
@@ -205,7 +221,7 @@ def parse_sweep(data: dict[str, Any]) -> Sweep:
     if not isinstance(per_agent, bool):
         raise SweepError("plot.per_agent must be true or false")
     sweep = Sweep(name, data["base"], tuple(axes), names, _int(sw, "draws", 200, 0),
-                  _int(sw, "seed", 0, 0), x, per_agent)
+                  _int(sw, "seed", 0, 0), x, per_agent, _tol(sw))
     for task in tasks(sweep):  # every grid point's spec must parse, before any solving
         try:
             market_from_dict(task.spec)
@@ -232,8 +248,9 @@ def tasks(sweep: Sweep) -> Iterator[Task]:
         for p, v in zip(paths, values, strict=True):
             _set_path(spec, p, v)
         for m in sweep.mechanisms:
-            yield Task(task_key(spec, m, sweep.draws, sweep.seed), m,
-                       tuple(zip(paths, values, strict=True)), spec, sweep.draws, sweep.seed)
+            yield Task(task_key(spec, m, sweep.draws, sweep.seed, sweep.tol), m,
+                       tuple(zip(paths, values, strict=True)), spec, sweep.draws, sweep.seed,
+                       sweep.tol)
 
 
 def _num(x: float) -> str:
@@ -257,7 +274,7 @@ def run_task(task: Task) -> dict[str, str]:
     row.update(key=task.key, mechanism=task.mechanism, n_agents=str(n_agents))
     unit = "money units" if market.payment == "money" else "resource units (in kind)"
     try:
-        mech = solve(market, task.mechanism)
+        mech = solve(market, task.mechanism, tol=task.tol)
         r = mech.result
         rng = np.random.default_rng(task.seed)
         q, fee = expected_size_and_fee(mech, market, draws=task.draws, rng=rng)

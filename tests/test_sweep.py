@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.mechanism import market_from_dict, solve
 from coordinator.sweep import (
     SweepError,
     append_row,
@@ -61,6 +62,10 @@ def _data(**changes: Any) -> dict[str, Any]:
     ({"sweep__mechanisms": ["optimal", "second_best"]}, "twice"),
     ({"sweep__draws": -1}, "draws"),
     ({"sweep__speed": 3}, "unknown keys in [sweep]"),
+    ({"sweep__tol": 0}, "sweep.tol"),
+    ({"sweep__tol": 1.5}, "sweep.tol"),
+    ({"sweep__tol": "1e-4"}, "sweep.tol"),
+    ({"sweep__tol": True}, "sweep.tol"),
     ({"base": None}, "[base]"),
     ({"grid": {"locations.*.size": [1, 2]}}, "has no 'size'"),
     ({"grid": {"locations.3.n": [1, 2]}}, "not an index"),
@@ -96,6 +101,21 @@ def test_tasks_cover_the_grid_with_stable_distinct_keys() -> None:
     same = [t for t in ts if t.spec["market"]["payment"] == "money"
             and t.spec["locations"][0]["n"] in (2, 6)]
     assert {t.key for t in same} == keys
+
+
+def test_the_sweeps_tolerance_reaches_the_solver_and_keys_its_rows() -> None:
+    loose = parse_sweep(_data(sweep__tol=1e-3, sweep__mechanisms=["optimal_no_exclusion"],
+                              grid={"locations.*.n": [3]}))
+    tight = parse_sweep(_data(sweep__mechanisms=["optimal_no_exclusion"],
+                              grid={"locations.*.n": [3]}))
+    (t_loose,), (t_tight,) = tasks(loose), tasks(tight)
+    assert (t_loose.tol, t_tight.tol) == (1e-3, 1e-6) and t_loose.key != t_tight.key
+    row = run_task(t_loose)
+    assert row["success"] == "true" and float(row["error_estimate"]) <= 1e-3
+    market = market_from_dict(copy.deepcopy(BASE))
+    assert solve(market, "optimal_no_exclusion", tol=1e-3).result.details["tolerance"] == 1e-3
+    with pytest.raises(ValueError, match="tol"):
+        solve(market, "optimal", tol=0.0)
 
 
 def test_run_task_row_and_unsolvable_mechanism_row() -> None:

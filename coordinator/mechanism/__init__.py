@@ -28,10 +28,16 @@ from .market import (
     slides_market,
 )
 from .result import Mechanism, MechanismResult, Outcome
+from .sums import DEFAULT_TOL
+
+#: A solver: the market and the relative tolerance on its quadrature's error estimate
+#: (used by the mechanisms that integrate on a lattice; the others are exact or carry
+#: their own named tolerances).
+Solver = Callable[[Market, float], Mechanism]
 
 
-def _equal(name: str) -> Callable[[Market], Mechanism]:
-    def build(market: Market) -> Mechanism:
+def _equal(name: str) -> Solver:
+    def build(market: Market, tol: float) -> Mechanism:
         from . import equal_contribution as ec
 
         if market.L != 1:
@@ -44,39 +50,39 @@ def _equal(name: str) -> Callable[[Market], Mechanism]:
     return build
 
 
-def _first_best(market: Market) -> Mechanism:
+def _first_best(market: Market, tol: float) -> Mechanism:
     from .optimal import first_best
 
-    return first_best(market)
+    return first_best(market, tol=tol)
 
 
-def _optimal(market: Market) -> Mechanism:
+def _optimal(market: Market, tol: float) -> Mechanism:
     from .optimal import second_best
 
-    return second_best(market)
+    return second_best(market, tol=tol)
 
 
-def _optimal_no_exclusion(market: Market) -> Mechanism:
+def _optimal_no_exclusion(market: Market, tol: float) -> Mechanism:
     from .optimal import second_best
 
-    return second_best(market, exclusion=False)
+    return second_best(market, exclusion=False, tol=tol)
 
 
-def _balanced(market: Market) -> Mechanism:
+def _balanced(market: Market, tol: float) -> Mechanism:
     from .balance import balance_ex_post
     from .optimal import second_best
 
-    return balance_ex_post(second_best(market))
+    return balance_ex_post(second_best(market, tol=tol))
 
 
-def _posted_fee(market: Market) -> Mechanism:
+def _posted_fee(market: Market, tol: float) -> Mechanism:
     from .posted_fee import posted_fee
 
     return posted_fee(market)
 
 
 #: Mechanism name -> (solver, one-line description).
-SOLVERS: dict[str, tuple[Callable[[Market], Mechanism], str]] = {
+SOLVERS: dict[str, tuple[Solver, str]] = {
     "first_best": (_first_best, "complete-information benchmark (λ = 0)"),
     "optimal": (_optimal, "optimal (second-best) mechanism (17)/(25); exclusion as the "
                           "spec says"),
@@ -108,15 +114,23 @@ def canonical(mechanism: str) -> str:
     return name
 
 
-def solve(market: Market, mechanism: str) -> Mechanism:
+def solve(market: Market, mechanism: str, *, tol: float = DEFAULT_TOL) -> Mechanism:
     """Solve ``mechanism`` (a key of :data:`SOLVERS` or :data:`ALIASES`) for ``market``.
 
+    ``tol``: relative tolerance on the error estimate of the mechanisms computed on a
+    lattice (first best, optimal and its variants; see ``optimal.evaluate``): a result
+    whose estimate exceeds it has ``success=False``. The posted fee and the slides'
+    schemes are exact or carry their own named tolerances and ignore it.
+
     Raises :class:`UnsupportedMarketError` (a ValueError) before solving when the
-    mechanism cannot handle the market (:func:`check_solvable`).
+    mechanism cannot handle the market (:func:`check_solvable`), and ValueError for a
+    ``tol`` outside (0, 1).
     """
+    if not 0.0 < tol < 1.0:
+        raise ValueError(f"tol must be in (0, 1), got {tol!r}")
     name = canonical(mechanism)
     check_solvable(market, name)
-    return SOLVERS[name][0](market)
+    return SOLVERS[name][0](market, tol)
 
 
 __all__ = [
