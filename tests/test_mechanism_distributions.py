@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
+from scipy.special import log_ndtr
 
 from coordinator.cli import main as coordinator_main
 from coordinator.mechanism import solve
@@ -101,8 +102,12 @@ def test_left_tail_prior_binds_the_budget_constraint() -> None:
 def test_a_prior_is_refused_only_when_it_has_no_mass() -> None:
     # 50 standard deviations away: mass e^{−1250}, which underflows but is not zero.
     far = TypeDistribution.from_scipy("norm", 0.0, 1.0, loc=50.0)
-    assert far.cdf(np.array([0.99]))[0] == pytest.approx(math.exp(-49 * 0.01 * 1.0) * 0 +
-                                                         float(far.cdf(np.array([0.99]))[0]))
+    # F(x) = [Φ(x − 50) − Φ(−50)] / [Φ(−49) − Φ(−50)], evaluated here in the log domain.
+    x = 0.99
+    expected = (math.exp(log_ndtr(x - 50) - log_ndtr(-49))
+                * -math.expm1(log_ndtr(-50) - log_ndtr(x - 50))
+                / -math.expm1(log_ndtr(-50) - log_ndtr(-49)))
+    assert far.cdf(np.array([x]))[0] == pytest.approx(expected, rel=1e-9)
     assert 0.9 < float(far.ppf(np.array(0.5))) < 1.0
     with pytest.raises(ValueError, match="no probability mass"):
         TypeDistribution.from_scipy("uniform", 0.0, 1.0, loc=2.0)
