@@ -39,6 +39,7 @@ from helpers.coordinator import (
     relabel,
     runner,
 )
+from helpers.rawhttp import PARSER_ERRORS, exchange
 
 from coordinator.service import COORDINATOR as APP_KEY
 from coordinator.service import make_app, make_runner
@@ -417,33 +418,9 @@ async def raw_site(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
         store.close()
 
 
-async def exchange(where: tuple[str, int], data: bytes) -> tuple[int, dict[str, Any], str]:
-    """Send raw bytes, read the whole answer: (status, JSON body, content type)."""
-    reader, writer = await asyncio.open_connection(*where)
-    try:
-        writer.write(data)
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-    return int(lines[0].split()[1]), json.loads(body), headers.get("Content-Type", "")
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("request_bytes", "status", "code"), [
-    (b"POST /v1/declarations HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
-     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "malformed"),
-    (b"G(T /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
-    (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 413,
-     "too_large"),
-    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 413, "too_large"),
-    (b"POST /v1/declarations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"zz\r\n", 400, "malformed"),
-    (b"GET /v1/status HTTP/9.9\r\nHost: x\r\n\r\n", 400, "malformed"),
-    (b"BREW /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
+    *((r.replace(b"PATH", b"/v1/declarations"), st, c) for r, st, c in PARSER_ERRORS),
     (b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
 ])
 async def test_http_level_errors_answer_in_the_protocols_error_shape(

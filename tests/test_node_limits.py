@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from helpers.node import NOW, World
+from helpers.rawhttp import PARSER_ERRORS, exchange
 
 from node.host import Host
 from node.service import make_app, start_site
@@ -165,41 +165,16 @@ async def test_an_unauthenticated_flood_stores_nothing_and_roamers_are_still_ser
 # --- errors keep their shape (issue 11 item 9, node side) ----------------------------------
 
 
-async def raw_exchange(port: int, data: bytes) -> tuple[int, dict[str, object], str]:
-    """Send raw bytes to the node, read the whole answer: (status, JSON body, type)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-    return int(lines[0].split()[1]), json.loads(body), headers.get("Content-Type", "")
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("request_bytes", "status", "code"), [
-    (b"POST /v1/access HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
-     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "malformed"),
-    (b"G(T /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
-    (b"BREW /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
-    (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 413,
-     "too_large"),
-    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 413, "too_large"),
-    (b"POST /v1/access HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-     400, "malformed"),
-    (b"GET /v1/status HTTP/9.9\r\nHost: x\r\n\r\n", 400, "malformed"),
-])
+    (r.replace(b"PATH", b"/v1/access"), st, c) for r, st, c in PARSER_ERRORS])
 async def test_http_level_errors_answer_in_the_protocols_error_shape(
         request_bytes: bytes, status: int, code: str,
         caplog: pytest.LogCaptureFixture) -> None:
     w = World()
     async with site(make_host(w)) as (_, port):
         with caplog.at_level(logging.DEBUG):
-            got_status, body, content_type = await raw_exchange(port, request_bytes)
+            got_status, body, content_type = await exchange(("127.0.0.1", port), request_bytes)
     assert (got_status, body["code"]) == (status, code)
     assert set(body) == {"code", "message"} and content_type.startswith("application/json")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
