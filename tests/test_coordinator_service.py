@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -401,12 +402,32 @@ async def test_credentials_verify_for_the_holder(harness: Harness) -> None:
 # --- errors keep their shape below the application (coordinator/http.py) ---------------------
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @pytest_asyncio.fixture
 async def raw_site(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
     """The app behind the coordinator's own runner (as the CLI serves it), on a socket."""
+    async with serve_raw(tmp_path) as where:
+        yield where
+
+
+@contextlib.asynccontextmanager
+async def serve_raw(tmp_path: Path, *, entered: asyncio.Event | None = None,
+                    ) -> AsyncIterator[tuple[str, int]]:
+    """:func:`raw_site`'s server; ``entered`` is set when a request reaches the app."""
     store = Store(tmp_path / "coord.db")
     app = make_app(config(), store=store, identity=COORDINATOR, clock=FakeClock(),
                    runner=runner())
+    if entered is not None:
+        flag = entered
+
+        @web.middleware
+        async def note_entry(request: web.Request, handler: Handler) -> web.StreamResponse:
+            flag.set()
+            return await handler(request)
+
+        app.middlewares.append(note_entry)
     site_runner = make_runner(app, access_log=None)
     await site_runner.setup()
     site = web.TCPSite(site_runner, "127.0.0.1", 0)
@@ -435,18 +456,21 @@ async def test_http_level_errors_answer_in_the_protocols_error_shape(
 
 @pytest.mark.asyncio
 async def test_a_client_leaving_mid_body_is_not_an_internal_error(
-        raw_site: tuple[str, int], caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    entered = asyncio.Event()
     with caplog.at_level(logging.DEBUG):
-        _, writer = await asyncio.open_connection(*raw_site)
-        writer.write(b"POST /v1/declarations HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"a\"")
-        await writer.drain()
-        await asyncio.sleep(0.05)  # let the handler start reading the body
-        writer.close()
-        await writer.wait_closed()
-        # The server is still fine, and said nothing alarming about the one that left.
-        status, body, _ = await exchange(
-            raw_site, b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        async with serve_raw(tmp_path, entered=entered) as where:
+            _, writer = await asyncio.open_connection(*where)
+            writer.write(b"POST /v1/declarations HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"a\"")
+            await writer.drain()
+            async with asyncio.timeout(10):
+                await entered.wait()  # the request is in the app, its body still unread
+            writer.close()
+            await writer.wait_closed()
+            # The server is still fine, and said nothing alarming about the one that left.
+            status, body, _ = await exchange(
+                where, b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert status == 200 and body["phase"] == "idle"
     loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not loud, [r.getMessage() for r in loud]
