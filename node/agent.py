@@ -103,7 +103,9 @@ class NodeSpec:
     ``coordinator``: its base URL; ``coordinator_key``: the trusted key (None: trust the
     first announcement's signer, testbeds only); ``host``/``port``/``advertise``: where
     the service listens and the endpoint registered; ``roam_script``: epoch -> locations
-    to visit (else ``roam_moves`` random ones); ``seed``: of the roaming (None: random).
+    to visit (else ``roam_moves`` random ones); ``seed``: of the roaming (None: random);
+    ``thetas``: epoch -> true θ for the epochs whose type differs from ``theta`` (types
+    redrawn every epoch; :meth:`theta_at`).
     """
 
     coordinator: str
@@ -124,6 +126,13 @@ class NodeSpec:
     roam_amount: int = DEFAULT_ROAM_AMOUNT
     max_skew: int = 60
     seed: int | None = None
+    thetas: Mapping[int, int] | None = None
+
+    def theta_at(self, epoch: int) -> int:
+        """The node's true θ (micro-units) in ``epoch`` (the coordinator's numbering)."""
+        if self.thetas is not None and epoch in self.thetas:
+            return self.thetas[epoch]
+        return self.theta
 
 
 class Agent:
@@ -274,10 +283,10 @@ class Agent:
         return ann
 
     async def declare(self) -> dict[str, object] | None:
-        """Declare θ for the current epoch as the strategy says."""
+        """Declare θ for the current epoch as the strategy says (from the epoch's true θ)."""
         progress = self._progress()
         ann = progress.announcement
-        theta = self.spec.strategy.declare(self.spec.theta)
+        theta = self.spec.strategy.declare(self.spec.theta_at(ann.epoch))
         decl = Declaration(
             epoch=ann.epoch, node_id=self.node_id, theta=theta, nonce=self._nonce(16).hex()
         )

@@ -40,7 +40,9 @@ log = logging.getLogger("inkind.node")
 _UNITS = "".join(f"\n  {k.name}: {k.unit}" for k in KINDS.values())
 EPILOG = f"""\
 units: --capacity and --roam-amount are in units of the node's resource kind; one unit is{_UNITS}
-  --theta is the type θ in [0, 1].
+  --theta is the type θ in [0, 1]; --theta-per-epoch T0,T1,... gives the true type of
+  epochs 0, 1, ... (the coordinator's numbering) when types change from epoch to epoch,
+  and --theta then holds for every later epoch.
   All are sent as integer micro-units (1 unit = 1000000).
 
 strategies: truthful (default) | misreport:F (declare F·θ) | misreport:=V (declare V)
@@ -77,6 +79,22 @@ def _units(text: str) -> int:
 def _theta(text: str) -> int:
     try:
         return parse_micro(text, high=1_000_000)
+    except InkindError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: At most this many per-epoch types on one command line.
+MAX_THETAS = 100_000
+
+
+def _thetas(text: str) -> dict[int, int]:
+    items = text.split(",")
+    if len(items) > MAX_THETAS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_THETAS} per-epoch types")
+    if any(len(t) > 32 for t in items):  # a type is a short decimal in [0, 1]
+        raise argparse.ArgumentTypeError("a per-epoch type is a decimal in [0, 1]")
+    try:
+        return {e: parse_micro(t.strip(), high=1_000_000) for e, t in enumerate(items)}
     except InkindError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -133,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--capacity", required=True, type=_units, metavar="X", help="capacity offered, units"
     )
     p.add_argument("--theta", required=True, type=_theta, metavar="T", help="true type θ in [0, 1]")
+    p.add_argument(
+        "--theta-per-epoch",
+        type=_thetas,
+        metavar="T0,T1,...",
+        help="true type θ of epoch 0, 1, ... (types redrawn every epoch); later epochs "
+        "use --theta",
+    )
     p.add_argument(
         "--strategy",
         type=_strategy,
@@ -197,6 +222,7 @@ def spec_from_args(args: argparse.Namespace) -> NodeSpec:
         kind=args.kind,
         capacity=args.capacity,
         theta=args.theta,
+        thetas=args.theta_per_epoch,
         strategy=args.strategy,
         coordinator_key=args.coordinator_key,
         files_dir=args.files_dir,

@@ -7,6 +7,7 @@ Thin front end over :mod:`coordinator.testbed`; see README "Testbed" and ``--hel
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", choices=("process", "exec", "inproc"), default="process",
                    help="how nodes run (default: %(default)s)")
     p.add_argument("--epochs", type=int, metavar="E", help="override the scenario's epochs")
+    p.add_argument("--types", choices=("fixed", "redraw"),
+                   help="fixed: each node's type θ is drawn once and replayed every epoch; "
+                        "redraw: drawn afresh every epoch, so the welfare averaged over the "
+                        "epochs is a mean over type profiles (default: the scenario's "
+                        "[scenario] types, fixed if absent)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), metavar="DIR",
                    help="where keys, databases and logs go, in DIR/testbed/<scenario>/ "
                         "(default: %(default)s, outside the source tree; two runs of one "
@@ -97,17 +103,23 @@ def summary_text(report: dict[str, Any]) -> str:
         + (" (" + ", ".join(f"{v} {k}" for k, v in fr["by_reason"].items()) + ")"
            if fr["offences"] else ""),
     ]
+    redraw = sc.get("types") == "redraw"
     for m, b in s["by_mechanism"].items():
         z = b["welfare_z"]
-        noise = "" if z is None else (" (within noise)" if abs(z) < 2 else
-                                      " (|z| >= 2: an unusual type profile, or service "
-                                      "lost; see the epochs in report.md)")
+        noise = "" if z is None else (" (within noise: |z| < 2)" if abs(z) < 2 else
+                                      " (|z| >= 2: an unusual type profile, or nodes left "
+                                      "out; see the epochs in report.md)")
+        spread = (f"sd {_g(b['welfare_sd'])} per epoch over type profiles; types redrawn "
+                  f"every epoch, so the mean of {b['type_profiles']} profiles has sd "
+                  f"{_g(b['welfare_sd_of_mean'])}" if redraw else
+                  f"sd {_g(b['welfare_sd'])} over type profiles; types drawn once, so the "
+                  "epochs replay one profile")
         lines.append(
             f"  {m}: epochs {0 if b['epochs'] else '-'}..{b['epochs'] - 1} played, epoch "
-            f"{b['cutoff_epoch']} is the audit cut-off; welfare expected "
-            f"{b['welfare_expected_mean']} (sd {b['welfare_sd']} over type profiles), "
-            f"realised {b['welfare_realised_mean']}, z = {z}{noise}, delivered "
-            f"{b['welfare_delivered_mean']} (means over epochs, spec units)")
+            f"{b['cutoff_epoch']} is the audit cut-off; welfare (spec units, means over "
+            f"the epochs) expected {_g(b['welfare_expected_mean'])} ({spread}), realised "
+            f"{_g(b['welfare_realised_mean'])}, z = {_g(b['welfare_z'], 2)}{noise}; "
+            f"delivered {_g(b['welfare_delivered_mean'])} (with the Q actually served)")
     lines.append("checks:")
     for c in s["checks"]:
         mark = "*" if c["name"] in s["checks_about"] else " "
@@ -115,6 +127,10 @@ def summary_text(report: dict[str, Any]) -> str:
         lines += [f"     - {f}" for f in c["failures"][:10]]
     lines.append(f"checks: {s['verdict']}  (* = what the scenario is about)")
     return "\n".join(lines)
+
+
+def _g(x: float | None, nd: int = 3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 2
+    if args.types is not None:
+        scenario = dataclasses.replace(scenario, types=args.types)
     if args.epochs is not None and not 1 <= args.epochs <= 1000:
         print("testbed: --epochs must be in [1, 1000]", file=sys.stderr)
         return 2
@@ -148,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         print(url, flush=True)
     progress.log(f"scenario {scenario.name}: {scenario.n_nodes} nodes in "
                  f"{len(scenario.locations)} locations, {args.epochs or scenario.epochs} "
-                 f"epochs, {', '.join(scenario.mechanisms)}; nodes as {args.nodes}")
+                 f"epochs, {', '.join(scenario.mechanisms)}; types "
+                 f"{'redrawn every epoch' if scenario.types == 'redraw' else 'drawn once'}; "
+                 f"nodes as {args.nodes}")
     try:
         report = run_testbed(scenario, out=out, seed=args.seed, mode=args.nodes,
                              progress=progress, epochs=args.epochs, plots=not args.no_plots,

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from helpers.clock import NOW, FakeClock
 from helpers.node import ScriptedCoordinator, ident
 
-from node.cli import build_parser, main
+from node.cli import build_parser, main, spec_from_args
+from node.launch import start_node
 from node.service import start_site
 
 
@@ -141,4 +143,48 @@ async def test_the_command_prints_its_id_registers_and_stops_on_sigterm(tmp_path
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    "bad", ["0.2,1.5", "0.2,,0.3", "x", "0." + "1" * 40, ",".join(["0.5"] * 100_001)]
+)
+def test_bad_per_epoch_types_exit_2(bad: str) -> None:
+    argv = ["--coordinator", "http://x", "--key", "k", "--location", "0", "--kind",
+            "wlan_coverage", "--capacity", "1", "--theta", "0.5", "--theta-per-epoch", bad]
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+
+
+@pytest.mark.asyncio
+async def test_types_redrawn_every_epoch_are_declared_epoch_by_epoch(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """``--theta-per-epoch``: the node declares epoch e's true type (through its strategy)
+    in epoch e, and ``--theta`` after the list ends."""
+    fake = ScriptedCoordinator(ident(90), clock=clock)
+    runner, endpoint = await start_site(fake.app(), port=0)
+    argv = ["--coordinator", f"http://{endpoint}", "--coordinator-key",
+            fake.identity.public_key, "--key", str(tmp_path / "n.pem"), "--location", "0",
+            "--kind", "wlan_coverage", "--capacity", "1", "--theta", "0.5",
+            "--theta-per-epoch", "0.2,0.9,0.35", "--strategy", "misreport:0.5"]
+    spec = spec_from_args(build_parser().parse_args(argv))
+    assert [spec.theta_at(e) for e in range(5)] == [200_000, 900_000, 350_000, 500_000, 500_000]
+    try:
+        async with aiohttp.ClientSession() as session:
+            node = await start_node(spec, ident(72), session, clock=clock)
+            try:
+                declared = []
+                for epoch in range(5):
+                    fake.open(epoch, deadline=NOW + 60)
+                    for _ in range(4):
+                        if node.identity.node_id in fake.declarations[epoch]:
+                            break
+                        await node.agent.run_epoch_step()
+                    declared.append(fake.declarations[epoch][node.identity.node_id].theta)
+                assert declared == [100_000, 450_000, 175_000, 250_000, 250_000]
+            finally:
+                await node.stop()
+    finally:
         await runner.cleanup()

@@ -287,3 +287,42 @@ def test_ctrl_c_stops_everything_and_writes_the_partial_report(tmp_path: Path) -
     alive = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True,
                            check=False)
     assert alive.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("mode", ["inproc", "process"])
+def test_types_redrawn_every_epoch_reach_the_coordinator(tmp_path: Path, mode: str) -> None:
+    """With ``types = "redraw"`` each node declares its epoch's own true type on the wire
+    (what the coordinator stored equals the seed's draw for that epoch, the cut-off
+    included), and the welfare mean over epochs is judged as a mean over profiles."""
+    import math
+    import sqlite3
+
+    from coordinator.testbed.scenario import population
+    from protocol import Identity
+
+    path = scenario(tmp_path, '', name="redraw", epochs=3, n=6, trips=1.0)
+    path.write_text(path.read_text().replace('kind = "wlan_coverage"',
+                                             'kind = "wlan_coverage"\ntypes = "redraw"'))
+    out = tmp_path / "out"
+    report = play(path, out, mode=mode, plots=False)
+    sc = load_scenario(path)
+    plans = {Identity.from_seed(p.seed).node_id: p for p in population(sc, sc.seed)}
+    db = sqlite3.connect(out / "run" / "posted_fee" / "coordinator.db")
+    try:
+        stored = db.execute("SELECT epoch, node_id, theta FROM declarations").fetchall()
+    finally:
+        db.close()
+    assert {e for e, _, _ in stored} == {0, 1, 2, 3}  # the played epochs and the cut-off
+    assert len(stored) == 4 * len(plans)
+    for epoch, node_id, theta in stored:
+        assert theta == plans[node_id].theta_at(epoch)
+    assert len({tuple(t for e, _, t in sorted(stored) if e == k) for k in range(4)}) == 4
+    assert report["scenario"]["types"] == "redraw"
+    b = report["summary"]["by_mechanism"]["posted_fee"]
+    sds = [e["welfare_sd"] for e in report["epochs"]]
+    assert b["type_profiles"] == 3
+    assert b["welfare_sd_of_mean"] == pytest.approx(math.sqrt(sum(x * x for x in sds)) / 3,
+                                                    rel=1e-5)
+    assert b["welfare_z"] == pytest.approx(
+        (b["welfare_realised_mean"] - b["welfare_expected_mean"]) / b["welfare_sd_of_mean"],
+        rel=1e-4, abs=1e-4)

@@ -204,3 +204,29 @@ def test_shipped_scenario_names_resolve() -> None:
         assert cli.resolve_scenario(Path(path.name)) == path
     assert cli.resolve_scenario(Path("nope")) == Path("nope")
     assert cli.resolve_scenario(SCENARIOS / "channels.toml") == SCENARIOS / "channels.toml"
+
+
+def test_types_drawn_once_unless_redrawn() -> None:
+    """``types = "redraw"``: every epoch (and the audit cut-off) has its own profile, drawn
+    by (seed, epoch) alone; epoch 0's is the profile drawn once otherwise."""
+    fixed = scenario_from_dict(small())
+    redraw = scenario_from_dict(small(scenario={"name": "t", "epochs": 3, "seed": 1,
+                                                "types": "redraw"}))
+    assert fixed.types == "fixed" and redraw.types == "redraw"
+    once = population(fixed, 4)
+    assert all(p.thetas == () and p.theta_at(2) == p.theta for p in once)
+    plans = population(redraw, 4)
+    assert all(len(p.thetas) == 4 and p.theta_at(0) == p.theta for p in plans)
+    assert [p.theta for p in plans] == [p.theta for p in once]
+    assert population(redraw, 4) == plans  # reproducible
+    longer = population(redraw, 4, epochs=6)
+    assert all(a.thetas == b.thetas[:4] for a, b in zip(plans, longer, strict=True))
+    # the profiles differ from epoch to epoch, and stay in the prior's support
+    for e in range(1, 4):
+        assert [p.theta_at(e) for p in plans] != [p.theta_at(e - 1) for p in plans]
+    assert all(0 <= t <= 1_000_000 for p in longer for t in p.thetas)
+
+
+def test_types_must_be_fixed_or_redraw() -> None:
+    with pytest.raises(ScenarioError, match="types"):
+        scenario_from_dict(small(scenario={"name": "t", "types": "sometimes"}))

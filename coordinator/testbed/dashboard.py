@@ -115,10 +115,11 @@ def render_body(state: Mapping[str, Any]) -> str:
         out.append("</table><p>* what the scenario is about</p>")
         for m, b in summary.get("by_mechanism", {}).items():
             out.append(f'<p data-welfare-mean="{_e(m)}">{_e(m)}: welfare expected '
-                       f'{_n(b["welfare_expected_mean"])} (sd {_n(b["welfare_sd"])} over type '
-                       f'profiles), realised {_n(b["welfare_realised_mean"])}, z = '
-                       f'{_n(b["welfare_z"])}; epoch {_e(b["cutoff_epoch"])} is the audit '
-                       "cut-off</p>")
+                       f'{_n(b["welfare_expected_mean"])} (sd {_n(b["welfare_sd"])} per '
+                       f'epoch over type profiles; mean of {_e(b.get("type_profiles"))} '
+                       f'profile(s): sd {_n(b.get("welfare_sd_of_mean"))}), realised '
+                       f'{_n(b["welfare_realised_mean"])}, z = {_n(b["welfare_z"])}; epoch '
+                       f'{_e(b["cutoff_epoch"])} is the audit cut-off</p>')
     return "\n".join(out)
 
 

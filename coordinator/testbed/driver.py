@@ -129,10 +129,11 @@ class Player:
         self.run = run
         self.run_dir = run_dir
         self.session = session
-        self.plans = population(scenario, options.seed) if plans is None else plans
+        self.n_epochs = options.epochs or scenario.epochs
+        self.plans = (population(scenario, options.seed, self.n_epochs) if plans is None
+                      else plans)
         self.by_name = {p.name: p for p in self.plans}
         self.fault_plan = resolve_faults(scenario, options.seed)
-        self.n_epochs = options.epochs or scenario.epochs
         self.script = (roaming_script(scenario, self.plans, options.seed, self.n_epochs)
                        if script is None else script)
         self.identities = {p.name: Identity.from_seed(p.seed) for p in self.plans}
@@ -289,7 +290,7 @@ class Player:
         rec.declarations = int((await self.status())["counts"]["declarations"])
         for h in live:
             p = h.plan
-            rec.declared[p.name] = parse_strategy(p.strategy).declare(p.theta)
+            rec.declared[p.name] = parse_strategy(p.strategy).declare(p.theta_at(rec.epoch))
         rec.durations["declare"] = time.monotonic() - t
         if not cutoff:
             await self.faults(index, "before_close", rec)
@@ -537,7 +538,8 @@ class Player:
         """Hand a played epoch to the live dashboard, as report.json will record it."""
         await self.fetch_exclusions()
         if self.report_context is None:
-            self.report_context = ReportContext(self.scenario, self.options.seed)
+            self.report_context = ReportContext(self.scenario, self.options.seed,
+                                                self.n_epochs)
         figures = await asyncio.to_thread(epoch_report, self.report_context, self.record, rec)
         self.options.board.epoch(figures, [
             {"node": x["node"], "epoch": x["detected_epoch"],

@@ -50,7 +50,8 @@ from .scenario import NodePlan
 START_TIMEOUT = 120.0
 #: How long one in-process phase (every node stepped) may take.
 PHASE_STEP_TIMEOUT = 600.0
-#: The nodes' log level: INFO, so that each epoch step, grant and refusal is a line.
+#: The nodes' log level in their log files: warnings and errors only (the launcher records
+#: every step and decision itself; INFO, one line per step and decision, is for by hand).
 NODE_LOG_LEVEL = "WARNING"
 PR_SET_PDEATHSIG = 1
 #: The coordinator's probes (coordinator/probe.py): the driver runs one round per epoch
@@ -256,6 +257,8 @@ class Fleet:
                 "--log-level", NODE_LOG_LEVEL]
         if p.name in self.files_dirs:
             argv += ["--files-dir", str(self.files_dirs[p.name])]
+        if p.thetas:  # types redrawn every epoch: the node declares epoch e's θ
+            argv += ["--theta-per-epoch", ",".join(units(t) for t in p.thetas)]
         return argv
 
     def write_keys(self) -> None:

@@ -125,11 +125,11 @@ class ReportContext:
     """What every epoch's figures are computed against: the scenario's market and plans,
     and the mechanism's outcomes over type profiles (drawn once per size, cached)."""
 
-    def __init__(self, scenario: Scenario, seed: int) -> None:
+    def __init__(self, scenario: Scenario, seed: int, epochs: int | None = None) -> None:
         self.scenario = scenario
         self.seed = seed
         self.market = scenario.market()
-        self.plans = {p.name: p for p in population(scenario, seed)}
+        self.plans = {p.name: p for p in population(scenario, seed, epochs)}
         self._mc: dict[tuple[str, tuple[int, ...]], tuple[Any, Any]] = {}
 
     def profiles(self, mechanism: str, sizes: tuple[int, ...]) -> tuple[Any, Any]:
@@ -256,7 +256,8 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
         u = [float(market.locations[l].utility(max(0.0, sizes[l]))) for l in range(L)]
         for n in included:
             p = plans[n]
-            benefit += from_micro(p.theta) * sum(W[p.location, l] * u[l] for l in range(L))
+            benefit += (from_micro(p.theta_at(rec.epoch))
+                        * sum(W[p.location, l] * u[l] for l in range(L)))
         return benefit - total_cost
 
     tol = (len(included) + 1) * 1e-6  # contributions are rounded up to micro-units
@@ -332,7 +333,8 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
 
 def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
                  wall_s: float, interrupted: bool = False) -> dict[str, Any]:
-    ctx = ReportContext(scenario, options.seed)
+    n_epochs = options.epochs or scenario.epochs
+    ctx = ReportContext(scenario, options.seed, n_epochs)
     epochs: list[dict[str, Any]] = []
     for run in runs:
         for rec in run.epochs:
@@ -359,10 +361,18 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
     by_mech: dict[str, Any] = {}
     for run in runs:
         es = [e for e in epochs if e["run"] == run.run]
-        sd = _mean([e["welfare_sd"] for e in es])
-        # Types are drawn once per run and replayed every epoch: the epochs' mean is over
-        # one type profile, so its spread is the profile's, not divided by the epochs.
-        profiles = 1
+        sds = [e["welfare_sd"] for e in es if e["welfare_sd"] is not None]
+        # The sd of one epoch's welfare over type profiles (root mean square over the
+        # epochs, whose mechanisms may be solved for different sizes).
+        sd = math.sqrt(sum(x * x for x in sds) / len(sds)) if sds else None
+        # The sd of the mean over the epochs. Types drawn once are replayed every epoch:
+        # the epochs' mean is over one type profile and spreads as one epoch does. Types
+        # redrawn every epoch make the epochs independent profiles: the sd of their mean
+        # is sqrt(Σ sd_e²) / E.
+        redraw = scenario.types == "redraw"
+        profiles = len(es) if redraw else min(1, len(es))
+        sd_mean = (None if sd is None else
+                   math.sqrt(sum(x * x for x in sds)) / len(sds) if redraw else sd)
         by_mech[run.mechanism] = {
             "epochs": len(es),
             "welfare_expected_mean": _r(_mean([e["welfare_expected"] for e in es])),
@@ -370,9 +380,9 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
             "welfare_delivered_mean": _r(_mean([e["welfare_delivered"] for e in es])),
             "welfare_sd": _r(sd),
             "type_profiles": profiles,
+            "welfare_sd_of_mean": _r(sd_mean),
             "welfare_z": _r(_z(_mean([e["welfare_realised"] for e in es]),
-                               _mean([e["welfare_expected"] for e in es]),
-                               None if sd is None else sd / math.sqrt(profiles))),
+                               _mean([e["welfare_expected"] for e in es]), sd_mean)),
             "cutoff_epoch": next((r.epoch for r in run.epochs if r.cutoff), None),
             "included_mean": _r(_mean([e["included"] for e in es])),
             "budget_surplus_mean": _r(_mean([e["budget"]["surplus"] for e in es])),
@@ -380,8 +390,7 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
             "wall_s": round(run.wall_s, 3),
             "coordinator_restarts": run.coordinator_restarts,
         }
-    n_epochs = options.epochs or scenario.epochs
-    plans = population(scenario, options.seed)
+    plans = list(ctx.plans.values())
     script = roaming_script(scenario, plans, options.seed, n_epochs)
     repro = {
         "declarations": digest([[r.run, r.epoch, r.declared] for run in runs for r in run.epochs]),
@@ -389,7 +398,9 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
                                for run in runs for r in run.epochs]),
         "roaming_script": digest([[(a.roamer, a.location, a.trip, a.u, a.v) for a in ep]
                                   for ep in script]),
-        "nodes": digest([(p.name, p.theta, p.strategy, p.seed.hex()) for p in plans]),
+        # (per-epoch types only when redrawn, so fixed-type digests stay as they were)
+        "nodes": digest([(p.name, p.theta, p.strategy, p.seed.hex(), *p.thetas[1:])
+                         for p in plans]),
     }
     summary = {
         "grants_to_excluded": grants_excluded,
@@ -416,6 +427,7 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
             "name": scenario.name, "path": scenario.path, "description": scenario.description,
             "kind": scenario.kind, "payment": scenario.payment,
             "mechanisms": list(scenario.mechanisms), "epochs": n_epochs,
+            "types": scenario.types,
             "nodes": scenario.n_nodes,
             "locations": [{"name": loc.name, "nodes": loc.nodes, "area": loc.area}
                           for loc in scenario.locations],
@@ -485,7 +497,8 @@ def markdown(report: dict[str, Any], pngs: list[str]) -> str:
         f"- scenario `{sc['path']}`, seed {report['seed']}, nodes as `{report['mode']}`; "
         f"{sc['nodes']} nodes in {len(sc['locations'])} locations, kind `{sc['kind']}`, "
         f"payment `{sc['payment']}`, mechanism(s) {', '.join(sc['mechanisms'])}, "
-        f"{sc['epochs']} epochs",
+        f"{sc['epochs']} epochs, types "
+        + ("redrawn every epoch" if sc.get("types") == "redraw" else "drawn once"),
         f"- strategies: {', '.join(f'{k} {v}' for k, v in sc['strategies'].items())}",
         f"- faults: {'; '.join(sc['faults']) or 'none'}",
         f"- wall time {report['wall_s']:.1f} s (start-up "
@@ -516,16 +529,22 @@ def markdown(report: dict[str, Any], pngs: list[str]) -> str:
     lines += ["", f"Access-decision latency (POST of the access request, {lat['n']} requests): "
               f"p50 {_fmt(lat['p50'])} ms, p99 {_fmt(lat['p99'])} ms.", ""]
     lines += ["## Per mechanism", "",
-              "Welfare in the spec's units, means over the epochs. The sd is over type "
-              "profiles drawn from the priors; z = (realised − expected) / (sd / √profiles) "
-              "says how far this run's types lie from the mean (|z| < 2: within noise).", "",
+              "Welfare in the spec's units, means over the epochs. sd: of one epoch's "
+              "welfare over type profiles drawn from the priors; sd of mean: of the mean "
+              "over the epochs (types "
+              + ("redrawn every epoch: the epochs are independent profiles, sd / √epochs"
+                 if sc.get("types") == "redraw" else
+                 "drawn once and replayed: one profile, so the sd itself")
+              + "); z = (realised − expected) / sd of mean says how far this run's types "
+              "lie from the mean (|z| < 2: within noise).", "",
               "| mechanism | epochs | cut-off epoch | included (mean) | expected welfare | sd | "
-              "realised | z | delivered | budget surplus |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "profiles | sd of mean | realised | z | delivered | budget surplus |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m, b in s["by_mechanism"].items():
         lines.append(f"| {m} | {b['epochs']} | {_fmt(b['cutoff_epoch'])} | "
                      f"{_fmt(b['included_mean'], 1)} | {_fmt(b['welfare_expected_mean'])} | "
-                     f"{_fmt(b['welfare_sd'])} | {_fmt(b['welfare_realised_mean'])} | "
+                     f"{_fmt(b['welfare_sd'])} | {b['type_profiles']} | "
+                     f"{_fmt(b['welfare_sd_of_mean'])} | {_fmt(b['welfare_realised_mean'])} | "
                      f"{_fmt(b['welfare_z'], 2)} | {_fmt(b['welfare_delivered_mean'])} | "
                      f"{_fmt(b['budget_surplus_mean'])} |")
     lines += ["", "The cut-off epoch is opened and closed after the last played epoch and "

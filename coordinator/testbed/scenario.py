@@ -171,6 +171,13 @@ class NodePlan:
     strategy: str  # the inkind-node spelling
     capacity: int  # micro-units
     seed: bytes  # its Ed25519 key seed (so its id is reproducible)
+    #: types redrawn every epoch: the true θ of epoch 0, 1, ... (the coordinator's
+    #: numbering); empty when types are drawn once (``theta`` in every epoch)
+    thetas: tuple[int, ...] = ()
+
+    def theta_at(self, epoch: int) -> int:
+        """The node's true θ (micro-units) in ``epoch``."""
+        return self.thetas[epoch] if 0 <= epoch < len(self.thetas) else self.theta
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +210,10 @@ class Scenario:
     strategy_rules: tuple[Rule, ...]
     faults: tuple[Fault, ...]
     about: tuple[str, ...] = DEFAULT_ABOUT  # the checks this scenario is about
+    #: "fixed": each node's θ is drawn once and holds in every epoch (the epochs replay
+    #: one type profile); "redraw": drawn afresh for every epoch (each epoch is an
+    #: independent type profile, so a mean over epochs is a mean over profiles)
+    types: str = "fixed"
 
     @property
     def n_nodes(self) -> int:
@@ -248,6 +259,7 @@ class _ScenarioTable(BaseModel):
     mechanism: Names = "posted_fee"
     kind: str = "wlan_coverage"
     checks: list[str] = Field(default_factory=lambda: list(DEFAULT_ABOUT))
+    types: Literal["fixed", "redraw"] = "fixed"
 
 
 class _MarketTable(BaseModel):
@@ -551,7 +563,8 @@ def scenario_from_dict(data: dict[str, Any], *, path: str = "<dict>") -> Scenari
         name=name, description=sc.description, path=path, epochs=sc.epochs, seed=sc.seed,
         mechanisms=mechanisms, payment=f.market.payment, exclusion=f.market.exclusion,
         kind=sc.kind, weights=wtuple, locations=locations, access=access, mobility=mobility,
-        strategy_rules=tuple(rules), faults=tuple(faults), about=tuple(sc.checks))
+        strategy_rules=tuple(rules), faults=tuple(faults), about=tuple(sc.checks),
+        types=sc.types)
     try:
         market = scenario.market()
     except (ValueError, TypeError, KeyError) as exc:
@@ -576,12 +589,16 @@ def key_seed(seed: int, name: str) -> bytes:
     return hashlib.sha256(f"inkind-testbed/{seed}/{name}".encode()).digest()
 
 
-def _true_thetas(scenario: Scenario, seed: int) -> dict[str, int]:
-    """Each node's true θ (micro-units), drawn from its location's prior."""
+def _true_thetas(scenario: Scenario, seed: int, epoch: int = 0) -> dict[str, int]:
+    """Each node's true θ (micro-units), drawn from its location's prior: the types of
+    ``epoch`` (epoch 0's are the ones drawn once when types are fixed; each later epoch
+    has its own stream, so epoch e's types do not depend on how many epochs are run)."""
     out: dict[str, int] = {}
     for loc in scenario.locations:
         dist = TypeDistribution.from_dict(dict(loc.type))
-        thetas = dist.rvs(loc.nodes, _rng(seed, "theta", loc.name))
+        labels: tuple[str | int, ...] = ("theta", loc.name) if epoch == 0 else (
+            "theta", loc.name, "epoch", epoch)
+        thetas = dist.rvs(loc.nodes, _rng(seed, *labels))
         for i in range(loc.nodes):
             theta = math.floor(float(thetas[i]) * MICRO)
             theta = max(math.ceil(dist.low * MICRO), min(theta, math.floor(dist.high * MICRO)))
@@ -606,10 +623,19 @@ def _pick(nodes: Sequence[str], count: int | None, min_theta: float | None,
     return chosen
 
 
-def population(scenario: Scenario, seed: int) -> list[NodePlan]:
+def population(scenario: Scenario, seed: int, epochs: int | None = None) -> list[NodePlan]:
     """The nodes, location-major: names, true θ (drawn from the location's prior),
-    strategies (rules never overlap: the parser refuses it) and key seeds."""
+    strategies (rules never overlap: the parser refuses it) and key seeds.
+
+    With ``types = "redraw"`` each plan also carries its true θ of epochs 0 … E (E =
+    ``epochs``, default the scenario's: the played epochs and the audit cut-off), each
+    epoch's profile drawn from the priors by (seed, epoch) alone. Rules and faults that
+    select by ``min_theta`` read epoch 0's θ.
+    """
     theta = _true_thetas(scenario, seed)
+    n_epochs = scenario.epochs if epochs is None else epochs
+    per_epoch = ([theta] + [_true_thetas(scenario, seed, e) for e in range(1, n_epochs + 1)]
+                 if scenario.types == "redraw" else [])
     strategy: dict[str, str] = {}
     for k, rule in enumerate(scenario.strategy_rules):
         for name in _pick(rule.nodes, rule.count, rule.min_theta, theta,
@@ -622,7 +648,7 @@ def population(scenario: Scenario, seed: int) -> list[NodePlan]:
             plans.append(NodePlan(
                 name=name, index=len(plans), location=l, theta=theta[name],
                 strategy=strategy.get(name, "truthful"), capacity=_micro(loc.capacity),
-                seed=key_seed(seed, name)))
+                seed=key_seed(seed, name), thetas=tuple(t[name] for t in per_epoch)))
     return plans
 
 
