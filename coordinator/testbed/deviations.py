@@ -43,12 +43,19 @@ of the two, its p the sum of both.
   V_j(truthful) − V_j(deviation), spec units (negative: they gained).
 
 Attacks the node agent cannot express are played here, as the deviator's owner would,
-with its key: *hide* re-registers it without an endpoint or with another node's;
-*drain-and-frame* asks one host, as an included roamer, for everything it has, keeps the
-receipt to itself, asks again and reports only the signed ``capacity_exhausted``
-refusal; *flood* sends unauthenticated requests to one host during roaming and holds
-stalled connections open. *sybil* adds a second identity at the deviator's home (half
-its capacity each, the same θ, no trips of its own).
+with its key, on the wire: *hide* re-registers it without an endpoint or with another
+node's; *free-ride-commit* re-registers it behind a front that passes the coordinator's
+probes (GETs) to its node and drops every roamer's request (POSTs) unanswered;
+*drain* asks one host, as an included roamer, for everything it has; *frame* does so,
+keeps the receipt to itself, asks again and reports only the signed
+``capacity_exhausted`` refusal; *flood* sends unauthenticated requests (garbage, replayed
+requests of strangers with self-signed credentials, probes) to one host during roaming
+and holds stalled connections open. *sybil* adds a second identity at the deviator's
+home (half its capacity each, the same θ, no trips of its own).
+
+Nodes the scenario's ``[[faults]]`` crash or silence are played as the scenario says
+(in every run alike); they are never the deviator and their exclusions are reported
+apart (``faulty_excluded``), not as honest nodes'.
 """
 
 from __future__ import annotations
@@ -68,10 +75,20 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from aiohttp import web
 
 from coordinator.mechanism import Market, Mechanism, solve
 from coordinator.mechanism.audit import interim_outcomes
-from protocol import MICRO, InkindError, Registration, from_micro, seal
+from protocol import (
+    MICRO,
+    Credential,
+    Identity,
+    InkindError,
+    Registration,
+    from_micro,
+    make_access_request,
+    seal,
+)
 from protocol.kinds import KINDS
 from protocol.messages import MECHANISMS
 
@@ -85,6 +102,7 @@ from .scenario import (
     key_seed,
     load_scenario,
     population,
+    resolve_faults,
     roaming_script,
 )
 from .wire import ask
@@ -94,6 +112,8 @@ from .wire import ask
 FLOOD_REQUESTS = 1500
 FLOOD_CONCURRENCY = 64
 FLOOD_STALLED = 30
+#: Strangers (fresh keys, self-signed credentials) whose requests the flood replays.
+FLOOD_STRANGERS = 16
 #: Profiles of the others' types per seed and epoch for the misreports' expectation.
 PROFILES = 40
 #: Attempt outcomes that say nothing about a host's service.
@@ -123,10 +143,16 @@ DEVIATIONS: tuple[Deviation, ...] = (
               strategy="misreport:1.5", misreport=1.5),
     Deviation(name="misreport-down", description="declares θ / 2", strategy="misreport:0.5",
               misreport=0.5),
-    Deviation(name="free-ride", description="included, commits and opens nothing",
+    Deviation(name="free-ride", description="included, sends no commitment, opens nothing",
               strategy="free-ride", withholds=True),
     Deviation(name="free-ride-commit",
-              description="sends the signed commitment, then opens nothing",
+              description="sends the signed commitment and opens nothing; a front it "
+                          "registers as its endpoint answers the coordinator's probes with "
+                          "the node's key and drops every roamer's request unanswered",
+              strategy="free-ride:commit", withholds=True, endpoint="front"),
+    Deviation(name="free-ride-commit-refuse",
+              description="sends the signed commitment, opens nothing, answers every "
+                          "roamer with a signed capacity_exhausted refusal",
               strategy="free-ride:commit", withholds=True),
     Deviation(name="hide-no-endpoint",
               description="re-registers without an endpoint: nobody can reach its host",
@@ -134,12 +160,16 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(name="hide-borrowed-endpoint",
               description="re-registers with another node's endpoint", withholds=True,
               endpoint="borrowed"),
-    Deviation(name="drain-and-frame",
-              description="as a roamer takes all a host has, hides the receipt, reports "
-                          "only the capacity refusal", attack="drain"),
+    Deviation(name="drain",
+              description="as a roamer asks one host for all it has, then roams as usual; "
+                          "reports everything", attack="drain"),
+    Deviation(name="frame",
+              description="drains a host, hides the receipt, reports only the next "
+                          "request's signed capacity_exhausted refusal", attack="frame"),
     Deviation(name="flood",
               description=f"{FLOOD_REQUESTS} unauthenticated requests per epoch at one "
-                          f"host, {FLOOD_STALLED} stalled connections", attack="flood"),
+                          "host (garbage bodies, replayed requests of strangers, probes), "
+                          f"{FLOOD_STALLED} stalled connections", attack="flood"),
     Deviation(name="sybil", description="a second identity at home, capacity split",
               sybil=True),
 )
@@ -225,15 +255,25 @@ def ci95(xs: Sequence[float]) -> tuple[float, float] | None:
     return (m - half, m + half)
 
 
-def choose_deviator(rec: EpochRecord, plans: dict[str, NodePlan]) -> str:
+def faulty_nodes(scenario: Scenario, seed: int) -> frozenset[str]:
+    """The nodes the scenario's faults crash or silence (``seed`` draws them): a host
+    that is down when it owes service is rightly excluded, so these are neither honest
+    nodes for the harm count nor candidates to deviate."""
+    return frozenset(n for f in resolve_faults(scenario, seed)
+                     if f.kind in ("node_crash", "host_silent") for n in f.nodes)
+
+
+def choose_deviator(rec: EpochRecord, plans: dict[str, NodePlan],
+                    faulty: frozenset[str] = frozenset()) -> str:
     """The included node of median θ (lower median) at the location with the most
-    included nodes (ties: the lower location index)."""
+    included nodes (ties: the lower location index); never one of the ``faulty``."""
     by_loc: dict[int, list[NodePlan]] = defaultdict(list)
     for name in rec.included:
-        by_loc[plans[name].location].append(plans[name])
+        if name not in faulty:
+            by_loc[plans[name].location].append(plans[name])
     if not by_loc:
-        raise DeviationError("nobody is included in the truthful run's first epoch: "
-                             "no deviator to choose")
+        raise DeviationError("nobody (but faulty nodes) is included in the truthful run's "
+                             "first epoch: no deviator to choose")
     loc = min(by_loc, key=lambda l: (-len(by_loc[l]), l))
     group = sorted(by_loc[loc], key=lambda p: (p.theta, p.index))
     return group[(len(group) - 1) // 2].name
@@ -261,6 +301,10 @@ class DeviantPlayer(Player):
         self.target: str | None = None  # the host drained or flooded
         self.mechanics: dict[str, Any] = defaultdict(list)
         self.stalled: list[asyncio.StreamWriter] = []
+        self.front: web.AppRunner | None = None
+        self.front_endpoint = ""
+        #: Nodes the scenario's faults stop or crash: not honest hosts that fail.
+        self.faulty = faulty_nodes(scenario, options.seed)
 
     def host_url(self, host: str, entry: Any) -> str | None:
         endpoint = getattr(entry, "endpoint", None)
@@ -270,16 +314,55 @@ class DeviantPlayer(Player):
 
     async def start(self) -> None:
         await super().start()
+        if self.deviation.endpoint == "front":
+            await self.start_front()
         if self.deviation.endpoint is not None and self.deviator is not None:
             await self.hide()
 
     async def stop(self) -> None:
         self.close_stalled()
+        if self.front is not None:
+            with contextlib.suppress(Exception):
+                await self.front.cleanup()
+            self.front = None
         await super().stop()
 
+    async def start_front(self) -> None:
+        """The false committer's front (what its owner would put before its node): a
+        server on 127.0.0.1 that passes every GET -- the coordinator's probes, the file
+        listing -- to the node and answers with the node's own (signed) reply, and drops
+        every POST -- a roamer's access, download or job -- by closing the connection
+        without a word: no receipt, no signed refusal, nothing a roamer can show."""
+        assert self.deviator is not None
+        node_url = self.fleet.nodes[self.deviator].url
+        counts: dict[str, int] = defaultdict(int)
+        self.mechanics["front"] = counts
+        timeout = aiohttp.ClientTimeout(total=10.0)
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            if request.method != "GET":
+                counts["dropped"] += 1
+                if request.transport is not None:
+                    request.transport.close()
+                return web.Response(status=204)  # never written: the connection is gone
+            counts["passed"] += 1
+            async with self.session.get(node_url + request.path_qs, timeout=timeout) as r:
+                body = await r.read()
+                return web.Response(status=r.status, body=body,
+                                    content_type=r.content_type)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.front = runner
+        self.front_endpoint = f"127.0.0.1:{runner.addresses[0][1]}"
+
     async def hide(self) -> None:
-        """Re-register the deviator (its key) without an endpoint, or with the endpoint
-        of the first other node of its location."""
+        """Re-register the deviator (its key) without an endpoint, with the endpoint of
+        the first other node of its location, or with its front's."""
         assert self.deviator is not None and self.client is not None
         plan = self.by_name[self.deviator]
         endpoint: str | None = None
@@ -288,6 +371,8 @@ class DeviantPlayer(Player):
                          if p.location == plan.location and p.name != self.deviator)
             endpoint = self.fleet.nodes[other].url.split("://", 1)[-1]
             self.mechanics["borrowed_from"] = other
+        elif self.deviation.endpoint == "front":
+            endpoint = self.front_endpoint
         ident = self.identities[self.deviator]
         for _ in range(3):  # a registration must be strictly newer than the agent's own
             reg = Registration(public_key=ident.public_key, epoch=0,
@@ -302,7 +387,7 @@ class DeviantPlayer(Player):
                     raise
                 await asyncio.sleep(1.0)
         else:
-            raise DeviationError("the hiding re-registration was refused as stale")
+            raise DeviationError("the deviator's re-registration was refused as stale")
         self.mechanics["endpoint_registered"] = endpoint
 
     def pick_target(self, rec: EpochRecord) -> str | None:
@@ -310,7 +395,8 @@ class DeviantPlayer(Player):
         assert self.deviator is not None
         home = self.by_name[self.deviator].location
         hosts = [n for n in rec.included if n != self.deviator
-                 and self.by_name[n].location != home and rec.owed.get(n, 0) > 0]
+                 and self.by_name[n].location != home and rec.owed.get(n, 0) > 0
+                 and n not in self.faulty]
         return min(hosts, key=lambda n: (-rec.owed[n], n)) if hosts else None
 
     async def roam(self, index: int, rec: EpochRecord, entries: dict[str, Any]) -> list[Any]:
@@ -322,9 +408,9 @@ class DeviantPlayer(Player):
         if self.target is None:
             self.mechanics["no_target"].append(rec.epoch)
             return await super().roam(index, rec, entries)
-        if attack == "drain":
+        if attack in ("drain", "frame"):
             if self.deviator in rec.included:
-                await self.drain(rec, entries[self.target])
+                await self.drain(rec, entries[self.target], frame=attack == "frame")
             return await super().roam(index, rec, entries)
         flood = asyncio.create_task(self.flood(rec, entries[self.target]))
         try:
@@ -332,9 +418,10 @@ class DeviantPlayer(Player):
         finally:
             await flood
 
-    async def drain(self, rec: EpochRecord, entry: Any) -> None:
-        """One request for all the target's capacity; the receipt is kept, only the
-        refusal of the next request goes into the deviator's audit report."""
+    async def drain(self, rec: EpochRecord, entry: Any, *, frame: bool) -> None:
+        """One request for all the target's capacity, then one of the usual size. A
+        drain reports both answers in the deviator's audit report; a frame keeps the
+        receipt to itself and reports only the second request's signed refusal."""
         assert self.deviator is not None and self.target is not None
         url = self.host_url(self.target, entry)
         cred = self.credentials.get(self.deviator)
@@ -359,47 +446,78 @@ class DeviantPlayer(Player):
             except (aiohttp.ClientError, TimeoutError) as exc:
                 outcome[f"ask{k}"] = type(exc).__name__
                 continue
-            if answer.reason == "granted":
-                outcome[f"ask{k}"] = f"granted {answer.amount}"  # hidden
-            elif answer.evidence is not None:  # a refusal the host signed
-                outcome[f"ask{k}"] = answer.reason
-                if k == 1:
-                    self.evidence[self.deviator].append(answer.evidence)
-                    outcome["framed"] = True
-            else:
-                outcome[f"ask{k}"] = answer.reason
+            outcome[f"ask{k}"] = (f"granted {answer.amount}" if answer.reason == "granted"
+                                  else answer.reason)
+            if answer.evidence is None:
+                continue
+            if not frame:
+                self.evidence[self.deviator].append(answer.evidence)
+            elif answer.reason != "granted" and k == 1:  # the receipt stays hidden
+                self.evidence[self.deviator].append(answer.evidence)
+                outcome["framed"] = True
         self.mechanics["drains"].append(outcome)
 
+    def flood_requests(self, rec: EpochRecord, entry: Any) -> list[tuple[str, bytes]]:
+        """(path, body) of well-formed access requests by strangers: fresh keys with
+        credentials they signed themselves, each replayed many times by the flood."""
+        assert self.target is not None
+        kind = KINDS[self.scenario.kind]
+        out = []
+        for k in range(FLOOD_STRANGERS):
+            ident = Identity.from_seed(key_seed(rec.epoch, f"stranger/{k}"))
+            now = int(time.time())
+            cred = seal(ident, Credential(
+                node_id=ident.node_id, public_key=ident.public_key, epoch=rec.epoch,
+                not_before=now - 1, expires=now + 600,
+                location=self.by_name[self.target].location))
+            item = ""
+            if kind.itemised:
+                item = self.files[self.target][k % len(self.files[self.target])][0]
+            req = make_access_request(ident, cred, host_id=entry.node_id,
+                                      amount=max(1, kind.granularity), now=now,
+                                      resource=kind.resource_of(item))
+            out.append((kind.path(item), req.to_bytes()))
+        return out
+
     async def flood(self, rec: EpochRecord, entry: Any) -> None:
-        """Unauthenticated requests at the target during roaming, plus stalled
-        connections held open until the next epoch's roaming (or the end)."""
+        """During roaming, at the target: garbage bodies and replayed strangers' requests
+        on its access path, probes with random nonces (each costs it a signature), and
+        stalled connections (a request head whose body never comes) held open until the
+        next epoch's roaming (or the end)."""
         url = self.host_url(self.target or "", entry)
         if url is None:
             return
         hostport = url.split("://", 1)[-1]
         host, _, port = hostport.rpartition(":")
+        signed = self.flood_requests(rec, entry)
+        path = signed[0][0]
         for _ in range(FLOOD_STALLED):
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection(host, int(port))
-                writer.write(b"POST /v1/access HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n")
+                writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+                             "Content-Length: 100000\r\n\r\n".encode())
                 self.stalled.append(writer)
         codes: dict[str, int] = defaultdict(int)
         sem = asyncio.Semaphore(FLOOD_CONCURRENCY)
         timeout = aiohttp.ClientTimeout(total=2.0)
+        headers = {"Content-Type": "application/json"}
 
         async def one(k: int) -> None:
             async with sem:
                 try:
-                    if k % 2:
-                        async with self.session.get(url + f"/v1/probe/0/{k:032x}",
-                                                    timeout=timeout) as r:
-                            await r.read()
-                            codes[str(r.status)] += 1
+                    if k % 3 == 0:
+                        req = self.session.get(url + f"/v1/probe/{rec.epoch}/{k:032x}",
+                                               timeout=timeout)
+                    elif k % 3 == 1:
+                        req = self.session.post(url + path, data=b'{"junk": 1}',
+                                                headers=headers, timeout=timeout)
                     else:
-                        async with self.session.post(url + "/v1/access", data=b'{"junk": 1}',
-                                                     timeout=timeout) as r:
-                            await r.read()
-                            codes[str(r.status)] += 1
+                        p, body = signed[k % len(signed)]
+                        req = self.session.post(url + p, data=body, headers=headers,
+                                                timeout=timeout)
+                    async with req as r:
+                        await r.read()
+                        codes[str(r.status)] += 1
                 except (aiohttp.ClientError, TimeoutError):
                     codes["failed"] += 1
 
@@ -423,6 +541,7 @@ class RunValues:
     deviation: str
     epochs: list[EpochValues]
     honest_excluded: list[str]
+    faulty_excluded: list[str]  # nodes the scenario's faults took down, excluded for it
     deviator_excluded: list[int]  # epochs it was newly excluded at
     mechanics: dict[str, Any]
     grants_honest: int
@@ -436,8 +555,24 @@ class SeedResult:
     deviator_theta: float
     deviator_location: str
     truthful: RunValues
+    faulty: list[str] = field(default_factory=list)  # taken down by the scenario's faults
     runs: dict[str, RunValues] = field(default_factory=dict)
     bayes: dict[str, float] = field(default_factory=dict)  # misreport -> interim gain
+
+
+@dataclass(slots=True)
+class Tally:
+    """Runs played of the experiment's ``total`` (for the progress lines)."""
+
+    total: int
+    done: int = 0
+    t0: float = field(default_factory=time.monotonic)
+
+    def step(self) -> str:
+        self.done += 1
+        spent = time.monotonic() - self.t0
+        left = spent / self.done * (self.total - self.done)
+        return f"[run {self.done}/{self.total}, about {left / 60:.1f} min left]"
 
 
 def truthful_population(scenario: Scenario, seed: int) -> list[NodePlan]:
@@ -467,12 +602,14 @@ def identities_of(deviator: str, plans: Sequence[NodePlan], base: int) -> list[s
 
 
 def value_run(record: RunRecord, market: Market, plans: list[NodePlan], deviator: str,
-              deviation: Deviation, base: int, mechanics: dict[str, Any]) -> RunValues:
+              deviation: Deviation, base: int, mechanics: dict[str, Any],
+              faulty: frozenset[str] = frozenset()) -> RunValues:
     by_name = {p.name: p for p in plans}
     names = identities_of(deviator, plans, base)
     played = [r for r in record.epochs if not r.cutoff]
     values = [value_epoch(r, market, by_name, names, deviation.withholds) for r in played]
-    excluded = sorted({n for r in record.epochs for n in r.newly_excluded if n not in names})
+    others = {n for r in record.epochs for n in r.newly_excluded if n not in names}
+    excluded = sorted(others - faulty)
     dev_ex = [r.epoch for r in record.epochs if any(n in names for n in r.newly_excluded)]
     grants = sum(a.reason == "granted" for r in played for a in r.attempts
                  if a.roamer not in names)
@@ -486,8 +623,8 @@ def value_run(record: RunRecord, market: Market, plans: list[NodePlan], deviator
                                             for r in played for a in r.attempts
                                             if a.host in names and a.included)}
     return RunValues(deviation=deviation.name, epochs=values, honest_excluded=excluded,
-                     deviator_excluded=dev_ex, mechanics=mechanics,
-                     grants_honest=grants, warnings=warnings)
+                     faulty_excluded=sorted(others & faulty), deviator_excluded=dev_ex,
+                     mechanics=mechanics, grants_honest=grants, warnings=warnings)
 
 
 async def play_run(scenario: Scenario, mechanism: str, seed: int, epochs: int, out: Path,
@@ -525,7 +662,7 @@ def bayes_gain(mech: Mechanism, market: Market, plan: NodePlan, factor: float, s
 
 async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, out: Path,
                     mode: str, deviations: Sequence[Deviation], progress: Progress,
-                    profiles: int, jobs: int = 1) -> SeedResult:
+                    profiles: int, jobs: int = 1, tally: Tally | None = None) -> SeedResult:
     """Play the truthful run, choose the deviator, then play ``deviations`` (``jobs`` runs
     at a time, each with its own coordinator)."""
     market = scenario.market()
@@ -538,15 +675,18 @@ async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, 
     first = next((r for r in truthful.epochs if not r.cutoff), None)
     if first is None:
         raise DeviationError("the truthful run played no epoch")
-    deviator = choose_deviator(first, by_name)
+    faulty = faulty_nodes(scenario, seed)
+    deviator = choose_deviator(first, by_name, faulty)
     d = by_name[deviator]
+    tally = tally or Tally(total=1 + len(deviations))
     progress.log(f"seed {seed}: truthful run in {time.monotonic() - t0:.1f} s; deviator "
-                 f"{deviator} (θ = {from_micro(d.theta):.3f})")
+                 f"{deviator} (θ = {from_micro(d.theta):.3f}) {tally.step()}")
     base = len(plans)
     result = SeedResult(
         seed=seed, deviator=deviator, deviator_theta=from_micro(d.theta),
-        deviator_location=scenario.locations[d.location].name,
-        truthful=value_run(truthful, market, plans, deviator, DEVIATIONS[0], base, mech0))
+        deviator_location=scenario.locations[d.location].name, faulty=sorted(faulty),
+        truthful=value_run(truthful, market, plans, deviator, DEVIATIONS[0], base, mech0,
+                           faulty))
     sem = asyncio.Semaphore(max(1, jobs))
 
     async def one(dev: Deviation) -> None:
@@ -555,12 +695,13 @@ async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, 
             dplans = deviant_population(plans, deviator, dev, seed)
             record, mech = await play_run(scenario, mechanism, seed, epochs, out, mode, dplans,
                                           script, dev, deviator)
-        rv = value_run(record, market, dplans, deviator, dev, base, mech)
+        rv = value_run(record, market, dplans, deviator, dev, base, mech, faulty)
         result.runs[dev.name] = rv
         gain = float(np.mean([a.deviator_utility - b.deviator_utility for a, b in
                               zip(rv.epochs, result.truthful.epochs, strict=True)]))
         progress.log(f"seed {seed}: {dev.name} in {time.monotonic() - t:.1f} s: ex-post gain "
-                     f"{gain:+.4f}/epoch, honest excluded {len(rv.honest_excluded)}")
+                     f"{gain:+.4f}/epoch, honest excluded {len(rv.honest_excluded)} "
+                     f"{tally.step()}")
 
     await asyncio.gather(*(one(dev) for dev in deviations))
     result.runs = {dev.name: result.runs[dev.name] for dev in deviations}
@@ -586,6 +727,7 @@ def summarise(results: Sequence[SeedResult], deviations: Sequence[Deviation],
         ex_post, lost, grants_lost = [], [], []
         honest_ex: list[str] = []
         honest_ex_truth: list[str] = []
+        faulty_ex: list[str] = []
         dev_included, dev_excluded = 0, 0
         for res in results:
             rv, tv = res.runs[dev.name], res.truthful
@@ -597,6 +739,7 @@ def summarise(results: Sequence[SeedResult], deviations: Sequence[Deviation],
             grants_lost.append((tv.grants_honest - rv.grants_honest) / len(pairs))
             honest_ex += [f"seed{res.seed}:{n}" for n in rv.honest_excluded]
             honest_ex_truth += [f"seed{res.seed}:{n}" for n in tv.honest_excluded]
+            faulty_ex += [f"seed{res.seed}:{n}" for n in rv.faulty_excluded]
             dev_included += sum(a.deviator_included for a in rv.epochs)
             dev_excluded += len(rv.deviator_excluded)
         if dev.misreport is not None:
@@ -623,6 +766,7 @@ def summarise(results: Sequence[SeedResult], deviations: Sequence[Deviation],
             "honest_grants_lost_per_epoch": float(np.mean(grants_lost)),
             "honest_excluded_nodes": honest_ex,
             "honest_excluded_truthful": len(honest_ex_truth),
+            "faulty_excluded_nodes": faulty_ex,
             "deviator_epochs_included": dev_included,
             "deviator_exclusions": dev_excluded,
         }
@@ -639,6 +783,13 @@ FORMULA = ("U_d = θ_d · π_d · Σ_l W[home_d, l] · u_l(Q_l · s_l) − p_d p
            " − U_d(truthful), paired by seed")
 
 
+INTERVAL = ("95% interval: Student t with S − 1 degrees of freedom over the S seeds, each "
+            "seed one value (its gain averaged over the E epochs of its paired runs; epochs "
+            "of one run are not independent -- an exclusion carries over -- so they are not "
+            "counted as samples); a misreport's value per seed is its expected gain over "
+            "E × profiles draws of the others' types")
+
+
 def build_report(scenario: Scenario, mechanism: str, results: Sequence[SeedResult],
                  rows: list[dict[str, Any]], epochs: int, wall_s: float) -> dict[str, Any]:
     return {
@@ -648,14 +799,17 @@ def build_report(scenario: Scenario, mechanism: str, results: Sequence[SeedResul
         "seeds": [r.seed for r in results],
         "epochs": epochs,
         "formula": FORMULA,
+        "interval": INTERVAL,
         "units": "spec units per epoch (θ · u(Q) and contributions as in the market spec)",
         "deviator_rule": "included node of median θ at the location with the most included "
                          "nodes in the truthful run's first epoch; all other nodes truthful",
         "deviators": [{"seed": r.seed, "node": r.deviator, "theta": r.deviator_theta,
                        "location": r.deviator_location} for r in results],
+        "faulty": {f"seed{r.seed}": r.faulty for r in results if r.faulty},
         "rows": rows,
         "runs": {f"seed{r.seed}": {
             name: {"mechanics": rv.mechanics, "honest_excluded": rv.honest_excluded,
+                   "faulty_excluded": rv.faulty_excluded,
                    "gain_expected": r.bayes.get(name),
                    "deviator_excluded_at": rv.deviator_excluded,
                    "deviator_utility": [e.deviator_utility for e in rv.epochs],
@@ -677,6 +831,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"{len(report['seeds'])} seeds x {report['epochs']} epochs; {report['units']}.",
         "",
+        f"{report['interval']}.",
+        "",
         f"Realised utility: {report['formula']}. Misreports: gain in expectation over the "
         "other nodes' types (the IC auditor's interim utility); their wire runs give the "
         "ex-post gain and the harm.",
@@ -695,6 +851,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{'**yes**' if r['pays'] else 'no'} | {r['gain_ex_post']:+.4f} | "
             f"{r['honest_excluded']} | {r['service_lost']:+.4f} | "
             f"{r['honest_grants_lost_per_epoch']:+.1f} | {r['deviator_exclusions']} |")
+    if report.get("faulty"):
+        lines += ["", "Taken down by the scenario's faults (not counted as honest nodes, "
+                  "never the deviator): " + "; ".join(
+                      f"{k}: {', '.join(v)}" for k, v in report["faulty"].items()) + "."]
     lines += ["", "Deviations:", ""]
     lines += [f"* `{r['deviation']}`: {r['description']}" for r in report["rows"]]
     lines.append("")
@@ -757,9 +917,10 @@ def run_deviations(scenario: Scenario | str | Path, *, out: str | Path, seeds: i
     start = sc.seed if first_seed is None else first_seed
     t0 = time.monotonic()
     results = []
+    tally = Tally(total=seeds * (1 + len(devs)))
     for seed in range(start, start + seeds):
         results.append(asyncio.run(play_seed(sc, mech, seed, epochs, out_dir, mode, devs, prog,
-                                             profiles, jobs)))
+                                             profiles, jobs, tally)))
     rows = summarise(results, devs, epochs)
     report = build_report(sc, mech, results, rows, epochs, time.monotonic() - t0)
     write_outputs(report, out_dir, plots=plots)
