@@ -177,8 +177,8 @@ def test_bayesian_misreport_gain_is_not_positive_for_posted_fee(tiny: Path) -> N
     market = market_from_dict(sc.market_spec())
     mech = solve(market, "posted_fee")
     plan = truthful_population(sc, 5)[0]
-    for factor in (0.5, 1.5):
-        assert bayes_gain(mech, market, plan, factor, 5, 2, 20) <= 1e-9
+    for strategy in ("misreport:0.5", "misreport:1.5"):
+        assert bayes_gain(mech, market, plan, strategy, 5, 2, 20) <= 1e-9
 
 
 # --- end to end ----------------------------------------------------------------------------

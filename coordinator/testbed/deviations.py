@@ -101,6 +101,7 @@ from .scenario import (
     _rng,
     key_seed,
     load_scenario,
+    parse_strategy,
     population,
     resolve_faults,
     roaming_script,
@@ -230,12 +231,13 @@ def value_epoch(rec: EpochRecord, market: Market, plans: dict[str, NodePlan],
         return 1.0 if any(n in included for n in names) else own_ratio(rec, names)
 
     d0 = plans[deviator[0]]
-    theta = from_micro(d0.theta)
+    theta = from_micro(d0.theta_at(rec.epoch))
     v = theta * pi(deviator) * benefit(market, d0.location, rec.q, s)
     owed = sum(from_micro(rec.owed.get(n, 0)) for n in deviator)
     paid = 0.0 if withholds else owed
     honest = {
-        name: from_micro(p.theta) * pi([name]) * benefit(market, p.location, rec.q, s)
+        name: from_micro(p.theta_at(rec.epoch)) * pi([name])
+        * benefit(market, p.location, rec.q, s)
         for name, p in plans.items() if name not in deviator}
     return EpochValues(deviator_utility=v - paid, deviator_value=v, deviator_paid=paid,
                        deviator_included=any(n in included for n in deviator),
@@ -575,8 +577,11 @@ class Tally:
         return f"[run {self.done}/{self.total}, about {left / 60:.1f} min left]"
 
 
-def truthful_population(scenario: Scenario, seed: int) -> list[NodePlan]:
-    return [dataclasses.replace(p, strategy="truthful") for p in population(scenario, seed)]
+def truthful_population(scenario: Scenario, seed: int, epochs: int | None = None
+                        ) -> list[NodePlan]:
+    """The scenario's nodes, all truthful (their types of ``epochs`` epochs if redrawn)."""
+    return [dataclasses.replace(p, strategy="truthful")
+            for p in population(scenario, seed, epochs)]
 
 
 def deviant_population(plans: list[NodePlan], deviator: str, deviation: Deviation,
@@ -646,18 +651,30 @@ async def play_run(scenario: Scenario, mechanism: str, seed: int, epochs: int, o
         return record, dict(player.mechanics)
 
 
-def bayes_gain(mech: Mechanism, market: Market, plan: NodePlan, factor: float, seed: int,
+def bayes_gain(mech: Mechanism, market: Market, plan: NodePlan, strategy: str, seed: int,
                epochs: int, profiles: int) -> float:
-    """E over the others' types of U(θ, report) − U(θ, θ), per epoch, for the deviator
-    (``epochs`` × ``profiles`` profiles drawn from the priors, common to both reports)."""
+    """E over the others' types of U(θ, report) − U(θ, θ), per epoch, for the deviator:
+    ``report`` is what its node declares under ``strategy`` (node/strategy.py: the
+    factor, floored to micro-units, clamped to [0, 1]; here also to the prior's support),
+    its θ that of each epoch; ``profiles`` profiles per epoch drawn from the priors,
+    common to both reports (the IC auditor's interim utility)."""
     dist = market.locations[plan.location].dist
-    theta = from_micro(plan.theta)
-    report = min(max(factor * theta, float(dist.low)), float(dist.high))
-    others = market.sample_types(_rng(seed, "deviations", "others", plan.name),
-                                 epochs * profiles)
-    B, P = interim_outcomes(mech, market, others, [theta, report], location=plan.location)
-    U = theta * B - P
-    return float((U[1] - U[0]).mean())
+    lie = parse_strategy(strategy)
+    rng = _rng(seed, "deviations", "others", plan.name)
+    per_theta: dict[int, int] = defaultdict(int)  # θ (micro-units) -> epochs with it
+    for e in range(epochs):
+        per_theta[plan.theta_at(e)] += 1
+    total = 0.0
+    for theta_micro, n in sorted(per_theta.items()):
+        theta = from_micro(theta_micro)
+        report = min(max(from_micro(lie.declare(theta_micro)), float(dist.low)),
+                     float(dist.high))
+        others = market.sample_types(rng, n * profiles)
+        B, P = interim_outcomes(mech, market, others, [theta, report],
+                                location=plan.location)
+        U = theta * B - P
+        total += float((U[1] - U[0]).sum())
+    return total / (epochs * profiles)
 
 
 async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, out: Path,
@@ -666,7 +683,7 @@ async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, 
     """Play the truthful run, choose the deviator, then play ``deviations`` (``jobs`` runs
     at a time, each with its own coordinator)."""
     market = scenario.market()
-    plans = truthful_population(scenario, seed)
+    plans = truthful_population(scenario, seed, epochs)
     by_name = {p.name: p for p in plans}
     script = roaming_script(scenario, plans, seed, epochs)
     t0 = time.monotonic()
@@ -711,7 +728,7 @@ async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, 
         solved = solve(market, mechanism)
         for dev in misreports:
             assert dev.misreport is not None
-            result.bayes[dev.name] = bayes_gain(solved, market, d, dev.misreport, seed,
+            result.bayes[dev.name] = bayes_gain(solved, market, d, dev.strategy, seed,
                                                 epochs, profiles)
     return result
 
