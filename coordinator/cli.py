@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from coordinator.config import CoordinatorConfig
+from coordinator.enforcement import REBUTTAL_SECONDS
 from coordinator.penalty import PenaltyPolicy
 from coordinator.service import COORDINATOR, make_app, make_runner
 from coordinator.store import Store, StoreError
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "closed epoch; 0 disables them (default: %(default)s)")
     p.add_argument("--probe-timeout", type=float, default=2.0, metavar="S",
                    help="seconds one probe may take (default: %(default)s)")
+    p.add_argument("--rebuttal-seconds", type=int, default=REBUTTAL_SECONDS, metavar="S",
+                   help="a refusal filed less than S seconds before an audit cut-off is "
+                        "not judged at it: the accused host's window to file its ledger "
+                        "(default: %(default)s)")
     g = p.add_argument_group(
         "graded exclusion", "how long a free rider stays out (README 'Graded exclusion'): "
         "min(MAX, ceil(BASE * GROWTH^(s-1))) epochs, s = offences, each halved every "
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             pause_seconds=args.pause_seconds, credential_grace=args.grace_seconds,
             auto_schedule=not args.manual, admin_token=token,
             probe_attempts=args.probe_attempts, probe_timeout=args.probe_timeout,
+            rebuttal_seconds=args.rebuttal_seconds,
             penalty=penalty)
         identity = load_or_create_key(args.key)
         store = Store(args.db)

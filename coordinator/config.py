@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.allocation import coordinator_mechanism
+from coordinator.enforcement import REBUTTAL_SECONDS
 from coordinator.mechanism import Market, check_solvable, load_market
 from coordinator.penalty import PenaltyPolicy
 
@@ -29,7 +30,10 @@ class CoordinatorConfig:
     ``admin_token``: the bearer token of the admin endpoints (None disables them);
     ``probe_attempts``: probes of each owing host per closed epoch (0 disables the
     probes, :mod:`coordinator.probe`); ``probe_timeout``: seconds one probe may take;
-    ``penalty``: how long free riders stay excluded (:mod:`coordinator.penalty`).
+    ``penalty``: how long free riders stay excluded (:mod:`coordinator.penalty`);
+    ``rebuttal_seconds``: a refusal filed later than this before an audit cut-off is not
+    judged at it, so the host it accuses can still file its rebuttal
+    (:meth:`coordinator.epoch.AuditState.judged`).
     """
 
     market: Market
@@ -42,6 +46,7 @@ class CoordinatorConfig:
     probe_attempts: int = 3
     probe_timeout: float = 2.0
     penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
+    rebuttal_seconds: int = REBUTTAL_SECONDS
 
     def __post_init__(self) -> None:
         # The wire name (an alias such as ``second_best`` resolved); ValueError if unknown.
@@ -59,6 +64,8 @@ class CoordinatorConfig:
             raise ValueError("an admin token needs at least 8 characters")
         if not 0 <= self.probe_attempts <= 100:
             raise ValueError("probe_attempts must be in [0, 100]")
+        if not 0 <= self.rebuttal_seconds <= 7 * 24 * 3600:
+            raise ValueError("rebuttal_seconds must be in [0, 604800]")
         if not 0.01 <= self.probe_timeout <= 300:
             raise ValueError("probe_timeout must be in [0.01, 300] seconds")
 

@@ -56,6 +56,12 @@ LEGITIMATE_REASONS = frozenset({
 #: Legitimate only when the host's receipts already reach its committed capacity.
 CAPACITY_REASON = "capacity_exhausted"
 
+#: The host's rebuttal window, seconds of the coordinator's clock: a refusal is judged at
+#: an audit cut-off only if it was filed at least this long before it, so the host it
+#: accuses always has this long to file the ledger that may rebut it (a reference host
+#: files at every step of its agent, about once a second; the rest is room for retries).
+REBUTTAL_SECONDS = 60
+
 NO_COMMITMENT = "no_commitment"
 SHORT_COMMITMENT = "short_commitment"
 UNJUSTIFIED_REFUSAL = "unjustified_refusal"

@@ -43,7 +43,13 @@ from collections.abc import Callable, Collection, Container, Iterable, Mapping, 
 from dataclasses import dataclass, field
 
 from coordinator.decision import Decision, Participant
-from coordinator.enforcement import LEGITIMATE_REASONS, Exclusion, find_free_riders, shortfall
+from coordinator.enforcement import (
+    LEGITIMATE_REASONS,
+    REBUTTAL_SECONDS,
+    Exclusion,
+    find_free_riders,
+    shortfall,
+)
 from coordinator.penalty import PenaltyPolicy, Sanction, Standing, forgotten, repaid, sentence
 from coordinator.probe import ProbeResult
 from protocol import (
@@ -146,6 +152,9 @@ class Settings:
     # epoch should grant larger amounts.
     max_evidence_per_signer: int = 100_000
     penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
+    # The host's rebuttal window (seconds, coordinator clock): a refusal filed later than
+    # this before the audit cut-off is not judged at it (AuditState.accusations).
+    rebuttal_seconds: int = REBUTTAL_SECONDS
 
     @property
     def n_locations(self) -> int:
@@ -196,6 +205,7 @@ class EvidenceRecord:
     item: GrantReceipt | Refusal
     envelope: bytes
     reporter_id: str
+    received_at: int | None = None  # coordinator clock; None: untimed (judged as early)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -244,6 +254,7 @@ class Audited:
     reporter_id: str
     new_items: tuple[EvidenceRecord, ...]
     n_items: int
+    received_at: int | None = None
 
 
 Change = Registered | Opened | Declared | Closed | Committed | Audited
@@ -273,13 +284,30 @@ class AuditState:
     commitments: dict[str, int] = field(default_factory=dict)
     evidence: dict[tuple[str, str, str], GrantReceipt | Refusal] = field(default_factory=dict)
     per_signer: dict[str, int] = field(default_factory=dict)  # stored items by host
+    # When each item was first filed (coordinator clock; None: untimed).
+    received: dict[tuple[str, str, str], int | None] = field(default_factory=dict)
 
-    def add(self, item: GrantReceipt | Refusal) -> None:
+    def add(self, item: GrantReceipt | Refusal, received_at: int | None = None) -> None:
         kind = "grant_receipt" if isinstance(item, GrantReceipt) else "refusal"
         key = (item.host_id, item.nonce, kind)
         if key not in self.evidence:
             self.evidence[key] = item
+            self.received[key] = received_at
             self.per_signer[item.host_id] = self.per_signer.get(item.host_id, 0) + 1
+
+    def judged(self, cutoff: int, rebuttal: int) -> list[GrantReceipt | Refusal]:
+        """The evidence the audit cut-off at ``cutoff`` reads (README section 7, step 5,
+        the rebuttal window): every receipt (what rebuts), and the refusals (what
+        accuses) filed at least ``rebuttal`` seconds before the cut-off. An accusation
+        filed later is not judged, so every accused host has ``rebuttal`` seconds to file
+        the ledger that answers it; untimed items count as filed early."""
+        last = cutoff - rebuttal
+        out: list[GrantReceipt | Refusal] = []
+        for key, item in self.evidence.items():
+            at = self.received.get(key)
+            if isinstance(item, GrantReceipt) or at is None or at <= last:
+                out.append(item)
+        return out
 
     def skewed_windows(self) -> dict[str, tuple[int, int]]:
         """Credential windows as the hosts' gates accept them: ``not_before`` −
@@ -324,6 +352,7 @@ class Snapshot:
     audit_credentials: tuple[Credential, ...] = ()
     commitments: tuple[Commitment, ...] = ()
     evidence: tuple[GrantReceipt | Refusal, ...] = ()
+    evidence_received: tuple[int | None, ...] = ()  # per evidence item (empty: untimed)
     sanctions: tuple[Sanction, ...] = ()  # offences of the recent history
     standings: tuple[Standing, ...] = ()
     last_status: str = ""
@@ -472,7 +501,7 @@ class EpochCore:
             new = tuple(
                 x for x in find_free_riders(
                     allocation=self.audit.allocation, commitments=self.audit.commitments,
-                    evidence=self.audit.evidence.values(),
+                    evidence=self.audit.judged(now, self.settings.rebuttal_seconds),
                     credential_windows=self.audit.skewed_windows(), probes=probes)
                 if (x.node_id, x.reason) not in known)
         policy = self.settings.penalty
@@ -582,13 +611,16 @@ class EpochCore:
             c = Commitment(epoch=c.epoch, node_id=c.node_id, contribution=best)
         return Committed(commitment=c, envelope=envelope)
 
-    def check_audit(self, reporter_id: str, report: AuditReport) -> Audited:
+    def check_audit(self, reporter_id: str, report: AuditReport, *,
+                    now: int | None = None) -> Audited:
         """Verify every evidence item (registered host, the host it names, the report's
         epoch); the first bad item refuses the whole report. A verified report is never
         refused for its volume; of its items, only those that can matter
         (:meth:`AuditState.matters`) and are not held yet (same host, nonce and kind)
         are stored, up to ``max_evidence_per_signer`` per signing host and epoch: a host
-        flooding its own evidence fills only its own quota, never another's."""
+        flooding its own evidence fills only its own quota, never another's. ``now``
+        (the coordinator's clock) dates the new items for the rebuttal window
+        (:meth:`AuditState.judged`); None leaves them untimed."""
         audit = self._check_audit_epoch(report.epoch, Event.AUDIT)
         opened = open_evidence(report, host_keys=self.keys)
         new: dict[tuple[str, str, str], EvidenceRecord] = {}
@@ -597,7 +629,8 @@ class EpochCore:
         for (_, item), envelope in zip(opened, report.evidence, strict=True):
             if not audit.matters(item):
                 continue
-            rec = EvidenceRecord(item=item, envelope=envelope.to_bytes(), reporter_id=reporter_id)
+            rec = EvidenceRecord(item=item, envelope=envelope.to_bytes(),
+                                 reporter_id=reporter_id, received_at=now)
             host = item.host_id
             if (rec.key in audit.evidence or rec.key in new
                     or audit.per_signer.get(host, 0) + added.get(host, 0) >= quota):
@@ -605,7 +638,7 @@ class EpochCore:
             new[rec.key] = rec
             added[host] = added.get(host, 0) + 1
         return Audited(epoch=report.epoch, reporter_id=reporter_id,
-                       new_items=tuple(new.values()), n_items=len(opened))
+                       new_items=tuple(new.values()), n_items=len(opened), received_at=now)
 
     # -- applying ----------------------------------------------------------------------
 
@@ -644,7 +677,7 @@ class EpochCore:
         elif isinstance(change, Audited):
             assert self.audit is not None
             for rec in change.new_items:
-                self.audit.add(rec.item)
+                self.audit.add(rec.item, rec.received_at)
 
     # -- restoring ---------------------------------------------------------------------
 
@@ -675,6 +708,7 @@ class EpochCore:
                 allocation=snap.audit_allocation,
                 windows={c.node_id: (c.not_before, c.expires) for c in snap.audit_credentials},
                 commitments={c.node_id: c.contribution for c in snap.commitments})
-            for item in snap.evidence:
-                core.audit.add(item)
+            received = snap.evidence_received or (None,) * len(snap.evidence)
+            for item, at in zip(snap.evidence, received, strict=True):
+                core.audit.add(item, at)
         return core

@@ -101,7 +101,7 @@ class Coordinator:
             mechanism=self.runner.mechanism, payment=self.runner.payment,
             theta_bounds=self.runner.theta_bounds(), epoch_seconds=config.epoch_seconds,
             pause_seconds=config.pause_seconds, credential_grace=config.credential_grace,
-            penalty=config.penalty)
+            penalty=config.penalty, rebuttal_seconds=config.rebuttal_seconds)
         store.bind(coordinator_key=identity.public_key, mechanism=self.runner.mechanism,
                    former_names=former_names(self.runner.mechanism))
         self.core = EpochCore.restore(
@@ -505,7 +505,7 @@ async def audit(request: web.Request) -> web.Response:
     raw = await read_body(request, _limit(AuditReport))
     c = _coordinator(request)
     signer, report = open_envelope(raw, AuditReport, trusted=c.core.keys)
-    change = c.core.check_audit(node_id_of(signer), report)
+    change = c.core.check_audit(node_id_of(signer), report, now=c.clock())
     c.store.persist(change)
     c.core.apply(change)
     return web.json_response({"accepted": change.n_items})

@@ -93,7 +93,8 @@ CREATE TABLE IF NOT EXISTS commitments (
 CREATE TABLE IF NOT EXISTS evidence (
     epoch INTEGER NOT NULL, host_id TEXT NOT NULL, challenge TEXT NOT NULL,
     kind TEXT NOT NULL, requester_id TEXT NOT NULL, reporter_id TEXT NOT NULL,
-    envelope BLOB NOT NULL, PRIMARY KEY (epoch, host_id, challenge, kind));
+    envelope BLOB NOT NULL, received_at INTEGER,
+    PRIMARY KEY (epoch, host_id, challenge, kind));
 CREATE TABLE IF NOT EXISTS exclusions (
     node_id TEXT NOT NULL, excluded_epoch INTEGER NOT NULL, detected_epoch INTEGER NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, last_epoch INTEGER,
@@ -177,6 +178,9 @@ class Store:
         if "debt" not in columns:  # a database from before restitution: nobody owes
             self._db.execute(
                 "ALTER TABLE standings ADD COLUMN debt INTEGER NOT NULL DEFAULT 0")
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(evidence)")}
+        if "received_at" not in columns:  # before the rebuttal window: untimed evidence
+            self._db.execute("ALTER TABLE evidence ADD COLUMN received_at INTEGER")
         self._meta_default("schema_version", SCHEMA_VERSION)
 
     def close(self) -> None:
@@ -311,9 +315,10 @@ class Store:
         elif isinstance(change, Audited):
             db.executemany(
                 "INSERT OR IGNORE INTO evidence (epoch, host_id, challenge, kind,"
-                " requester_id, reporter_id, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " requester_id, reporter_id, envelope, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(change.epoch, rec.item.host_id, rec.item.nonce, rec.key[2],
-                  rec.item.requester_id, rec.reporter_id, rec.envelope)
+                  rec.item.requester_id, rec.reporter_id, rec.envelope, rec.received_at)
                  for rec in change.new_items])
         else:  # pragma: no cover - the Change union is closed
             raise TypeError(f"not a change: {change!r}")
@@ -368,6 +373,7 @@ class Store:
         creds: list[Credential] = []
         commits: list[Commitment] = []
         evidence: list[GrantReceipt | Refusal] = []
+        received: list[int | None] = []
         if raw_alloc is not None:
             _, alloc = open_envelope(raw_alloc, Allocation, trusted=me)
             for (raw,) in db.execute(
@@ -378,8 +384,9 @@ class Store:
                 "SELECT envelope FROM commitments WHERE epoch = ?", (audit_epoch,)
             ):
                 commits.append(open_envelope(bytes(raw), Commitment, trusted=None)[1])
-            for kind, raw in db.execute(
-                "SELECT kind, envelope FROM evidence WHERE epoch = ?", (audit_epoch,)
+            for kind, raw, at in db.execute(
+                "SELECT kind, envelope, received_at FROM evidence WHERE epoch = ?"
+                " ORDER BY rowid", (audit_epoch,)
             ):
                 item: GrantReceipt | Refusal
                 if kind == "grant_receipt":
@@ -387,10 +394,12 @@ class Store:
                 else:
                     item = open_envelope(bytes(raw), Refusal, trusted=None)[1]
                 evidence.append(item)
+                received.append(None if at is None else int(at))
         return Snapshot(
             nodes=tuple(nodes), current=current, closed=closed, declarations=tuple(decls),
             previous_nonces=previous, audit_allocation=alloc, audit_credentials=tuple(creds),
-            commitments=tuple(commits), evidence=tuple(evidence), sanctions=sanctions,
+            commitments=tuple(commits), evidence=tuple(evidence),
+            evidence_received=tuple(received), sanctions=sanctions,
             standings=standings, last_status=str(status))
 
     def allocation(self, epoch: int) -> bytes | None:

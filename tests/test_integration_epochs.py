@@ -45,6 +45,7 @@ from aiohttp import web
 
 from coordinator.allocation import MechanismRunner
 from coordinator.config import CoordinatorConfig
+from coordinator.enforcement import REBUTTAL_SECONDS
 from coordinator.service import make_app
 from coordinator.store import Store
 from node.agent import Agent
@@ -363,7 +364,9 @@ async def run_epoch(b: Bed, epoch: int, *, late: Member | None = None,
                     restart: bool = False) -> EpochLog:
     """Open, declare, (restart,) close, provide, roam, report: one whole epoch."""
     everyone = b.members
-    b.clock.tick()
+    # The last epoch's evidence was filed at its end; the hosts' rebuttal window passes
+    # before this epoch's close (its audit cut-off) judges it.
+    b.clock.tick(REBUTTAL_SECONDS)
     opened = await b.admin("open")
     assert opened["epoch"] == epoch
     await b.step(everyone, "declared")

@@ -71,7 +71,7 @@ from protocol.kinds import KINDS
 from protocol.messages import MAX_AUDIT_ITEMS, MAX_CREDENTIAL_LIFETIME
 
 from .dashboard import Board
-from .fleet import Fleet, FleetError, NodeHandle, make_fleet
+from .fleet import REBUTTAL_SECONDS, Fleet, FleetError, NodeHandle, make_fleet
 from .progress import Progress
 from .records import AttemptResult, EpochRecord, Options, RunRecord
 from .report import ReportContext, build_report, epoch_report, write_report
@@ -168,6 +168,7 @@ class Player:
         self.roam_timeout = aiohttp.ClientTimeout(total=scenario.access.timeout)
         self.status_timeout = self.roam_timeout
         self.credentials: dict[str, Envelope] = {}  # newest credential each node holds
+        self.audited_at: float | None = None  # wall time of the last audit reports
         self.record = RunRecord(run=run, mechanism=mechanism)
         self.crashed: set[str] = set()
         self.evidence: defaultdict[str, list[Envelope]] = defaultdict(list)  # per roamer
@@ -295,6 +296,10 @@ class Player:
         if not cutoff:
             await self.faults(index, "before_close", rec)
         t = time.monotonic()
+        # The hosts' rebuttal window: the last audit reports are judged at this close only
+        # once REBUTTAL_SECONDS whole seconds of the coordinator's clock have passed.
+        if self.audited_at is not None:
+            await asyncio.sleep(max(0.0, self.audited_at + REBUTTAL_SECONDS + 1 - time.time()))
         self.progress.phase("closing (the mechanism runs)")
         closed = await self.admin("close")
         rec.status = str(closed.get("status", ""))
@@ -349,6 +354,7 @@ class Player:
         t = time.monotonic()
         self.progress.phase("audit reports")
         rec.evidence_sent = await self.audit(rec)
+        self.audited_at = time.time()
         rec.down_at_probe = sorted(n for n, h in self.fleet.nodes.items()
                                    if n in self.crashed or not h.alive or h.silent)
         t_probe = time.monotonic()

@@ -58,6 +58,11 @@ PR_SET_PDEATHSIG = 1
 #: (POST /v1/admin/probe) after the audit reports, while faults are still in force.
 PROBE_ATTEMPTS = 3
 PROBE_TIMEOUT = 1.0
+#: The hosts' rebuttal window the testbed's coordinator runs with (seconds): a refusal
+#: filed later than this before a close is not judged at it, so the driver waits it out
+#: between the roamers' audit reports and the next close (hosts file their ledgers at
+#: their next step, well within it).
+REBUTTAL_SECONDS = 1
 STOP_TIMEOUT = 10.0
 
 
@@ -114,6 +119,7 @@ class CoordinatorProcess:
                 "--host", "127.0.0.1", "--port", str(self.port), "--manual",
                 "--epoch-seconds", "86400", "--grace-seconds", "86400",
                 "--probe-attempts", str(PROBE_ATTEMPTS), "--probe-timeout", str(PROBE_TIMEOUT),
+                "--rebuttal-seconds", str(REBUTTAL_SECONDS),
                 "--log-level", "WARNING"]
         env = dict(os.environ, INKIND_ADMIN_TOKEN=self.token)
         with self.log.open("ab") as err:
