@@ -14,18 +14,13 @@ from typing import Any
 import pytest
 from helpers.clock import NOW, FakeClock
 from helpers.coordinator import (
-    EPOCH_SECONDS,
     T0,
     audit_report,
-    commitment,
-    declaration,
+    close_epoch_zero,
     new_core,
     node,
-    raw,
     receipt,
     refusal,
-    registration,
-    runner,
 )
 from helpers.node import BedNode, node_bed, step_all
 
@@ -179,25 +174,11 @@ class Closed:
 
 def closed_epoch() -> Closed:
     core: EpochCore = new_core()
-    people = [HOST, ROAMER, OTHER, OUTSIDER]
-    for p in people:
-        r = registration(p)
-        core.apply(core.check_registration(r, raw(p, r), now=T0))  # type: ignore[arg-type]
-    fees, q = runner().announcement_terms()
-    core.apply(core.plan_open(T0, fees=fees, q=q))
-    for p in people:
-        d = declaration(p, theta=950_000)
-        core.apply(core.check_declaration(d, raw(p, d), T0 + 1))
-    closed = core.close(T0 + EPOCH_SECONDS, runner().run)
+    closed, creds = close_epoch_zero(core, [HOST, ROAMER, OTHER, OUTSIDER])
     alloc = closed.allocation
     assert {ROAMER.node_id, OTHER.node_id} <= set(alloc.included)
     owed = alloc.contribution_of(HOST.node_id) or 0
     assert owed > 0
-    for p in people:
-        c = commitment(p, amount=alloc.contribution_of(p.node_id) or 0)
-        core.apply(core.check_commitment(c, raw(p, c)))
-    creds = {c.credential.node_id: Envelope.from_bytes(c.envelope, max_size=1 << 16)
-             for c in closed.credentials}
     start = max(c.credential.not_before for c in closed.credentials) + 1
     return Closed(core=core, alloc=alloc, owed=owed, creds=creds, now=start)
 

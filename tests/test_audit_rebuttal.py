@@ -17,10 +17,7 @@ from helpers.coordinator import (
     COORDINATOR,
     T0,
     audit_report,
-    commitment,
-    declaration,
-    raw,
-    registration,
+    close_epoch_zero,
     runner,
     settings,
 )
@@ -38,25 +35,11 @@ W = REBUTTAL_SECONDS
 def epoch_zero_closed(core: EpochCore) -> tuple[Host, dict[str, Envelope], int]:
     """Epoch 0 closed with HOST owing something and committing it; its roamers'
     credentials; the time the host's service starts."""
-    people = [HOST, ROAMER, OTHER]
-    for p in people:
-        r = registration(p)
-        core.apply(core.check_registration(r, raw(p, r), now=T0))  # type: ignore[arg-type]
-    fees, q = runner().announcement_terms()
-    core.apply(core.plan_open(T0, fees=fees, q=q))
-    for p in people:
-        d = declaration(p, theta=950_000)
-        core.apply(core.check_declaration(d, raw(p, d), T0 + 1))
-    closed = core.close(T0 + 60, runner().run)
+    closed, creds = close_epoch_zero(core, [HOST, ROAMER, OTHER])
     alloc = closed.allocation
-    assert set(alloc.included) == {p.node_id for p in people}
+    assert set(alloc.included) == {HOST.node_id, ROAMER.node_id, OTHER.node_id}
     owed = alloc.contribution_of(HOST.node_id) or 0
     assert owed > 0
-    for p in people:
-        c = commitment(p, amount=alloc.contribution_of(p.node_id) or 0)
-        core.apply(core.check_commitment(c, raw(p, c)))
-    creds = {c.credential.node_id: Envelope.from_bytes(c.envelope, max_size=1 << 16)
-             for c in closed.credentials}
     start = T0 + 61
     host = Host(HOST, kind="wlan_coverage", location=0, coordinator_key=COORDINATOR.public_key)
     host.open_epoch(epoch=0, included=alloc.included, opened=owed, now=start, owed=owed)

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from coordinator.allocation import MechanismRunner
 from coordinator.config import CoordinatorConfig
-from coordinator.epoch import EpochCore, Settings
+from coordinator.epoch import Closed, EpochCore, Settings
 from coordinator.mechanism import Market, market_from_dict
 from coordinator.service import make_app
 from coordinator.store import Store
@@ -225,6 +225,30 @@ def registered(core: EpochCore, n: int, *, location: int = 0) -> list[Identity]:
 def open_now(core: EpochCore, now: int = T0) -> None:
     fees, q = runner().announcement_terms()
     core.apply(core.plan_open(now, fees=fees, q=q))
+
+
+def close_epoch_zero(core: EpochCore, people: Sequence[Identity], *,
+                     theta: int = 950_000) -> tuple[Closed, dict[str, Envelope]]:
+    """Register ``people``, open epoch 0 at T0, declare ``theta`` each, close it at T0 +
+    EPOCH_SECONDS and commit what each owes: the close and the credentials (envelopes by
+    node id)."""
+    for p in people:
+        r = registration(p)
+        change = core.check_registration(r, raw(p, r), now=T0)
+        assert change is not None
+        core.apply(change)
+    fees, q = runner().announcement_terms()
+    core.apply(core.plan_open(T0, fees=fees, q=q))
+    for p in people:
+        d = declaration(p, theta=theta)
+        core.apply(core.check_declaration(d, raw(p, d), T0 + 1))
+    closed = core.close(T0 + EPOCH_SECONDS, runner().run)
+    for p in people:
+        c = commitment(p, amount=closed.allocation.contribution_of(p.node_id) or 0)
+        core.apply(core.check_commitment(c, raw(p, c)))
+    creds = {c.credential.node_id: Envelope.from_bytes(c.envelope, max_size=1 << 16)
+             for c in closed.credentials}
+    return closed, creds
 
 
 # --- the HTTP app under a test client -----------------------------------------------------
