@@ -19,6 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
+import platformdirs
 from aiohttp import web
 
 from coordinator.config import CoordinatorConfig
@@ -42,10 +43,27 @@ restarting on the same --db resumes the same epoch with the same declarations.
 EPILOG = """\
 On start-up one JSON line is printed on stdout:
   {"coordinator": "http://HOST:PORT", "public_key": ..., "node_id": ..., "epoch": ...}
+Files: the database (and its lock, <db>.lock) and the key live in --data-dir (default
+~/.local/share/inkind/coordinator on Linux) unless --db / --key are absolute paths;
+nothing is written to the current directory.
 Endpoints: protocol/HTTP.md. Example:
   inkind-coordinator --spec scripts/specs/slides.toml --mechanism posted_fee \\
-      --db coord.db --key coord.pem --port 0 --epoch-seconds 30
+      --port 0 --epoch-seconds 30
 """
+
+
+def default_data_dir() -> Path:
+    """The user's data directory for the coordinator (``~/.local/share/inkind/coordinator``
+    on Linux): its private key and database never land where the command was typed."""
+    return platformdirs.user_data_path("inkind") / "coordinator"
+
+
+def in_data_dir(path: Path, data_dir: Path) -> Path:
+    """``path`` if absolute, else inside ``data_dir`` (created with mode 0700)."""
+    if path.is_absolute():
+        return path
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return data_dir / path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,10 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mechanism to run at each close (default: %(default)s; "
                         "second_best is the former name of optimal); money or in kind "
                         "comes from the spec")
-    p.add_argument("--db", required=True, type=Path, help="SQLite database file (created)")
-    p.add_argument("--key", required=True, type=Path,
-                   help="coordinator's Ed25519 key, PKCS#8 PEM with mode 0600 (created if "
-                        "missing)")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), metavar="DIR",
+                   help="where the database and the key live (created, mode 0700; default "
+                        "%(default)s, outside any source tree)")
+    p.add_argument("--db", type=Path, default=Path("coordinator.db"),
+                   help="SQLite database file, created if missing; a relative path is inside "
+                        "--data-dir (default: %(default)s)")
+    p.add_argument("--key", type=Path, default=Path("coordinator.pem"),
+                   help="coordinator's Ed25519 key, PKCS#8 PEM with mode 0600, created if "
+                        "missing; a relative path is inside --data-dir (default: "
+                        "%(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=0,
                    help="TCP port; 0 picks a free one (default: %(default)s)")
@@ -162,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             probe_attempts=args.probe_attempts, probe_timeout=args.probe_timeout,
             rebuttal_seconds=args.rebuttal_seconds,
             penalty=penalty)
-        identity = load_or_create_key(args.key)
-        store = Store(args.db)
+        identity = load_or_create_key(in_data_dir(args.key, args.data_dir))
+        store = Store(in_data_dir(args.db, args.data_dir))
     except (OSError, ValueError, KeyFileError, StoreError) as exc:
         print(f"inkind-coordinator: {exc}", file=sys.stderr)
         return 2

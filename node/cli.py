@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
+import platformdirs
 
 from node.agent import DEFAULT_ROAM_AMOUNT, NodeSpec, PermanentError
 from node.launch import start_node
@@ -51,6 +52,9 @@ strategies: truthful (default) | misreport:F (declare F·θ) | misreport:=V (dec
 
 logging: at --log-level INFO one line per epoch step (registered, declared, provided,
   roamed, reported) and per access decision (granted or refused, with the reason).
+
+files: the key lives in --data-dir (default ~/.local/share/inkind/node on Linux) unless
+  --key is an absolute path; nothing is written to the current directory.
 
 exit status: 0 stopped (SIGINT/SIGTERM), 1 the epoch loop crashed, 2 bad arguments or
   key file, 4 the coordinator refuses this node's registration for good (a location its
@@ -120,6 +124,23 @@ def _key(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def default_data_dir() -> Path:
+    """The user's data directory for inkind nodes (``~/.local/share/inkind/node`` on Linux):
+    private keys never land in the directory the command was typed in."""
+    return platformdirs.user_data_path("inkind") / "node"
+
+
+def key_path(args: argparse.Namespace) -> Path:
+    """Where the key file is: ``--key`` as given if absolute, else inside ``--data-dir``
+    (created with mode 0700)."""
+    key: Path = args.key
+    if key.is_absolute():
+        return key
+    data_dir: Path = args.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return data_dir / key
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="inkind-node",
@@ -140,10 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
         "announcement is trusted (testbeds only)",
     )
     p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        metavar="DIR",
+        help="where the node keeps its key (created, mode 0700; default %(default)s, "
+        "outside any source tree)",
+    )
+    p.add_argument(
         "--key",
-        required=True,
+        default=Path("node.pem"),
+        type=Path,
         metavar="PATH",
-        help="the node's Ed25519 key file (PKCS#8 PEM, mode 0600); created if missing",
+        help="the node's Ed25519 key file (PKCS#8 PEM, mode 0600); created if missing; a "
+        "relative path is inside --data-dir (default %(default)s: one key per data "
+        "directory, so two nodes need two names or two directories)",
     )
     p.add_argument("--location", required=True, type=_location, help="home location 0..1023")
     p.add_argument("--kind", required=True, choices=list(KINDS), help="resource kind shared")
@@ -279,7 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        identity = load_or_create_key(Path(args.key))
+        identity = load_or_create_key(key_path(args))
+    except OSError as exc:
+        print(f"inkind-node: the data directory: {exc}", file=sys.stderr)
+        return 2
     except KeyFileError as exc:
         print(f"inkind-node: {exc}", file=sys.stderr)
         return 2

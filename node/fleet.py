@@ -135,15 +135,13 @@ class Runner:
         return await self._start_process(name, argv, log_path)
 
     async def _start_inproc(self, name: str, argv: list[str]) -> dict[str, Any]:
-        from pathlib import Path
-
-        from node.cli import build_parser, load_or_create_key, spec_from_args
+        from node.cli import build_parser, key_path, load_or_create_key, spec_from_args
         from node.launch import start_node
 
         args = build_parser().parse_args(argv)
         if self.session is None:
             self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-        node = await start_node(spec_from_args(args), load_or_create_key(Path(args.key)),
+        node = await start_node(spec_from_args(args), load_or_create_key(key_path(args)),
                                 self.session)
         self.running[name] = node
         return {"url": node.url, "pid": os.getpid()}

@@ -45,12 +45,11 @@ examples:
 
 
 def default_data_dir() -> Path:
-    """$XDG_STATE_HOME/inkind, or ~/.local/state/inkind: private state (keys!) never
-    lands in a checkout."""
-    import os
+    """The user's state directory for inkind (``~/.local/state/inkind`` on Linux): private
+    state (keys!) of throw-away runs never lands in a checkout."""
+    import platformdirs
 
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "inkind"
+    return platformdirs.user_state_path("inkind")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -189,3 +189,20 @@ def test_solve_convention_selects_the_participant_count(tmp_path: Path) -> None:
     proc = _run(str(SCRIPTS / "solve.py"), str(spec), "-m", "optimal", "--convention",
                 "slides")
     assert proc.returncode == 2 and "--convention applies" in proc.stderr
+
+
+# -- inkind-coordinator's files ---------------------------------------------------------------
+
+
+def test_coordinator_files_go_to_its_data_directory(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordinator.cli import build_parser, default_data_dir, in_data_dir
+
+    args = build_parser().parse_args(["--spec", "s.toml", "--data-dir", str(tmp_path / "d")])
+    assert in_data_dir(args.db, args.data_dir) == tmp_path / "d" / "coordinator.db"
+    assert in_data_dir(args.key, args.data_dir) == tmp_path / "d" / "coordinator.pem"
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700
+    assert in_data_dir(tmp_path / "x.db", tmp_path / "elsewhere") == tmp_path / "x.db"
+    assert not (tmp_path / "elsewhere").exists()
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "inkind" / "coordinator"

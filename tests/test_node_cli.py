@@ -17,7 +17,7 @@ import pytest
 from helpers.clock import NOW, FakeClock
 from helpers.node import ScriptedCoordinator, ident
 
-from node.cli import build_parser, main, spec_from_args
+from node.cli import build_parser, default_data_dir, key_path, main, spec_from_args
 from node.launch import start_node
 from node.service import start_site
 
@@ -188,3 +188,20 @@ async def test_types_redrawn_every_epoch_are_declared_epoch_by_epoch(
                 await node.stop()
     finally:
         await runner.cleanup()
+
+
+def test_the_key_goes_to_the_data_directory(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative --key names a file in --data-dir (created 0700), an absolute one is used
+    as given, and the default data directory is the user's, not the current one."""
+    base = ["--coordinator", "http://x", "--location", "0", "--kind", "wlan_coverage",
+            "--capacity", "1", "--theta", "0.5"]
+    args = build_parser().parse_args([*base, "--data-dir", str(tmp_path / "d"), "--key", "a.pem"])
+    assert key_path(args) == tmp_path / "d" / "a.pem"
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700
+    args = build_parser().parse_args([*base, "--key", str(tmp_path / "b.pem")])
+    assert key_path(args) == tmp_path / "b.pem"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "inkind" / "node"
+    args = build_parser().parse_args([*base, "--data-dir", str(default_data_dir())])
+    assert key_path(args) == tmp_path / "xdg" / "inkind" / "node" / "node.pem"

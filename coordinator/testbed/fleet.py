@@ -114,8 +114,10 @@ class CoordinatorProcess:
         self.restarts = 0
 
     async def start(self) -> None:
+        # absolute paths: relative ones would be read inside the coordinator's --data-dir
         argv = [sys.executable, "-m", "coordinator", "--spec", str(self.spec),
-                "--mechanism", self.mechanism, "--db", str(self.db), "--key", str(self.key),
+                "--mechanism", self.mechanism, "--db", str(self.db.resolve()),
+                "--key", str(self.key.resolve()),
                 "--host", "127.0.0.1", "--port", str(self.port), "--manual",
                 "--epoch-seconds", "86400", "--grace-seconds", "86400",
                 "--probe-attempts", str(PROBE_ATTEMPTS), "--probe-timeout", str(PROBE_TIMEOUT),
@@ -254,7 +256,7 @@ class Fleet:
 
     def node_argv(self, h: NodeHandle, poll: float) -> list[str]:
         p = h.plan
-        key = self.run_dir / "keys" / f"{p.name}.pem"
+        key = (self.run_dir / "keys" / f"{p.name}.pem").resolve()  # absolute: not --data-dir's
         argv = ["--coordinator", self.coordinator_url, "--coordinator-key", self.coordinator_key,
                 "--key", str(key), "--location", str(p.location), "--kind", self.kind,
                 "--capacity", units(p.capacity), "--theta", units(p.theta),
