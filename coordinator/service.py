@@ -118,6 +118,9 @@ class Coordinator:
         # per location; built once from the store, dropped when a registration changes
         # (an endpoint may move) and kept for the last DIRECTORY_EPOCHS epochs only.
         self._directories: dict[int, dict[int | None, bytes]] = {}
+        # Signed allocations as stored, per closed epoch (immutable once written): read
+        # from the store once, not once per node asking; the last DIRECTORY_EPOCHS only.
+        self._allocations: dict[int, bytes] = {}
         self._task: asyncio.Task[None] | None = None
         # Group commit of declarations: checked ones wait here (not yet in the core) until
         # one transaction persists the whole batch; then each is applied and acknowledged.
@@ -329,7 +332,20 @@ class Coordinator:
         self.flush_declarations()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    # -- the directory -----------------------------------------------------------------
+    # -- the allocation and the directory ----------------------------------------------
+
+    def allocation(self, epoch: int) -> bytes:
+        """The signed allocation envelope of ``epoch`` as stored (one store read per
+        epoch); ``unknown_epoch`` while it has none."""
+        raw = self._allocations.get(epoch)
+        if raw is None:
+            raw = self.store.allocation(epoch)
+            if raw is None:
+                raise UnknownEpochError(f"epoch {epoch} has no allocation")
+            self._allocations[epoch] = raw
+            for old in sorted(self._allocations)[:-DIRECTORY_EPOCHS]:
+                del self._allocations[old]
+        return raw
 
     def directory(self, epoch: int, location: int | None) -> bytes:
         """``{"epoch", "nodes"}`` of ``epoch`` (hosts of ``location`` only, if given) as
@@ -340,8 +356,7 @@ class Coordinator:
                                   f"{self.settings.n_locations} locations")
         built = self._directories.get(epoch)
         if built is None:
-            if self.store.allocation(epoch) is None:
-                raise UnknownEpochError(f"epoch {epoch} has no allocation")
+            self.allocation(epoch)  # unknown_epoch before the close
             rows = self.store.directory(epoch)
             built = {None: json.dumps({"epoch": epoch, "nodes": rows}).encode()}
             for loc in range(self.settings.n_locations):
@@ -464,20 +479,15 @@ async def declare(request: web.Request) -> web.Response:
 
 
 async def allocation(request: web.Request) -> web.Response:
-    epoch = _epoch_arg(request)
-    raw = _coordinator(request).store.allocation(epoch)
-    if raw is None:
-        raise UnknownEpochError(f"epoch {epoch} has no allocation")
-    return _envelope(raw)
+    return _envelope(_coordinator(request).allocation(_epoch_arg(request)))
 
 
 async def credential(request: web.Request) -> web.Response:
     epoch = _epoch_arg(request)
     node_id = check_node_id("node_id", request.match_info["node_id"])
-    store = _coordinator(request).store
-    if store.allocation(epoch) is None:
-        raise UnknownEpochError(f"epoch {epoch} has no allocation")
-    raw = store.credential(epoch, node_id)
+    c = _coordinator(request)
+    c.allocation(epoch)  # unknown_epoch before the close
+    raw = c.store.credential(epoch, node_id)
     if raw is None:
         raise NotIncludedError(f"node {node_id[:16]}... was not included in epoch {epoch}")
     return _envelope(raw)

@@ -36,7 +36,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -46,6 +46,7 @@ from node.client import (
     CoordinatorClient,
     Directory,
     DirectoryEntry,
+    Outcome,
     PeerClient,
     base_url,
     make_access_request,
@@ -63,6 +64,7 @@ from node.resources import Tariff, node_kind
 from node.strategy import Strategy, Truthful
 from protocol import (
     MICRO,
+    Allocation,
     AuditReport,
     Commitment,
     Declaration,
@@ -94,6 +96,30 @@ PERMANENT = frozenset({"out_of_range", "malformed", "wrong_type", "missing_field
 
 class PermanentError(RuntimeError):
     """A refusal that retrying cannot change: the node must stop."""
+
+
+class TariffShares(Mapping[str, int]):
+    """Each included node's compute share bought this epoch, ``tariff.share`` of its
+    contribution (micro-units), read from the allocation on demand: O(log N) per lookup
+    (binary search) and nothing built per host, where a dict would cost every host O(N)."""
+
+    __slots__ = ("_allocation", "_tariff")
+
+    def __init__(self, allocation: Allocation, tariff: Tariff) -> None:
+        self._allocation = allocation
+        self._tariff = tariff
+
+    def __getitem__(self, node_id: str) -> int:
+        paid = self._allocation.contribution_of(node_id)
+        if paid is None:
+            raise KeyError(node_id)
+        return self._tariff.share(paid)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._allocation.included)
+
+    def __len__(self) -> int:
+        return len(self._allocation.included)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +187,9 @@ class Agent:
         self.rng = random.Random(spec.seed)
         self.machine = EpochMachine()
         self._nonce = nonce
+        # The current allocation with its included set, shared by the nodes of this
+        # process (node.client.Outcome): the host keeps the set instead of copying N ids.
+        self._outcome: Outcome | None = None
 
     @property
     def node_id(self) -> str:
@@ -312,16 +341,18 @@ class Agent:
         if progress.allocation is not None:
             return True
         try:
-            alloc = await self.coordinator.allocation(progress.epoch)
+            outcome = await self.coordinator.outcome(progress.epoch)
         except InkindError as exc:
             if exc.code in ("unknown_epoch", "not_found"):
                 self.machine.on_not_closed()
                 return False
             raise
+        alloc = outcome.allocation
         credential = None
         if alloc.contribution_of(self.node_id) is not None:
             credential, _ = await self.coordinator.credential(progress.epoch, self.node_id)
         self.machine.on_outcome(alloc, node_id=self.node_id, credential=credential)
+        self._outcome = outcome
         return True
 
     async def directory(self) -> Directory:
@@ -352,15 +383,13 @@ class Agent:
             unit=kind.wire.granularity,
             strategy=self.spec.strategy,
         )
-        shares = None
-        if kind.wire.shares:
-            shares = {
-                nid: self.tariff.share(p)
-                for nid, p in zip(alloc.included, alloc.contributions, strict=True)
-            }
+        shares = TariffShares(alloc, self.tariff) if kind.wire.shares else None
+        outcome = self._outcome
+        included = (outcome.included if outcome is not None and outcome.allocation is alloc
+                    else frozenset(alloc.included))
         self.host.open_epoch(
             epoch=alloc.epoch,
-            included=alloc.included,
+            included=included,
             opened=plan.opened,
             now=self.clock(),
             owed=progress.owed or 0,

@@ -6,9 +6,12 @@ owns (one session serves many nodes in one event loop).
 * :class:`CoordinatorClient` turns every ``{"code", "message"}`` error answer back into
   the typed error with :func:`protocol.from_wire` and raises it; coordinator-signed
   answers (announcement, allocation, credential) are verified against the trusted
-  coordinator key before they are returned. The HTTP binding's own codes (``no_epoch``,
-  ``unknown_epoch``, ...) are protocol codes too; a code this implementation does not
-  know arrives as :class:`~protocol.errors.UnrecognizedError` keeping the code.
+  coordinator key before they are returned. An epoch's allocation and directory are the
+  same document for every node: clients that share one :class:`SharedDocuments` (the
+  nodes of one process) fetch, verify and parse each once, not once per node. The HTTP
+  binding's own codes (``no_epoch``, ``unknown_epoch``, ...) are protocol codes too; a
+  code this implementation does not know arrives as
+  :class:`~protocol.errors.UnrecognizedError` keeping the code.
 * :class:`PeerClient` asks a host for access in one round trip (plain, a file download
   or a compute job), sending a body built by :func:`protocol.make_access_request`
   (re-exported here). A refusal is an answer, not an exception: :class:`AccessAnswer` carries
@@ -21,12 +24,15 @@ Response bodies are read with size limits. Network failures surface as
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -63,6 +69,11 @@ MAX_JSON_BYTES = 32 * 1024 * 1024
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
 RECEIPT_HEADER = "X-Inkind-Receipt"
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30)
+#: Documents a :class:`SharedDocuments` keeps (the allocation and directory of the last
+#: few epochs; an allocation of 100,000 nodes is about 9 MB).
+SHARED_DOCUMENTS = 8
+
+T = TypeVar("T")
 
 
 async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -171,12 +182,68 @@ def parse_directory(body: object) -> Directory:
     return Directory(epoch=epoch, nodes=tuple(nodes))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """An epoch's verified allocation with its included set as a frozenset (built once
+    and shared: a host's gate keeps it as is instead of copying N ids)."""
+
+    allocation: Allocation
+    included: frozenset[str]
+
+
+class SharedDocuments:
+    """Epoch documents of the coordinator, fetched, verified and parsed once per process.
+
+    Every node asks for the same allocation and directory of an epoch; N nodes in one
+    process each downloading and checking the whole document is O(N) work per node and
+    O(N^2) per process. Clients given one instance share each document: the first asker
+    loads it, concurrent askers wait for that load, later ones get the kept value. Only
+    what a load returned is kept -- the loader verifies the coordinator's signature
+    against the trusted key before it returns -- and the key names everything the check
+    depended on (coordinator URL, trusted key, document, epoch), so a client trusting
+    another key never reads a value checked against this one. A failed load is not kept
+    (every waiter gets its error; the next ask loads again). At most ``max_entries``
+    documents are kept, the least recently loaded dropped first.
+    """
+
+    def __init__(self, max_entries: int = SHARED_DOCUMENTS) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.loads = 0  # loads started (what sharing saves, for tests and benchmarks)
+        self._entries: OrderedDict[Hashable, asyncio.Future[Any]] = OrderedDict()
+
+    async def get(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+        """The value kept under ``key``, else what ``await load()`` returns (loaded once
+        however many ask at the same time). A caller cancelled while waiting does not
+        cancel the load the others wait for."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = asyncio.ensure_future(self._load(key, load))
+            self._entries[key] = entry
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        value: T = await asyncio.shield(entry)
+        return value
+
+    async def _load(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+        self.loads += 1
+        try:
+            return await load()
+        except BaseException:
+            if self._entries.get(key) is asyncio.current_task():
+                del self._entries[key]
+            raise
+
+
 class CoordinatorClient:
     """The coordinator's endpoints (HTTP.md "Coordinator").
 
     ``coordinator_key`` is the trusted coordinator key; if None and
     ``trust_on_first_use`` is set, the signer of the first announcement is trusted from
     then on (convenient for a local testbed; configure the key in production).
+    ``documents``: where epoch documents are kept, shared with the other clients of this
+    process that are given the same object (default: this client's own).
     """
 
     def __init__(
@@ -187,8 +254,10 @@ class CoordinatorClient:
         coordinator_key: str | None = None,
         trust_on_first_use: bool = False,
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
+        documents: SharedDocuments | None = None,
     ) -> None:
         self.session = session
+        self.documents = documents if documents is not None else SharedDocuments()
         self.url = url.rstrip("/")
         if coordinator_key is not None:
             check_strong_public_key("coordinator_key", coordinator_key)
@@ -244,13 +313,24 @@ class CoordinatorClient:
 
     async def allocation(self, epoch: int) -> Allocation:
         """``GET /v1/allocation/{epoch}``, verified and checked to be for ``epoch``."""
-        limit = envelope_size_limit(Allocation.MAX_PAYLOAD_BYTES)
-        raw = await self._get(f"/v1/allocation/{epoch}", limit)
-        env = Envelope.from_bytes(raw, max_size=limit)
-        _, alloc = open_embedded(env, Allocation, trusted=self._trusted())
-        if alloc.epoch != epoch:
-            raise OutOfRangeError(f"asked for the allocation of epoch {epoch}, got {alloc.epoch}")
-        return alloc
+        return (await self.outcome(epoch)).allocation
+
+    async def outcome(self, epoch: int) -> Outcome:
+        """The allocation of ``epoch`` (:meth:`allocation`) with its included set, loaded
+        once per :class:`SharedDocuments`."""
+        trusted = self._trusted()
+
+        async def load() -> Outcome:
+            limit = envelope_size_limit(Allocation.MAX_PAYLOAD_BYTES)
+            raw = await self._get(f"/v1/allocation/{epoch}", limit)
+            env = Envelope.from_bytes(raw, max_size=limit)
+            _, alloc = open_embedded(env, Allocation, trusted=trusted)
+            if alloc.epoch != epoch:
+                raise OutOfRangeError(
+                    f"asked for the allocation of epoch {epoch}, got {alloc.epoch}")
+            return Outcome(allocation=alloc, included=frozenset(alloc.included))
+
+        return await self.documents.get(("allocation", self.url, trusted, epoch), load)
 
     async def credential(self, epoch: int, node_id: str) -> tuple[Envelope, Credential]:
         """``GET /v1/credential/{epoch}/{node_id}``, verified; ``not_included`` if excluded."""
@@ -263,12 +343,17 @@ class CoordinatorClient:
         return env, cred
 
     async def directory(self, epoch: int) -> Directory:
-        """``GET /v1/directory/{epoch}`` (unsigned; receipts are checked against its keys)."""
-        raw = await self._get(f"/v1/directory/{epoch}", MAX_JSON_BYTES)
-        directory = parse_directory(_json(raw))
-        if directory.epoch != epoch:
-            raise OutOfRangeError(f"asked for the directory of epoch {epoch}")
-        return directory
+        """``GET /v1/directory/{epoch}`` (unsigned; receipts are checked against its keys),
+        loaded once per :class:`SharedDocuments`."""
+
+        async def load() -> Directory:
+            raw = await self._get(f"/v1/directory/{epoch}", MAX_JSON_BYTES)
+            directory = parse_directory(_json(raw))
+            if directory.epoch != epoch:
+                raise OutOfRangeError(f"asked for the directory of epoch {epoch}")
+            return directory
+
+        return await self.documents.get(("directory", self.url, epoch), load)
 
     async def commit(self, envelope: Envelope) -> dict[str, Any]:
         """``POST /v1/commitments`` with a signed ``commitment``."""

@@ -7,7 +7,9 @@ same however it is hosted:
 
 * ``--mode inproc``: every node in this process and event loop, each with its own
   listener on 127.0.0.1; their agents do nothing until stepped (``step``), so one
-  process holds hundreds of nodes and the launcher decides when each phase happens;
+  process holds thousands of nodes and the launcher decides when each phase happens.
+  They share one HTTP session and one :class:`node.client.SharedDocuments`: an epoch's
+  allocation and directory are fetched, verified and parsed once for the whole process;
 * ``--mode process``: every node its own process running ``node.cli.main(argv)``,
   forked by the standard library's forkserver after it imported :mod:`node.cli` once
   (``set_forkserver_preload``): real processes (SIGKILL and SIGSTOP work on their pids)
@@ -120,6 +122,7 @@ class Runner:
         self.procs: dict[str, multiprocessing.process.BaseProcess] = {}
         self.ctx: Any = None
         self.outcomes: dict[str, str] = {}
+        self.documents: Any = None  # inproc: node.client.SharedDocuments, made on first use
 
     def emit(self, obj: dict[str, Any]) -> None:
         self.out.write(json.dumps(obj) + "\n")
@@ -136,13 +139,15 @@ class Runner:
 
     async def _start_inproc(self, name: str, argv: list[str]) -> dict[str, Any]:
         from node.cli import build_parser, key_path, load_or_create_key, spec_from_args
+        from node.client import SharedDocuments
         from node.launch import start_node
 
         args = build_parser().parse_args(argv)
         if self.session is None:
             self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+            self.documents = SharedDocuments()
         node = await start_node(spec_from_args(args), load_or_create_key(key_path(args)),
-                                self.session)
+                                self.session, documents=self.documents)
         self.running[name] = node
         return {"url": node.url, "pid": os.getpid()}
 

@@ -177,15 +177,18 @@ class Host:
     ) -> None:
         """Enforce ``epoch``'s allocation from now on, with ``opened`` micro-units open.
 
-        ``shares`` (compute): each included node's share bought, from the tariff.
-        Opening resets the usage of the previous epoch. An older epoch is refused.
+        ``shares`` (compute): each included node's share bought, from the tariff; kept,
+        not copied (read only; the agent's is a view of the allocation, O(1) to build).
+        ``included`` is kept as is when it is a frozenset (shared by the nodes of a
+        process), so opening costs no O(N) copy. Opening resets the usage of the previous
+        epoch. An older epoch is refused.
         """
         if epoch < self.epoch:
             raise OutOfRangeError(f"cannot go back from epoch {self.epoch} to {epoch}")
         self.epoch = epoch
         self.included = frozenset(included)
         self.owed = owed
-        self.shares = dict(shares) if shares is not None else None
+        self.shares = shares
         self.resource.open(opened, now=now)
         self.decisions.clear()
         self._costs = self.files.costs()

@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from node.agent import Agent, NodeSpec
-from node.client import CoordinatorClient, PeerClient
+from node.client import CoordinatorClient, PeerClient, SharedDocuments
 from node.files import FileStore
 from node.host import Host
 from node.service import make_app, start_site
@@ -75,12 +75,14 @@ async def start_node(
     *,
     clock: Callable[[], int] = wall_clock,
     serve: Serve = start_site,
+    documents: SharedDocuments | None = None,
 ) -> RunningNode:
     """Build and bind one node (its agent is not started: the caller drives it).
 
     ``serve(app, host=, port=)`` binds the node's service and returns its runner and
     ``host:port`` (default :func:`node.service.start_site`, TCP; tests pass an in-memory
-    network's). ``clock`` is every part's clock (integer Unix seconds).
+    network's). ``clock`` is every part's clock (integer Unix seconds). ``documents``:
+    the epoch documents shared with the other nodes of this process (default: its own).
     """
     files = FileStore(spec.files_dir)
     if spec.files_dir:
@@ -101,6 +103,7 @@ async def start_node(
         spec.coordinator,
         coordinator_key=spec.coordinator_key,
         trust_on_first_use=spec.coordinator_key is None,
+        documents=documents,
     )
     agent = Agent(
         spec,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from aiohttp import web
 from helpers.clock import NOW, FakeClock
 from helpers.memnet import memory_net
 from node.agent import Agent, NodeSpec
+from node.client import SharedDocuments
 from node.gate import HostView
 from node.launch import start_node
 from node.strategy import parse_strategy
@@ -164,6 +166,7 @@ class ScriptedCoordinator:
         self.audits: list[AuditReport] = []
         self.excluded: list[dict[str, Any]] = []
         self.registered = asyncio.Event()
+        self.gets: Counter[str] = Counter()  # answered GETs of a document, by its path
 
     # operator actions, called by the tests
     def open(
@@ -250,6 +253,7 @@ class ScriptedCoordinator:
             return web.json_response({"epoch": decl.epoch, "node_id": decl.node_id, "accepted": 1})
 
         async def allocation(request: web.Request) -> web.Response:
+            self.gets[request.path] += 1
             alloc = self.allocations.get(int(request.match_info["epoch"]))
             if alloc is None:
                 return err("unknown_epoch", 404)
@@ -264,6 +268,7 @@ class ScriptedCoordinator:
             return web.Response(body=env.to_bytes(), content_type="application/json")
 
         async def directory(request: web.Request) -> web.Response:
+            self.gets[request.path] += 1
             epoch = int(request.match_info["epoch"])
             alloc = self.allocations.get(epoch)
             if alloc is None:
@@ -328,10 +333,12 @@ class BedNode:
 
 @asynccontextmanager
 async def node_bed(
-    nodes: Sequence[BedNode], clock: FakeClock, *, trust_on_first_use: bool = False
+    nodes: Sequence[BedNode], clock: FakeClock, *, trust_on_first_use: bool = False,
+    documents: SharedDocuments | None = None,
 ) -> AsyncIterator[tuple[ScriptedCoordinator, list[Agent]]]:
     """A scripted coordinator and one agent per :class:`BedNode`, their hosts served on a
-    :class:`~helpers.memnet.MemoryNet` (no sockets); each roams ``script`` in epoch 1."""
+    :class:`~helpers.memnet.MemoryNet` (no sockets); each roams ``script`` in epoch 1.
+    ``documents``: shared by every agent (as in one node process), else one each."""
     coord_id = ident(90)
     scripted = ScriptedCoordinator(coord_id, clock=clock)
     async with memory_net() as net:
@@ -352,7 +359,7 @@ async def node_bed(
                     seed=n.seed,
                 )
                 running = await start_node(spec, ident(n.seed), session, clock=clock,
-                                           serve=net.start_site)
+                                           serve=net.start_site, documents=documents)
                 agents.append(running.agent)
             yield scripted, agents
 
