@@ -1,10 +1,13 @@
 """Group commit of declarations: concurrent ones share one transaction, queued ones count
-as seen (replay, duplicate), acknowledged means committed, a close takes the queue."""
+as seen (replay, duplicate), acknowledged means committed, a close takes the queue. Group
+commit of commitments and audit reports: the same outcome as committing them one by one
+(two touching one node's commitment or one host's evidence never share a batch)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -18,6 +21,8 @@ from helpers.coordinator import (
     T0,
     FakeClock,
     Harness,
+    audit_report,
+    commitment,
     config,
     decl_payload,
     declaration,
@@ -26,6 +31,7 @@ from helpers.coordinator import (
     node,
     open_now,
     raw,
+    refusal,
     register_all,
     registered,
     runner,
@@ -35,7 +41,7 @@ from coordinator.epoch import Change
 from coordinator.service import COORDINATOR as APP_KEY
 from coordinator.service import Coordinator, make_app
 from coordinator.store import Store
-from protocol import Allocation, open_envelope
+from protocol import Allocation, Envelope, Identity, open_envelope
 from protocol.errors import DuplicateDeclarationError, ReplayError
 
 PEOPLE = [node(i) for i in range(12)]
@@ -212,3 +218,129 @@ def test_core_counts_queued_ones_in_protocol_order() -> None:
         check(declaration(a, n=2, theta=900_000))
     assert check(declaration(b, n=3, theta=400_000)) is None
     assert (dict(core.declarations), core.guard.seen(0, declaration(a, n=1).nonce)) == before
+
+
+# --- commitments and audit reports (Coordinator.submit) ------------------------------------
+
+
+@pytest_asyncio.fixture
+async def closed(opened: tuple[Harness, Coordinator, Batches]
+                 ) -> AsyncIterator[tuple[Harness, Coordinator, Batches, list[Identity]]]:
+    """Epoch 0 closed with most of PEOPLE included (they declared a high θ)."""
+    h, c, batches = opened
+    await post_all(h, [raw(p, declaration(p, theta=950_000)) for p in PEOPLE])
+    await c.close_epoch()
+    assert c.core.audit is not None
+    included = [p for p in PEOPLE if p.node_id in c.core.audit.allocation.included]
+    assert len(included) >= 4
+    batches.sizes.clear()
+    yield h, c, batches, included
+
+
+def stored_commitments(h: Harness) -> dict[str, int]:
+    db = sqlite3.connect(h.store.path)
+    try:
+        return {str(n): int(v) for n, v in
+                db.execute("SELECT node_id, contribution FROM commitments")}
+    finally:
+        db.close()
+
+
+def submit_commitment(c: Coordinator, who: Identity, amount: int) -> asyncio.Future[Change]:
+    m = commitment(who, amount=amount)
+    return c.submit(functools.partial(c.core.check_commitment, m, raw(who, m)),
+                    frozenset({("commitment", who.node_id)}))
+
+
+def submit_report(c: Coordinator, reporter: Identity, evidence: list[Envelope]
+                  ) -> asyncio.Future[Change]:
+    report = audit_report(reporter, evidence)
+    return c.submit(functools.partial(c.core.check_audit, reporter.node_id, report, now=c.clock()),
+                    frozenset(("host", e.signer) for e in evidence))
+
+
+@pytest.mark.asyncio
+async def test_concurrent_commitments_share_one_transaction(
+        closed: tuple[Harness, Coordinator, Batches, list[Identity]]) -> None:
+    h, c, batches, included = closed
+    futures = [submit_commitment(c, p, 1000 + i) for i, p in enumerate(included)]
+    assert not stored_commitments(h) and not any(f.done() for f in futures)
+    await asyncio.gather(*futures)
+    assert batches.sizes == [len(included)]
+    want = {p.node_id: 1000 + i for i, p in enumerate(included)}
+    assert stored_commitments(h) == want
+    assert c.core.audit is not None and c.core.audit.commitments == want
+    # Over HTTP too: every answer comes after its commit.
+    answers = await asyncio.gather(*(h.post("/v1/commitments", raw(p, commitment(p, amount=5)))
+                                     for p in included))
+    assert all(code == 200 for code, _ in answers)
+    assert stored_commitments(h) == want  # lower ones never lower the highest
+
+
+@pytest.mark.asyncio
+async def test_one_nodes_commitments_in_one_flush_are_judged_one_after_another(
+        closed: tuple[Harness, Coordinator, Batches, list[Identity]]) -> None:
+    h, c, batches, included = closed
+    a, b = included[0], included[1]
+    futures = [submit_commitment(c, a, 3000), submit_commitment(c, b, 10),
+               submit_commitment(c, a, 5000), submit_commitment(c, a, 1000)]
+    changes = await asyncio.gather(*futures)
+    # a's three never share a batch: each is checked with the one before applied.
+    assert batches.sizes == [2, 1, 1]
+    amounts = [ch.commitment.contribution for ch in changes]  # type: ignore[union-attr]
+    assert amounts == [3000, 10, 5000, 5000]  # the highest so far counts
+    assert stored_commitments(h) == {a.node_id: 5000, b.node_id: 10}
+
+
+@pytest.mark.asyncio
+async def test_a_refused_commitment_in_a_burst_refuses_only_itself(
+        closed: tuple[Harness, Coordinator, Batches, list[Identity]]) -> None:
+    h, _, _, included = closed
+    stranger = node(40)
+    bodies = [raw(p, commitment(p, amount=7)) for p in included[:3]]
+    bodies.insert(1, raw(included[3], commitment(included[3], amount=7, epoch=5)))
+    answers = await asyncio.gather(*(h.post("/v1/commitments", b) for b in bodies))
+    assert [code for code, _ in answers] == [200, 409, 200, 200]
+    assert answers[1][1]["code"] == "future_epoch"
+    code, data = await h.post("/v1/commitments", raw(stranger, commitment(stranger, amount=7)))
+    assert code in (401, 403) and data["code"] == "unknown_key"
+    assert stored_commitments(h) == {p.node_id: 7 for p in included[:3]}
+
+
+@pytest.mark.asyncio
+async def test_reports_naming_one_host_respect_its_quota_as_if_filed_one_by_one(
+        closed: tuple[Harness, Coordinator, Batches, list[Identity]]) -> None:
+    h, c, batches, included = closed
+    c.core.settings = dataclasses.replace(c.core.settings, max_evidence_per_signer=3)
+    host, other = included[0], included[1]
+    roamers = included[2:6] if len(included) >= 6 else included[2:]
+    t = h.clock() + 1
+    futures = []
+    for i, r in enumerate(roamers):  # each reports two refusals by the same host
+        evidence = [refusal(host, r, reason="capacity_exhausted", time=t, n=10 * i + k)
+                    for k in range(2)]
+        futures.append(submit_report(c, r, evidence))
+    # One by another host, and the first report again (nothing new in it).
+    futures.append(submit_report(c, roamers[0], [
+        refusal(other, roamers[0], reason="capacity_exhausted", time=t, n=99)]))
+    futures.append(submit_report(c, roamers[0], [
+        refusal(host, roamers[0], reason="capacity_exhausted", time=t, n=k) for k in range(2)]))
+    changes = await asyncio.gather(*futures)
+    new = [len(ch.new_items) for ch in changes]  # type: ignore[union-attr]
+    assert new == [2, 1] + [0] * (len(roamers) - 2) + [1, 0]
+    assert batches.sizes[0] == 2  # the other host's report rode with the first
+    assert len(batches.sizes) == len(roamers) + 1
+    assert c.core.audit is not None
+    assert c.core.audit.per_signer == {host.node_id: 3, other.node_id: 1}
+    assert h.store.count("evidence") == 4
+
+
+@pytest.mark.asyncio
+async def test_close_takes_queued_commitments_and_reports(
+        closed: tuple[Harness, Coordinator, Batches, list[Identity]]) -> None:
+    h, c, _, included = closed
+    await h.ok("/v1/admin/open", admin=True)
+    pending = [submit_commitment(c, p, 2000) for p in included]
+    await c.close_epoch()  # the audit cut-off of epoch 0: the queue is judged first
+    assert all(f.done() and f.exception() is None for f in pending)
+    assert stored_commitments(h) == {p.node_id: 2000 for p in included}
