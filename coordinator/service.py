@@ -36,7 +36,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -317,28 +317,11 @@ class Coordinator:
             self._flush_handle.cancel()
             self._flush_handle = None
         batch, self._queue = self._queue, []
-        if not batch:
-            return
-        failed: dict[int, Exception] = {}
         try:
-            self.store.persist_many([change for change, _ in batch])
-        except Exception:
-            for i, (change, _) in enumerate(batch):
-                try:
-                    self.store.persist(change)
-                except Exception as exc:
-                    failed[i] = exc
+            self._commit_batch(batch)
         finally:
             self._queued_nodes.clear()
             self._queued_nonces.clear()
-        for i, (change, done) in enumerate(batch):
-            err = failed.get(i)
-            if err is None:
-                self.core.apply(change)
-                if not done.done():
-                    done.set_result(None)
-            elif not done.done():
-                done.set_exception(err)
 
     # -- commitments and audit reports (group commit) ------------------------------------
 
@@ -385,7 +368,10 @@ class Coordinator:
             self._commit_batch(batch)
             pending = later
 
-    def _commit_batch(self, batch: list[tuple[Change, asyncio.Future[Change]]]) -> None:
+    def _commit_batch(self, batch: Sequence[tuple[Change, asyncio.Future[Any]]]) -> None:
+        """Persist ``batch`` in one transaction, apply it, then resolve each future with
+        its change; if it cannot be written, each change is retried alone (one failure
+        does not refuse the others) and a failed one's future gets the error."""
         if not batch:
             return
         failed: dict[int, Exception] = {}
