@@ -255,8 +255,8 @@ def submit_commitment(c: Coordinator, who: Identity, amount: int) -> asyncio.Fut
 def submit_report(c: Coordinator, reporter: Identity, evidence: list[Envelope]
                   ) -> asyncio.Future[Change]:
     report = audit_report(reporter, evidence)
-    return c.submit(functools.partial(c.core.check_audit, reporter.node_id, report, now=c.clock()),
-                    frozenset(("host", e.signer) for e in evidence))
+    check = functools.partial(c.core.check_audit, reporter.node_id, report, now=c.clock())
+    return c.submit(check, frozenset(("host", e.signer) for e in evidence))
 
 
 @pytest.mark.asyncio
