@@ -3,8 +3,9 @@ typed messages, errors, and the checks peers share.
 
 Bytes and values in, values out: nothing in this package opens a socket, touches a
 database or reads a clock (time is always an argument ``now`` in integer Unix seconds).
-It depends only on the standard library and ``cryptography``. The normative description
-for a second implementation is ``protocol/README.md``.
+It depends only on the standard library, ``cryptography`` and ``orjson`` (canonical JSON,
+the same bytes as the standard library's; see :mod:`~protocol.encoding`). The normative
+description for a second implementation is ``protocol/README.md``.
 
 Submodules: :mod:`~protocol.errors`, :mod:`~protocol.encoding`, :mod:`~protocol.fields`,
 :mod:`~protocol.identity`, :mod:`~protocol.envelope`, :mod:`~protocol.messages`,

@@ -15,6 +15,17 @@ The canonical form (normative; see ``protocol/README.md``, section "Canonical en
   ``\\u00XX`` with lowercase hex; everything else (U+007F and non-ASCII included) is
   written as raw UTF-8. Lone surrogates are not allowed.
 
+Both directions go through orjson where it gives the same answer (``protocol/README.md``
+section 3 stays the normative text; the tests compare orjson's bytes with the standard
+library's reference encoding on arbitrary values). Encoding: the tree is checked, then
+orjson writes it (its compact, sorted output is the canonical form for every value the
+check lets through). Decoding: orjson parses, the tree is checked once, and if orjson's
+encoding of the result is exactly the input, the input is canonical and the value is
+returned; anything else (another spelling, an error) goes to the strict standard-library
+parser, which decides and names the error. So the fast path changes no answer: it accepts
+only bytes that are the canonical encoding of a checked value, which the strict parser
+accepts with the same value.
+
 Quantities are integers in micro-units (1e-6 of the unit); :func:`to_micro` and
 :func:`from_micro` convert with an explicit rounding rule.
 
@@ -29,6 +40,8 @@ import math
 import re
 from fractions import Fraction
 from typing import Literal, NoReturn, TypeAlias
+
+import orjson
 
 from protocol.errors import MalformedError, OutOfRangeError, TooLargeError, WrongTypeError
 
@@ -62,8 +75,9 @@ def canonical(value: JsonValue, *, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
     :class:`MalformedError` for bad keys, lone surrogates or nesting beyond ``max_depth``.
     """
     _check_tree(value, max_depth)
-    text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return text.encode("utf-8")  # cannot fail: _check_tree refused lone surrogates
+    # Cannot fail: _check_tree let only str keys, safe ints, lists, dicts and strings
+    # without lone surrogates through.
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 # --- decoding -------------------------------------------------------------------------
@@ -92,6 +106,25 @@ def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
+def _decode_if_canonical(data: bytes, max_depth: int) -> object:
+    """The value ``data`` is the canonical encoding of, or ``_NOT_CANONICAL``.
+
+    Never raises: anything but a canonical encoding of an allowed value is left to the
+    strict parser, which then decides (the module docstring says why that is the same
+    answer)."""
+    try:
+        value = orjson.loads(data)
+        _check_tree(value, max_depth)
+    except (orjson.JSONDecodeError, MalformedError, OutOfRangeError, WrongTypeError):
+        return _NOT_CANONICAL
+    if orjson.dumps(value, option=orjson.OPT_SORT_KEYS) != data:
+        return _NOT_CANONICAL
+    return value
+
+
+_NOT_CANONICAL = object()
+
+
 def decode(
     data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
 ) -> JsonValue:
@@ -100,10 +133,23 @@ def decode(
     Whitespace and key order are tolerated (use :func:`decode_canonical` to refuse
     them). Every failure is an :class:`~protocol.errors.InkindError`.
     """
+    value = _decode_checked(data, max_bytes, max_depth)
+    if value is _NOT_CANONICAL:
+        return _decode_strict(data, max_depth)
+    return value  # type: ignore[return-value]  # _check_tree proved the shape
+
+
+def _decode_checked(data: bytes, max_bytes: int, max_depth: int) -> object:
+    """Type and size checks, then the canonical fast path (or ``_NOT_CANONICAL``)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise WrongTypeError(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise TooLargeError(f"body of {len(data)} bytes exceeds {max_bytes}")
+    return _decode_if_canonical(bytes(data), max_depth)
+
+
+def _decode_strict(data: bytes, max_depth: int) -> JsonValue:
+    """The standard library's parser with every hook of the strict form."""
     try:
         # Decode ourselves: json.loads(bytes) would also guess UTF-16 and UTF-32.
         text = bytes(data).decode("utf-8")
@@ -132,10 +178,13 @@ def decode_canonical(
 
     Signed payloads must be canonical so that one message has exactly one encoding.
     """
-    value = decode(data, max_bytes=max_bytes, max_depth=max_depth)
-    if canonical(value, max_depth=max_depth) != bytes(data):
-        raise MalformedError("payload is not in canonical form")
-    return value
+    value = _decode_checked(data, max_bytes, max_depth)
+    if value is not _NOT_CANONICAL:
+        return value  # type: ignore[return-value]  # _check_tree proved the shape
+    # Not canonical, or not even valid: the strict parser names the error if there is
+    # one, else the payload parses but is another spelling.
+    _decode_strict(data, max_depth)
+    raise MalformedError("payload is not in canonical form")
 
 
 def decode_object(
@@ -174,28 +223,32 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
-def _check_tree(value: object, max_depth: int) -> None:
-    # Iterative, so a hostile structure cannot exhaust the Python stack.
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, bool) or not isinstance(item, int | str | list | dict):
-            raise WrongTypeError(f"{_json_type(item)} is not allowed in a payload")
-        if isinstance(item, int):
-            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                raise OutOfRangeError("integer outside [-(2**53-1), 2**53-1]")
-        elif isinstance(item, str):
-            _check_text(item)
+def _check_tree(value: object, max_depth: int, depth: int = 1) -> None:
+    # Recursion is bounded: a container deeper than max_depth is refused before its
+    # items are looked at, so a hostile structure cannot exhaust the Python stack.
+    if isinstance(value, str):
+        if not value.isascii():  # ASCII holds no surrogates: skip the encode
+            _check_text(value)
+    elif isinstance(value, bool) or not isinstance(value, int | list | dict):
+        raise WrongTypeError(f"{_json_type(value)} is not allowed in a payload")
+    elif isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise OutOfRangeError("integer outside [-(2**53-1), 2**53-1]")
+    elif depth > max_depth:
+        raise MalformedError(f"nesting deeper than {max_depth}")
+    else:
+        # Every key of an object before its values, and the items last to first: the
+        # order of the former explicit-stack walk, so a value with several faults is
+        # still refused for the same one.
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+                    raise MalformedError(f"bad object key {key!r:.80}")
+            items = reversed(value.values())
         else:
-            if depth > max_depth:
-                raise MalformedError(f"nesting deeper than {max_depth}")
-            if isinstance(item, dict):
-                for key, sub in item.items():
-                    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-                        raise MalformedError(f"bad object key {key!r:.80}")
-                    stack.append((sub, depth + 1))
-            else:
-                stack.extend((sub, depth + 1) for sub in item)
+            items = reversed(value)
+        for sub in items:
+            _check_tree(sub, max_depth, depth + 1)
 
 
 def _check_text(text: str) -> None:

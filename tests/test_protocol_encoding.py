@@ -239,3 +239,150 @@ def test_to_micro_is_within_half_a_micro_unit(value: float) -> None:
 
     assert abs(Fraction(to_micro(value)) - Fraction(value) * 10**6) <= Fraction(1, 2)
     assert to_micro(value, rounding="floor") <= to_micro(value, rounding="ceiling")
+
+
+# --- orjson writes and reads exactly what the standard-library reference does ----------
+#
+# protocol.encoding encodes with orjson and decodes through an orjson fast path. The
+# reference below is the former standard-library implementation, kept here verbatim in
+# behaviour: the canonical form is json.dumps(ensure_ascii=False, sort_keys=True,
+# compact) of a checked tree; the strict parser is json.loads with hooks that refuse
+# floats, constants, long integers and duplicate keys. Every answer of the module (bytes,
+# value or error code) must be the reference's.
+
+REF = settings(derandomize=True, database=None, deadline=None, max_examples=150)
+
+
+def _ref_canonical(value: Any, max_depth: int = 8) -> bytes:
+    from protocol.encoding import _check_tree
+
+    _check_tree(value, max_depth)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _ref_decode(data: bytes, max_depth: int = 8) -> Any:
+    # The hooks are the module's strict ones (the standard-library path, unchanged).
+    from protocol.encoding import _pairs, _parse_int, _refuse_constant, _refuse_float
+    from protocol.errors import MalformedError
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedError("not UTF-8") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_pairs, parse_float=_refuse_float,
+                           parse_int=_parse_int, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise MalformedError("deep") from None
+    except json.JSONDecodeError:
+        raise MalformedError("invalid") from None
+    _ref_canonical(value, max_depth)  # the tree check (the bytes are not compared here)
+    return value
+
+
+def _ref_decode_canonical(data: bytes) -> Any:
+    from protocol.errors import MalformedError
+
+    value = _ref_decode(data)
+    if _ref_canonical(value) != data:
+        raise MalformedError("not canonical")
+    return value
+
+
+def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return ("value", fn(*args))
+    except InkindError as exc:
+        return ("error", exc.code)
+
+
+any_keys = st.from_regex(r"[a-z][a-z0-9_]{0,63}", fullmatch=True)
+# Every code point but lone surrogates: control characters, U+007F, U+2028, astral planes.
+any_texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=30)
+canonical_values: st.SearchStrategy[Any] = st.recursive(
+    ints | any_texts | st.integers(min_value=-1000, max_value=1000),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(any_keys, inner, max_size=5),
+    max_leaves=30,
+)
+# Canonical values plus what the form refuses somewhere inside (floats, booleans, null,
+# big integers, bad keys, tuples, lone surrogates, deep nesting).
+hostile_values: st.SearchStrategy[Any] = st.recursive(
+    ints | any_texts | st.none() | st.booleans() | st.floats() | st.integers()
+    | st.text(max_size=5),
+    lambda inner: (st.lists(inner, max_size=4) | st.tuples(inner)
+                   | st.dictionaries(any_keys | st.text(max_size=4), inner, max_size=4)),
+    max_leaves=25,
+)
+
+
+@REF
+@given(canonical_values)
+def test_orjson_canonical_is_the_reference_bytes(value: Any) -> None:
+    assert canonical(value, max_depth=64) == _ref_canonical(value, max_depth=64)
+
+
+@REF
+@given(hostile_values)
+def test_canonical_refuses_exactly_what_the_reference_refuses(value: Any) -> None:
+    assert _outcome(canonical, value) == _outcome(_ref_canonical, value)
+
+
+def _spellings(value: Any) -> list[bytes]:
+    """The canonical bytes of ``value`` and other spellings of it a peer might send."""
+    try:
+        data = _ref_canonical(value, max_depth=64)
+    except InkindError:
+        data = json.dumps(value, default=str).encode("utf-8", "surrogatepass")
+    return [data, json.dumps(value, default=str).encode("utf-8", "surrogatepass"),
+            json.dumps(value, indent=1, default=str).encode("utf-8", "surrogatepass"),
+            data.replace(b":", b": ", 1), data + b" ", b" " + data]
+
+
+@REF
+@given(hostile_values | canonical_values)
+def test_decoders_answer_the_reference_on_every_spelling(value: Any) -> None:
+    for data in _spellings(value):
+        assert _outcome(decode, data) == _outcome(_ref_decode, data)
+        assert _outcome(decode_canonical, data) == _outcome(_ref_decode_canonical, data)
+
+
+@REF
+@given(canonical_values, st.data())
+def test_decoders_answer_the_reference_on_damaged_bytes(value: Any, data: st.DataObject) -> None:
+    raw = bytearray(_ref_canonical(value, max_depth=64))
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        at = data.draw(st.integers(min_value=0, max_value=len(raw)))
+        edit = data.draw(st.sampled_from(["insert", "delete", "replace"]))
+        byte = data.draw(st.sampled_from(b'{}[]",:-0123456789 \\u\x00\xff\xc3aeE.'))
+        if edit == "insert":
+            raw.insert(at, byte)
+        elif at < len(raw):
+            if edit == "delete":
+                del raw[at]
+            else:
+                raw[at] = byte
+    damaged = bytes(raw)
+    assert _outcome(decode, damaged) == _outcome(_ref_decode, damaged)
+    assert _outcome(decode_canonical, damaged) == _outcome(_ref_decode_canonical, damaged)
+
+
+@REF
+@given(st.binary(max_size=100))
+def test_decoders_answer_the_reference_on_random_bytes(data: bytes) -> None:
+    assert _outcome(decode, data) == _outcome(_ref_decode, data)
+    assert _outcome(decode_canonical, data) == _outcome(_ref_decode_canonical, data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"a":1,"a":1}', b'{"a":1,"a":2}', b'{"a":-0}', b'{"a":1.0}', b'{"a":1e2}',
+     b'{"a":18446744073709551616}', b'{"a":9007199254740992}', b'{"a":"\\ud800"}',
+     b'{"a":"\\u00e9"}', b'{"a":"\\/"}', b'{"a":true}', b'{"a":null}', b"\xef\xbb\xbf{}",
+     b'{"a":[[[[[[[[1]]]]]]]]}', b'{"a":"\x7f"}', b'{"a":"\x1f"}', b'{"a":"\\u001F"}'],
+)
+def test_decoders_answer_the_reference_on_known_differences_of_parsers(data: bytes) -> None:
+    # Inputs where orjson's parser and the strict one differ (orjson keeps the last of
+    # duplicate keys, reads -0 as 0, big integers as floats, ...): the answer is the
+    # strict parser's every time.
+    assert _outcome(decode, data) == _outcome(_ref_decode, data)
+    assert _outcome(decode_canonical, data) == _outcome(_ref_decode_canonical, data)
