@@ -4,16 +4,19 @@
     python scripts/bench_protocol.py            # about 40 s
     python scripts/bench_protocol.py --quick    # smaller counts, under a minute
     python scripts/bench_protocol.py --json     # the figures as a JSON list
+    python scripts/bench_protocol.py --check    # exit status 1 if a target is missed
     python scripts/bench_protocol.py --profile  # profile the ingest even if it meets its target
 
 Targets: a host decides an access request in under 1 ms of CPU; through HTTP a first
 decision (one POST, one Ed25519 verification once the host knows the credential) reaches
 at least 90 % of a bare aiohttp handler doing the same cryptography, measured in the same
-run with the same load generator (issue 8, item 1); the coordinator ingests at least 2,000
-signed declarations per second on one core. This script reports figures and never fails
-on a missed target (the last column says yes or NO). Each figure judged against a
-ceiling prints the ceiling and the ratio beside it; ``--json`` prints a list of objects
-with ``figure``, ``value``, ``unit``, ``ceiling``, ``ratio``, ``goal`` and ``met``.
+run with the same load generator (issue 8, item 1); the coordinator ingests signed
+declarations at no less than 40 % of one core's raw Ed25519 verification rate, measured in
+the coordinator's own process in the same run (issue 8, item 2). The last column says
+whether a target is met (yes or NO); ``--check`` exits with status 1 if one is missed.
+Each figure judged against a ceiling prints the ceiling and the ratio beside it;
+``--json`` prints a list of objects with ``figure``, ``value``, ``unit``, ``ceiling``,
+``ratio``, ``goal`` and ``met``.
 
 1. Host decision CPU: a :class:`node.host.Host` with an open epoch whose allocation
    includes the requesters; access bodies (README section 7) are signed in advance, each
@@ -33,15 +36,20 @@ with ``figure``, ``value``, ``unit``, ``ceiling``, ``ratio``, ``goal`` and ``met
    (its CPU per request is printed); one run's receipts are verified afterwards.
    "Session decisions" (later requests in a session authenticated by a MAC) are not
    implemented, so that figure is not reported.
-3. Coordinator ingest: the coordinator app (:func:`coordinator.service.make_app`) in a
-   child process, a real SQLite store (WAL, ``synchronous=FULL``) in a temporary directory,
-   manual epochs (``POST /v1/admin/open`` with the admin token). K nodes register (not
-   timed), an epoch opens, all K declarations are signed in advance and posted over
-   loopback with 32 in flight. Every answer must be ``200 {"accepted": 1}``, which the
-   service sends only after the declaration's transaction committed; the database is
-   counted again after the coordinator stopped. Reported: declarations acknowledged per
-   wall second, and per CPU-second of the coordinator process ("on one core"). Below
-   2,000/s (or with ``--profile``) two short cProfile passes run in the coordinator
+3. Coordinator ingest: the coordinator app (:func:`coordinator.service.make_app`, served by
+   :func:`coordinator.service.make_runner` as its command line does) in a child process, a
+   real SQLite store (WAL, ``synchronous=FULL``) in a temporary directory, manual epochs
+   (``POST /v1/admin/open`` with the admin token). The nodes register (not timed), an
+   epoch opens, all declarations are signed in advance and posted over loopback with 32
+   in flight, in 3 rounds; before each round the coordinator process times raw Ed25519
+   verifications (``cryptography``, one key loaded once, a declaration's signing-input
+   size): the ceiling. Every answer must be ``200 {"accepted": 1}``, which the service
+   sends only after the declaration's transaction committed; the database is counted
+   again after the coordinator stopped. Reported: declarations acknowledged per CPU-second
+   of the coordinator process (the figure: one core) beside raw verifications per
+   CPU-second (the ceiling; best round of each), and per wall second (bounded by the
+   one-process load generator on a shared machine, so context only). Below the goal (or
+   with ``--profile``) two short cProfile passes run in the coordinator
    process (wall-clock and CPU timers) on further declarations of the same epoch, and the
    time is split into signature verification, SQLite, JSON, aiohttp/asyncio, inkind logic
    (a builtin such as ``isinstance`` counts for its caller's category). cProfile's cost per
@@ -79,6 +87,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -104,7 +113,13 @@ from protocol import (
 EPOCH = 5
 ADMIN_TOKEN = "bench-admin-token"
 TARGET_DECISION_US = 1000.0
-TARGET_INGEST = 2000.0
+#: Declarations ingested per coordinator CPU-second over raw Ed25519 verifications per
+#: CPU-second, both in the coordinator's process (issue 8, item 2).
+TARGET_INGEST_RATIO = 0.4
+#: Bytes a declaration's signature covers (domain, type, length, a ~150-byte payload).
+DECLARATION_SIGNING_BYTES = 180
+#: Alternating rounds of ingest and raw verification, figure 3 (best of each kept).
+INGEST_ROUNDS = 3
 HTTP_CONCURRENCY = 16
 ROUNDS = 10  # alternating rounds of grant and refusal, figure 1
 INGEST_CONCURRENCY = 32
@@ -126,11 +141,11 @@ class Sizes:
     decisions_cpu: int  # signed requests per path, figure 1
     requesters: int  # included requesters in the allocation
     decisions_http: int  # decisions per HTTP run (sequential and concurrent), figure 2
-    nodes: int  # declarations ingested, figure 3
+    nodes: int  # declarations ingested per round, figure 3
     profile_nodes: int  # declarations per profiling pass
 
 
-FULL = Sizes(decisions_cpu=5000, requesters=1000, decisions_http=2000, nodes=2000,
+FULL = Sizes(decisions_cpu=5000, requesters=1000, decisions_http=2000, nodes=1500,
              profile_nodes=600)
 QUICK = Sizes(decisions_cpu=1000, requesters=200, decisions_http=300, nodes=300,
               profile_nodes=200)
@@ -251,6 +266,19 @@ def _add_bench_routes(app: web.Application, stop: asyncio.Event) -> None:
         prof.disable()
         return web.json_response(_profile_summary(prof, request.query.get("timer", "wall")))
 
+    async def verify(request: web.Request) -> web.Response:
+        """The ingest's ceiling: raw Ed25519 verifications per CPU-second in this process
+        (one key loaded once, a declaration's signing-input size, ``cryptography``)."""
+        n = int(request.query.get("n", "1000"))
+        key = ident("ceiling", 0)
+        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(key.public_key))
+        data = b"d" * DECLARATION_SIGNING_BYTES
+        signature = key.sign(data)
+        t0 = time.process_time()
+        for _ in range(n):
+            public.verify(signature, data)
+        return web.json_response({"per_cpu_second": n / (time.process_time() - t0)})
+
     async def halt(_: web.Request) -> web.Response:
         stop.set()
         return web.json_response({"stopping": True})
@@ -258,6 +286,7 @@ def _add_bench_routes(app: web.Application, stop: asyncio.Event) -> None:
     app.router.add_get("/bench/cpu", cpu)
     app.router.add_post("/bench/profile/start", profile_start)
     app.router.add_post("/bench/profile/stop", profile_stop)
+    app.router.add_post("/bench/verify", verify)
     app.router.add_post("/bench/stop", halt)
 
 
@@ -323,8 +352,14 @@ def serve(kind: str, arg: Any, conn: Connection) -> None:
             app, close = _coordinator_app(arg)
         stop = asyncio.Event()
         _add_bench_routes(app, stop)
-        if kind == "bare":  # plain aiohttp: no limits of the node's own
+        if kind in ("bare", "coordinator"):
+            # Plain aiohttp for the ceilings (no limits of the node's own); the coordinator
+            # with the runner its command line serves it with.
             runner = web.AppRunner(app, access_log=None)
+            if kind == "coordinator":
+                from coordinator.service import make_runner
+
+                runner = make_runner(app, handle_signals=False, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
@@ -573,8 +608,8 @@ class IngestResult:
 
 
 async def bench_ingest(sizes: Sizes, *, force_profile: bool) -> IngestResult:
-    k, p = sizes.nodes, sizes.profile_nodes
-    nodes = [ident("node", i) for i in range(k + 2 * p)]
+    k, p, r = sizes.nodes, sizes.profile_nodes, INGEST_ROUNDS
+    nodes = [ident("node", i) for i in range(r * k + 2 * p)]
     regs = [seal_bytes(w, Registration(public_key=w.public_key, epoch=0, home_location=0,
                                        capacity=5 * MICRO, kind="wlan_channels"))
             for w in nodes]
@@ -598,27 +633,41 @@ async def bench_ingest(sizes: Sizes, *, force_profile: bool) -> IngestResult:
                                                    nonce=f"{i:032x}"))
                          for i, w in enumerate(nodes)]
                 url = child.url + "/v1/declarations"
-                cpu0 = await child.cpu(session)
-                t0 = time.perf_counter()
-                lat = await post_all(session, url, decls[:k], INGEST_CONCURRENCY)
-                wall = time.perf_counter() - t0
-                cpu = await child.cpu(session) - cpu0
-                wall_rate, cpu_rate = k / wall, k / cpu
+                # Rounds alternate the ingest and the raw-verify ceiling in the same
+                # process, so both see the same machine; each keeps its best round.
+                best: dict[str, float] = {}
+                lat: list[float] = []
+                for i in range(r):
+                    verify = await child.control(session, f"/bench/verify?n={k}")
+                    best["verify"] = max(best.get("verify", 0.0), verify["per_cpu_second"])
+                    cpu0 = await child.cpu(session)
+                    t0 = time.perf_counter()
+                    lat += await post_all(session, url, decls[i * k:(i + 1) * k],
+                                          INGEST_CONCURRENCY)
+                    wall = time.perf_counter() - t0
+                    cpu = await child.cpu(session) - cpu0
+                    best["wall"] = max(best.get("wall", 0.0), k / wall)
+                    best["cpu"] = max(best.get("cpu", 0.0), k / cpu)
+                ratio = best["cpu"] / best["verify"]
                 rows += [
-                    Row(f"declarations acknowledged/s ({INGEST_CONCURRENCY} in flight)",
-                        wall_rate, "/s", ">= 2000/s", wall_rate >= TARGET_INGEST),
-                    Row("declarations per coordinator CPU-second", cpu_rate, "/CPU-s",
-                        ">= 2000/s", cpu_rate >= TARGET_INGEST),
-                    Row("coordinator CPU per declaration", 1e6 * cpu / k, "µs"),
-                    Row("declaration latency p50", 1e3 * pct(lat, 0.5), "ms"),
-                    Row("declaration latency p99", 1e3 * pct(lat, 0.99), "ms"),
-                    Row("SQLite commit alone (WAL, FULL), wall", commit_wall, "ms"),
-                    Row("SQLite commit alone (WAL, FULL), CPU", commit_cpu, "ms"),
+                    Row("declarations ingested per coordinator CPU-second", best["cpu"],
+                        "/CPU-s", f">= {TARGET_INGEST_RATIO:.0%} of raw Ed25519 verify",
+                        ratio >= TARGET_INGEST_RATIO, ceiling=best["verify"],
+                        goal=TARGET_INGEST_RATIO),
+                    Row("  ceiling: raw Ed25519 verifications per CPU-second, same process",
+                        best["verify"], "/CPU-s"),
+                    Row("  coordinator CPU per declaration", 1e6 / best["cpu"], "µs"),
+                    Row(f"  declarations acknowledged/s ({INGEST_CONCURRENCY} in flight, "
+                        "one client process)", best["wall"], "/s"),
+                    Row("  declaration latency p50", 1e3 * pct(lat, 0.5), "ms"),
+                    Row("  declaration latency p99", 1e3 * pct(lat, 0.99), "ms"),
+                    Row("  SQLite commit alone (WAL, FULL), wall", commit_wall, "ms"),
+                    Row("  SQLite commit alone (WAL, FULL), CPU", commit_cpu, "ms"),
                 ]
                 profiled = 0
-                if force_profile or min(wall_rate, cpu_rate) < TARGET_INGEST:
+                if force_profile or ratio < TARGET_INGEST_RATIO:
                     for n, timer in enumerate(("wall", "cpu")):
-                        batch = decls[k + n * p: k + (n + 1) * p]
+                        batch = decls[r * k + n * p: r * k + (n + 1) * p]
                         await child.control(session, f"/bench/profile/start?timer={timer}")
                         await post_all(session, url, batch, INGEST_CONCURRENCY)
                         profiles.append(await child.control(
@@ -632,8 +681,8 @@ async def bench_ingest(sizes: Sizes, *, force_profile: bool) -> IngestResult:
                                      (epoch,)).fetchone()[0])
         finally:
             db.close()
-        if db_rows != k + profiled:
-            raise RuntimeError(f"{db_rows} declarations stored, {k + profiled} acknowledged")
+        if db_rows != r * k + profiled:
+            raise RuntimeError(f"{db_rows} declarations stored, {r * k + profiled} acknowledged")
         return IngestResult(rows=rows, profiles=profiles, profiled=profiled, db_rows=db_rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -681,6 +730,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller counts (under a minute)")
     parser.add_argument("--json", action="store_true",
                         help="print the figures as a JSON list of objects")
+    parser.add_argument("--check", action="store_true",
+                        help="exit with status 1 if any figure misses its goal")
     parser.add_argument("--profile", action="store_true",
                         help="profile the coordinator ingest even if it meets its target")
     args = parser.parse_args(argv)
@@ -703,18 +754,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             Row("  context: Ed25519 sign (cryptography)", crypto["sign_us"], "µs"),
             Row("  context: Ed25519 verify (verify_signature)", crypto["verify_us"], "µs"),
             *http_rows, *ingest.rows]
+    failed = 1 if args.check and any(r.met is False for r in rows) else 0
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=1))
-        return 0
+        return failed
     print(f"host: {sizes.decisions_cpu} decisions per path, {sizes.requesters} included; "
           f"HTTP: {sizes.decisions_http} decisions per run (1 decision = one POST "
-          f"/v1/access); ingest: {sizes.nodes} nodes, {INGEST_CONCURRENCY} in flight, "
+          f"/v1/access); ingest: {INGEST_ROUNDS} rounds of {sizes.nodes} declarations, "
+          f"{INGEST_CONCURRENCY} in flight, "
           f"{ingest.db_rows} declarations found committed in the database\n")
     print_table(rows)
     if ingest.profiles:
         print_profiles(ingest, sizes.profile_nodes)
     print(f"\ntotal {time.perf_counter() - started:.1f} s")
-    return 0
+    return failed
 
 
 if __name__ == "__main__":
