@@ -45,6 +45,9 @@ from protocol.messages import ProbeAnswer
 
 #: Largest probe answer read, bytes.
 MAX_ANSWER_BYTES = envelope_size_limit(ProbeAnswer.MAX_PAYLOAD_BYTES)
+#: Probes in flight at once (below aiohttp's default pool of 100 connections, so a
+#: started probe never waits for a connection).
+PROBE_CONCURRENCY = 64
 
 if TYPE_CHECKING:  # pragma: no cover
     import aiohttp
@@ -149,10 +152,15 @@ async def probe_round(
     attempt, sorted."""
     import aiohttp
 
+    # The timeout is the host's: a probe waits for its turn before its clock starts, or
+    # with thousands of hosts the wait for a pooled connection would count against them.
+    turns = asyncio.Semaphore(PROBE_CONCURRENCY)
+
     async def one(s: aiohttp.ClientSession, node: str, target: Target) -> list[ProbeResult]:
         out = []
         for _ in range(max(1, attempts)):
-            ok = await probe_host(s, target, epoch=epoch, timeout=timeout)
+            async with turns:
+                ok = await probe_host(s, target, epoch=epoch, timeout=timeout)
             out.append(ProbeResult(epoch=epoch, node_id=node, time=clock(), answered=ok))
             if ok:
                 break

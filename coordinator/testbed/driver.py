@@ -51,6 +51,7 @@ import secrets
 import shutil
 import signal
 import time
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -94,6 +95,8 @@ PHASE_TIMEOUT = 60.0
 POLL = 0.02
 #: Access exchanges in flight at once (one queue per host, hosts in parallel).
 ROAM_CONCURRENCY = 16
+#: Audit reports in flight at once.
+AUDIT_CONCURRENCY = 32
 
 
 class TestbedError(RuntimeError):
@@ -407,7 +410,8 @@ class Player:
         results: list[AttemptResult | None] = [None] * len(attempts)
         queues: dict[str, list[tuple[int, Attempt]]] = defaultdict(list)
         cover = [self.coverage(rec, l) for l in range(len(self.scenario.locations))]
-        segs = [self.segments(rec, l) for l in range(len(self.scenario.locations))]
+        segs = [([end for end, _ in seg], [n for _, n in seg])
+                for seg in (self.segments(rec, l) for l in range(len(self.scenario.locations)))]
         for k, a in enumerate(attempts):
             inc = a.roamer in included
             if a.roamer in self.crashed or not self.fleet.nodes[a.roamer].alive:
@@ -415,12 +419,14 @@ class Player:
                                            host=None, reason="not_running")
                 continue
             f = cover[a.location]
-            if a.u >= f or not segs[a.location]:
+            if a.u >= f or not segs[a.location][1]:
                 results[k] = AttemptResult(roamer=a.roamer, location=a.location, included=inc,
                                            host=None, reason="no_coverage")
                 continue
             x = a.u / f
-            host = next(n for end, n in segs[a.location] if x < end)
+            ends, names = segs[a.location]
+            # The first segment whose upper end is above x (binary search: O(log N)).
+            host = names[min(bisect_right(ends, x), len(names) - 1)]
             queues[host].append((k, a))
         total, done = len(attempts), sum(r is not None for r in results)
         used: dict[tuple[str, str], int] = defaultdict(int)
@@ -496,19 +502,28 @@ class Player:
         return self.fleet.nodes[host].url
 
     async def audit(self, rec: EpochRecord) -> int:
+        """Each roamer's reports, AUDIT_CONCURRENCY roamers at a time (the coordinator
+        commits reports in groups: one at a time would wait a transaction each)."""
         assert self.client is not None
+        client = self.client
         sent = 0
         evidence, self.evidence = self.evidence, defaultdict(list)
-        for name, items in sorted(evidence.items()):
+        sem = asyncio.Semaphore(AUDIT_CONCURRENCY)
+
+        async def file(name: str, items: list[Envelope]) -> None:
+            nonlocal sent
             ident = self.identities[name]
             for start in range(0, len(items), MAX_AUDIT_ITEMS):
                 chunk = tuple(items[start:start + MAX_AUDIT_ITEMS])
                 report = AuditReport(epoch=rec.epoch, reporter_id=ident.node_id, evidence=chunk)
                 try:
-                    await self.client.audit(seal(ident, report))
+                    async with sem:
+                        await client.audit(seal(ident, report))
                     sent += len(chunk)
                 except (InkindError, aiohttp.ClientError, TimeoutError) as exc:
                     rec.warnings.append(f"audit report of {name} refused: {exc}")
+
+        await asyncio.gather(*(file(n, items) for n, items in sorted(evidence.items())))
         return sent
 
     # --- the run -----------------------------------------------------------------------
