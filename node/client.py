@@ -212,6 +212,7 @@ class SharedDocuments:
         self.max_entries = max_entries
         self.loads = 0  # loads started (what sharing saves, for tests and benchmarks)
         self._entries: OrderedDict[Hashable, asyncio.Future[Any]] = OrderedDict()
+        self._opened: OrderedDict[Hashable, Any] = OrderedDict()
 
     async def get(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
         """The value kept under ``key``, else what ``await load()`` returns (loaded once
@@ -224,6 +225,20 @@ class SharedDocuments:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         value: T = await asyncio.shield(entry)
+        return value
+
+    def opened(self, key: Hashable, open_: Callable[[], T]) -> T:
+        """``open_()``, remembered under ``key`` (which must name all it depends on: the
+        exact bytes received and the trusted key), so the same signed bytes are
+        verified and parsed once per process however many nodes poll them (the
+        announcement). A refusal is raised, never kept. Bounded like :meth:`get`."""
+        if key in self._opened:
+            value: T = self._opened[key]
+            return value
+        value = open_()
+        self._opened[key] = value
+        while len(self._opened) > self.max_entries:
+            self._opened.popitem(last=False)
         return value
 
     async def _load(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
@@ -304,8 +319,13 @@ class CoordinatorClient:
             _, ann = open_embedded(env, EpochAnnouncement, trusted=frozenset({env.signer}))
             self.coordinator_key = env.signer
             return env, ann
-        _, ann = open_embedded(env, EpochAnnouncement, trusted=self._trusted())
-        return env, ann
+        trusted = self._trusted()
+
+        def open_() -> EpochAnnouncement:
+            return open_embedded(env, EpochAnnouncement, trusted=trusted)[1]
+
+        # Every node of the process polls the same announcement: verified once.
+        return env, self.documents.opened(("announcement", trusted, raw), open_)
 
     async def declare(self, envelope: Envelope) -> dict[str, Any]:
         """``POST /v1/declarations`` with a signed ``declaration``."""

@@ -123,6 +123,7 @@ class Runner:
         self.ctx: Any = None
         self.outcomes: dict[str, str] = {}
         self.documents: Any = None  # inproc: node.client.SharedDocuments, made on first use
+        self.parser: argparse.ArgumentParser | None = None  # inproc: inkind-node's arguments
 
     def emit(self, obj: dict[str, Any]) -> None:
         self.out.write(json.dumps(obj) + "\n")
@@ -142,7 +143,9 @@ class Runner:
         from node.client import SharedDocuments
         from node.launch import start_node
 
-        args = build_parser().parse_args(argv)
+        if self.parser is None:  # built once: thousands of nodes parse their arguments
+            self.parser = build_parser()
+        args = self.parser.parse_args(argv)
         if self.session is None:
             self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
             self.documents = SharedDocuments()

@@ -25,6 +25,8 @@ Figures (issue 8 items 3 and 5), each beside a ceiling measured in the same run:
 * the epoch of N nodes as processes (200 by default), judged against the inproc epoch of
   the same N in this run (or the fit's a * N^b); the goal: every node declared, and every
   included honest node committed;
+* the epoch's CPU seconds in all the run's processes (driver, coordinator, nodes) and
+  their exponent: what the machine's load changes little, unlike wall time;
 * start-up and memory per node (context, no ceiling).
 
 The ratio is ceiling / value (above 1: better than the ceiling; for the exponent,
@@ -82,6 +84,18 @@ def scenario(n: int) -> Any:
     })
 
 
+def cpu_s(pids: set[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` have used so far (gone ones: 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 async def one(n: int, mode: str, workdir: Path) -> dict[str, Any]:
     sc = scenario(n)
     out = workdir / f"{mode}-{n}"
@@ -97,14 +111,23 @@ async def one(n: int, mode: str, workdir: Path) -> dict[str, Any]:
             nodes_kb = sum(pss_kb(p) for p in pids)
             coord = player.coordinator.proc
             coord_kb = pss_kb(coord.pid) if coord is not None else 0
+            # The epoch's CPU in every process of the run (this driver, the coordinator,
+            # the nodes): what the machine's load does not change, unlike the wall time.
+            procs = {os.getpid(), *pids} | ({coord.pid} if coord is not None else set())
+            runner = getattr(player.fleet, "proc", None)
+            if runner is not None:
+                procs.add(runner.pid)
+            cpu0 = cpu_s(procs)
             t1 = time.monotonic()
             rec = await player.play_epoch(0)
             epoch_s = time.monotonic() - t1
+            epoch_cpu = cpu_s(procs) - cpu0
         finally:
             await player.stop()
     grants = sum(a.reason == "granted" for a in rec.attempts)
     return {"mode": mode, "nodes": n, "startup_s": round(startup, 2),
-            "epoch_s": round(epoch_s, 2), "nodes_mb": round(nodes_kb / 1024, 1),
+            "epoch_s": round(epoch_s, 2), "epoch_cpu_s": round(epoch_cpu, 2),
+            "nodes_mb": round(nodes_kb / 1024, 1),
             "per_node_mb": round(nodes_kb / 1024 / n, 2),
             "coordinator_mb": round(coord_kb / 1024, 1),
             "attempts": len(rec.attempts), "grants": grants, "included": len(rec.included),
@@ -114,9 +137,10 @@ async def one(n: int, mode: str, workdir: Path) -> dict[str, Any]:
             "warnings": rec.warnings}
 
 
-def fit_exponent(rows: list[dict[str, Any]]) -> tuple[float, float] | None:
-    """(a, b) of epoch_s = a * N^b by least squares on log-log; None under 2 points."""
-    pts = [(math.log(r["nodes"]), math.log(max(r["epoch_s"], 1e-3))) for r in rows]
+def fit_exponent(rows: list[dict[str, Any]], key: str = "epoch_s"
+                 ) -> tuple[float, float] | None:
+    """(a, b) of row[key] = a * N^b by least squares on log-log; None under 2 points."""
+    pts = [(math.log(r["nodes"]), math.log(max(r[key], 1e-3))) for r in rows]
     if len({x for x, _ in pts}) < 2:
         return None
     mx = sum(x for x, _ in pts) / len(pts)
@@ -143,6 +167,14 @@ def figures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             f"epoch time exponent, inproc N={inproc[0]['nodes']}..{inproc[-1]['nodes']}",
             round(b, 3), "", ceiling=1.0, ratio=1.0 / b if b > 0 else None,
             goal=f"<= {GOAL_EXPONENT}", met=b <= GOAL_EXPONENT))
+    cpu_fit = fit_exponent(inproc, "epoch_cpu_s") if len(inproc) >= 3 else None
+    if cpu_fit is not None:
+        b = cpu_fit[1]
+        out.append(figure(
+            f"epoch CPU exponent (all processes), inproc N={inproc[0]['nodes']}.."
+            f"{inproc[-1]['nodes']}", round(b, 3), "", ceiling=1.0,
+            ratio=1.0 / b if b > 0 else None, goal=f"<= {GOAL_EXPONENT}",
+            met=b <= GOAL_EXPONENT))
     if inproc:
         small, big = inproc[0], inproc[-1]
         n = big["nodes"]
@@ -153,6 +185,11 @@ def figures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ratio=linear / big["epoch_s"] if big["epoch_s"] > 0 else None,
             goal=f"< {GOAL_SECONDS:.0f} s at {GOAL_NODES} nodes" if at_goal else None,
             met=big["epoch_s"] < GOAL_SECONDS and complete(big) if at_goal else None))
+        out.append(figure(f"epoch CPU, {n} nodes in one process (all processes)",
+                          big["epoch_cpu_s"], "s", ceiling=round(
+                              small["epoch_cpu_s"] * n / small["nodes"], 2),
+                          ratio=small["epoch_cpu_s"] * n / small["nodes"] / big["epoch_cpu_s"]
+                          if big["epoch_cpu_s"] > 0 else None))
         out.append(figure(f"start-up, {n} nodes in one process", big["startup_s"], "s"))
         out.append(figure(f"memory per node, {n} in one process",
                           round(1024 * big["per_node_mb"], 1), "KiB"))
@@ -241,7 +278,7 @@ def main() -> int:
           file=note, flush=True)
     rows: list[dict[str, Any]] = []
     failed = False
-    print(f"{'mode':8} {'nodes':>6} {'start s':>8} {'epoch s':>8} {'nodes MB':>9} "
+    print(f"{'mode':8} {'nodes':>6} {'start s':>8} {'epoch s':>8} {'CPU s':>7} {'nodes MB':>9} "
           f"{'MB/node':>8} {'coord MB':>9} {'attempts':>9} {'grants':>7}  phases (s)",
           file=note, flush=True)
     for mode in modes:
@@ -254,6 +291,7 @@ def main() -> int:
                 break
             rows.append(row)
             print(f"{mode:8} {n:>6} {row['startup_s']:>8} {row['epoch_s']:>8} "
+                  f"{row['epoch_cpu_s']:>7} "
                   f"{row['nodes_mb']:>9} {row['per_node_mb']:>8} {row['coordinator_mb']:>9} "
                   f"{row['attempts']:>9} {row['grants']:>7}  "
                   + " ".join(f"{k} {v}" for k, v in row["phases_s"].items())
@@ -267,6 +305,11 @@ def main() -> int:
         print(f"\nfit over the inproc ladder: epoch s = {fit[0]:.3g} * N^{fit[1]:.3f}; "
               "points (N, epoch s): "
               + ", ".join(f"({r['nodes']}, {r['epoch_s']})" for r in inproc),
+              file=note, flush=True)
+        cfit = fit_exponent(inproc, "epoch_cpu_s")
+        assert cfit is not None
+        print(f"epoch CPU s (all processes) = {cfit[0]:.3g} * N^{cfit[1]:.3f}; points: "
+              + ", ".join(f"({r['nodes']}, {r['epoch_cpu_s']})" for r in inproc),
               file=note, flush=True)
     figs = figures(rows)
     print_figures(figs, note)

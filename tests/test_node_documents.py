@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from helpers.memnet import MemoryNet
@@ -142,3 +143,40 @@ async def test_a_client_trusting_another_key_never_reads_a_shared_document(
             await wrong.allocation(1)
         assert fake.gets["/v1/allocation/1"] == 3
         assert (await right.outcome(1)).included == frozenset()
+
+
+@pytest.mark.asyncio
+async def test_the_same_announcement_bytes_are_verified_once_per_process(
+    net: MemoryNet, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.client as client_module
+
+    opened = 0
+    real = client_module.open_embedded
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(client_module, "open_embedded", counting)
+    fake = ScriptedCoordinator(ident(90), clock=clock)
+    url = f"http://{await net.serve(fake.app())}"
+    fake.open(1, deadline=NOW + 60)
+    docs = SharedDocuments()
+    async with net.session() as session:
+        clients = [CoordinatorClient(session, url, coordinator_key=ident(90).public_key,
+                                     documents=docs) for _ in range(3)]
+        for c in clients:
+            assert (await c.announcement())[1].epoch == 1
+        assert opened == 1
+        fake.open(2, deadline=NOW + 120)  # new bytes: verified again
+        assert [(await c.announcement())[1].epoch for c in clients] == [2, 2, 2]
+        assert opened == 2
+        stranger = CoordinatorClient(session, url, coordinator_key=ident(91).public_key,
+                                     documents=docs)
+        with pytest.raises(InkindError):  # same bytes, another trusted key: refused
+            await stranger.announcement()
+        with pytest.raises(InkindError):  # and the refusal was not remembered as a value
+            await stranger.announcement()
+        assert opened == 4
