@@ -29,10 +29,20 @@ from helpers.coordinator import (
     registration,
     runner,
 )
+from helpers.memnet import MemoryNet
 
 from coordinator.config import CoordinatorConfig
 from coordinator.enforcement import UNREACHABLE, Exclusion, find_free_riders
-from coordinator.probe import ProbeResult, Target, probe_host, round_times, targets, unanswered
+from coordinator.probe import (
+    PROBE_CONCURRENCY,
+    ProbeResult,
+    Target,
+    probe_host,
+    probe_round,
+    round_times,
+    targets,
+    unanswered,
+)
 from coordinator.service import COORDINATOR as APP_KEY
 from coordinator.service import make_app
 from coordinator.store import Store
@@ -367,3 +377,37 @@ async def test_undecodable_admin_header_is_unauthorized_not_a_crash(tmp_path: Pa
             assert b'"unauthorized"' in answer
     finally:
         store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_round_of_many_hosts_keeps_a_bounded_number_in_flight(net: MemoryNet) -> None:
+    """Thousands of hosts: probes queue before their timeout starts, so none is found
+    unanswered because the round's own pool of connections was busy."""
+    hosts = [node(10 + i) for i in range(PROBE_CONCURRENCY + 7)]
+    in_flight = peak = 0
+    full = asyncio.Event()
+
+    def app_of(who: Identity) -> web.Application:
+        async def answer(request: web.Request) -> web.Response:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            if in_flight >= PROBE_CONCURRENCY:
+                full.set()
+            await asyncio.wait_for(full.wait(), 30)  # until the first turns are all in
+            in_flight -= 1
+            env = make_probe_answer(who, epoch=int(request.match_info["epoch"]),
+                                    nonce=request.match_info["nonce"])
+            return web.Response(body=env.to_bytes())
+
+        app = web.Application()
+        app.router.add_get("/v1/probe/{epoch}/{nonce}", answer)
+        return app
+
+    targets_ = {h.node_id: Target(endpoint=await net.serve(app_of(h)), public_key=h.public_key)
+                for h in hosts}
+    async with net.session() as session:
+        results = await probe_round(3, targets_, clock=lambda: T0, timeout=30.0, attempts=1,
+                                    session=session)
+    assert len(results) == len(hosts) and all(r.answered for r in results)
+    assert peak == PROBE_CONCURRENCY
