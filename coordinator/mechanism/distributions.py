@@ -326,6 +326,8 @@ class TypeDistribution:
         """Whether g is nondecreasing (the paper's standing assumption after eq. 2)."""
         if self._regular:
             return self._regular[0]
+        if self._uniform:
+            return True  # g = 2θ − high
         x = np.linspace(self.low, self.high, points)[1:-1]
         gx = self.g(x)
         ok = bool(np.all(np.diff(gx) >= -1e-9 * (1.0 + np.abs(gx[1:]))))

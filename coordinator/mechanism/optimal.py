@@ -19,6 +19,7 @@ Section 3 prescribes after (16). The first best is the same computation at λ = 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import interpolate, optimize
 
+from . import moments
 from .declared import Resolver
+from .distributions import TypeDistribution
 from .market import Market, check_solvable
 from .multipliers import kkt_multipliers
 from .provision import Provision, provision_for
@@ -38,6 +41,13 @@ FloatArray = npt.NDArray[np.float64]
 TABLE_POINTS = 1025
 LATTICE_TABLE_POINTS = 257
 LAMBDA_XTOL = 1e-13
+METHODS = ("auto", "moments", "moment-laws", "lattice", "relaxed")
+# The vectorised search for the pooled multiplier scans t = λ/(1 + λ) on this grid in one
+# pass: 65 points on [0, 0.5], then toward 1 as the scalar search widens its bracket
+# (1 − (1 − t)/4 each step, until 1 − 1e-12).
+T_GRID = np.concatenate([np.linspace(0.0, 0.5, 65), 1.0 - 0.5 * 0.25 ** np.arange(1, 20)])
+# Grid points around the bracket through which the interpolating polynomial is drawn.
+INTERPOLATION_POINTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,8 @@ class Evaluation:
     cost: FloatArray  # [l] = E[c_l(Q_l)]
     laws: tuple[SumLaw, ...]
     rel_error: float
+    # [k, j]: V_k(θ) = Σ_j interim[k, j] w_k(θ)^j, from the vectorised moment method only.
+    interim: FloatArray | None = None
 
 
 def _groups(market: Market, lambdas: FloatArray, exclusion: bool, l: int) -> list[Group]:
@@ -64,10 +76,14 @@ def _groups(market: Market, lambdas: FloatArray, exclusion: bool, l: int) -> lis
 
 @dataclass(slots=True)
 class Refinement:
-    """The lattice resolution reached so far in one solve (None: the default), so later
-    evaluations start where earlier ones had to go to meet the tolerance."""
+    """What one solve carries from evaluation to evaluation: the lattice resolution
+    reached so far (None: the default), so later evaluations start where earlier ones
+    had to go to meet the tolerance, and the vectorised moment engine once built (it
+    holds what depends only on the market)."""
 
     bins: int | None = None
+    engine: moments.MomentEngine | None = None
+    engine_checked: bool = False
 
 
 def evaluate(market: Market, lambdas: FloatArray, *, exclusion: bool,
@@ -80,7 +96,11 @@ def evaluate(market: Market, lambdas: FloatArray, *, exclusion: bool,
     returned ``rel_error`` is the estimate reached, which the caller compares with
     ``tol``. ``refine`` carries the resolution between calls of one solve.
     """
+    _check_method(method)
     refine = Refinement() if refine is None else refine
+    engine = _engine(market, exclusion, provisions, method, refine)
+    if engine is not None:
+        return _from_batch(engine.evaluate(lambdas))
     while True:
         ev = _evaluate_once(market, lambdas, exclusion=exclusion, provisions=provisions,
                             method=method, bins=refine.bins)
@@ -104,8 +124,8 @@ def _evaluate_once(market: Market, lambdas: FloatArray, *, exclusion: bool,
     laws = []
     for l in range(L):
         prov = provisions[l]
-        law = sum_law(_groups(market, lambdas, exclusion, l), [prov.benefit, prov.cost], method,
-                      bins)
+        law = sum_law(_groups(market, lambdas, exclusion, l), [prov.benefit, prov.cost],
+                      "moments" if method == "moment-laws" else method, bins)
         laws.append(law)
         ec[l] = law.expect(prov.cost)
         for k in range(L):
@@ -122,47 +142,120 @@ def _evaluate_once(market: Market, lambdas: FloatArray, *, exclusion: bool,
                       tuple(laws), max(law.rel_error for law in laws))
 
 
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+
+
+def _engine(market: Market, exclusion: bool, provisions: list[Provision], method: str,
+            refine: Refinement) -> moments.MomentEngine | None:
+    """The vectorised moment method where it applies and ``method`` allows it ("auto",
+    "moments"); None sends the caller down the per-location laws ("moment-laws" forces
+    them: the general path the vectorised one is checked against). Built once per solve
+    (``refine`` carries it)."""
+    if not refine.engine_checked:
+        refine.engine_checked = True
+        if method in ("auto", "moments") and moments.applies(market, exclusion=exclusion,
+                                                             provisions=provisions):
+            refine.engine = moments.MomentEngine(market, provisions)
+    return refine.engine
+
+
+def _from_batch(batch: moments.Batch, row: int = 0) -> Evaluation:
+    return Evaluation(batch.lambdas[row], float(batch.welfare[row]), batch.constraints[row],
+                      batch.benefit_theta[row], batch.benefit_g[row], batch.cost[row],
+                      tuple(batch.law(row, l) for l in range(batch.cost.shape[1])), 0.0,
+                      batch.interim[row])
+
+
 def _solve_money(f: Any) -> tuple[float, str]:
     """Smallest λ ≥ 0 with constraint(λ) ≥ 0, binding when λ > 0 (Lemma 3)."""
     h0 = f(0.0)
     if h0 >= 0.0:
-        return 0.0, "constraint slack at λ = 0: the first best is implementable"
+        return 0.0, SLACK
     # Search in t = λ/(1+λ) ∈ [0, 1): λ → ∞ is the revenue-maximising mechanism.
     t_hi = 0.5
     while f(t_hi / (1.0 - t_hi)) < 0.0:
         t_hi = 1.0 - (1.0 - t_hi) / 4.0
         if t_hi > 1.0 - 1e-12:
-            return math.inf, "no λ makes the constraint bind: only Q = 0 is feasible"
+            return math.inf, INFEASIBLE
     t = optimize.brentq(lambda s: f(s / (1.0 - s)), 0.0, t_hi, xtol=LAMBDA_XTOL, maxiter=200)
-    return t / (1.0 - t), "constraint binds"
+    return t / (1.0 - t), BINDS
+
+
+SLACK = "constraint slack at λ = 0: the first best is implementable"
+INFEASIBLE = "no λ makes the constraint bind: only Q = 0 is feasible"
+BINDS = "constraint binds"
+
+
+def _solve_money_batched(h: Callable[[FloatArray], FloatArray]) -> tuple[float, str]:
+    """:func:`_solve_money` for a constraint ``h`` evaluated on a vector of λ at once.
+
+    One pass over :data:`T_GRID` brackets the smallest root in t = λ/(1+λ); the root of
+    the polynomial through the INTERPOLATION_POINTS grid values around the bracket is
+    accepted when a second pass finds h changing sign within LAMBDA_XTOL/2 of it (the
+    accuracy brentq guarantees the scalar search); otherwise brentq finishes on the
+    bracket. h is smooth where θ₀ moves freely, so the check rarely fails.
+    """
+    lam = T_GRID / (1.0 - T_GRID)
+    v = h(lam)
+    if v[0] >= 0.0:
+        return 0.0, SLACK
+    up = np.flatnonzero(v >= 0.0)
+    if not up.size:
+        return math.inf, INFEASIBLE
+    i = int(up[0])
+    lo, hi = float(T_GRID[i - 1]), float(T_GRID[i])
+    first = min(max(i - INTERPOLATION_POINTS // 2, 0), T_GRID.size - INTERPOLATION_POINTS)
+    idx = slice(first, first + INTERPOLATION_POINTS)
+    # The interpolating polynomial in x = (t − mid)/half, by its Vandermonde system.
+    mid, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
+    x = (T_GRID[idx] - mid) / half
+    c = np.linalg.solve(np.vander(x, increasing=True), v[idx])[::-1].tolist()
+
+    def poly(t: float) -> float:
+        y, z = 0.0, (t - mid) / half
+        for a in c:
+            y = y * z + a
+        return y
+
+    t = float(optimize.brentq(poly, lo, hi, xtol=1e-16, rtol=4 * np.finfo(float).eps))
+    d = 0.5 * LAMBDA_XTOL
+    check = h(np.array([t - d, t + d]) / (1.0 - np.array([t - d, t + d])))
+    if not (check[0] < 0.0 <= check[1]):
+        t = optimize.brentq(lambda s: float(h(np.array([s / (1.0 - s)]))[0]), lo, hi,
+                            xtol=LAMBDA_XTOL, maxiter=200)
+    return t / (1.0 - t), BINDS
 
 
 def solve_lambdas(market: Market, *, exclusion: bool, provisions: list[Provision],
                   method: str = "auto", tol: float = DEFAULT_TOL,
                   refine: Refinement | None = None) -> tuple[FloatArray, bool, str]:
     """Multipliers λ (one, or one per location in kind) by complementary slackness."""
+    _check_method(method)
     L = market.L
     refine = Refinement() if refine is None else refine
-
-    def money(lam: float) -> float:
-        return float(evaluate(market, np.full(L, lam), exclusion=exclusion,
-                              provisions=provisions, method=method, tol=tol,
-                              refine=refine).constraints.sum())
-
-    lam, status = _solve_money(money)
-    if not math.isfinite(lam):
-        return np.full(L, np.inf), False, status
-    if market.payment == "money" or L == 1:
-        return np.full(L, lam), True, status
-    scale = max(1.0, abs(evaluate(market, np.zeros(L), exclusion=exclusion,
-                                  provisions=provisions, method=method, tol=tol,
-                                  refine=refine).welfare))
+    engine = _engine(market, exclusion, provisions, method, refine)
 
     def values(lam_v: FloatArray) -> tuple[float, FloatArray]:
+        if engine is not None:
+            w, c = engine.values(lam_v)
+            return float(w[0]), c[0]
         ev = evaluate(market, lam_v, exclusion=exclusion, provisions=provisions, method=method,
                       tol=tol, refine=refine)
         return ev.welfare, ev.constraints
 
+    if engine is not None and not engine.general:
+        # Every prior uniform: a pass costs about one evaluation whatever its length.
+        lam, status = _solve_money_batched(
+            lambda lams: engine.values(np.repeat(lams[:, None], L, axis=1))[1].sum(axis=1))
+    else:
+        lam, status = _solve_money(lambda x: float(values(np.full(L, x))[1].sum()))
+    if not math.isfinite(lam):
+        return np.full(L, np.inf), False, status
+    if market.payment == "money" or L == 1:
+        return np.full(L, lam), True, status
+    scale = max(1.0, abs(values(np.zeros(L))[0]))
     return kkt_multipliers(values, np.full(L, lam), scale)
 
 
@@ -204,6 +297,29 @@ def _piecewise_spline(grid: FloatArray, values: FloatArray,
     return interpolate.PPoly(np.hstack(cs), np.concatenate(xs))
 
 
+def _polynomial_table(dist: TypeDistribution, lam: float, theta0: float,
+                      d: FloatArray) -> InterimTable:
+    """V (8) and P (12) in closed form for U[a, b] under the vectorised moment method:
+    w(θ) = sθ − λb with s = 1 + 2λ, V(θ) = Σ_j d_j w(θ)^j, and
+    P(θ) = θ V(θ) − ∫_{θ₀}^θ V = θ V(θ) − (D(w(θ)) − D(w(θ₀)))/s, D the antiderivative
+    of Σ_j d_j w^j. Exact up to rounding: no table, no spline."""
+    pp = np.polynomial.polynomial
+    s = 1.0 + 2.0 * lam
+    t = lam * dist.high
+    D = np.concatenate([[0.0], d / np.arange(1, d.size + 1)])
+    D0 = float(pp.polyval(s * theta0 - t, D))
+
+    def V(theta: Any) -> Any:
+        return pp.polyval(s * np.asarray(theta, dtype=float) - t, d)
+
+    def P(theta: Any) -> Any:
+        th = np.asarray(theta, dtype=float)
+        w = s * th - t
+        return th * pp.polyval(w, d) - (pp.polyval(w, D) - D0) / s
+
+    return InterimTable(theta0, dist.high, V, P)
+
+
 def interim_tables(market: Market, ev: Evaluation, *, exclusion: bool,
                    provisions: list[Provision], smooth: bool) -> list[InterimTable]:
     """Tabulate V_k (8) and P_k (12) for each home location k."""
@@ -212,6 +328,10 @@ def interim_tables(market: Market, ev: Evaluation, *, exclusion: bool,
     for k, loc in enumerate(market.locations):
         grp_k = _groups(market, ev.lambdas, exclusion, 0)[k]
         t0 = grp_k.theta0
+        if ev.interim is not None and loc.dist.spec.get("dist") == "uniform":
+            tables.append(_polynomial_table(loc.dist, float(ev.lambdas[k]), t0,
+                                            ev.interim[k]))
+            continue
         lo = t0
         if not exclusion and not np.isfinite(virtual_weight(loc.dist, ev.lambdas[k], lo)):
             lo = float(loc.dist.ppf(1e-12))
@@ -381,6 +501,11 @@ def second_best(market: Market, *, exclusion: bool | None = None,
     for a market it cannot handle (:func:`~coordinator.mechanism.market.check_solvable`).
     ``tol``: relative tolerance on the quadrature's error estimate (see :func:`evaluate`);
     a result whose estimate exceeds it has ``success=False`` and says so in ``status``.
+    ``method``: one of :data:`METHODS`. "auto" takes the vectorised moment method
+    (:mod:`~coordinator.mechanism.moments`, closed forms for uniform priors) where it is
+    exact, otherwise the cheapest exact per-location law (moments or lattice);
+    "moment-laws" forces the per-location moment laws (the general path, same numbers
+    to rounding), "lattice" the lattice.
     """
     _check_tol(tol)
     excl = market.exclusion if exclusion is None else exclusion

@@ -155,21 +155,29 @@ class SumLaw:
 
 
 def _cumulants(m: FloatArray) -> FloatArray:
-    """Cumulants κ_1..κ_K from raw moments m_0..m_K (m_0 = 1); κ[0] is unused."""
-    K = m.shape[0] - 1
-    k = np.zeros(K + 1)
+    """Cumulants κ_1..κ_K from raw moments m_0..m_K (m_0 = 1) along the last axis,
+    κ_r = m_r − Σ_{1≤j<r} C(r−1, j−1) κ_j m_{r−j}; κ[..., 0] is unused (zero)."""
+    K = m.shape[-1] - 1
+    k = np.zeros_like(m)
     for r in range(1, K + 1):
-        k[r] = m[r] - sum(math.comb(r - 1, j - 1) * k[j] * m[r - j] for j in range(1, r))
+        s = m[..., r].copy()
+        for j in range(1, r):
+            s -= math.comb(r - 1, j - 1) * k[..., j] * m[..., r - j]
+        k[..., r] = s
     return k
 
 
 def _moments(k: FloatArray) -> FloatArray:
-    """Raw moments m_0..m_K from cumulants κ_1..κ_K."""
-    K = k.shape[0] - 1
-    m = np.zeros(K + 1)
-    m[0] = 1.0
+    """Raw moments m_0..m_K from cumulants κ_1..κ_K along the last axis,
+    m_r = Σ_{1≤j≤r} C(r−1, j−1) κ_j m_{r−j} (κ[..., 0] is ignored)."""
+    K = k.shape[-1] - 1
+    m = np.zeros_like(k)
+    m[..., 0] = 1.0
     for r in range(1, K + 1):
-        m[r] = sum(math.comb(r - 1, j - 1) * k[j] * m[r - j] for j in range(1, r + 1))
+        s = k[..., r].copy()
+        for j in range(1, r):
+            s += math.comb(r - 1, j - 1) * k[..., j] * m[..., r - j]
+        m[..., r] = s
     return m
 
 
@@ -181,60 +189,71 @@ def integer_exponent(phi: Phi) -> int | None:
     return None
 
 
+def _exponent(phi: Phi, K: int) -> tuple[float, int]:
+    """(coef, r) of a power form c·Z^r with integer r ≤ K, as the moment laws need."""
+    r = integer_exponent(phi)
+    if r is None or r > K:
+        raise ValueError(f"the moment method needs c·Z^r with an integer r <= {K}, got {phi!r}")
+    assert isinstance(phi, Power)
+    return phi.coef, r
+
+
 class MomentLaw(SumLaw):
+    """Z from its moments: ``mz`` (K+1,) the raw moments of Z; for each group k,
+    ``minus[k]`` (K+1,) those of Z without one agent of k and ``t_theta[k]``,
+    ``t_g[k]`` (K+1,) that agent's E[θ π x^r] and E[ḡ π x^r]. Built by quadrature
+    (:meth:`of_groups`) or from the vectorised engine (:mod:`.moments`)."""
+
     method = "moments"
     rel_error = 0.0
 
-    def __init__(self, groups: list[Group], K: int) -> None:
-        self.groups = groups
+    def __init__(self, K: int, mz: FloatArray, minus: FloatArray, t_theta: FloatArray,
+                 t_g: FloatArray) -> None:
         self.K = K
-        self.m: list[FloatArray] = []
-        self.t_theta: list[FloatArray] = []
-        self.t_g: list[FloatArray] = []
-        kz = np.zeros(K + 1)
-        self.kappa: list[FloatArray] = []
-        for grp in groups:
+        self.mz = mz
+        self.minus = minus
+        self.t_theta = t_theta
+        self.t_g = t_g
+
+    @classmethod
+    def of_groups(cls, groups: list[Group], K: int) -> MomentLaw:
+        """One-agent moments by the prior's quadrature rule (Gauss–Legendre), the sum's
+        from cumulants (independent agents: κ(Z) = Σ_k n_k κ(x_k))."""
+        m = np.empty((len(groups), K + 1))
+        t_theta = np.empty_like(m)
+        t_g = np.empty_like(m)
+        for i, grp in enumerate(groups):
             th, wq = grp.dist.nodes(grp.theta0, grp.dist.high)
             f, gf = _tilt_weights(grp.dist, grp.lam, th)
             x = grp.x(th)
             powers = x[None, :] ** np.arange(K + 1)[:, None]
-            m = powers @ (wq * f)
-            m[0] = 1.0  # the excluded agents' atom at x = 0 completes the mass
-            self.m.append(m)
-            self.t_theta.append(powers @ (wq * th * f))
-            self.t_g.append(powers @ (wq * gf))
-            kap = _cumulants(m)
-            self.kappa.append(kap)
-            kz += grp.n * kap
-        self.kz = kz
-        self.mz = _moments(kz)
-        self._minus = [_moments(kz - kap) for kap in self.kappa]
+            m[i] = powers @ (wq * f)
+            t_theta[i] = powers @ (wq * th * f)
+            t_g[i] = powers @ (wq * gf)
+        m[:, 0] = 1.0  # the excluded agents' atom at x = 0 completes the mass
+        kappa = _cumulants(m)
+        kz = np.array([grp.n for grp in groups], dtype=float) @ kappa
+        return cls(K, _moments(kz), _moments(kz[None, :] - kappa), t_theta, t_g)
 
     def expect(self, phi: Phi) -> float:
-        assert isinstance(phi, Power)
-        r = integer_exponent(phi)
-        assert r is not None and r <= self.K
-        return float(phi.coef * self.mz[r])
+        c, r = _exponent(phi, self.K)
+        return float(c * self.mz[r])
 
     def tilted(self, phi: Phi, k: int) -> tuple[float, float]:
-        assert isinstance(phi, Power)
-        r = integer_exponent(phi)
-        assert r is not None and r <= self.K
-        mm = self._minus[k]
-        c = np.array([math.comb(r, j) * mm[r - j] for j in range(r + 1)])
-        return (float(phi.coef * c @ self.t_theta[k][: r + 1]),
-                float(phi.coef * c @ self.t_g[k][: r + 1]))
+        c, r = _exponent(phi, self.K)
+        mm = self.minus[k]
+        w = np.array([math.comb(r, j) * mm[r - j] for j in range(r + 1)])
+        return (float(c * w @ self.t_theta[k][: r + 1]),
+                float(c * w @ self.t_g[k][: r + 1]))
 
     def given(self, phi: Phi, k: int, x: FloatArray) -> FloatArray:
-        assert isinstance(phi, Power)
-        r = integer_exponent(phi)
-        assert r is not None and r <= self.K
-        mm = self._minus[k]
+        c, r = _exponent(phi, self.K)
+        mm = self.minus[k]
         x = np.asarray(x, dtype=float)
         out = np.zeros_like(x)
         for j in range(r + 1):
             out += math.comb(r, j) * x**j * mm[r - j]
-        return phi.coef * out
+        return c * out
 
 
 def _negative_part_negligible(groups: list[Group]) -> bool:
@@ -503,7 +522,7 @@ def sum_law(groups: list[Group], phis: list[Phi], method: str = "auto",
         # Evidence only: moments of Z with the positive part dropped, i.e. the relaxed
         # problem that lets Q(θ) follow the pointwise formula even where the weighted
         # sum is negative. Not a feasible mechanism; see README ("disagreements").
-        return MomentLaw(groups, max(e for e in (integer_exponent(p) for p in phis)
+        return MomentLaw.of_groups(groups, max(e for e in (integer_exponent(p) for p in phis)
                                      if e is not None))
     exps = [integer_exponent(p) for p in phis]
     moments_ok = all(e is not None for e in exps) and (
@@ -513,7 +532,7 @@ def sum_law(groups: list[Group], phis: list[Phi], method: str = "auto",
     if method == "moments" and not moments_ok:
         raise ValueError("the moment method needs integer power forms and Z >= 0")
     if method == "moments" or (method == "auto" and moments_ok):
-        return MomentLaw(groups, max(e for e in exps if e is not None))
+        return MomentLaw.of_groups(groups, max(e for e in exps if e is not None))
     return LatticeLaw(groups, bins)
 
 
