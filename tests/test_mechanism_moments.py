@@ -22,6 +22,10 @@ EVALUATION_RTOL = 1e-10
 # Whole solves: the searches for λ stop within 1e-13 in λ/(1 + λ) (money) or at the KKT
 # tolerances of coordinator.mechanism.multipliers (in kind).
 SOLVE_RTOL = 1e-8
+# In kind the multipliers come from a KKT search (coordinator.mechanism.multipliers)
+# whose stopping rule (constraints within 1e-8 of the welfare scale) leaves λ and θ₀
+# agreeing to about 1e-8 between two paths that round differently.
+IN_KIND_RTOL = 1e-6
 # The general path's interim tables are cubic splines on 1025 points (error O(h⁴));
 # the fast path's are exact polynomials.
 TABLE_RTOL = 1e-7
@@ -92,12 +96,15 @@ def test_fast_and_general_paths_solve_to_the_same_mechanism(m: Market) -> None:
         # "slack" and "binds at λ ≈ 1e-16": the same mechanism either way.)
         assert a.status == b.status
     assert _close(a.welfare, b.welfare, SOLVE_RTOL)
-    assert _close(a.lambdas, b.lambdas, SOLVE_RTOL)
-    assert _close(a.thresholds, b.thresholds, SOLVE_RTOL)
+    multipliers = IN_KIND_RTOL if m.payment == "in_kind" and m.L > 1 else SOLVE_RTOL
+    assert _close(a.lambdas, b.lambdas, multipliers)
+    assert _close(a.thresholds, b.thresholds, multipliers)
     assert a.details["revenue_identity_gap"] <= 1e-9 * max(
         1.0, float(np.max(np.abs(a.details["expected_payments"]))))
     for k, loc in enumerate(m.locations):
-        t = np.linspace(fast.tables[k].theta0, loc.dist.high, 41)
+        # Strictly above both thresholds (they may differ in the last digits).
+        t = np.linspace(max(fast.tables[k].theta0, slow.tables[k].theta0), loc.dist.high,
+                        41)[1:]
         assert _close(fast.tables[k].value(t), slow.tables[k].value(t), TABLE_RTOL)
         assert _close(fast.tables[k].payment(t), slow.tables[k].payment(t), TABLE_RTOL)
     types = m.sample_types(np.random.default_rng(0))
