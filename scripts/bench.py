@@ -23,7 +23,8 @@ Three yardsticks, never mixed up:
 A figure meets its goal when it is at most its ceiling, its reference and its target,
 whichever it has. Every time is the best of several wall-clock runs, each on a freshly
 built market (no cache survives from one run to the next). The machine's load slows
-every figure; the load average goes to stderr with the progress.
+every figure; the load average goes to stderr with the progress. BLAS runs on one
+thread (see below) unless OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say otherwise.
 """
 
 from __future__ import annotations
@@ -39,22 +40,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# The engine's linear algebra is small (at most L × L = 100 × 100), where OpenBLAS's
+# threads only contend for 2 loaded cores: an in-kind posted fee took 1.2-2.6 s with two
+# BLAS threads against 0.25 s with one (load average 14). So one thread, set before numpy
+# loads, unless the caller chose otherwise; a coordinator process should do the same.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coordinator.mechanism import equal_contribution as ec
-from coordinator.mechanism import grid
-from coordinator.mechanism.distributions import TypeDistribution
-from coordinator.mechanism.market import (
+from coordinator.mechanism import equal_contribution as ec  # noqa: E402
+from coordinator.mechanism import grid  # noqa: E402
+from coordinator.mechanism.distributions import TypeDistribution  # noqa: E402
+from coordinator.mechanism.market import (  # noqa: E402
     Location,
     Market,
     PowerCost,
     PowerUtility,
     slides_market,
 )
-from coordinator.mechanism.optimal import second_best
-from coordinator.mechanism.posted_fee import posted_fee
+from coordinator.mechanism.optimal import second_best  # noqa: E402
+from coordinator.mechanism.posted_fee import posted_fee  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
