@@ -188,14 +188,16 @@ INFEASIBLE = "no λ makes the constraint bind: only Q = 0 is feasible"
 BINDS = "constraint binds"
 
 
-def _solve_money_batched(h: Callable[[FloatArray], FloatArray]) -> tuple[float, str]:
+def _solve_money_batched(h: Callable[[FloatArray], FloatArray],
+                         check: Callable[[FloatArray], FloatArray]) -> tuple[float, str]:
     """:func:`_solve_money` for a constraint ``h`` evaluated on a vector of λ at once.
 
     One pass over :data:`T_GRID` brackets the smallest root in t = λ/(1+λ); the root of
     the polynomial through the INTERPOLATION_POINTS grid values around the bracket is
-    accepted when a second pass finds h changing sign within LAMBDA_XTOL/2 of it (the
-    accuracy brentq guarantees the scalar search); otherwise brentq finishes on the
-    bracket. h is smooth where θ₀ moves freely, so the check rarely fails.
+    accepted when a second pass (``check``, the same constraint, at t − δ, t, t + δ)
+    finds h changing sign within δ = LAMBDA_XTOL/2 of it (the accuracy brentq
+    guarantees the scalar search); otherwise brentq finishes on the bracket. h is
+    smooth where θ₀ moves freely, so the check rarely fails.
     """
     lam = T_GRID / (1.0 - T_GRID)
     v = h(lam)
@@ -221,8 +223,9 @@ def _solve_money_batched(h: Callable[[FloatArray], FloatArray]) -> tuple[float, 
 
     t = float(optimize.brentq(poly, lo, hi, xtol=1e-16, rtol=4 * np.finfo(float).eps))
     d = 0.5 * LAMBDA_XTOL
-    check = h(np.array([t - d, t + d]) / (1.0 - np.array([t - d, t + d])))
-    if not (check[0] < 0.0 <= check[1]):
+    pts = np.array([t - d, t, t + d])
+    near = check(pts / (1.0 - pts))
+    if not (near[0] < 0.0 <= near[2]):
         t = optimize.brentq(lambda s: float(h(np.array([s / (1.0 - s)]))[0]), lo, hi,
                             xtol=LAMBDA_XTOL, maxiter=200)
     return t / (1.0 - t), BINDS
@@ -247,8 +250,12 @@ def solve_lambdas(market: Market, *, exclusion: bool, provisions: list[Provision
 
     if engine is not None and not engine.general:
         # Every prior uniform: a pass costs about one evaluation whatever its length.
+        # The check pass evaluates everything (the engine remembers it): its middle
+        # row is the solution's evaluation when the check succeeds.
         lam, status = _solve_money_batched(
-            lambda lams: engine.values(np.repeat(lams[:, None], L, axis=1))[1].sum(axis=1))
+            lambda lams: engine.values(np.repeat(lams[:, None], L, axis=1))[1].sum(axis=1),
+            lambda lams: engine.evaluate(np.repeat(lams[:, None], L, axis=1))
+            .constraints.sum(axis=1))
     else:
         lam, status = _solve_money(lambda x: float(values(np.full(L, x))[1].sum()))
     if not math.isfinite(lam):
