@@ -64,7 +64,7 @@ def _close(a: object, b: object, rtol: float) -> bool:
     return bool(np.all(np.abs(x - y) <= rtol * scale))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(m=markets(uniform_only=False), seed=st.integers(0, 2**31 - 1))
 def test_fast_and_general_paths_agree_at_any_multipliers(m: Market, seed: int) -> None:
     provisions = [provision_for(loc, m) for loc in m.locations]
@@ -83,7 +83,7 @@ def test_fast_and_general_paths_agree_at_any_multipliers(m: Market, seed: int) -
                           slow.laws[l].given(prov.benefit, k, x), EVALUATION_RTOL)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(m=markets())
 def test_fast_and_general_paths_solve_to_the_same_mechanism(m: Market) -> None:
     fast = second_best(m)
