@@ -242,13 +242,35 @@ def _check_tree(value: object, max_depth: int, depth: int = 1) -> None:
         # still refused for the same one.
         if isinstance(value, dict):
             for key in value:
-                if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-                    raise MalformedError(f"bad object key {key!r:.80}")
+                if type(key) is not str or key not in _GOOD_KEYS:
+                    _check_key(key)
             items = reversed(value.values())
         else:
             items = reversed(value)
         for sub in items:
-            _check_tree(sub, max_depth, depth + 1)
+            # Exact ints and strings (most leaves) inline; anything else recurses.
+            kind = type(sub)
+            if kind is int:
+                if not -MAX_SAFE_INTEGER <= sub <= MAX_SAFE_INTEGER:
+                    raise OutOfRangeError("integer outside [-(2**53-1), 2**53-1]")
+            elif kind is str:
+                if not sub.isascii():
+                    _check_text(sub)
+            else:
+                _check_tree(sub, max_depth, depth + 1)
+
+
+#: Object keys already found good (the message catalogue's field names, in practice);
+#: bounded so that keys a peer makes up cannot grow it without limit.
+_GOOD_KEYS: set[str] = set()
+_GOOD_KEYS_MAX = 1024
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise MalformedError(f"bad object key {key!r:.80}")
+    if len(_GOOD_KEYS) < _GOOD_KEYS_MAX:
+        _GOOD_KEYS.add(key)
 
 
 def _check_text(text: str) -> None:
