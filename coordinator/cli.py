@@ -25,7 +25,7 @@ from aiohttp import web
 from coordinator.config import CoordinatorConfig
 from coordinator.enforcement import REBUTTAL_SECONDS
 from coordinator.penalty import PenaltyPolicy
-from coordinator.service import COORDINATOR, make_app, make_runner
+from coordinator.service import COORDINATOR, make_app, make_runner, new_event_loop
 from coordinator.store import Store, StoreError
 from protocol import Identity
 from protocol.errors import KeyFileError
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inkind-coordinator: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(config, store, identity, args.host, args.port))
+        with asyncio.Runner(loop_factory=new_event_loop) as loop_runner:
+            loop_runner.run(serve(config, store, identity, args.host, args.port))
     except (StoreError, OSError) as exc:
         print(f"inkind-coordinator: {exc}", file=sys.stderr)
         return 1

@@ -91,6 +91,18 @@ JSON = "application/json"
 DIRECTORY_EPOCHS = 2
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The event loop the coordinator is served on: uvloop's where it is installed (a
+    dependency on POSIX systems), else asyncio's. Under the ingest benchmark uvloop's
+    loop spends about a third less CPU per HTTP request than asyncio's; the handlers are
+    the same, and the tests run them on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def wall_clock() -> int:
     """Unix time in whole seconds (the default clock)."""
     return int(time.time())

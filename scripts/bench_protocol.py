@@ -37,7 +37,8 @@ Each figure judged against a ceiling prints the ceiling and the ratio beside it;
    "Session decisions" (later requests in a session authenticated by a MAC) are not
    implemented, so that figure is not reported.
 3. Coordinator ingest: the coordinator app (:func:`coordinator.service.make_app`, served by
-   :func:`coordinator.service.make_runner` as its command line does) in a child process, a
+   :func:`coordinator.service.make_runner` on :func:`coordinator.service.new_event_loop`, as
+   its command line does: uvloop where installed) in a child process, a
    real SQLite store (WAL, ``synchronous=FULL``) in a temporary directory, manual epochs
    (``POST /v1/admin/open`` with the admin token). The nodes register (not timed), an
    epoch opens, all declarations are signed in advance and posted over loopback with 32
@@ -374,7 +375,13 @@ def serve(kind: str, arg: Any, conn: Connection) -> None:
             await runner.cleanup()
             close()
 
-    asyncio.run(main())
+    if kind == "coordinator":  # on the event loop its command line serves it on
+        from coordinator.service import new_event_loop
+
+        with asyncio.Runner(loop_factory=new_event_loop) as loop_runner:
+            loop_runner.run(main())
+    else:
+        asyncio.run(main())
 
 
 class Child:
