@@ -9,7 +9,6 @@ page's URL is printed on a line of its own.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,15 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any)")
     args = p.parse_args(argv)
     path = args.report / "report.json" if args.report.is_dir() else args.report
+    from coordinator.testbed.schema import ReportError, load_report
+
     try:
-        report = json.loads(path.read_text())
-        scenario, _ = report["scenario"], report["summary"]["checks"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"dashboard: {path} is not a testbed report: {exc}", file=sys.stderr)
+        report = load_report(path).model_dump(mode="json")  # validated: a typed report
+    except ReportError as exc:
+        print(f"dashboard: {exc}", file=sys.stderr)
         return 2
     from coordinator.testbed.dashboard import Board
 
-    board = Board(scenario, live=False)
+    board = Board(report["scenario"], live=False)
     board.finish(report)
     try:
         url = board.serve(args.port)

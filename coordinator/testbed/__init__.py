@@ -13,7 +13,8 @@
   roaming on the nodes' behalf (it created their keys) with :mod:`.wire`, built on
   ``protocol`` alone;
 * :mod:`.records` holds what was observed, :mod:`.checks` the invariants judged on it,
-  and :mod:`.report` turns both into ``report.json``, ``report.md`` and plots.
+  and :mod:`.report` turns both into ``report.json`` (typed and validated by
+  :mod:`.schema`), ``report.md`` and plots.
 
 Layering: the testbed is the ``scripts/`` layer of DESIGN.md, packaged here so that
 tests reach it. It imports ``protocol`` and the mechanism library (for its reports),

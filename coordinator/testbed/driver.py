@@ -87,6 +87,7 @@ from .scenario import (
     resolve_faults,
     roaming_script,
 )
+from .schema import validate_epoch
 from .wire import Coordinator, DirectoryEntry, ask
 
 #: How long the driver waits for the nodes to reach a phase before it goes on without
@@ -562,6 +563,7 @@ class Player:
             self.report_context = ReportContext(self.scenario, self.options.seed,
                                                 self.n_epochs)
         figures = await asyncio.to_thread(epoch_report, self.report_context, self.record, rec)
+        figures = validate_epoch(figures).model_dump(mode="json")  # as report.json holds it
         self.options.board.epoch(figures, [
             {"node": x["node"], "epoch": x["detected_epoch"],
              "excluded_epoch": x["excluded_epoch"], "reason": x["reason"],

@@ -58,6 +58,7 @@ from . import checks
 from .checks import Verdict
 from .records import EpochRecord, Options, RunRecord, digest
 from .scenario import Scenario, population, resolve_faults, roaming_script
+from .schema import validate_report
 
 #: Confidence of the interval plotted and tabulated for a service rate.
 CI_REPORTED = 0.95
@@ -333,6 +334,8 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
 
 def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
                  wall_s: float, interrupted: bool = False) -> dict[str, Any]:
+    """The report of ``runs`` as report.json holds it: a :class:`.schema.Report`, validated
+    (ReportError if the code built something else), as plain JSON values."""
     n_epochs = options.epochs or scenario.epochs
     ctx = ReportContext(scenario, options.seed, n_epochs)
     epochs: list[dict[str, Any]] = []
@@ -422,7 +425,8 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
         "ok": verdict.ok,
         "verdict": verdict.summary(),
     }
-    return {
+    # Validated against the typed report (schema.py) before anyone reads or writes it.
+    return validate_report({
         "scenario": {
             "name": scenario.name, "path": scenario.path, "description": scenario.description,
             "kind": scenario.kind, "payment": scenario.payment,
@@ -447,7 +451,7 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
         "reproducibility": repro,
         "unit": "quantities in units of the resource kind (money units for money payments); "
                 "latency in milliseconds",
-    }
+    }).model_dump(mode="json")
 
 
 def _z(realised: float | None, expected: float | None, sd: float | None) -> float | None:
