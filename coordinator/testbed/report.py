@@ -610,7 +610,23 @@ def markdown(report: dict[str, Any], pngs: list[str]) -> str:
     return "\n".join(lines)
 
 
-MECHANISM_COLOURS = {"posted_fee": "#1f77b4", "optimal": "#9467bd"}
+#: Mechanism colours: dark, and none of REASON_COLOURS / REASON_SPARE, so a line's colour
+#: never reads as an access outcome of the bar chart.
+MECHANISM_COLOURS = {"posted_fee": "#08519c", "optimal": "#252525"}
+#: The legends show line styles in this neutral grey; the colour is the mechanism, named
+#: in its colour under its epochs.
+_KEY = "#777777"
+
+
+def _legend(ax: Any, entries: Sequence[tuple[str, dict[str, Any]]], **kw: Any) -> None:
+    """A legend of line styles: (label, Line2D or Patch keywords; ``patch`` for a band)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=_KEY, label=label, **{k: v for k, v in style.items() if k != "patch"})
+               if style.get("patch") else Line2D([], [], color=_KEY, label=label, **style)
+               for label, style in entries]
+    ax.legend(handles=handles, fontsize=6, **kw)
 
 
 def _positions(epochs: Sequence[dict[str, Any]]) -> tuple[list[float], list[str]]:
@@ -677,22 +693,24 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
                   for p, k in zip(f, n, strict=True)]
             hi = [min(1.0, p + 1.96 * math.sqrt(p * (1 - p) / k)) if k else p
                   for p, k in zip(f, n, strict=True)]
-            ax.plot(rx, f, "--", color=colour, label=f"{mech}: planned f = min(1, Q/area)")
-            ax.fill_between(rx, lo, hi, color=colour, alpha=0.15,
-                            label=f"{mech}: 95% range of the rate if served at f")
+            ax.plot(rx, f, "--", color=colour)
+            ax.fill_between(rx, lo, hi, color=colour, alpha=0.15, linewidth=0)
             for x, e in zip(rx, es, strict=True):
                 loc = e["locations"][l]
                 r, ci = loc["service_rate_included"], loc["service_rate_ci95"]
                 if r is None or ci is None:
                     continue
                 ax.errorbar([x], [r], yerr=[[r - ci[0]], [ci[1] - r]], fmt="o", color=colour,
-                            capsize=3, label=f"{mech}: realised (95% CI)" if x == rx[0] else None)
+                            capsize=3)
         ax.set_title(f"location {name}")
         ticks(ax)
         ax.set_ylim(-0.02, 1.05)
         if l == 0:
             ax.set_ylabel("service rate of included roamers\n(grants / attempts, fraction)")
-            ax.legend(fontsize=6, loc="upper left")
+            _legend(ax, [("planned f = min(1, Q/area)", {"linestyle": "--"}),
+                         ("95% range of the rate if served at f", {"patch": True, "alpha": 0.3}),
+                         ("realised rate (95% CI)", {"marker": "o", "linestyle": ""})],
+                    loc="upper left")
     fig.tight_layout()
     written.append(_save(fig, out / "service.png", plt))
 
@@ -725,32 +743,35 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     written.append(_save(fig, out / "access.png", plt))
 
-    # 3. Welfare against its expectation (band: ± 1 sd over type profiles) and budget.
+    # 3. Welfare against its expectation (bands: ± 1 and ± 2 sd over type profiles; the
+    # outer one is what the report calls "within noise", |z| < 2) and budget.
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.0), squeeze=False)
     ax = axes[0][0]
     for mech, rx, es in runs:
         colour = MECHANISM_COLOURS.get(mech, "#444444")
         exp = [e["welfare_expected"] for e in es]
         sd = [e.get("welfare_sd") or 0.0 for e in es]
-        ax.plot(rx, exp, "--", color=colour, label=f"{mech}: expected")
-        ax.fill_between(rx, [m - s_ for m, s_ in zip(exp, sd, strict=True)],
-                        [m + s_ for m, s_ in zip(exp, sd, strict=True)], color=colour,
-                        alpha=0.15, label=f"{mech}: expected ± 1 sd over type profiles")
-        ax.plot(rx, [e["welfare_realised"] for e in es], "o-", color=colour,
-                label=f"{mech}: realised (planned Q)")
-        ax.plot(rx, [e["welfare_delivered"] for e in es], "^:", color=colour,
-                label=f"{mech}: delivered (Q actually served)")
+        ax.plot(rx, exp, "--", color=colour)
+        for k, alpha in ((2, 0.08), (1, 0.16)):
+            ax.fill_between(rx, [m - k * s_ for m, s_ in zip(exp, sd, strict=True)],
+                            [m + k * s_ for m, s_ in zip(exp, sd, strict=True)],
+                            color=colour, alpha=alpha, linewidth=0)
+        ax.plot(rx, [e["welfare_realised"] for e in es], "o-", color=colour)
+        ax.plot(rx, [e["welfare_delivered"] for e in es], "^:", color=colour)
     ax.set_title("social welfare")
     ax.set_ylabel("welfare (spec units)")
     ticks(ax)
-    ax.legend(fontsize=6)
+    _legend(ax, [("expected (the mechanism's, ex ante)", {"linestyle": "--"}),
+                 ("± 1 sd over type profiles", {"patch": True, "alpha": 0.35}),
+                 ("± 2 sd: within noise (|z| < 2)", {"patch": True, "alpha": 0.15}),
+                 ("realised (true types, planned Q)", {"marker": "o"}),
+                 ("delivered (Q actually served)", {"marker": "^", "linestyle": ":"})],
+            loc="best")
     ax = axes[0][1]
     for mech, rx, es in runs:
         colour = MECHANISM_COLOURS.get(mech, "#444444")
-        ax.plot(rx, [e["budget"]["cost"] for e in es], "s--", color=colour,
-                label=f"{mech}: cost Σ c_l(n_l, Q_l)")
-        ax.plot(rx, [e["budget"]["payments"] for e in es], "o-", color=colour,
-                label=f"{mech}: payments / contributions owed")
+        ax.plot(rx, [e["budget"]["cost"] for e in es], "s--", color=colour)
+        ax.plot(rx, [e["budget"]["payments"] for e in es], "o-", color=colour)
     ax.set_title("budget")
     unit = "money units" if report["scenario"]["payment"] == "money" else "resource units"
     ax.set_ylabel(f"cost and payments ({unit})")
@@ -758,7 +779,8 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
               + [e["budget"]["payments"] or 0.0 for e in epochs] + [1e-9])
     ax.set_ylim(0, top * 1.45)  # from zero (a 2% gap looks like one), room for the legend
     ticks(ax)
-    ax.legend(fontsize=6, loc="upper right")
+    _legend(ax, [("cost Σ c_l(n_l, Q_l)", {"marker": "s", "linestyle": "--"}),
+                 ("payments / contributions owed", {"marker": "o"})], loc="upper right")
     fig.tight_layout()
     written.append(_save(fig, out / "welfare_budget.png", plt))
     return written
