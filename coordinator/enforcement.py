@@ -11,11 +11,17 @@ and is excluded from epoch e + 1 (π = 0, no credential) when, at the audit cut-
 (c) it was included with a positive contribution, the coordinator probed it during
     epoch e (:mod:`coordinator.probe`) and it answered none of those probes
     (``unreachable``): a host that is silent, stopped or down did not open what it owed.
-    A host that was never probed is not judged by this rule.
+    A host that was never probed is not judged by this rule; or
+(d) a roamer included in epoch e complained that it left a request unanswered, the
+    coordinator relayed that request to it and it never answered with a signed receipt
+    or refusal (``unanswered_complaint``; README section 7, step 7).
 
-Legitimate reasons (:data:`LEGITIMATE_REASONS`) are the requester's own faults in the
-access exchange, which the coordinator cannot re-check from a refusal alone (a malformed
-request, a bad proof, a replayed or stale request). ``capacity_exhausted`` is
+Legitimate reasons (:data:`LEGITIMATE_REASONS`) are the requester's own faults in what
+it asked (``out_of_range``: a wrong resource, amount or share), which the coordinator
+cannot re-check from a refusal alone. A fault of the exchange itself (a malformed
+request, a bad proof, a replayed or stale request) is never signed by a host's gate (it
+answers those with a plain error, README §7 step 3) and the coordinator re-verifies the
+refused request, so a signed refusal claiming one is unjustified. ``capacity_exhausted`` is
 legitimate only if what the host's receipts of epoch e up to the refusal's time leave of
 the capacity it committed (no commitment counts as zero) is less than the amount the
 request asked (the refusal's ``amount``; absent, 1): ``committed - received < amount``.
@@ -45,14 +51,15 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from coordinator.probe import ProbeResult, unanswered
-from protocol import MAX_CLOCK_SKEW, Allocation, GrantReceipt, Refusal, request_of
+from protocol import MAX_CLOCK_SKEW, Allocation, Complaint, GrantReceipt, Refusal, request_of
 
-#: Refusal reasons that are the requester's fault in the exchange (README §7).
-LEGITIMATE_REASONS = frozenset({
-    "malformed", "too_large", "unknown_field", "missing_field", "wrong_type",
-    "out_of_range", "unexpected_message", "bad_signature", "wrong_signer", "bad_proof",
-    "replay", "expired",
-})
+#: Signed refusal reasons that are the requester's fault (README §7, step 3): the form
+#: of what it asked (a wrong resource, amount or share). A host signs a refusal only for
+#: a request whose credential and proof of possession verified, and the coordinator
+#: verifies that request's signature again, so a signed refusal claiming a fault of
+#: that verification (``malformed``, ``bad_signature``, ``bad_proof``, ``replay``,
+#: ``expired`` ...) is a host's false excuse, never the requester's fault.
+LEGITIMATE_REASONS = frozenset({"out_of_range"})
 #: Legitimate only when the host's receipts already reach its committed capacity.
 CAPACITY_REASON = "capacity_exhausted"
 
@@ -66,9 +73,10 @@ NO_COMMITMENT = "no_commitment"
 SHORT_COMMITMENT = "short_commitment"
 UNJUSTIFIED_REFUSAL = "unjustified_refusal"
 UNREACHABLE = "unreachable"
+UNANSWERED_COMPLAINT = "unanswered_complaint"
 #: Every reason an exclusion may record.
 EXCLUSION_REASONS = frozenset({NO_COMMITMENT, SHORT_COMMITMENT, UNJUSTIFIED_REFUSAL,
-                               UNREACHABLE})
+                               UNREACHABLE, UNANSWERED_COMPLAINT})
 #: Offences that are only about how much was committed: what was committed counts as
 #: delivered. Any other offence (a refusal of someone it owed, no answer to probes) means
 #: the coordinator cannot tell what was delivered, so nothing counts.
@@ -172,6 +180,7 @@ def find_free_riders(
     evidence: Iterable[GrantReceipt | Refusal],
     credential_windows: Mapping[str, tuple[int, int]],
     probes: Iterable[ProbeResult] = (),
+    complaints: Iterable[Complaint] = (),
 ) -> list[Exclusion]:
     """The exclusions for ``allocation.epoch + 1``, sorted, one per (node, reason).
 
@@ -179,7 +188,10 @@ def find_free_riders(
     ``evidence`` holds the verified receipts and refusals of that epoch, from roamers and
     from the hosts' own ledgers (duplicates of one (host, nonce) are counted once);
     ``credential_windows`` maps each included node to its credential's ``(not_before,
-    expires)``; ``probes`` the coordinator's probe results (other epochs' are ignored).
+    expires)``; ``probes`` the coordinator's probe results (other epochs' are ignored);
+    ``complaints`` the roamers' complaints that stand at the cut-off (relayed to the
+    host, filed inside the rebuttal window's bound and never answered with a signed
+    receipt or refusal: :meth:`coordinator.epoch.AuditState.standing_complaints`).
     """
     epoch = allocation.epoch
     found: dict[tuple[str, str], Exclusion] = {}
@@ -202,6 +214,12 @@ def find_free_riders(
     for node, n_probes in unanswered(epoch, probes).items():
         if owed.get(node, 0) > 0:
             flag(node, UNREACHABLE, f"answered none of {n_probes} coordinator probes")
+
+    for c in complaints:
+        if c.epoch == epoch and owed.get(c.host_id, 0) > 0 and c.requester_id in owed:
+            flag(c.host_id, UNANSWERED_COMPLAINT,
+                 f"left a request of {c.requester_id[:16]}... unanswered, also when the "
+                 "coordinator relayed it")
 
     receipts: dict[tuple[str, str], GrantReceipt] = {}
     refusals: dict[tuple[str, str], Refusal] = {}

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from coordinator.decision import Decision, Participant
 from coordinator.enforcement import (
@@ -53,9 +53,11 @@ from coordinator.enforcement import (
 from coordinator.penalty import PenaltyPolicy, Sanction, Standing, forgotten, repaid, sentence
 from coordinator.probe import ProbeResult
 from protocol import (
+    AccessRequest,
     Allocation,
     AuditReport,
     Commitment,
+    Complaint,
     Credential,
     Declaration,
     EpochAnnouncement,
@@ -66,14 +68,18 @@ from protocol import (
     ReplayGuard,
     check_declaration,
     check_epoch,
+    open_embedded,
     open_evidence,
     seal_bytes,
 )
 from protocol.errors import (
+    BadProofError,
     CapacityExhaustedError,
     DuplicateDeclarationError,
     EpochClosedError,
+    ExpiredError,
     FutureEpochError,
+    NotFoundError,
     NotIncludedError,
     NotYetValidError,
     OutOfRangeError,
@@ -83,13 +89,18 @@ from protocol.errors import (
     WrongPhaseError,
 )
 from protocol.fields import MAX_CLOCK_SKEW
-from protocol.messages import MAX_CREDENTIAL_LIFETIME
+from protocol.messages import MAX_CREDENTIAL_LIFETIME, complained_request
 
 #: The one clock policy: how far apart honest clocks may be (seconds), the same constant
 #: the hosts' gates use. The audit widens credential windows by it (a host whose clock is
 #: slow is not judged by a stricter rule than the one it enforced) and registrations
 #: dated further ahead than it are refused.
 CLOCK_SKEW = MAX_CLOCK_SKEW
+
+
+#: Complaints one roamer may file per epoch: enough for every host it may roam to in an
+#: epoch to drop it a few times, few enough that a roamer cannot flood a host with relays.
+MAX_COMPLAINTS = 32
 
 
 class Phase(enum.StrEnum):
@@ -214,6 +225,21 @@ class EvidenceRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ComplaintRecord:
+    """A roamer's complaint that ``complaint.host_id`` left its request unanswered,
+    filed at ``filed_at`` (coordinator clock); ``relays`` attempts to relay it so far."""
+
+    complaint: Complaint
+    envelope: bytes
+    filed_at: int
+    relays: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.complaint.host_id, self.complaint.nonce)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Registered:
     node: NodeRecord
 
@@ -257,7 +283,21 @@ class Audited:
     received_at: int | None = None
 
 
-Change = Registered | Opened | Declared | Closed | Committed | Audited
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Complained:
+    record: ComplaintRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Relayed:
+    """One attempt to relay the complaint ``key`` (host, nonce) of ``epoch`` to its host;
+    its signed answer, if it gave one, is filed as evidence by a separate ``Audited``."""
+
+    epoch: int
+    key: tuple[str, str]
+
+
+Change = Registered | Opened | Declared | Closed | Committed | Audited | Complained | Relayed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,6 +326,29 @@ class AuditState:
     per_signer: dict[str, int] = field(default_factory=dict)  # stored items by host
     # When each item was first filed (coordinator clock; None: untimed).
     received: dict[tuple[str, str, str], int | None] = field(default_factory=dict)
+    # Roamers' complaints by (host, nonce), and how many each roamer filed.
+    complaints: dict[tuple[str, str], ComplaintRecord] = field(default_factory=dict)
+    complaints_by: dict[str, int] = field(default_factory=dict)
+
+    def answered(self, key: tuple[str, str]) -> bool:
+        """Whether the host ``key[0]`` has signed an answer (receipt or refusal) to the
+        request with nonce ``key[1]`` that the coordinator holds."""
+        host, nonce = key
+        return ((host, nonce, "grant_receipt") in self.evidence
+                or (host, nonce, "refusal") in self.evidence)
+
+    def pending(self) -> list[ComplaintRecord]:
+        """Complaints whose host has not answered yet (to relay), oldest first."""
+        return sorted((c for k, c in self.complaints.items() if not self.answered(k)),
+                      key=lambda c: (c.filed_at, c.key))
+
+    def standing_complaints(self, cutoff: int, rebuttal: int) -> list[Complaint]:
+        """The complaints the cut-off at ``cutoff`` holds against their hosts: filed at
+        least ``rebuttal`` seconds before it (the host's window to answer), relayed at
+        least once (the coordinator did its part) and still unanswered."""
+        return [c.complaint for k, c in sorted(self.complaints.items())
+                if c.filed_at <= cutoff - rebuttal and c.relays > 0
+                and not self.answered(k)]
 
     def add(self, item: GrantReceipt | Refusal, received_at: int | None = None) -> None:
         kind = "grant_receipt" if isinstance(item, GrantReceipt) else "refusal"
@@ -330,6 +393,8 @@ class AuditState:
         # request's, each within the skew of the window; storing more never harms.
         if not window[0] - 2 * CLOCK_SKEW <= item.time < window[1] + 2 * CLOCK_SKEW:
             return False
+        if (item.host_id, item.nonce) in self.complaints:
+            return True  # it answers a complaint
         if isinstance(item, GrantReceipt):
             return item.requester_id != item.host_id
         return item.reason not in LEGITIMATE_REASONS
@@ -353,6 +418,7 @@ class Snapshot:
     commitments: tuple[Commitment, ...] = ()
     evidence: tuple[GrantReceipt | Refusal, ...] = ()
     evidence_received: tuple[int | None, ...] = ()  # per evidence item (empty: untimed)
+    complaints: tuple[ComplaintRecord, ...] = ()  # of the audited epoch
     sanctions: tuple[Sanction, ...] = ()  # offences of the recent history
     standings: tuple[Standing, ...] = ()
     last_status: str = ""
@@ -502,7 +568,9 @@ class EpochCore:
                 x for x in find_free_riders(
                     allocation=self.audit.allocation, commitments=self.audit.commitments,
                     evidence=self.audit.judged(now, self.settings.rebuttal_seconds),
-                    credential_windows=self.audit.skewed_windows(), probes=probes)
+                    credential_windows=self.audit.skewed_windows(), probes=probes,
+                    complaints=self.audit.standing_complaints(
+                        now, self.settings.rebuttal_seconds))
                 if (x.node_id, x.reason) not in known)
         policy = self.settings.penalty
         reasons: dict[str, list[str]] = {}
@@ -640,6 +708,54 @@ class EpochCore:
         return Audited(epoch=report.epoch, reporter_id=reporter_id,
                        new_items=tuple(new.values()), n_items=len(opened), received_at=now)
 
+    def check_complaint(self, c: Complaint, envelope: bytes, *, now: int,
+                        credential_digest: str | None) -> Complained | None:
+        """A roamer's complaint for the last closed epoch (README section 7, step 7);
+        None if the same complaint (host, nonce) is already held (idempotent).
+
+        The shell opened the envelope with the registered keys as trusted signers, so the
+        signer is registered and is ``c.requester_id``. Refused (no state changed): an
+        epoch not being audited (``stale_epoch``, ``future_epoch``); a requester not
+        included in it, or a host that owes nothing in it (``not_included``); a request
+        not signed by the requester's registered key (``bad_signature``) or naming
+        another credential than the one issued to the requester for the epoch
+        (``credential_digest``, from the store; ``bad_proof``); a request issued outside
+        that credential's window widened by the clock skew (``expired``,
+        ``not_yet_valid``); more than :data:`MAX_COMPLAINTS` complaints by one roamer in
+        one epoch (``capacity_exhausted``).
+        """
+        audit = self._check_audit_epoch(c.epoch, Event.AUDIT)
+        owed = audit.allocation.owed()
+        if c.requester_id not in owed:
+            raise NotIncludedError(
+                f"node {c.requester_id[:16]}... was not included in epoch {c.epoch}")
+        if owed.get(c.host_id, 0) <= 0:
+            raise NotIncludedError(f"host {c.host_id[:16]}... owes nothing in epoch {c.epoch}")
+        key = self.nodes[c.requester_id].public_key
+        open_embedded(c.request, AccessRequest, trusted=frozenset({key}))
+        request = complained_request(c)
+        if credential_digest is None or request.credential_digest != credential_digest:
+            raise BadProofError("the request names another credential than the one issued")
+        lo, hi = audit.skewed_windows()[c.requester_id]
+        if request.issued < lo:
+            raise ExpiredError("the request was issued before its credential was valid")
+        if request.issued >= hi:
+            raise NotYetValidError("the request was issued after its credential expired")
+        record = ComplaintRecord(complaint=c, envelope=envelope, filed_at=now)
+        if record.key in audit.complaints:
+            return None
+        if audit.complaints_by.get(c.requester_id, 0) >= MAX_COMPLAINTS:
+            raise CapacityExhaustedError(
+                f"at most {MAX_COMPLAINTS} complaints per roamer and epoch")
+        return Complained(record=record)
+
+    def check_relay(self, epoch: int, key: tuple[str, str]) -> Relayed:
+        """Record one attempt to relay the complaint ``key`` of ``epoch``."""
+        audit = self._check_audit_epoch(epoch, Event.AUDIT)
+        if key not in audit.complaints:
+            raise NotFoundError("no such complaint")
+        return Relayed(epoch=epoch, key=key)
+
     # -- applying ----------------------------------------------------------------------
 
     def apply(self, change: Change) -> None:
@@ -678,6 +794,16 @@ class EpochCore:
             assert self.audit is not None
             for rec in change.new_items:
                 self.audit.add(rec.item, rec.received_at)
+        elif isinstance(change, Complained):
+            assert self.audit is not None
+            filed = change.record
+            self.audit.complaints[filed.key] = filed
+            who = filed.complaint.requester_id
+            self.audit.complaints_by[who] = self.audit.complaints_by.get(who, 0) + 1
+        elif isinstance(change, Relayed):
+            assert self.audit is not None
+            old = self.audit.complaints[change.key]
+            self.audit.complaints[change.key] = replace(old, relays=old.relays + 1)
 
     # -- restoring ---------------------------------------------------------------------
 
@@ -711,4 +837,6 @@ class EpochCore:
             received = snap.evidence_received or (None,) * len(snap.evidence)
             for item, at in zip(snap.evidence, received, strict=True):
                 core.audit.add(item, at)
+            for complaint in snap.complaints:
+                core.apply(Complained(record=complaint))
         return core

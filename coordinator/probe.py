@@ -25,20 +25,36 @@ e is not asked again); ``POST /v1/admin/probe`` runs a round now, up to
 ``probe_attempts`` attempts per host back to back (stopping at the first answer), which
 is how the testbed probes deterministically before the cut-off.
 
+Complaints (README section 7, step 7) travel the same way: each round also relays
+every complaint its host has not answered yet (:func:`relay_complaint`), and so does the
+filing of a complaint; one signed answer suffices.
+
 The decision (:func:`targets`, :func:`unanswered`, :func:`round_times`) is pure; the
-HTTP part (:func:`probe_host`, :func:`probe_round`) is thin and imports aiohttp only when
-called, so the pure core (:mod:`coordinator.epoch`) stays free of it.
+HTTP part (:func:`probe_host`, :func:`probe_round`, :func:`relay_complaint`) is thin and
+imports aiohttp only when called, so the pure core (:mod:`coordinator.epoch`) stays free of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from protocol import Allocation, InkindError, Registration, check_probe_answer
+from protocol import (
+    AccessBody,
+    Allocation,
+    Complaint,
+    Envelope,
+    GrantReceipt,
+    InkindError,
+    Refusal,
+    Registration,
+    check_probe_answer,
+    open_embedded,
+)
 from protocol.envelope import envelope_size_limit
 from protocol.fields import NONCE_BYTES
 from protocol.messages import ProbeAnswer
@@ -136,6 +152,59 @@ async def probe_host(
     except (aiohttp.ClientError, TimeoutError, ValueError, OSError, InkindError):
         return False
     return True
+
+
+#: Largest answer to a relayed complaint read, bytes (a receipt or a refusal in JSON).
+MAX_RELAY_ANSWER_BYTES = 2 * envelope_size_limit(GrantReceipt.MAX_PAYLOAD_BYTES)
+
+
+async def relay_complaint(
+    session: aiohttp.ClientSession,
+    target: Target,
+    complaint: Complaint,
+    credential: Envelope,
+    *,
+    timeout: float,
+) -> Envelope | None:
+    """Relay the request of ``complaint`` to its host (``POST /v1/resolve`` with the
+    access body of that very request and the ``credential`` the coordinator issued): the
+    host's signed receipt or refusal of it (README section 7, step 7), or None for any
+    other outcome (no endpoint, a network failure, a plain error, an answer not signed by
+    the host's registered key or about another request). Never raises for the host's
+    faults."""
+    import aiohttp
+
+    if target.endpoint is None:
+        return None
+    body = AccessBody(request=complaint.request, credential=credential).to_bytes()
+    try:
+        async with session.post(f"{url_of(target.endpoint)}/v1/resolve", data=body,
+                                headers={"Content-Type": "application/json"},
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            raw = bytearray()
+            while chunk := await resp.content.read(MAX_RELAY_ANSWER_BYTES + 1 - len(raw)):
+                raw += chunk
+                if len(raw) > MAX_RELAY_ANSWER_BYTES:
+                    return None
+            status = resp.status
+        answer: GrantReceipt | Refusal
+        trusted = frozenset({target.public_key})
+        if status == 200:
+            envelope = Envelope.from_bytes(bytes(raw), max_size=MAX_RELAY_ANSWER_BYTES)
+            _, answer = open_embedded(envelope, GrantReceipt, trusted=trusted)
+        else:
+            obj = json.loads(raw)
+            if not isinstance(obj, dict) or not isinstance(obj.get("refusal"), dict):
+                return None
+            envelope = Envelope.from_obj(obj["refusal"])
+            _, answer = open_embedded(envelope, Refusal, trusted=trusted)
+    except (aiohttp.ClientError, TimeoutError, ValueError, OSError, InkindError):
+        return None
+    if (answer.host_id != complaint.host_id or answer.epoch != complaint.epoch
+            or answer.nonce != complaint.nonce
+            or answer.requester_id != complaint.requester_id):
+        return None
+    return envelope
 
 
 async def probe_round(

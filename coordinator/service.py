@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -50,6 +51,7 @@ from coordinator.epoch import (
     Audited,
     Change,
     Closed,
+    ComplaintRecord,
     Declared,
     EpochCore,
     EpochRecord,
@@ -57,16 +59,26 @@ from coordinator.epoch import (
     Settings,
 )
 from coordinator.http import JsonErrorRunner, error_for_status, error_response
-from coordinator.probe import ProbeResult, probe_round, round_times, targets
+from coordinator.probe import (
+    ProbeResult,
+    Target,
+    probe_round,
+    relay_complaint,
+    round_times,
+    targets,
+)
 from coordinator.store import Store
 from protocol import (
     AuditReport,
     Commitment,
+    Complaint,
     Declaration,
+    Envelope,
     Identity,
     InkindError,
     Message,
     Registration,
+    credential_digest,
     node_id_of,
     open_envelope,
 )
@@ -170,6 +182,7 @@ class Coordinator:
         self._submitted: list[_Submitted] = []
         self._submit_handle: asyncio.Handle | None = None
         self._probe_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()  # complaint relays in flight
 
     # -- epochs ------------------------------------------------------------------------
 
@@ -269,11 +282,58 @@ class Coordinator:
         results = await probe_round(epoch, hosts, clock=self.clock, attempts=attempts,
                                     timeout=self.config.probe_timeout)
         self.store.record_probes(results)
+        await self.relay(epoch)
         missed = sorted({r.node_id[:16] for r in results if not r.answered})
         if missed:
             log.info("epoch %d probes: %d unanswered (%s...)", epoch, len(missed),
                      ", ".join(missed))
         return results
+
+    async def relay(self, epoch: int | None = None) -> int:
+        """Relay every complaint of the audited epoch whose host has not answered yet
+        (README section 7, step 7); store each signed answer as evidence, dated by its
+        complaint's filing (the accusation's time, for the rebuttal window), and count
+        every attempt. Returns how many were answered."""
+        audit = self.core.audit
+        if audit is None or self.config.probe_attempts == 0 or (
+                epoch is not None and audit.epoch != epoch):
+            return 0
+        pending = audit.pending()
+        if not pending:
+            return 0
+        hosts = {n: r.registration for n, r in self.core.nodes.items()}
+
+        async def one(session: aiohttp.ClientSession, rec: ComplaintRecord
+                      ) -> tuple[ComplaintRecord, Envelope | None]:
+            c = rec.complaint
+            raw = self.store.credential(c.epoch, c.requester_id)
+            reg = hosts.get(c.host_id)
+            if raw is None or reg is None:
+                return rec, None
+            target = Target(endpoint=reg.endpoint or None, public_key=reg.public_key)
+            return rec, await relay_complaint(
+                session, target, c, Envelope.from_bytes(raw, max_size=MAX_BODY_BYTES),
+                timeout=self.config.probe_timeout)
+
+        async with aiohttp.ClientSession() as session:
+            results = await asyncio.gather(*(one(session, rec) for rec in pending))
+        answered = 0
+        for rec, answer in results:
+            c = rec.complaint
+            try:
+                change = self.core.check_relay(c.epoch, rec.key)
+                self.store.persist(change)
+                self.core.apply(change)
+                if answer is not None:
+                    report = AuditReport(epoch=c.epoch, reporter_id=c.host_id,
+                                         evidence=(answer,))
+                    filed = self.core.check_audit(c.host_id, report, now=rec.filed_at)
+                    self.store.persist(filed)
+                    self.core.apply(filed)
+                    answered += 1
+            except InkindError as exc:  # the epoch's audit closed meanwhile
+                log.info("relay of a complaint against %s dropped: %s", c.host_id[:16], exc)
+        return answered
 
     async def probe_schedule(self) -> None:
         """``probe_attempts`` rounds per closed epoch, evenly until the expected cut-off."""
@@ -412,7 +472,27 @@ class Coordinator:
                 and self._probe_task is None):
             self._probe_task = asyncio.create_task(self.probe_schedule(), name="probes")
 
+    def background(self, work: Awaitable[Any]) -> None:
+        """Run ``work`` (a relay) without blocking the answer; failures are logged, and
+        :meth:`stop` cancels what is still running."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background relay failed")
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._probe_task is not None:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -628,6 +708,29 @@ async def audit(request: web.Request) -> web.Response:
     return web.json_response({"accepted": change.n_items})
 
 
+async def complain(request: web.Request) -> web.Response:
+    """``POST /v1/complaints``: a roamer's signed complaint (README section 7, step 7).
+    Answers ``{"accepted": 1, "answer": ENVELOPE | null}``: the host's signed answer to
+    that request once the coordinator holds it (the same complaint may be posted again
+    to fetch it: idempotent). A new complaint is relayed to its host at once."""
+    raw = await read_body(request, _limit(Complaint))
+    c = _coordinator(request)
+    _, complaint = open_envelope(raw, Complaint, trusted=c.core.keys)
+    cred = c.store.credential(complaint.epoch, complaint.requester_id)
+    digest = None if cred is None else credential_digest(
+        Envelope.from_bytes(cred, max_size=MAX_BODY_BYTES))
+    change = c.core.check_complaint(complaint, raw, now=c.clock(), credential_digest=digest)
+    if change is not None:
+        c.store.persist(change)
+        c.core.apply(change)
+        if c.config.probe_attempts > 0:
+            c.background(c.relay(complaint.epoch))
+    answer = c.store.answer(complaint.epoch, complaint.host_id, complaint.nonce)
+    return web.json_response({
+        "accepted": 1,
+        "answer": None if answer is None else json.loads(answer)})
+
+
 async def status(request: web.Request) -> web.Response:
     return web.json_response(_coordinator(request).status())
 
@@ -739,6 +842,7 @@ def make_app(
     app.router.add_get("/v1/directory/{epoch}/{location}", directory)
     app.router.add_post("/v1/commitments", commit)
     app.router.add_post("/v1/audit", audit)
+    app.router.add_post("/v1/complaints", complain)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/admin/open", admin_open)
     app.router.add_post("/v1/admin/close", admin_close)

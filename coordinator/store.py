@@ -15,7 +15,8 @@ announcement envelope), ``declarations`` (unique (epoch, node) and (epoch, nonce
 ``exclusions`` (offences of the recent history and the last epoch each keeps its node
 out), ``standings`` (one decayed offence score and unpaid debt per node,
 :mod:`coordinator.penalty`; a row stays while the node owes a debt),
-``probes`` (coordinator probe results, :mod:`coordinator.probe`). This
+``probes`` (coordinator probe results, :mod:`coordinator.probe`), ``complaints`` (roamers'
+complaints of unanswered requests and how often each was relayed). This
 module deliberately makes no decisions: it stores what the state machine accepted.
 
 One writer: a coordinator holds an exclusive ``flock`` on ``<db>.lock`` for as long as
@@ -43,12 +44,15 @@ from coordinator.epoch import (
     Change,
     Closed,
     Committed,
+    Complained,
+    ComplaintRecord,
     DeclarationRecord,
     Declared,
     EpochRecord,
     NodeRecord,
     Opened,
     Registered,
+    Relayed,
     Snapshot,
 )
 from coordinator.penalty import Sanction, Standing
@@ -56,6 +60,7 @@ from coordinator.probe import ProbeResult
 from protocol import (
     Allocation,
     Commitment,
+    Complaint,
     Credential,
     Declaration,
     EpochAnnouncement,
@@ -107,6 +112,11 @@ CREATE TABLE IF NOT EXISTS probes (
     epoch INTEGER NOT NULL, node_id TEXT NOT NULL, time INTEGER NOT NULL,
     answered INTEGER NOT NULL CHECK (answered IN (0, 1)));
 CREATE INDEX IF NOT EXISTS probes_epoch ON probes (epoch);
+CREATE TABLE IF NOT EXISTS complaints (
+    epoch INTEGER NOT NULL, host_id TEXT NOT NULL, nonce TEXT NOT NULL,
+    requester_id TEXT NOT NULL, filed_at INTEGER NOT NULL,
+    relays INTEGER NOT NULL DEFAULT 0, envelope BLOB NOT NULL,
+    PRIMARY KEY (epoch, host_id, nonce));
 """
 
 
@@ -320,6 +330,18 @@ class Store:
                 [(change.epoch, rec.item.host_id, rec.item.nonce, rec.key[2],
                   rec.item.requester_id, rec.reporter_id, rec.envelope, rec.received_at)
                  for rec in change.new_items])
+        elif isinstance(change, Complained):
+            filed = change.record
+            k = filed.complaint
+            db.execute(
+                "INSERT INTO complaints (epoch, host_id, nonce, requester_id, filed_at,"
+                " relays, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (k.epoch, k.host_id, k.nonce, k.requester_id, filed.filed_at, filed.relays,
+                 filed.envelope))
+        elif isinstance(change, Relayed):
+            db.execute("UPDATE complaints SET relays = relays + 1"
+                       " WHERE epoch = ? AND host_id = ? AND nonce = ?",
+                       (change.epoch, *change.key))
         else:  # pragma: no cover - the Change union is closed
             raise TypeError(f"not a change: {change!r}")
 
@@ -374,6 +396,7 @@ class Store:
         commits: list[Commitment] = []
         evidence: list[GrantReceipt | Refusal] = []
         received: list[int | None] = []
+        complaints: list[ComplaintRecord] = []
         if raw_alloc is not None:
             _, alloc = open_envelope(raw_alloc, Allocation, trusted=me)
             for (raw,) in db.execute(
@@ -395,12 +418,28 @@ class Store:
                     item = open_envelope(bytes(raw), Refusal, trusted=None)[1]
                 evidence.append(item)
                 received.append(None if at is None else int(at))
+            for raw, filed_at, relays in db.execute(
+                "SELECT envelope, filed_at, relays FROM complaints WHERE epoch = ?"
+                " ORDER BY rowid", (audit_epoch,)
+            ):
+                _, complaint = open_envelope(bytes(raw), Complaint, trusted=None)
+                complaints.append(ComplaintRecord(complaint=complaint, envelope=bytes(raw),
+                                                  filed_at=int(filed_at), relays=int(relays)))
         return Snapshot(
             nodes=tuple(nodes), current=current, closed=closed, declarations=tuple(decls),
             previous_nonces=previous, audit_allocation=alloc, audit_credentials=tuple(creds),
             commitments=tuple(commits), evidence=tuple(evidence),
-            evidence_received=tuple(received), sanctions=sanctions,
+            evidence_received=tuple(received), complaints=tuple(complaints),
+            sanctions=sanctions,
             standings=standings, last_status=str(status))
+
+    def answer(self, epoch: int, host_id: str, nonce: str) -> bytes | None:
+        """The host's signed answer (receipt, else refusal) to the request ``nonce`` of
+        ``epoch``, if stored: what a complaint about it is answered with."""
+        row = self._db.execute(
+            "SELECT envelope FROM evidence WHERE epoch = ? AND host_id = ? AND challenge = ?"
+            " ORDER BY kind LIMIT 1", (epoch, host_id, nonce)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def allocation(self, epoch: int) -> bytes | None:
         row = self._db.execute(

@@ -51,6 +51,7 @@ from protocol import (
     AccessVerifier,
     Envelope,
     InkindError,
+    VerifiedAccess,
     error_from_code,
 )
 from protocol.errors import (
@@ -140,6 +141,14 @@ def authorize(request: bytes, view: HostView, *, now: int, resource: str | None 
         verified = view.verifier.check(request, epoch=view.epoch, now=now)
     except InkindError as exc:
         return _deny(exc, view.epoch)
+    return decide(verified, view, resource=resource)
+
+
+def decide(verified: VerifiedAccess, view: HostView, *, resource: str | None = None) -> Decision:
+    """The policy decision (step 2 of the module docstring) on a request whose
+    cryptographic checks passed: :func:`authorize`'s second half, and all of the answer
+    to a request the coordinator relays from a roamer's complaint (which is decided
+    whatever its age: ``AccessVerifier.check(relayed=True)``)."""
     req = verified.request
     who = verified.requester_id
     try:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from node.files import FileStore
-from node.gate import Decision, HostView, authorize
+from node.gate import Decision, HostView, authorize, decide
 from node.resources import ComputeResource, Resource, make_resource
 from protocol import (
     MAX_CLOCK_SKEW,
@@ -36,11 +36,17 @@ from protocol import (
     Envelope,
     GrantReceipt,
     Identity,
+    InkindError,
     Refusal,
     make_probe_answer,
     seal,
 )
-from protocol.errors import CapacityExhaustedError, OutOfRangeError, ReplayError
+from protocol.errors import (
+    CapacityExhaustedError,
+    OutOfRangeError,
+    ReplayError,
+    UnknownKeyError,
+)
 from protocol.fields import check_int
 from protocol.kinds import kind_of
 from protocol.messages import MAX_AUDIT_ITEMS
@@ -53,6 +59,9 @@ NO_EPOCH = -1
 #: every grant before it, so nothing is dropped below this bound; above it the ledger keeps
 #: the larger receipts, and receipts pinned as a refusal's proof up to twice the bound.
 MAX_LEDGER = 10 * MAX_AUDIT_ITEMS
+#: Most signed answers (receipts and refusals) remembered per epoch for relayed
+#: complaints (about 1.5 kB each; the current and the previous epoch are kept).
+MAX_ANSWERS = 2 * MAX_LEDGER
 
 
 @dataclass(slots=True)
@@ -130,6 +139,8 @@ class Host:
         self.decisions: Counter[str] = Counter()
         self._costs: Mapping[str, int] = self.files.costs()
         self._ledgers: dict[int, _Ledger] = {}
+        # Per epoch, (requester, nonce) -> the signed answer given (for relayed complaints).
+        self._answers: dict[int, dict[tuple[str, str], AccessOutcome]] = {}
 
     @property
     def node_id(self) -> str:
@@ -194,6 +205,8 @@ class Host:
         self._costs = self.files.costs()
         for old in [e for e in self._ledgers if e < epoch - 1]:
             del self._ledgers[old]
+        for old in [e for e in self._answers if e < epoch - 1]:
+            del self._answers[old]
 
     def revoke(self, node_ids: Iterable[str]) -> None:
         self.revoked.update(node_ids)
@@ -223,7 +236,34 @@ class Host:
 
     def access(self, raw: bytes, *, now: int, resource: str | None = None) -> AccessOutcome:
         """Decide and apply one access request (wire bytes)."""
-        decision = authorize(raw, self.view(now), now=now, resource=resource)
+        return self._apply(authorize(raw, self.view(now), now=now, resource=resource), now)
+
+    def resolve(self, raw: bytes, *, now: int) -> AccessOutcome:
+        """Answer an access request the coordinator relays from a roamer's complaint
+        (README section 7, step 7; wire bytes of an access body): the signed answer this
+        host already gave that request (the same receipt or refusal, byte for byte), else
+        a decision now, whatever the request's age -- a grant (capacity consumed, a
+        receipt) or a signed refusal, judged by the audit like any other. A body whose
+        credential or signature does not verify gets a plain error, as at the gate."""
+        view = self.view(now)
+        if view.verifier.coordinator_key is None:
+            return AccessOutcome(decision=Decision(
+                granted=False, reason=UnknownKeyError.code, epoch=self.epoch,
+                message="no coordinator key is trusted yet"))
+        try:
+            verified = view.verifier.check(raw, epoch=self.epoch, now=now, relayed=True)
+        except InkindError as exc:
+            return AccessOutcome(decision=Decision(
+                granted=False, reason=exc.code, epoch=self.epoch, message=str(exc)))
+        given = self._answers.get(self.epoch, {}).get(
+            (verified.requester_id, verified.request.nonce))
+        if given is not None:
+            return given
+        return self._apply(decide(verified, view), now)
+
+    def _apply(self, decision: Decision, now: int) -> AccessOutcome:
+        """Apply a gate decision: consume and sign a receipt, or sign a refusal of a
+        verified requester; remember the signed answer for a relayed complaint."""
         book = self._ledgers.get(decision.epoch)
         if decision.granted and decision.request is not None and book is not None and (
                 decision.request.nonce in book.nonces):
@@ -251,7 +291,8 @@ class Host:
             )
             if decision.reason == CapacityExhaustedError.code:
                 self._pin(decision.epoch, request.amount)
-            return AccessOutcome(decision=decision, refusal=seal(self.identity, refusal))
+            return self._remember(who, AccessOutcome(
+                decision=decision, refusal=seal(self.identity, refusal)))
         self.resource.consume(decision.amount, now=now, requester=who)
         receipt = GrantReceipt(
             epoch=decision.epoch,
@@ -264,7 +305,19 @@ class Host:
         )
         envelope = seal(self.identity, receipt)
         self._record(decision.epoch, envelope, decision.amount, request.nonce)
-        return AccessOutcome(decision=decision, receipt=envelope)
+        return self._remember(who, AccessOutcome(decision=decision, receipt=envelope))
+
+    def _remember(self, who: str, outcome: AccessOutcome) -> AccessOutcome:
+        # A roamer that got no answer (a lost connection) complains, and the coordinator
+        # relays its request: the host answers with what it signed, so a grant is never
+        # made twice and a refusal never changes its story. Bounded per epoch; past the
+        # bound a relayed request it granted gets a plain error (README section 7, step 7).
+        decision = outcome.decision
+        assert decision.request is not None
+        answers = self._answers.setdefault(decision.epoch, {})
+        if len(answers) < MAX_ANSWERS:
+            answers.setdefault((who, decision.request.nonce), outcome)
+        return outcome
 
     def _record(self, epoch: int, receipt: Envelope, amount: int, nonce: str) -> None:
         # The audit judges a capacity refusal by the sum of the host's receipts before it

@@ -212,6 +212,18 @@ def make_app(
         }
         return web.json_response({"receipt": outcome.receipt.to_obj(), "result": result})
 
+    async def resolve(request: web.Request) -> web.Response:
+        # A roamer's request the coordinator relays from its complaint (protocol README
+        # section 7, step 7): answered like /v1/access, whatever the node's kind.
+        raw = await read_body(request, seconds=body_seconds)
+        outcome = host.resolve(raw, now=clock())
+        d = outcome.decision
+        log.info("epoch %s: relayed request of %s: %s", d.epoch,
+                 (d.requester_id or "an unverified requester")[:16], d.reason)
+        if outcome.receipt is None:
+            return _refused(outcome)
+        return web.Response(body=outcome.receipt.to_bytes(), content_type="application/json")
+
     async def files(request: web.Request) -> web.Response:
         return web.json_response({"files": host.files.listing()})
 
@@ -222,6 +234,7 @@ def make_app(
     app.router.add_post("/v1/access", access)
     app.router.add_post("/v1/files/{sha256}", download)
     app.router.add_post("/v1/compute", compute)
+    app.router.add_post("/v1/resolve", resolve)
     app.router.add_get("/v1/files", files)
     app.router.add_get("/v1/status", status)
     return app

@@ -212,7 +212,8 @@ class AccessVerifier:
         self.credentials.put(digest, cred)
         return digest, cred
 
-    def check(self, raw: bytes, *, epoch: int, now: int) -> VerifiedAccess:
+    def check(self, raw: bytes, *, epoch: int, now: int,
+              relayed: bool = False) -> VerifiedAccess:
         """Check an access body (wire bytes) for the host enforcing ``epoch`` at ``now``.
 
         In order, cheapest first and every signature before what it covers is trusted:
@@ -224,6 +225,10 @@ class AccessVerifier:
         (``expired``, ``not_yet_valid``, ``replay``), so only a fully verified request is
         remembered. A ``future_epoch`` credential leaves no trace, so the same body can be
         decided again once the host enforces that epoch.
+
+        ``relayed``: the body is a roamer's complaint relayed by the coordinator (README
+        section 7, step 7): every check but the last, since the request is an old one the
+        host must answer (again) whatever its age; nothing is remembered.
         """
         body = AccessBody.from_bytes(raw)
         digest, cred = self.credential(body.credential)
@@ -238,7 +243,8 @@ class AccessVerifier:
             raise BadProofError("access request names another credential")
         if request.epoch != cred.epoch:
             raise BadProofError("access request is bound to another epoch")
-        self.replays.check_and_record(cred.node_id, request.nonce, request.issued, now)
+        if not relayed:
+            self.replays.check_and_record(cred.node_id, request.nonce, request.issued, now)
         return VerifiedAccess(
             requester_id=cred.node_id, credential=cred, request=request, envelope=body.request
         )

@@ -595,6 +595,61 @@ class ProbeAnswer(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Complaint(Message):
+    """roamer -> coordinator: "``host_id`` did not answer this request of mine".
+
+    ``request`` is the roamer's own signed ``access_request`` to ``host_id`` for
+    ``epoch`` that got no signed answer (no receipt, no refusal: a dropped connection, a
+    timeout, a plain error). The coordinator, as the resolving third party, relays
+    exactly that request to the host, which must answer it with a receipt or a signed
+    refusal (README section 7, step 7); a complaint the host leaves unanswered counts
+    against it at the audit cut-off.
+    """
+
+    TYPE = "complaint"
+    SIGNER = "node"
+    MAX_PAYLOAD_BYTES = 4096  # the embedded request is at most 1024 bytes of payload
+    MAX_DEPTH = 2
+    ENVELOPE_FIELDS = frozenset({"request"})
+
+    epoch: int
+    requester_id: str
+    host_id: str
+    request: Envelope
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_node_id("requester_id", self.requester_id)
+        check_node_id("host_id", self.host_id)
+        if self.host_id == self.requester_id:
+            raise OutOfRangeError("a node does not complain about itself")
+        env = _check_embedded("request", self.request, frozenset({AccessRequest.TYPE}))
+        if len(env.payload) > AccessRequest.MAX_PAYLOAD_BYTES:
+            raise TooLargeError("request: payload over the access_request limit")
+        req = AccessRequest.from_payload(decode_object(
+            env.payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
+            max_depth=AccessRequest.MAX_DEPTH))
+        if (req.host_id != self.host_id or req.epoch != self.epoch
+                or node_id_of(env.signer) != self.requester_id):
+            raise OutOfRangeError("request: not a request of this requester to this host")
+
+    @property
+    def nonce(self) -> str:
+        """The complained-of request's nonce (the audit knows an answer by it)."""
+        return complained_request(self).nonce
+
+    def signer_node_id(self) -> str:
+        return self.requester_id
+
+
+def complained_request(complaint: Complaint) -> AccessRequest:
+    """The access request a complaint carries (checked when it was built)."""
+    return AccessRequest.from_payload(decode_object(
+        complaint.request.payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
+        max_depth=AccessRequest.MAX_DEPTH))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditReport(Message):
     """node -> coordinator: signed receipts and refusals it holds for ``epoch``.
 
@@ -638,6 +693,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = {
         Refusal,
         AuditReport,
         ProbeAnswer,
+        Complaint,
     )
 }
 

@@ -90,9 +90,20 @@ def test_refusing_a_credentialed_member_for_a_bad_reason_is_free_riding(reason: 
 
 
 @pytest.mark.parametrize("reason", ["bad_proof", "replay", "expired", "malformed",
-                                    "bad_signature"])
-def test_refusals_for_the_requesters_own_faults_are_legitimate(reason: str) -> None:
-    assert riders(evidence=[refusal(HOST, GUEST, reason=reason, time=T0 + 10)]) == []
+                                    "bad_signature", "wrong_signer", "too_large",
+                                    "unknown_field", "missing_field", "wrong_type",
+                                    "unexpected_message"])
+def test_a_signed_refusal_blaming_the_verified_exchange_is_a_false_excuse(reason: str) -> None:
+    # A gate signs a refusal only of a request whose credential and proof of possession
+    # verified (it answers the rest with a plain error), and the coordinator verified the
+    # embedded request's signature again: claiming the exchange failed is the host's lie,
+    # the excuse a false committer would give every roamer and every relayed complaint.
+    ev = [refusal(HOST, GUEST, reason=reason, time=T0 + 10)]
+    assert riders(evidence=ev) == [(HOST.node_id, UNJUSTIFIED_REFUSAL)]
+
+
+def test_a_refusal_for_what_was_asked_is_the_requesters_fault() -> None:
+    assert riders(evidence=[refusal(HOST, GUEST, reason="out_of_range", time=T0 + 10)]) == []
 
 
 def test_capacity_exhausted_is_legitimate_only_once_receipts_reach_the_commitment() -> None:

@@ -29,6 +29,7 @@ from protocol.messages import (
     Allocation,
     AuditReport,
     Commitment,
+    Complaint,
     Credential,
     Declaration,
     EpochAnnouncement,
@@ -128,6 +129,8 @@ SAMPLES: dict[str, Message] = {
         ),
     ),
     "probe_answer": ProbeAnswer(epoch=7, host_id=HOST.node_id, nonce=NONCE),
+    "complaint": Complaint(epoch=7, requester_id=NODE.node_id, host_id=HOST.node_id,
+                           request=ACCESS_ENV),
 }
 
 

@@ -61,6 +61,7 @@ import aiohttp
 
 from protocol import (
     AuditReport,
+    Complaint,
     Credential,
     Envelope,
     Identity,
@@ -173,6 +174,8 @@ class Player:
         self.status_timeout = self.roam_timeout
         self.credentials: dict[str, Envelope] = {}  # newest credential each node holds
         self.audited_at: float | None = None  # wall time of the last audit reports
+        # per roamer, (host id, signed request) of requests that got no signed answer
+        self.unanswered: defaultdict[str, list[tuple[str, Envelope]]] = defaultdict(list)
         self.record = RunRecord(run=run, mechanism=mechanism)
         self.crashed: set[str] = set()
         self.evidence: defaultdict[str, list[Envelope]] = defaultdict(list)  # per roamer
@@ -477,17 +480,24 @@ class Player:
             res.reason = "unreachable"
             return res
         t0 = time.perf_counter()
+        sent: list[Envelope] = []
         try:
             answer = await ask(self.session, url, kind=kind,
                                identity=self.identities[a.roamer], credential=cred,
                                host_id=entry.node_id, host_key=entry.public_key,
-                               amount=amount, item=item, timeout=self.roam_timeout)
+                               amount=amount, item=item, timeout=self.roam_timeout,
+                               sent=sent)
         except TimeoutError:
             res.reason = "timeout"
+            self.unanswered[a.roamer].extend((entry.node_id, r) for r in sent)
             return res
         except aiohttp.ClientError:
             res.reason = "unreachable"
+            self.unanswered[a.roamer].extend((entry.node_id, r) for r in sent)
             return res
+        if answer.evidence is None and included:
+            # No signed answer to a request an included roamer sent: it complains.
+            self.unanswered[a.roamer].extend((entry.node_id, r) for r in sent)
         # The decision's latency: one POST of the access body (one exchange).
         res.latency_ms = (time.perf_counter() - t0) * 1000.0
         res.reason = answer.reason
@@ -525,6 +535,19 @@ class Player:
                     rec.warnings.append(f"audit report of {name} refused: {exc}")
 
         await asyncio.gather(*(file(n, items) for n, items in sorted(evidence.items())))
+        # Requests that got no signed answer: the roamer complains (protocol README §7,
+        # step 7) and the coordinator relays each to its host.
+        unanswered, self.unanswered = self.unanswered, defaultdict(list)
+        for name, pending in sorted(unanswered.items()):
+            ident = self.identities[name]
+            for host_id, request in pending:
+                complaint = Complaint(epoch=rec.epoch, requester_id=ident.node_id,
+                                      host_id=host_id, request=request)
+                try:
+                    await client.complain(seal(ident, complaint))
+                    rec.complaints += 1
+                except (InkindError, aiohttp.ClientError, TimeoutError) as exc:
+                    rec.warnings.append(f"complaint of {name} refused: {exc}")
         return sent
 
     # --- the run -----------------------------------------------------------------------

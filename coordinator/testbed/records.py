@@ -49,6 +49,7 @@ class EpochRecord:
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
     attempts: list[AttemptResult] = field(default_factory=list)
     evidence_sent: int = 0
+    complaints: int = 0  # requests without a signed answer the roamers complained about
     faults: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)

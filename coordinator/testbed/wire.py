@@ -169,6 +169,11 @@ class Coordinator:
         return await self._post("/v1/audit", report.to_bytes(),
                                 {"Content-Type": "application/json"})
 
+    async def complain(self, complaint: Envelope) -> dict[str, Any]:
+        """``POST /v1/complaints`` with a roamer's signed ``complaint``."""
+        return await self._post("/v1/complaints", complaint.to_bytes(),
+                                {"Content-Type": "application/json"})
+
     async def admin(self, action: str) -> dict[str, Any]:
         """``POST /v1/admin/{open|close|probe}`` with the admin token."""
         return await self._post(f"/v1/admin/{action}", b"",
@@ -188,9 +193,12 @@ class Answer:
 
 async def ask(session: aiohttp.ClientSession, url: str, *, kind: ResourceKind,
               identity: Identity, credential: Envelope, host_id: str, host_key: str,
-              amount: int, item: str = "", timeout: aiohttp.ClientTimeout) -> Answer:
+              amount: int, item: str = "", timeout: aiohttp.ClientTimeout,
+              sent: list[Envelope] | None = None) -> Answer:
     """One access attempt of a roaming device at the host ``url`` (protocol README §7)
     for ``amount`` micro-units of ``kind`` (``item``: the file's SHA-256, if itemised).
+    ``sent``, if given, gets the signed request before it is sent (what a complaint
+    carries if no signed answer comes).
 
     Raises aiohttp.ClientError (unreachable) and TimeoutError as they come; a reply that
     breaks the protocol is an answer with the protocol error's code, never a grant.
@@ -200,6 +208,8 @@ async def ask(session: aiohttp.ClientSession, url: str, *, kind: ResourceKind,
                                       now=int(time.time()), resource=kind.resource_of(item))
     except InkindError as exc:  # a credential of another key: nothing to send
         return Answer(reason=exc.code)
+    if sent is not None:
+        sent.append(request.request)
     async with session.post(url + kind.path(item), data=request.to_bytes(), timeout=timeout,
                             headers={"Content-Type": "application/json"}) as resp:
         data = await _body(resp, DOWNLOAD_LIMIT if resp.status < 400 else 256 * 1024)
