@@ -98,9 +98,11 @@ from protocol.messages import MAX_CREDENTIAL_LIFETIME, complained_request
 CLOCK_SKEW = MAX_CLOCK_SKEW
 
 
-#: Complaints one roamer may file per epoch: enough for every host it may roam to in an
-#: epoch to drop it a few times, few enough that a roamer cannot flood a host with relays.
+#: Complaints one roamer may file per epoch, and about one host: enough for each host
+#: it roams to to drop it a few times (one unanswered complaint suffices to judge a
+#: host), few enough that a roamer cannot flood the coordinator or one host with relays.
 MAX_COMPLAINTS = 32
+MAX_COMPLAINTS_PER_HOST = 4
 
 
 class Phase(enum.StrEnum):
@@ -329,6 +331,7 @@ class AuditState:
     # Roamers' complaints by (host, nonce), and how many each roamer filed.
     complaints: dict[tuple[str, str], ComplaintRecord] = field(default_factory=dict)
     complaints_by: dict[str, int] = field(default_factory=dict)
+    complaints_at: dict[tuple[str, str], int] = field(default_factory=dict)  # (roamer, host)
 
     def answered(self, key: tuple[str, str]) -> bool:
         """Whether the host ``key[0]`` has signed an answer (receipt or refusal) to the
@@ -722,7 +725,8 @@ class EpochCore:
         (``credential_digest``, from the store; ``bad_proof``); a request issued outside
         that credential's window widened by the clock skew (``expired``,
         ``not_yet_valid``); more than :data:`MAX_COMPLAINTS` complaints by one roamer in
-        one epoch (``capacity_exhausted``).
+        one epoch, or :data:`MAX_COMPLAINTS_PER_HOST` about one host
+        (``capacity_exhausted``).
         """
         audit = self._check_audit_epoch(c.epoch, Event.AUDIT)
         owed = audit.allocation.owed()
@@ -747,6 +751,10 @@ class EpochCore:
         if audit.complaints_by.get(c.requester_id, 0) >= MAX_COMPLAINTS:
             raise CapacityExhaustedError(
                 f"at most {MAX_COMPLAINTS} complaints per roamer and epoch")
+        if audit.complaints_at.get((c.requester_id, c.host_id), 0) >= MAX_COMPLAINTS_PER_HOST:
+            raise CapacityExhaustedError(
+                f"at most {MAX_COMPLAINTS_PER_HOST} complaints per roamer about one host "
+                "and epoch")
         return Complained(record=record)
 
     def check_relay(self, epoch: int, key: tuple[str, str]) -> Relayed:
@@ -800,6 +808,8 @@ class EpochCore:
             self.audit.complaints[filed.key] = filed
             who = filed.complaint.requester_id
             self.audit.complaints_by[who] = self.audit.complaints_by.get(who, 0) + 1
+            pair = (who, filed.complaint.host_id)
+            self.audit.complaints_at[pair] = self.audit.complaints_at.get(pair, 0) + 1
         elif isinstance(change, Relayed):
             assert self.audit is not None
             old = self.audit.complaints[change.key]

@@ -41,7 +41,7 @@ from helpers.coordinator import (
 
 from coordinator.config import CoordinatorConfig
 from coordinator.enforcement import UNANSWERED_COMPLAINT, UNJUSTIFIED_REFUSAL
-from coordinator.epoch import MAX_COMPLAINTS, EpochCore
+from coordinator.epoch import MAX_COMPLAINTS, MAX_COMPLAINTS_PER_HOST, EpochCore
 from coordinator.service import make_app
 from coordinator.store import Store
 from node.host import Host
@@ -147,19 +147,32 @@ def test_a_complaint_is_refused_with_its_code_and_changes_nothing() -> None:
     assert audit.complaints_by == {ROAMER.node_id: 1}
 
 
-def test_complaints_are_bounded_per_roamer_and_epoch() -> None:
-    core, creds = audited_core()
+def test_complaints_are_bounded_per_roamer_about_one_host_and_in_all() -> None:
+    core = new_core()
+    hosts = [Identity.from_seed(bytes([120 + i]) * 32) for i in range(9)]
+    _, creds = close_epoch_zero(core, [ROAMER, OTHER, *hosts])
     start = T0 + EPOCH_SECONDS + 1
-    for i in range(MAX_COMPLAINTS):
-        req = request_of(ROAMER, creds, HONEST, at=start + i)
-        core.apply(check(core, creds, complaint(ROAMER, HONEST, req), now=start + i))
+
+    def file(who: Identity, host: Identity, i: int) -> Any:
+        req = request_of(who, creds, host, at=start + i)
+        return check(core, creds, complaint(who, host, req), now=start + i)
+
+    for i in range(MAX_COMPLAINTS_PER_HOST):
+        core.apply(file(ROAMER, hosts[0], i))
     with pytest.raises(InkindError) as info:
-        check(core, creds, complaint(ROAMER, HONEST, request_of(ROAMER, creds, HONEST,
-                                                                 at=start)), now=start)
+        file(ROAMER, hosts[0], 99)
     assert info.value.code == "capacity_exhausted"
-    # another roamer's complaints are its own
-    assert check(core, creds, complaint(OTHER, HONEST, request_of(OTHER, creds, HONEST,
-                                                                   at=start)), now=start)
+    assert file(OTHER, hosts[0], 99) is not None  # another roamer's complaints are its own
+    filed = MAX_COMPLAINTS_PER_HOST
+    for host in hosts[1:]:
+        for i in range(MAX_COMPLAINTS_PER_HOST):
+            if filed < MAX_COMPLAINTS:
+                core.apply(file(ROAMER, host, i))
+                filed += 1
+    with pytest.raises(InkindError) as info:
+        file(ROAMER, hosts[-1], 98)
+    assert info.value.code == "capacity_exhausted"
+    assert core.audit is not None and core.audit.complaints_by[ROAMER.node_id] == MAX_COMPLAINTS
 
 
 def test_a_complaint_about_a_host_that_owes_nothing_or_from_a_non_member_is_refused() -> None:
@@ -375,7 +388,7 @@ async def test_complaints_never_frame_an_honest_host(tmp_path: Path) -> None:
         await w.post("/v1/complaints", complaint(ROAMER, HONEST, never_sent))
         flood = [make_access_request(ROAMER, w.creds[ROAMER.node_id], host_id=HONEST.node_id,
                                      amount=10**12, now=w.clock()).request
-                 for _ in range(MAX_COMPLAINTS - 2)]
+                 for _ in range(MAX_COMPLAINTS_PER_HOST - 2)]
         for req in flood:
             await w.post("/v1/complaints", complaint(ROAMER, HONEST, req))
         resp = await w.client.post("/v1/complaints", data=complaint(
