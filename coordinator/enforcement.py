@@ -27,7 +27,12 @@ the capacity it committed (no commitment counts as zero) is less than the amount
 request asked (the refusal's ``amount``; absent, 1): ``committed - received < amount``.
 With ``amount`` = 1 that is "the receipts reach the commitment"; a larger indivisible
 request (a file bigger than the bytes left) may be refused earlier, and the host proves
-it with its receipts (protocol README section 7, step 5). The receipts that count are
+it with its receipts (protocol README section 7, step 5). It is legitimate too when what
+the host's receipts of epoch e to that requester leave of the requester's share of the
+host (:func:`protocol.messages.roamer_share` of what the host owes, at its kind's
+granularity) is less than the amount asked -- except for a file's first grant, which the
+gate never holds to the share -- so a roamer that drained its share cannot make the
+next refusal look unjustified either. The receipts that count are
 those it could not have made up (:func:`ledger_grants`): each embeds the granted
 request signed by its requester, so a host files its own ledger and a roamer that drains
 it and hides its receipt cannot frame it. Any other reason
@@ -52,6 +57,8 @@ from dataclasses import dataclass
 
 from coordinator.probe import ProbeResult, unanswered
 from protocol import MAX_CLOCK_SKEW, Allocation, Complaint, GrantReceipt, Refusal, request_of
+from protocol.kinds import KINDS
+from protocol.messages import roamer_share
 
 #: Signed refusal reasons that are the requester's fault (README §7, step 3): the form
 #: of what it asked (a wrong resource, amount or share). A host signs a refusal only for
@@ -100,17 +107,28 @@ class Exclusion:
             raise ValueError("a free rider is excluded from the epoch after detection")
 
 
-def refusal_is_legitimate(refusal: Refusal, *, received: int, committed: int) -> bool:
+def refusal_is_legitimate(refusal: Refusal, *, received: int, committed: int,
+                          share: int | None = None, received_by: int = 0,
+                          indivisible: bool = False) -> bool:
     """Whether ``refusal`` (of a validly credentialed, included requester) is justified.
 
     ``received`` is what the host had granted in the epoch up to the refusal's time
-    (micro-units), ``committed`` what it committed to open.
+    (micro-units), ``committed`` what it committed to open; ``share`` the most one
+    requester may be granted by the host in the epoch
+    (:func:`protocol.messages.roamer_share` of what it owes; None: no share),
+    ``received_by`` what this requester had been granted by it up to the refusal's time,
+    ``indivisible`` whether the request is for an item (a file), whose first grant is not
+    held to the share. A ``capacity_exhausted`` refusal is justified when what is left of
+    the commitment, or of the requester's share, is less than the amount asked.
     """
     if refusal.reason in LEGITIMATE_REASONS:
         return True
     if refusal.reason == CAPACITY_REASON:
         asked = refusal.amount if refusal.amount is not None else 1
-        return committed - received < asked
+        if committed - received < asked:
+            return True
+        held = share is not None and (received_by > 0 or not indivisible)
+        return held and share is not None and share - received_by < asked
     return False
 
 
@@ -132,6 +150,7 @@ class LedgerGrant:
     time: int
     issued: int
     amount: int
+    requester: str = ""
 
     def counts_before(self, cutoff: int) -> bool:
         """Whether it was granted by ``cutoff`` (host time), by both parties' word."""
@@ -169,7 +188,8 @@ def ledger_grants(
         if not (window[0] - MAX_CLOCK_SKEW <= issued < window[1] + MAX_CLOCK_SKEW
                 and abs(r.time - issued) <= MAX_CLOCK_SKEW):
             continue
-        out[r.host_id].append(LedgerGrant(time=r.time, issued=issued, amount=r.amount))
+        out[r.host_id].append(LedgerGrant(time=r.time, issued=issued, amount=r.amount,
+                                          requester=r.requester_id))
     return out
 
 
@@ -181,6 +201,7 @@ def find_free_riders(
     credential_windows: Mapping[str, tuple[int, int]],
     probes: Iterable[ProbeResult] = (),
     complaints: Iterable[Complaint] = (),
+    host_kinds: Mapping[str, str] | None = None,
 ) -> list[Exclusion]:
     """The exclusions for ``allocation.epoch + 1``, sorted, one per (node, reason).
 
@@ -191,7 +212,10 @@ def find_free_riders(
     expires)``; ``probes`` the coordinator's probe results (other epochs' are ignored);
     ``complaints`` the roamers' complaints that stand at the cut-off (relayed to the
     host, filed inside the rebuttal window's bound and never answered with a signed
-    receipt or refusal: :meth:`coordinator.epoch.AuditState.standing_complaints`).
+    receipt or refusal: :meth:`coordinator.epoch.AuditState.standing_complaints`);
+    ``host_kinds`` each host's resource kind (its registration's), for the requester's
+    share of it (:func:`protocol.messages.roamer_share` of what it owes, at the kind's
+    granularity; a host of unknown kind is judged without shares).
     """
     epoch = allocation.epoch
     found: dict[tuple[str, str], Exclusion] = {}
@@ -242,9 +266,16 @@ def find_free_riders(
         # The refused request's issued time (the requester's word) bounds when the host
         # may say it refused, so a refusal dated late cannot borrow later grants.
         cutoff = min(refusal.time, request_of(refusal).issued + MAX_CLOCK_SKEW)
-        received = sum(g.amount for g in ledgers.get(host, ()) if g.counts_before(cutoff))
+        counted = [g for g in ledgers.get(host, ()) if g.counts_before(cutoff)]
+        received = sum(g.amount for g in counted)
         committed = commitments.get(host, 0)
-        if not refusal_is_legitimate(refusal, received=received, committed=committed):
+        kind = KINDS.get((host_kinds or {}).get(host, ""))
+        share = None if kind is None else roamer_share(owed[host], kind.granularity)
+        received_by = sum(g.amount for g in counted if g.requester == refusal.requester_id)
+        indivisible = kind is not None and kind.itemised
+        if not refusal_is_legitimate(refusal, received=received, committed=committed,
+                                     share=share if owed[host] > 0 else None,
+                                     received_by=received_by, indivisible=indivisible):
             flag(host, UNJUSTIFIED_REFUSAL,
                  f"refused {refusal.requester_id[:16]}... with {refusal.reason} at "
                  f"{refusal.time} (granted {received} of {committed} committed, "

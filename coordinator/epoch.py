@@ -573,7 +573,8 @@ class EpochCore:
                     evidence=self.audit.judged(now, self.settings.rebuttal_seconds),
                     credential_windows=self.audit.skewed_windows(), probes=probes,
                     complaints=self.audit.standing_complaints(
-                        now, self.settings.rebuttal_seconds))
+                        now, self.settings.rebuttal_seconds),
+                    host_kinds={n: r.registration.kind for n, r in self.nodes.items()})
                 if (x.node_id, x.reason) not in known)
         policy = self.settings.penalty
         reasons: dict[str, list[str]] = {}

@@ -19,7 +19,10 @@ machine-readable ``reason``:
    inclusion in the allocation (``not_included``), the resource the endpoint serves and
    the amount's form (``out_of_range``: wrong resource, not a whole number of channels,
    not the file's size, more than the requester's remaining compute share), and the
-   host's remaining contributed capacity (``capacity_exhausted``).
+   host's remaining contributed capacity and the requester's share of it
+   (``capacity_exhausted``: a requester is granted at most
+   :func:`protocol.messages.roamer_share` of what the host owes per epoch, so one
+   roamer cannot drain a host; a file's first grant is exempt).
 
 Partial grants: when the host has some capacity left but less than asked, a divisible
 resource (coverage, whole channels, compute) is granted what is left, rounded down to the
@@ -81,6 +84,9 @@ class HostView:
     * ``costs``: exact amounts of named resources (a file's size in bytes);
     * ``shares``: per requester, the compute share bought this epoch (None: no
       per-requester limit); ``share_used``: what each requester already used here;
+    * ``roamer_share``: the most one requester may be granted here this epoch
+      (:func:`protocol.messages.roamer_share` of what the host owes; None: no limit);
+      ``granted_to``: what each requester was granted here this epoch;
     * ``verifier``: the host's access verifier, which holds the trusted coordinator key,
       the clock skew and the host's id (the one mutable thing the gate touches); no
       coordinator key trusted yet: every request is refused ``unknown_key``.
@@ -95,6 +101,8 @@ class HostView:
     costs: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     shares: Mapping[str, int] | None = None
     share_used: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    roamer_share: int | None = None
+    granted_to: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     verifier: AccessVerifier
 
 
@@ -188,14 +196,21 @@ def _check_policy(req: AccessRequest, who: str, view: HostView, resource: str | 
             # The requester's own limit, not the host's: out_of_range rather than
             # capacity_exhausted, so an audit never reads it as a host refusing service.
             raise OutOfRangeError(f"amount {req.amount} exceeds the share left ({left})")
-    if req.amount <= view.remaining:
+    limit, what = view.remaining, "the remaining capacity"
+    if view.roamer_share is not None:
+        got = view.granted_to.get(who, 0)
+        # An item's first grant is never held to the share (a file larger than a share
+        # could never be served); any later one is, as is every divisible grant.
+        if got > 0 or not indivisible:
+            share_left = max(0, view.roamer_share - got)
+            if share_left < limit:
+                limit, what = share_left, "the requester's share left here"
+    if req.amount <= limit:
         return req.amount
-    left = view.remaining - view.remaining % view.unit
+    left = limit - limit % view.unit
     if view.partial and not indivisible and left > 0:
         return left
-    raise CapacityExhaustedError(
-        f"amount {req.amount} exceeds the remaining capacity {view.remaining}"
-    )
+    raise CapacityExhaustedError(f"amount {req.amount} exceeds {what} ({limit})")
 
 
 def _deny(

@@ -49,7 +49,7 @@ from protocol.errors import (
 )
 from protocol.fields import check_int
 from protocol.kinds import kind_of
-from protocol.messages import MAX_AUDIT_ITEMS
+from protocol.messages import MAX_AUDIT_ITEMS, roamer_share
 
 #: ``Host.epoch`` before any allocation is enforced (every credential is then future).
 NO_EPOCH = -1
@@ -137,6 +137,8 @@ class Host:
         self.shares: Mapping[str, int] | None = None
         self.owed = 0
         self.decisions: Counter[str] = Counter()
+        # What each requester was granted in the enforced epoch (its share's use).
+        self.granted_to: Counter[str] = Counter()
         self._costs: Mapping[str, int] = self.files.costs()
         self._ledgers: dict[int, _Ledger] = {}
         # Per epoch, (requester, nonce) -> the signed answer given (for relayed complaints).
@@ -200,6 +202,7 @@ class Host:
         self.included = frozenset(included)
         self.owed = owed
         self.shares = shares
+        self.granted_to.clear()
         self.resource.open(opened, now=now)
         self.decisions.clear()
         self._costs = self.files.costs()
@@ -231,6 +234,10 @@ class Host:
             costs=self._costs,
             shares=self.shares if kind_of(self.kind).shares else None,
             share_used=share_used,
+            # A host that owes nothing owes no roamer a share (nor is it judged).
+            roamer_share=(roamer_share(self.owed, kind_of(self.kind).granularity)
+                          if self.owed > 0 else None),
+            granted_to=self.granted_to,
             verifier=self.verifier,
         )
 
@@ -294,6 +301,8 @@ class Host:
             return self._remember(who, AccessOutcome(
                 decision=decision, refusal=seal(self.identity, refusal)))
         self.resource.consume(decision.amount, now=now, requester=who)
+        if decision.epoch == self.epoch:
+            self.granted_to[who] += decision.amount
         receipt = GrantReceipt(
             epoch=decision.epoch,
             host_id=self.node_id,

@@ -79,6 +79,20 @@ MAX_CREDENTIAL_LIFETIME = 31 * 24 * 3600
 #: Payload size limit of every message type unless it sets its own.
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
 
+#: A roamer's share of a host: what one requester may be granted by one host in one epoch
+#: is at most 1/ROAMER_SHARE_DIVISOR of what the host owes in it (README section 7, step
+#: 3), so one included roamer cannot drain a host and leave the others without service.
+ROAMER_SHARE_DIVISOR = 4
+
+
+def roamer_share(owed: int, granularity: int = 1) -> int:
+    """The most one requester may be granted by a host owing ``owed`` micro-units in an
+    epoch: ``owed / ROAMER_SHARE_DIVISOR`` rounded down to the kind's ``granularity``, and
+    at least one granule (a host owing one WLAN channel can still grant it)."""
+    share = owed // ROAMER_SHARE_DIVISOR
+    return max(granularity, share - share % granularity)
+
+
 MECHANISMS = frozenset({"posted_fee", "optimal"})
 PAYMENTS = frozenset({"money", "in_kind"})
 #: Message types an audit report may carry as evidence.

@@ -35,6 +35,7 @@ from protocol import (
     open_embedded,
     seal,
 )
+from protocol.messages import roamer_share
 
 
 @pytest.mark.asyncio
@@ -343,4 +344,13 @@ async def test_agents_play_an_epoch_with_the_real_coordinator_in_memory(
         counts = (await status())["counts"]
         assert (counts["included"], counts["commitments"], counts["evidence"]) == (4, 4, 4)
         granted = sum(a.host.resource.granted_total for a in agents)
-        assert granted == 4 * DEFAULT_ROAM_AMOUNT
+        # Each roamer asked DEFAULT_ROAM_AMOUNT of one host and was granted it, up to its
+        # share of what that host owes (protocol.messages.roamer_share).
+        by_host = {a.node_id: a for a in agents}
+        expected = 0
+        for x in answers:
+            assert x.receipt is not None
+            owed = by_host[x.receipt.host_id].history[0].owed or 0
+            expected += min(DEFAULT_ROAM_AMOUNT, roamer_share(owed))
+            assert x.receipt.amount == min(DEFAULT_ROAM_AMOUNT, roamer_share(owed))
+        assert granted == expected
