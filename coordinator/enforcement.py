@@ -215,7 +215,7 @@ def find_free_riders(
     receipt or refusal: :meth:`coordinator.epoch.AuditState.standing_complaints`);
     ``host_kinds`` each host's resource kind (its registration's), for the requester's
     share of it (:func:`protocol.messages.roamer_share` of what it owes, at the kind's
-    granularity; a host of unknown kind is judged without shares).
+    granularity; a host of unknown kind at granularity 1, never stricter than its gate).
     """
     epoch = allocation.epoch
     found: dict[tuple[str, str], Exclusion] = {}
@@ -269,8 +269,10 @@ def find_free_riders(
         counted = [g for g in ledgers.get(host, ()) if g.counts_before(cutoff)]
         received = sum(g.amount for g in counted)
         committed = commitments.get(host, 0)
+        # A host of unknown kind is judged at granularity 1 with no items: a share at
+        # least as large as its gate's, up to a granule, so never a stricter rule.
         kind = KINDS.get((host_kinds or {}).get(host, ""))
-        share = None if kind is None else roamer_share(owed[host], kind.granularity)
+        share = roamer_share(owed[host], 1 if kind is None else kind.granularity)
         received_by = sum(g.amount for g in counted if g.requester == refusal.requester_id)
         indivisible = kind is not None and kind.itemised
         if not refusal_is_legitimate(refusal, received=received, committed=committed,

@@ -15,8 +15,10 @@ Each call of :meth:`Agent.run_epoch_step` takes the machine's next action at the
    and keep the signed receipts and refusals. The directory (every included host) is
    fetched here, once per epoch and only if the node has somewhere to go, so a node that
    does not roam never downloads it;
-6. ``report``: them and the host's ledger, in signed audit reports. Receipts the
-   host signs after that are filed at its next step (:meth:`Agent.file_ledger`).
+6. ``report``: them and the host's ledger, in signed audit reports, and a complaint
+   about every request that got no signed answer (the coordinator relays it to the
+   host, protocol README section 7, step 7). Receipts the host signs after that are
+   filed at its next step (:meth:`Agent.file_ledger`).
 
 A step returns what it did (``registered``, ``declared``, ``announced``, ``provided``,
 ``roamed``, ``reported``) or ``waiting`` (nothing to do until the coordinator moves on)
@@ -64,9 +66,11 @@ from node.resources import Tariff, node_kind
 from node.strategy import Strategy, Truthful
 from protocol import (
     MICRO,
+    AccessBody,
     Allocation,
     AuditReport,
     Commitment,
+    Complaint,
     Declaration,
     Envelope,
     EpochAnnouncement,
@@ -77,6 +81,9 @@ from protocol import (
 )
 from protocol.kinds import Answer
 from protocol.messages import MAX_AUDIT_ITEMS
+
+#: Complaints a roamer keeps to file (the coordinator takes at most 32 per epoch).
+MAX_COMPLAINTS = 32
 
 log = logging.getLogger("inkind.node.agent")
 
@@ -187,6 +194,8 @@ class Agent:
         self.rng = random.Random(spec.seed)
         self.machine = EpochMachine()
         self._nonce = nonce
+        # (epoch, complaint) about requests that got no signed answer, not filed yet.
+        self._complaints: list[tuple[int, Complaint]] = []
         # The current allocation with its included set, shared by the nodes of this
         # process (node.client.Outcome): the host keeps the set instead of copying N ids.
         self._outcome: Outcome | None = None
@@ -436,6 +445,7 @@ class Agent:
         when the host has nothing to ask for (no files)."""
         assert entry.endpoint is not None
         url = base_url(entry.endpoint)
+        sent: AccessBody | None = None
         try:
             kind = node_kind(entry.kind)
             item, cost = "", None
@@ -461,6 +471,7 @@ class Agent:
                 amount=ask.amount,
                 resource=ask.resource,
             )
+            sent = request
             if kind.wire.answer is Answer.FILE:
                 answer, _ = await self.peers.download(url, ask.item, request,
                                                       host_key=entry.public_key)
@@ -470,14 +481,43 @@ class Agent:
                 answer = await self.peers.access(url, request, host_key=entry.public_key)
         except (*_NETWORK, InkindError) as exc:
             log.info("roaming to %s failed: %s", entry.node_id[:16], exc)
+            if sent is not None:
+                self._unanswered(entry.node_id, sent)
             return None
+        if answer.evidence is None:
+            self._unanswered(entry.node_id, sent)
         return answer
+
+    def _unanswered(self, host_id: str, body: AccessBody) -> None:
+        """A request that got no signed answer: complained about at the report step."""
+        progress = self.current
+        if progress is not None and len(self._complaints) < MAX_COMPLAINTS:
+            self._complaints.append((progress.epoch, Complaint(
+                epoch=progress.epoch, requester_id=self.node_id, host_id=host_id,
+                request=body.request)))
+
+    async def complain(self, epoch: int) -> int:
+        """File the complaints about ``epoch``'s requests that got no signed answer
+        (protocol README section 7, step 7: the coordinator relays each to its host);
+        returns how many were accepted. A refused one is logged and dropped."""
+        mine = [c for e, c in self._complaints if e == epoch]
+        self._complaints = [(e, c) for e, c in self._complaints if e > epoch]
+        accepted = 0
+        for complaint in mine:
+            try:
+                await self.coordinator.complain(seal(self.identity, complaint))
+                accepted += 1
+            except (*_NETWORK, InkindError) as exc:
+                log.info("node %s: complaint about %s refused: %s", self.node_id[:16],
+                         complaint.host_id[:16], exc)
+        return accepted
 
     async def report(self) -> dict[str, object] | None:
         """Send the epoch's receipts and refusals in signed audit reports (if any): the
         host's unfiled ledger first, then what the node got as a roamer, in reports of at
         most ``MAX_AUDIT_ITEMS`` items; the last answer is returned."""
         progress = self._progress()
+        await self.complain(progress.epoch)
         # The host's own ledger first: its receipts, each backed by the roamer's request.
         ledger = self.host.unfiled(progress.epoch)
         evidence = ledger + progress.evidence

@@ -383,6 +383,10 @@ class CoordinatorClient:
         """``POST /v1/audit`` with a signed ``audit_report``."""
         return await self._post("/v1/audit", envelope)
 
+    async def complain(self, envelope: Envelope) -> dict[str, Any]:
+        """``POST /v1/complaints`` with a signed ``complaint`` (protocol README §7, step 7)."""
+        return await self._post("/v1/complaints", envelope)
+
     async def status(self) -> dict[str, Any]:
         """``GET /v1/status`` (unsigned operator JSON)."""
         body = _json(await self._get("/v1/status", MAX_JSON_BYTES))

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from helpers.clock import FakeClock
+from helpers.clock import NOW, FakeClock
 from helpers.coordinator import (
     ADMIN,
     ADMIN_TOKEN,
@@ -38,17 +38,20 @@ from helpers.coordinator import (
     registration,
     runner,
 )
+from helpers.node import BedNode, node_bed, step_all
 
 from coordinator.config import CoordinatorConfig
 from coordinator.enforcement import UNANSWERED_COMPLAINT, UNJUSTIFIED_REFUSAL
 from coordinator.epoch import MAX_COMPLAINTS, MAX_COMPLAINTS_PER_HOST, EpochCore
 from coordinator.service import make_app
 from coordinator.store import Store
-from node.host import Host
+from node.gate import Decision
+from node.host import AccessOutcome, Host
 from node.service import make_app as node_app
 from node.service import start_site
 from protocol import (
     MAX_CLOCK_SKEW,
+    MICRO,
     AccessRequest,
     Allocation,
     Complaint,
@@ -453,3 +456,36 @@ def test_a_relayed_request_is_checked_like_any_other() -> None:
     late = at + MAX_CLOCK_SKEW + 30
     assert host.access(old.to_bytes(), now=late).decision.reason == "expired"
     assert host.resolve(old.to_bytes(), now=late).granted
+
+
+@pytest.mark.asyncio
+async def test_a_node_complains_about_every_request_without_a_signed_answer(
+        clock: FakeClock) -> None:
+    specs = [BedNode(seed=61, location=0, kind="wlan_coverage", theta=700_000),
+             BedNode(seed=62, location=1, kind="wlan_coverage", theta=700_000, script=(0,))]
+    async with node_bed(specs, clock) as (fake, agents):
+        host, roamer = agents
+        assert await step_all(agents) == ["registered"] * 2
+        fake.open(1, deadline=NOW + 60)
+        assert await step_all(agents) == ["declared"] * 2
+        clock.now = NOW + 60
+        fake.close(1, owed={host.node_id: MICRO, roamer.node_id: MICRO})
+        assert await step_all(agents) == ["provided"] * 2
+
+        def plain_error(raw: bytes, *, now: int, resource: str | None = None
+                        ) -> AccessOutcome:  # answers without signing anything
+            return AccessOutcome(decision=Decision(granted=False, reason="malformed",
+                                                   epoch=1, message="no"))
+
+        host.host.access = plain_error  # type: ignore[method-assign]
+        assert await step_all(agents) == ["roamed"] * 2
+        (answer,) = roamer.history[1].answers
+        assert answer.evidence is None and answer.reason == "malformed"
+        assert await step_all(agents) == ["reported"] * 2
+        (filed,) = fake.complaints
+        assert (filed.epoch, filed.requester_id, filed.host_id) == (
+            1, roamer.node_id, host.node_id)
+        request = AccessRequest.from_payload(json.loads(filed.request.payload))
+        assert request.host_id == host.node_id and request.epoch == 1
+        assert await step_all(agents) == ["waiting"] * 2
+        assert len(fake.complaints) == 1  # filed once

@@ -39,6 +39,7 @@ from protocol import (
     Allocation,
     AuditReport,
     Commitment,
+    Complaint,
     Credential,
     Declaration,
     Envelope,
@@ -164,6 +165,7 @@ class ScriptedCoordinator:
         self.credentials: dict[tuple[int, str], Envelope] = {}
         self.commitments: dict[int, dict[str, Commitment]] = {}
         self.audits: list[AuditReport] = []
+        self.complaints: list[Complaint] = []
         self.excluded: list[dict[str, Any]] = []
         self.registered = asyncio.Event()
         self.gets: Counter[str] = Counter()  # answered GETs of a document, by its path
@@ -298,6 +300,11 @@ class ScriptedCoordinator:
             self.audits.append(rep)
             return web.json_response({"accepted": len(rep.evidence)})
 
+        async def complain(request: web.Request) -> web.Response:
+            _, c = open_envelope(await request.read(), Complaint, trusted=self._keys())
+            self.complaints.append(c)
+            return web.json_response({"accepted": 1, "answer": None})
+
         async def status(request: web.Request) -> web.Response:
             return web.json_response({"excluded": self.excluded})
 
@@ -310,6 +317,7 @@ class ScriptedCoordinator:
         app.router.add_get("/v1/directory/{epoch}", directory)
         app.router.add_post("/v1/commitments", commit)
         app.router.add_post("/v1/audit", audit)
+        app.router.add_post("/v1/complaints", complain)
         app.router.add_get("/v1/status", status)
         return app
 
