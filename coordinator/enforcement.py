@@ -235,12 +235,16 @@ def find_free_riders(
             flag(node, SHORT_COMMITMENT,
                  f"owed {amount} micro-units, committed {commitments[node]}")
 
-    for node, n_probes in unanswered(epoch, probes).items():
+    silent = unanswered(epoch, probes)
+    for node, n_probes in silent.items():
         if owed.get(node, 0) > 0:
             flag(node, UNREACHABLE, f"answered none of {n_probes} coordinator probes")
 
     for c in complaints:
-        if c.epoch == epoch and owed.get(c.host_id, 0) > 0 and c.requester_id in owed:
+        # A host that answered no probe is out as unreachable: the relays it missed are
+        # the same fault, not a second one.
+        if (c.epoch == epoch and owed.get(c.host_id, 0) > 0 and c.requester_id in owed
+                and c.host_id not in silent):
             flag(c.host_id, UNANSWERED_COMPLAINT,
                  f"left a request of {c.requester_id[:16]}... unanswered, also when the "
                  "coordinator relayed it")

@@ -304,9 +304,11 @@ class Player:
             await self.faults(index, "before_close", rec)
         t = time.monotonic()
         # The hosts' rebuttal window: the last audit reports are judged at this close only
-        # once REBUTTAL_SECONDS whole seconds of the coordinator's clock have passed.
+        # once REBUTTAL_SECONDS whole seconds of the coordinator's clock (int(time.time()),
+        # the same machine's) have passed since they were filed.
         if self.audited_at is not None:
-            await asyncio.sleep(max(0.0, self.audited_at + REBUTTAL_SECONDS + 1 - time.time()))
+            due = math.floor(self.audited_at) + REBUTTAL_SECONDS + 0.01
+            await asyncio.sleep(max(0.0, due - time.time()))
         self.progress.phase("closing (the mechanism runs)")
         closed = await self.admin("close")
         rec.status = str(closed.get("status", ""))
