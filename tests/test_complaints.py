@@ -318,8 +318,8 @@ async def world(tmp_path: Path, *, relays: bool, probes: int = 2) -> AsyncIterat
         async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as cl:
             w = World(client=cl, store=store, clock=clock, hosts=hosts, endpoints=endpoints)
             for p in PEOPLE:
-                await w.post("/v1/register", raw(p, registration(p,
-                                                                 endpoint=endpoints[p.node_id])))
+                await w.post("/v1/register", raw(p, registration(
+                    p, endpoint=endpoints[p.node_id], kind="wlan_coverage")))
             await w.post("/v1/admin/open", admin=True)
             clock.now += 1
             for p in PEOPLE:

@@ -122,10 +122,9 @@ def nonce(i: int) -> str:
 
 def registration(who: Identity, *, location: int = 0, epoch: int = 0,
                  capacity: int = 5_000_000, endpoint: str | None = None,
-                 issued: int | None = None) -> Registration:
+                 issued: int | None = None, kind: str = "wlan_channels") -> Registration:
     return Registration(public_key=who.public_key, epoch=epoch, home_location=location,
-                        capacity=capacity, kind="wlan_channels", endpoint=endpoint,
-                        issued=issued)
+                        capacity=capacity, kind=kind, endpoint=endpoint, issued=issued)
 
 
 def declaration(who: Identity, *, epoch: int = 0, theta: int = 900_000,
@@ -228,12 +227,13 @@ def open_now(core: EpochCore, now: int = T0) -> None:
 
 
 def close_epoch_zero(core: EpochCore, people: Sequence[Identity], *,
-                     theta: int = 950_000) -> tuple[Closed, dict[str, Envelope]]:
-    """Register ``people``, open epoch 0 at T0, declare ``theta`` each, close it at T0 +
-    EPOCH_SECONDS and commit what each owes: the close and the credentials (envelopes by
-    node id)."""
+                     theta: int = 950_000, kind: str = "wlan_coverage",
+                     ) -> tuple[Closed, dict[str, Envelope]]:
+    """Register ``people`` (hosts of ``kind``), open epoch 0 at T0, declare ``theta``
+    each, close it at T0 + EPOCH_SECONDS and commit what each owes: the close and the
+    credentials (envelopes by node id)."""
     for p in people:
-        r = registration(p)
+        r = registration(p, kind=kind)
         change = core.check_registration(r, raw(p, r), now=T0)
         assert change is not None
         core.apply(change)
