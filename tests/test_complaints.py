@@ -202,6 +202,32 @@ def test_a_complaint_about_a_host_that_owes_nothing_or_from_a_non_member_is_refu
                                        host_id=OTHER.node_id, request=body.request),
                              b"", now=at, credential_digest=credential_digest(fake_cred))
     assert info.value.code == "not_included"
+    # A non-member's complaint (signed with its own key over a member's credential
+    # digest: it has no credential of its own) is refused too.
+    stolen = seal(OTHER, AccessRequest.from_payload(json.loads(make_access_request(
+        ROAMER, fake_cred, host_id=HONEST.node_id, amount=1, now=at).request.payload)))
+    with pytest.raises(InkindError) as info:
+        core.check_complaint(Complaint(epoch=0, requester_id=OTHER.node_id,
+                                       host_id=HONEST.node_id, request=stolen),
+                             b"", now=at, credential_digest=credential_digest(fake_cred))
+    assert info.value.code == "not_included"
+    assert core.audit is not None and core.audit.complaints == {}
+
+
+def test_a_complaint_is_for_the_epoch_being_audited_only() -> None:
+    core, creds = audited_core()
+    at = T0 + EPOCH_SECONDS + 1
+    old = complaint(ROAMER, HONEST, request_of(ROAMER, creds, HONEST, at=at))
+    fees, q = runner().announcement_terms()
+    core.apply(core.plan_open(at + 10, fees=fees, q=q))
+    for p in PEOPLE:
+        d = declaration(p, epoch=1, theta=950_000)
+        core.apply(core.check_declaration(d, raw(p, d), at + 11))
+    core.close(at + 10 + EPOCH_SECONDS, runner().run)  # epoch 1 is audited now
+    with pytest.raises(InkindError) as info:  # epoch 0's complaint, replayed later
+        check(core, creds, old, now=at + 100)
+    assert info.value.code == "stale_epoch"
+    assert core.audit is not None and core.audit.complaints == {}
 
 
 # --- over the wire ------------------------------------------------------------------------
