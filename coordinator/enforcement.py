@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 from coordinator.probe import ProbeResult, unanswered
 from protocol import MAX_CLOCK_SKEW, Allocation, Complaint, GrantReceipt, Refusal, request_of
-from protocol.kinds import KINDS
+from protocol.kinds import KINDS, ResourceKind
 from protocol.messages import roamer_share
 
 #: Signed refusal reasons that are the requester's fault (README §7, step 3): the form
@@ -109,7 +109,8 @@ class Exclusion:
 
 def refusal_is_legitimate(refusal: Refusal, *, received: int, committed: int,
                           share: int | None = None, received_by: int = 0,
-                          indivisible: bool = False) -> bool:
+                          indivisible: bool = False, kind: ResourceKind | None = None
+                          ) -> bool:
     """Whether ``refusal`` (of a validly credentialed, included requester) is justified.
 
     ``received`` is what the host had granted in the epoch up to the refusal's time
@@ -120,7 +121,15 @@ def refusal_is_legitimate(refusal: Refusal, *, received: int, committed: int,
     ``indivisible`` whether the request is for an item (a file), whose first grant is not
     held to the share. A ``capacity_exhausted`` refusal is justified when what is left of
     the commitment, or of the requester's share, is less than the amount asked.
+    ``kind``: the host's resource kind, if known. For a kind whose requests have no item
+    and no bought share (coverage, channels) the only thing a request can get wrong is
+    an amount that is not a whole number of granules, so an ``out_of_range`` refusal of
+    a whole amount is a false excuse there; for files and compute (a file's size, a
+    bought share) it stays the host's word.
     """
+    if refusal.reason == "out_of_range" and kind is not None and not (
+            kind.itemised or kind.shares):
+        return request_of(refusal).amount % kind.granularity != 0
     if refusal.reason in LEGITIMATE_REASONS:
         return True
     if refusal.reason == CAPACITY_REASON:
@@ -281,7 +290,8 @@ def find_free_riders(
         indivisible = kind is not None and kind.itemised
         if not refusal_is_legitimate(refusal, received=received, committed=committed,
                                      share=share if owed[host] > 0 else None,
-                                     received_by=received_by, indivisible=indivisible):
+                                     received_by=received_by, indivisible=indivisible,
+                                     kind=kind):
             flag(host, UNJUSTIFIED_REFUSAL,
                  f"refused {refusal.requester_id[:16]}... with {refusal.reason} at "
                  f"{refusal.time} (granted {received} of {committed} committed, "

@@ -400,7 +400,8 @@ class AuditState:
             return True  # it answers a complaint
         if isinstance(item, GrantReceipt):
             return item.requester_id != item.host_id
-        return item.reason not in LEGITIMATE_REASONS
+        # out_of_range is judged by the host's kind (coordinator.enforcement): keep it.
+        return item.reason not in LEGITIMATE_REASONS or item.reason == "out_of_range"
 
     @property
     def epoch(self) -> int:

@@ -105,6 +105,22 @@ def test_a_signed_refusal_blaming_the_verified_exchange_is_a_false_excuse(reason
 
 def test_a_refusal_for_what_was_asked_is_the_requesters_fault() -> None:
     assert riders(evidence=[refusal(HOST, GUEST, reason="out_of_range", time=T0 + 10)]) == []
+    # A compute or files host's out_of_range (a bought share, a file's size) is its word.
+    for kind in ("compute", "files"):
+        assert riders(evidence=[refusal(HOST, GUEST, reason="out_of_range", time=T0 + 10)],
+                      kind=kind) == []
+
+
+def test_out_of_range_is_a_false_excuse_where_a_request_cannot_be_out_of_range() -> None:
+    # Coverage and channels requests have no item and no bought share: only an amount that
+    # is not a whole number of granules can be out of range, which the audit can see.
+    whole = refusal(HOST, GUEST, reason="out_of_range", time=T0 + 10, amount=2_000_000)
+    assert riders(evidence=[whole], kind="wlan_coverage") == [(HOST.node_id,
+                                                                UNJUSTIFIED_REFUSAL)]
+    assert riders(evidence=[whole], kind="wlan_channels") == [(HOST.node_id,
+                                                                UNJUSTIFIED_REFUSAL)]
+    part = refusal(HOST, GUEST, reason="out_of_range", time=T0 + 10, amount=1_500_000)
+    assert riders(evidence=[part], kind="wlan_channels") == []
 
 
 def test_capacity_exhausted_is_legitimate_only_once_receipts_reach_the_commitment() -> None:
