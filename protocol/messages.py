@@ -481,6 +481,18 @@ class AccessRequest(Message):
             _check_resource("resource", self.resource)
 
 
+def _embedded_request(request: object) -> tuple[Envelope, AccessRequest]:
+    """The ``request`` field of a receipt, refusal or complaint: an ``access_request``
+    envelope within its type's limits, and its parsed payload (its signature is checked
+    where the message enters)."""
+    env = _check_embedded("request", request, frozenset({AccessRequest.TYPE}))
+    if len(env.payload) > AccessRequest.MAX_PAYLOAD_BYTES:
+        raise TooLargeError("request: payload over the access_request limit")
+    return env, AccessRequest.from_payload(decode_object(
+        env.payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
+        max_depth=AccessRequest.MAX_DEPTH))
+
+
 def _answered_request(
     answer: GrantReceipt | Refusal, request: object
 ) -> AccessRequest:
@@ -488,12 +500,7 @@ def _answered_request(
     same host, nonce and epoch, signed by the requester it names. (Its signature is
     checked where the answer enters: by the roamer against what it sent, by the
     coordinator in protocol.verify.open_evidence.)"""
-    env = _check_embedded("request", request, frozenset({AccessRequest.TYPE}))
-    if len(env.payload) > AccessRequest.MAX_PAYLOAD_BYTES:
-        raise TooLargeError("request: payload over the access_request limit")
-    req = AccessRequest.from_payload(decode_object(
-        env.payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
-        max_depth=AccessRequest.MAX_DEPTH))
+    env, req = _embedded_request(request)
     if (req.host_id != answer.host_id or req.nonce != answer.nonce
             or req.epoch != answer.epoch or node_id_of(env.signer) != answer.requester_id):
         raise OutOfRangeError("request: not the request this answer names")
@@ -637,12 +644,7 @@ class Complaint(Message):
         check_node_id("host_id", self.host_id)
         if self.host_id == self.requester_id:
             raise OutOfRangeError("a node does not complain about itself")
-        env = _check_embedded("request", self.request, frozenset({AccessRequest.TYPE}))
-        if len(env.payload) > AccessRequest.MAX_PAYLOAD_BYTES:
-            raise TooLargeError("request: payload over the access_request limit")
-        req = AccessRequest.from_payload(decode_object(
-            env.payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
-            max_depth=AccessRequest.MAX_DEPTH))
+        env, req = _embedded_request(self.request)
         if (req.host_id != self.host_id or req.epoch != self.epoch
                 or node_id_of(env.signer) != self.requester_id):
             raise OutOfRangeError("request: not a request of this requester to this host")
@@ -658,9 +660,7 @@ class Complaint(Message):
 
 def complained_request(complaint: Complaint) -> AccessRequest:
     """The access request a complaint carries (checked when it was built)."""
-    return AccessRequest.from_payload(decode_object(
-        complaint.request.payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
-        max_depth=AccessRequest.MAX_DEPTH))
+    return _embedded_request(complaint.request)[1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
