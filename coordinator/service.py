@@ -183,6 +183,8 @@ class Coordinator:
         self._submit_handle: asyncio.Handle | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()  # complaint relays in flight
+        self._relay_lock = asyncio.Lock()  # one relay round at a time
+        self._relay_wanted = False  # a background round is waiting to run
 
     # -- epochs ------------------------------------------------------------------------
 
@@ -282,7 +284,8 @@ class Coordinator:
         results = await probe_round(epoch, hosts, clock=self.clock, attempts=attempts,
                                     timeout=self.config.probe_timeout)
         self.store.record_probes(results)
-        await self.relay(epoch)
+        async with self._relay_lock:
+            await self.relay(epoch)
         missed = sorted({r.node_id[:16] for r in results if not r.answered})
         if missed:
             log.info("epoch %d probes: %d unanswered (%s...)", epoch, len(missed),
@@ -471,6 +474,22 @@ class Coordinator:
         if (self.config.auto_schedule and self.config.probe_attempts > 0
                 and self._probe_task is None):
             self._probe_task = asyncio.create_task(self.probe_schedule(), name="probes")
+
+    def schedule_relay(self, epoch: int) -> None:
+        """Relay the pending complaints of ``epoch`` soon, in the background. Coalesced:
+        one relay round runs at a time and at most one more waits (it will relay every
+        complaint filed meanwhile), so a burst of complaints costs each host one answer
+        per complaint and round, not one per complaint filed since."""
+        if self._relay_wanted:
+            return
+        self._relay_wanted = True
+
+        async def run() -> None:
+            async with self._relay_lock:
+                self._relay_wanted = False
+                await self.relay(epoch)
+
+        self.background(run())
 
     def background(self, work: Awaitable[Any]) -> None:
         """Run ``work`` (a relay) without blocking the answer; failures are logged, and
@@ -724,7 +743,7 @@ async def complain(request: web.Request) -> web.Response:
         c.store.persist(change)
         c.core.apply(change)
         if c.config.probe_attempts > 0:
-            c.background(c.relay(complaint.epoch))
+            c.schedule_relay(complaint.epoch)
     answer = c.store.answer(complaint.epoch, complaint.host_id, complaint.nonce)
     return web.json_response({
         "accepted": 1,
