@@ -127,9 +127,14 @@ def best_of(make: Callable[[], Any], run: Callable[[Any], Any],
     return best, out
 
 
-def _agree(what: str, fast: float, general: float) -> None:
-    """The two paths timed must compute the same thing (to 1e-9 relative)."""
-    if not abs(fast - general) <= 1e-9 * abs(general):
+# The two paths timed must compute the same thing: to rounding, or, where a KKT search
+# finds several multipliers (in kind), to its stopping rule (coordinator.mechanism.multipliers).
+AGREE_RTOL = 1e-9
+AGREE_KKT_RTOL = 1e-7
+
+
+def _agree(what: str, fast: float, general: float, rtol: float = AGREE_RTOL) -> None:
+    if not abs(fast - general) <= rtol * abs(general):
         raise RuntimeError(f"{what}: the fast path gives {fast!r}, the general path "
                            f"{general!r}")
 
@@ -157,7 +162,8 @@ def measure(*, quick: bool, say: Callable[[str], None]) -> list[Figure]:
         fast, a = best_of(lambda p=payment: hundred_locations(p), posted_fee, 3 * rep + 2)
         general, b = best_of(lambda p=payment: hundred_locations(p, generic_priors=True),
                              posted_fee, rep + 1)
-        _agree(f"posted fee, {payment}", a.result.welfare, b.result.welfare)
+        _agree(f"posted fee, {payment}", a.result.welfare, b.result.welfare,
+               AGREE_KKT_RTOL if payment == "in_kind" else AGREE_RTOL)
         figs.append(Figure(
             f"posted fee, L = 100 locations, {payment}: solve", fast * 1e3, "ms",
             general * 1e3, "the same solve with the priors as generic scipy uniforms",

@@ -27,11 +27,12 @@ import numpy.typing as npt
 from scipy import optimize
 
 from .declared import declarants
+from .distributions import TypeDistribution
 from .market import Market, PowerCost, PowerUtility, check_solvable
 from .multipliers import kkt_multipliers
 from .provision import Power, Provision, provision_for
 from .result import MechanismResult, Outcome
-from .sums import partial_means, survival, thresholds
+from .sums import Groups, distribution_groups, partial_means, survival, thresholds
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -45,18 +46,52 @@ class PostedFeePlan:
     fees: FloatArray
 
 
-def plan_at(market: Market, lambdas: FloatArray, provisions: list[Provision]) -> PostedFeePlan:
-    """θ*, Q* and the value of (18), (19)/(23) for given multipliers."""
+@dataclass(frozen=True, slots=True)
+class PlanForms:
+    """What :func:`plan_at` needs that depends only on the market: the locations grouped
+    by distinct prior (one vectorised call each) and, for power forms, the coefficient
+    arrays of Q(a) = q_k a^q_e, u = A Q^α, c = B n^δ Q^β (None for other forms)."""
+
+    dists: list[TypeDistribution]
+    groups: Groups
+    power: tuple[FloatArray, ...] | None
+
+    @classmethod
+    def of(cls, market: Market, provisions: list[Provision]) -> PlanForms:
+        locs = market.locations
+        dists = [loc.dist for loc in locs]
+        groups = distribution_groups(dists)
+        power = None
+        qs = [p.q for p in provisions]
+        us = [loc.utility for loc in locs]
+        cs = [loc.cost for loc in locs]
+        if (all(isinstance(q, Power) for q in qs) and all(isinstance(u, PowerUtility) for u in us)
+                and all(isinstance(c, PowerCost) for c in cs)):
+            power = (np.array([q.coef for q in qs if isinstance(q, Power)]),
+                     np.array([q.exponent for q in qs if isinstance(q, Power)]),
+                     np.array([u.A for u in us if isinstance(u, PowerUtility)]),
+                     np.array([u.alpha for u in us if isinstance(u, PowerUtility)]),
+                     np.array([c.B * float(loc.n) ** c.delta
+                               for c, loc in zip(cs, locs, strict=True)
+                               if isinstance(c, PowerCost)]),
+                     np.array([c.beta for c in cs if isinstance(c, PowerCost)]))
+        return cls(dists, groups, power)
+
+
+def plan_at(market: Market, lambdas: FloatArray, provisions: list[Provision],
+            forms: PlanForms | None = None) -> PostedFeePlan:
+    """θ*, Q* and the value of (18), (19)/(23) for given multipliers (``forms``: what
+    depends only on the market, built once per solve; built here when None)."""
+    forms = PlanForms.of(market, provisions) if forms is None else forms
     W = market.weights
     n = market.sizes.astype(float)
-    dists = [loc.dist for loc in market.locations]
-    th = thresholds(dists, lambdas)
-    survive = survival(dists, th)
-    mean_in = partial_means(dists, th)
+    th = thresholds(forms.dists, lambdas, forms.groups)
+    survive = survival(forms.dists, th, forms.groups)
+    mean_in = partial_means(forms.dists, th, forms.groups)
     g_in = th * survive  # ∫_{θ*} g dF = θ*(1 − F(θ*))
     m = mean_in + lambdas * g_in
     a = (W.T @ (n * m)) / (1.0 + lambdas)
-    Q, u, c = _sizes(market, provisions, a)
+    Q, u, c = _sizes(market, provisions, a, forms)
     benefit = W @ u  # Σ_l u_il(Q_l) for an agent of location i
     welfare = float(np.sum(n * mean_in * benefit) - c.sum())
     per_location = n * g_in * benefit - c
@@ -64,22 +99,14 @@ def plan_at(market: Market, lambdas: FloatArray, provisions: list[Provision]) ->
     return PostedFeePlan(th, Q, welfare, constraints, th * benefit)
 
 
-def _sizes(market: Market, provisions: list[Provision],
-           a: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _sizes(market: Market, provisions: list[Provision], a: FloatArray,
+           forms: PlanForms) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Q_l = argmax a_l u_l − c_l and u_l(Q_l), c_l(Q_l); one array pass for power forms."""
-    locs = market.locations
-    if all(isinstance(p.q, Power) for p in provisions) and all(
-            isinstance(loc.utility, PowerUtility) and isinstance(loc.cost, PowerCost)
-            for loc in locs):
-        qk = np.array([p.q.coef for p in provisions if isinstance(p.q, Power)])
-        qe = np.array([p.q.exponent for p in provisions if isinstance(p.q, Power)])
+    if forms.power is not None:
+        qk, qe, A, al, Bn, be = forms.power
         Q = qk * np.power(np.maximum(a, 0.0), qe)
-        A = np.array([loc.utility.A for loc in locs if isinstance(loc.utility, PowerUtility)])
-        al = np.array([loc.utility.alpha for loc in locs if isinstance(loc.utility, PowerUtility)])
-        Bn = np.array([loc.cost.B * float(loc.n) ** loc.cost.delta for loc in locs
-                       if isinstance(loc.cost, PowerCost)])
-        be = np.array([loc.cost.beta for loc in locs if isinstance(loc.cost, PowerCost)])
         return Q, A * np.power(Q, al), Bn * np.power(Q, be)
+    locs = market.locations
     Q = np.array([float(provisions[l].q(np.array([a[l]]))[0]) for l in range(market.L)])
     u = np.array([float(locs[l].utility(Q[l])) for l in range(market.L)])
     c = np.array([float(locs[l].cost(locs[l].n, Q[l])) for l in range(market.L)])
@@ -127,8 +154,10 @@ def posted_fee(market: Market) -> PostedFeeMechanism:
     provisions = [provision_for(loc, market) for loc in market.locations]
     L = market.L
 
+    forms = PlanForms.of(market, provisions)
+
     def pooled(lam: float) -> float:
-        return float(plan_at(market, np.full(L, lam), provisions).constraints.sum())
+        return float(plan_at(market, np.full(L, lam), provisions, forms).constraints.sum())
 
     status = "constraint binds"
     ok = True
@@ -146,14 +175,14 @@ def posted_fee(market: Market) -> PostedFeeMechanism:
         lam = t / (1 - t)
     lambdas = np.full(L, lam)
     if market.payment == "in_kind" and L > 1:
-        scale = max(1.0, abs(plan_at(market, np.zeros(L), provisions).welfare))
+        scale = max(1.0, abs(plan_at(market, np.zeros(L), provisions, forms).welfare))
 
         def values(lv: FloatArray) -> tuple[float, FloatArray]:
-            p = plan_at(market, lv, provisions)
+            p = plan_at(market, lv, provisions, forms)
             return p.welfare, p.constraints
 
         lambdas, ok, status = kkt_multipliers(values, lambdas, scale)
-    plan = plan_at(market, lambdas, provisions)
+    plan = plan_at(market, lambdas, provisions, forms)
     details: dict[str, Any] = {"constraint_values": plan.constraints, "payment": market.payment,
                                "lambda_note": "multipliers of (19)/(23)"}
     result = MechanismResult(

@@ -548,11 +548,25 @@ def _by_distribution(dists: list[TypeDistribution]) -> dict[object, list[int]]:
     return groups
 
 
-def thresholds(dists: list[TypeDistribution], lambdas: FloatArray) -> FloatArray:
+Groups = dict[object, npt.NDArray[np.int64]]
+
+
+def distribution_groups(dists: list[TypeDistribution], groups: Groups | None = None) -> Groups:
+    """The indices of ``dists`` by distinct distribution (``groups`` itself when given):
+    what the vectorised functions below loop over, computed once per market by callers
+    that evaluate many times."""
+    if groups is not None:
+        return groups
+    return {k: np.array(v, dtype=np.int64) for k, v in _by_distribution(dists).items()}
+
+
+def thresholds(dists: list[TypeDistribution], lambdas: FloatArray,
+               groups: Groups | None = None) -> FloatArray:
     """:func:`threshold` for many (distribution, λ) pairs: one vectorised bisection per
-    distinct distribution, so a market of many alike locations costs one solve."""
+    distinct distribution, so a market of many alike locations costs one solve.
+    ``groups``: the indices of ``dists`` by distinct distribution, if already known."""
     out = np.empty(len(dists))
-    groups = _by_distribution(dists)
+    groups = distribution_groups(dists, groups)
     for idx in groups.values():
         dist = dists[idx[0]]
         lam = np.asarray(lambdas, dtype=float)[idx]
@@ -623,10 +637,11 @@ def _is_uniform(dist: TypeDistribution) -> bool:
     return dist.spec.get("dist") == "uniform"
 
 
-def survival(dists: list[TypeDistribution], points: FloatArray) -> FloatArray:
+def survival(dists: list[TypeDistribution], points: FloatArray,
+             groups: Groups | None = None) -> FloatArray:
     """1 − F_i(points[i]) for each i, one vectorised call per distinct distribution."""
     out = np.empty(len(dists))
-    groups = _by_distribution(dists)
+    groups = distribution_groups(dists, groups)
     for idx in groups.values():
         dist = dists[idx[0]]
         t = np.asarray(points, dtype=float)[idx]
@@ -637,10 +652,11 @@ def survival(dists: list[TypeDistribution], points: FloatArray) -> FloatArray:
     return out
 
 
-def partial_means(dists: list[TypeDistribution], lows: FloatArray) -> FloatArray:
+def partial_means(dists: list[TypeDistribution], lows: FloatArray,
+                  groups: Groups | None = None) -> FloatArray:
     """∫_{lows[i]}^{high} θ f_i(θ) dθ for each i, vectorised per distinct distribution."""
     out = np.empty(len(dists))
-    groups = _by_distribution(dists)
+    groups = distribution_groups(dists, groups)
     gx, gw = _GL64
     for idx in groups.values():
         dist = dists[idx[0]]
