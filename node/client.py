@@ -16,7 +16,9 @@ owns (one session serves many nodes in one event loop).
   or a compute job), sending a body built by :func:`protocol.make_access_request`
   (re-exported here). A refusal is an answer, not an exception: :class:`AccessAnswer` carries
   the host-signed receipt or refusal (checked against the host's key from the directory)
-  or the plain error of a request the host could not verify.
+  or the plain error of a request the host could not verify. A request built with a
+  ``session_key`` opens a session when granted (:meth:`PeerClient.open_session`); later
+  requests in it (:meth:`PeerClient.session_access`) are MACed (README section 7.1).
 
 Response bodies are read with size limits. Network failures surface as
 :class:`aiohttp.ClientError` / :class:`TimeoutError`; this module does not retry.
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol import (
     AccessBody,
@@ -62,12 +65,16 @@ from protocol.errors import (
 )
 from protocol.fields import check_node_id
 from protocol.identity import check_strong_public_key
+from protocol.session import RoamerSession, SessionRequest, open_roamer_session
 
 #: Largest JSON answer that is not an envelope (directory, status), bytes.
 MAX_JSON_BYTES = 32 * 1024 * 1024
 #: Largest file a download accepts, bytes.
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
+#: Headers of a file download: the receipt (base64 of its envelope JSON), or the answer
+#: to a session request (its JSON).
 RECEIPT_HEADER = "X-Inkind-Receipt"
+SESSION_HEADER = "X-Inkind-Session-Answer"
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30)
 #: Documents a :class:`SharedDocuments` keeps (the allocation and directory of the last
 #: few epochs; an allocation of 100,000 nodes is about 9 MB).
@@ -426,6 +433,19 @@ class AccessAnswer:
         return self.receipt_envelope or self.refusal_envelope
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionGrant:
+    """A host's answer to a session request: the amount granted, or the plain error."""
+
+    request: SessionRequest
+    amount: int = 0
+    error: InkindError | None = None
+
+    @property
+    def granted(self) -> bool:
+        return self.error is None and self.amount > 0
+
+
 class PeerClient:
     """A node's client for other nodes' host endpoints (HTTP.md "Node").
 
@@ -526,6 +546,42 @@ class PeerClient:
             return AccessAnswer(error=exc), None
         answer = self._granted(env, host_key, request)
         return answer, body["result"] if answer.granted else None
+
+    @staticmethod
+    def open_session(
+        own: X25519PrivateKey, request: AccessBody, answer: AccessAnswer
+    ) -> RoamerSession | None:
+        """The session a granted ``request`` (built with ``session_key`` = ``own``'s public
+        key) opened, None if the host opened none (its receipt has no ``session_key``)."""
+        receipt = answer.receipt
+        if receipt is None or receipt.session_key is None:
+            return None
+        return open_roamer_session(own, request=request.request, host_id=receipt.host_id,
+                                   host_session_key=receipt.session_key)
+
+    async def session_access(
+        self, url: str, session: RoamerSession, *, amount: int, resource: str | None = None
+    ) -> SessionGrant:
+        """``POST /v1/access`` with the session's next request: the amount granted (the
+        answer's MAC checked), or the plain error."""
+        request = session.request(amount, resource=resource)
+        async with self.session.post(
+            url.rstrip("/") + "/v1/access",
+            data=request.to_bytes(),
+            headers={"Content-Type": "application/json"},
+            timeout=self.timeout,
+        ) as resp:
+            data = await _read(resp, 64 * 1024)
+        try:
+            body: object = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            body = data[:200]
+        if resp.status >= 400:
+            return SessionGrant(request=request, error=_error_of(body, resp.status))
+        try:
+            return SessionGrant(request=request, amount=session.check_answer(body, request))
+        except InkindError as exc:
+            return SessionGrant(request=request, error=exc)
 
     async def files(self, url: str) -> list[dict[str, Any]]:
         """``GET /v1/files``: the host's shared files ``[{"sha256", "size"}]``."""

@@ -24,6 +24,13 @@ machine-readable ``reason``:
    :func:`protocol.messages.roamer_share` of what the host owes per epoch, so one
    roamer cannot drain a host; a file's first grant is exempt).
 
+A *session request* (README section 7.1: a later request in a session opened by a granted
+signed request) is checked by :meth:`protocol.AccessVerifier.check_session` (``bad_proof``
+for another host or a wrong MAC, ``unknown_session``, ``expired``, ``replay``), then by
+policy: revocation, the resource and amount's form as above, and the session's balance
+(``out_of_range``: it is the requester's own bound, signed in its first request). It is
+never refused with a signed refusal (nothing a MAC authenticates is evidence).
+
 Partial grants: when the host has some capacity left but less than asked, a divisible
 resource (coverage, whole channels, compute) is granted what is left, rounded down to the
 unit, and the receipt says so (``amount`` granted); ``capacity_exhausted`` is answered
@@ -64,6 +71,7 @@ from protocol.errors import (
     RevokedError,
     UnknownKeyError,
 )
+from protocol.session import VerifiedSession
 
 #: The reason of a granted decision (every other reason is a wire error code).
 GRANTED = "granted"
@@ -124,6 +132,8 @@ class Decision:
     requester_id: str | None = None
     request: AccessRequest | None = None
     envelope: Envelope | None = None  # the signed request, once verified
+    access: VerifiedAccess | None = None  # the verified signed request (opens a session)
+    session: VerifiedSession | None = None  # a session request whose MAC verified
 
     @property
     def verified(self) -> bool:
@@ -146,9 +156,11 @@ def authorize(request: bytes, view: HostView, *, now: int, resource: str | None 
     if view.verifier.coordinator_key is None:
         return _deny(UnknownKeyError("no coordinator key is trusted yet"), view.epoch)
     try:
-        verified = view.verifier.check(request, epoch=view.epoch, now=now)
+        verified = view.verifier.check_any(request, epoch=view.epoch, now=now)
     except InkindError as exc:
         return _deny(exc, view.epoch)
+    if isinstance(verified, VerifiedSession):
+        return _authorize_session(verified, view, resource=resource)
     return decide(verified, view, resource=resource)
 
 
@@ -172,7 +184,42 @@ def decide(verified: VerifiedAccess, view: HostView, *, resource: str | None = N
         requester_id=who,
         request=req,
         envelope=verified.envelope,
+        access=verified,
     )
+
+
+def _authorize_session(checked: VerifiedSession, view: HostView, *,
+                       resource: str | None) -> Decision:
+    """Decide a session request whose MAC and counter verified (module docstring)."""
+    body = checked.request
+    who = checked.requester_id
+    try:
+        if who in view.revoked:
+            raise RevokedError(f"node {who[:16]}... is revoked")
+        _check_form(body.resource, body.amount, view, resource)
+        if body.amount > checked.balance:
+            raise OutOfRangeError(
+                f"amount {body.amount} exceeds the session's balance {checked.balance}")
+    except InkindError as exc:
+        return Decision(granted=False, reason=exc.code, message=str(exc), epoch=view.epoch,
+                        requester_id=who, session=checked)
+    return Decision(granted=True, reason=GRANTED, epoch=view.epoch, amount=body.amount,
+                    requester_id=who, session=checked)
+
+
+def _check_form(asked: str | None, amount: int, view: HostView, resource: str | None) -> bool:
+    """Raise ``out_of_range`` unless the request names the endpoint's ``resource`` and its
+    amount has the form the resource wants; return whether it is indivisible (a file)."""
+    if resource is not None and asked != resource:
+        raise OutOfRangeError(f"this endpoint serves {resource!r}, not {asked!r}")
+    if amount % view.unit:
+        raise OutOfRangeError(f"amount must be a multiple of {view.unit}")
+    indivisible = asked is not None and asked in view.costs
+    if asked is not None and indivisible:
+        cost = view.costs[asked]
+        if amount != cost:
+            raise OutOfRangeError(f"{asked} costs exactly {cost}, not {amount}")
+    return indivisible
 
 
 def _check_policy(req: AccessRequest, who: str, view: HostView, resource: str | None) -> int:
@@ -181,15 +228,7 @@ def _check_policy(req: AccessRequest, who: str, view: HostView, resource: str | 
         raise RevokedError(f"node {who[:16]}... is revoked")
     if who not in view.included:
         raise NotIncludedError(f"node {who[:16]}... is not included in epoch {view.epoch}")
-    if resource is not None and req.resource != resource:
-        raise OutOfRangeError(f"this endpoint serves {resource!r}, not {req.resource!r}")
-    if req.amount % view.unit:
-        raise OutOfRangeError(f"amount must be a multiple of {view.unit}")
-    indivisible = req.resource is not None and req.resource in view.costs
-    if req.resource is not None and indivisible:
-        cost = view.costs[req.resource]
-        if req.amount != cost:
-            raise OutOfRangeError(f"{req.resource} costs exactly {cost}, not {req.amount}")
+    indivisible = _check_form(req.resource, req.amount, view, resource)
     if view.shares is not None:
         left = view.shares.get(who, 0) - view.share_used.get(who, 0)
         if req.amount > left:

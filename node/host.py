@@ -45,11 +45,13 @@ from protocol.errors import (
     CapacityExhaustedError,
     OutOfRangeError,
     ReplayError,
+    TooLargeError,
     UnknownKeyError,
 )
 from protocol.fields import check_int
 from protocol.kinds import kind_of
 from protocol.messages import MAX_AUDIT_ITEMS, roamer_share
+from protocol.session import SessionAnswer
 
 #: ``Host.epoch`` before any allocation is enforced (every credential is then future).
 NO_EPOCH = -1
@@ -91,10 +93,16 @@ class AccessOutcome:
     decision: Decision
     receipt: Envelope | None = None
     refusal: Envelope | None = None
+    session_answer: SessionAnswer | None = None  # a granted session request's answer
 
     @property
     def granted(self) -> bool:
         return self.decision.granted
+
+    @property
+    def answered(self) -> bool:
+        """Granted with an answer to send (a receipt or a session answer)."""
+        return self.receipt is not None or self.session_answer is not None
 
 
 class Host:
@@ -204,6 +212,7 @@ class Host:
         self.shares = shares
         self.granted_to.clear()
         self.resource.open(opened, now=now)
+        self.verifier.end_epoch(epoch)  # sessions end with their epoch
         self.decisions.clear()
         self._costs = self.files.costs()
         for old in [e for e in self._ledgers if e < epoch - 1]:
@@ -271,6 +280,14 @@ class Host:
     def _apply(self, decision: Decision, now: int) -> AccessOutcome:
         """Apply a gate decision: consume and sign a receipt, or sign a refusal of a
         verified requester; remember the signed answer for a relayed complaint."""
+        if decision.session is not None:
+            # A session request draws on the balance of a grant the requester signed (and
+            # the host counted then): no capacity consumed, nothing for the ledger.
+            self.decisions[decision.reason] += 1
+            if not decision.granted:
+                return AccessOutcome(decision=decision)
+            answer = self.verifier.sessions.grant(decision.session, decision.amount)
+            return AccessOutcome(decision=decision, session_answer=answer)
         book = self._ledgers.get(decision.epoch)
         if decision.granted and decision.request is not None and book is not None and (
                 decision.request.nonce in book.nonces):
@@ -300,6 +317,17 @@ class Host:
                 self._pin(decision.epoch, request.amount)
             return self._remember(who, AccessOutcome(
                 decision=decision, refusal=seal(self.identity, refusal)))
+        session_key = None
+        if request.session_key is not None and decision.access is not None:
+            try:  # before anything is consumed: a low-order key gets a plain bad_proof
+                session_key = self.verifier.open_session(decision.access,
+                                                         granted=decision.amount)
+            except InkindError as exc:
+                self.decisions[decision.reason] -= 1
+                decision = Decision(granted=False, reason=exc.code, message=str(exc),
+                                    epoch=decision.epoch)
+                self.decisions[decision.reason] += 1
+                return AccessOutcome(decision=decision)
         self.resource.consume(decision.amount, now=now, requester=who)
         if decision.epoch == self.epoch:
             self.granted_to[who] += decision.amount
@@ -311,8 +339,14 @@ class Host:
             amount=decision.amount,
             time=now,
             request=signed,
+            session_key=session_key,
         )
-        envelope = seal(self.identity, receipt)
+        # seal(), with the receipt's canonical payload written directly (same bytes); the
+        # embedded request is at most 1 024 bytes, so the payload is within its limit.
+        payload = receipt.canonical_payload()
+        if len(payload) > GrantReceipt.MAX_PAYLOAD_BYTES:
+            raise TooLargeError(f"receipt payload of {len(payload)} bytes")
+        envelope = Envelope.seal(self.identity, GrantReceipt.TYPE, payload)
         self._record(decision.epoch, envelope, decision.amount, request.nonce)
         return self._remember(who, AccessOutcome(decision=decision, receipt=envelope))
 

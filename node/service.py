@@ -37,6 +37,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from node.client import RECEIPT_HEADER, SESSION_HEADER
 from node.files import SHA256_RE
 from node.host import AccessOutcome, Host
 from node.http import NodeRunner
@@ -100,6 +101,14 @@ async def read_body(
     (``malformed``) if it has not arrived within ``seconds``."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}")
+    content = request.content
+    if content.is_eof():
+        # The whole body arrived with the head (a small access body always does): it is
+        # in the buffer, so neither a timer nor a wait is needed.
+        data = content.read_nowait()
+        if len(data) > limit:
+            raise TooLargeError(f"body exceeds {limit} bytes")
+        return data
     buf = bytearray()  # read(n) returns what has arrived, not n bytes: read to EOF
     try:
         async with asyncio.timeout(seconds):
@@ -149,13 +158,14 @@ def make_app(
 
     def decide(raw: bytes, resource: str | None = None) -> AccessOutcome:
         outcome = host.access(raw, now=clock(), resource=resource)
-        d = outcome.decision
-        # One line per decision, so an operator can follow grants and refusals.
-        who = (d.requester_id or "an unverified requester")[:16]
-        if d.granted:
-            log.info("epoch %s: granted %s to %s", d.epoch, from_micro(d.amount), who)
-        else:
-            log.info("epoch %s: refused %s: %s", d.epoch, who, d.reason)
+        if log.isEnabledFor(logging.INFO):
+            # One line per decision, so an operator can follow grants and refusals.
+            d = outcome.decision
+            who = (d.requester_id or "an unverified requester")[:16]
+            if d.granted:
+                log.info("epoch %s: granted %s to %s", d.epoch, from_micro(d.amount), who)
+            else:
+                log.info("epoch %s: refused %s: %s", d.epoch, who, d.reason)
         return outcome
 
     async def probe(request: web.Request) -> web.Response:
@@ -171,6 +181,9 @@ def make_app(
             return _kind_error(host, "/v1/access")
         raw = await read_body(request, seconds=body_seconds)
         outcome = decide(raw)
+        if outcome.session_answer is not None:
+            return web.Response(body=outcome.session_answer.to_bytes(),
+                                content_type="application/json")
         if outcome.receipt is None:
             return _refused(outcome)
         return web.Response(body=outcome.receipt.to_bytes(), content_type="application/json")
@@ -183,15 +196,16 @@ def make_app(
             return _error(NotFoundError.code, "no such file here", NotFoundError.http_status)
         raw = await read_body(request, seconds=body_seconds)
         outcome = decide(raw, kind_of(host.kind).resource_of(sha))
-        if outcome.receipt is None:
+        if not outcome.answered:
             return _refused(outcome)
         data = await asyncio.to_thread(host.files.read, sha)
-        header = base64.b64encode(outcome.receipt.to_bytes()).decode("ascii")
-        return web.Response(
-            body=data,
-            content_type="application/octet-stream",
-            headers={"X-Inkind-Receipt": header},
-        )
+        if outcome.session_answer is not None:
+            headers = {SESSION_HEADER: outcome.session_answer.to_bytes().decode("ascii")}
+        else:
+            assert outcome.receipt is not None
+            headers = {RECEIPT_HEADER: base64.b64encode(outcome.receipt.to_bytes()).decode()}
+        return web.Response(body=data, content_type="application/octet-stream",
+                            headers=headers)
 
     async def compute(request: web.Request) -> web.Response:
         if not _serves(host, Answer.JOB):
@@ -199,17 +213,24 @@ def make_app(
         raw = await read_body(request, seconds=body_seconds)
         outcome = decide(raw, kind_of(host.kind).resource_of())
         request_msg = outcome.decision.request
-        if outcome.receipt is None or request_msg is None:
+        answer = outcome.session_answer
+        if answer is not None:  # the job's seed: session id and counter
+            seed_hex = answer.session + answer.counter.to_bytes(8, "big").hex()
+        elif outcome.receipt is not None and request_msg is not None:
+            seed_hex = request_msg.nonce
+        else:
             return _refused(outcome)
         amount = outcome.decision.amount  # what was granted (maybe less than asked)
-        seed = bytes.fromhex(request_msg.nonce)
-        digest = await asyncio.to_thread(hash_job, amount, seed=seed)
+        digest = await asyncio.to_thread(hash_job, amount, seed=bytes.fromhex(seed_hex))
         result = {
             "job": "sha256-chain",
-            "seed": request_msg.nonce,
+            "seed": seed_hex,
             "iterations": job_iterations(amount),
             "digest": digest,
         }
+        if answer is not None:
+            return web.json_response({"session_answer": answer.to_obj(), "result": result})
+        assert outcome.receipt is not None
         return web.json_response({"receipt": outcome.receipt.to_obj(), "result": result})
 
     async def resolve(request: web.Request) -> web.Response:

@@ -12,6 +12,10 @@ naming the credential by digest. The host answers with a signed ``grant_receipt`
   by digest, :class:`~protocol.guards.CredentialCache`; requests seen in the skew window,
   :class:`~protocol.guards.ReplayWindow`) and checks a body at ``now`` with at most one
   Ed25519 verification once the credential is known.
+* Sessions (README section 7.1, :mod:`protocol.session`): a request with a
+  ``session_key`` opens, when granted, a session whose later requests are MACed
+  (:meth:`AccessVerifier.open_session`, :meth:`AccessVerifier.check_session`);
+  :func:`parse_access` tells the two bodies apart.
 * Probes: :func:`make_probe_answer` (host) and :func:`check_probe_answer` (coordinator).
 
 Nothing here reads a clock or the network: ``now`` and the random source are arguments.
@@ -22,20 +26,33 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from protocol.encoding import canonical, decode, decode_object
-from protocol.envelope import Envelope, envelope_size_limit, signing_input
+from protocol.envelope import Envelope, envelope_size_limit, payload_from_b64, signing_input
 from protocol.errors import (
     BadProofError,
+    TooLargeError,
     WrongSignerError,
     WrongTypeError,
 )
-from protocol.fields import MAX_CLOCK_SKEW, NONCE_BYTES, check_nonce, check_object
+from protocol.fields import MAX_CLOCK_SKEW, MAX_TIME, NONCE_BYTES, check_nonce, check_object
 from protocol.guards import CredentialCache, ReplayWindow
 from protocol.identity import Identity
 from protocol.messages import AccessRequest, Credential, GrantReceipt, ProbeAnswer, Refusal
+from protocol.session import (
+    MAX_SESSION_BODY_BYTES,
+    SessionRequest,
+    SessionTable,
+    VerifiedSession,
+    derive_keys,
+    parse_canonical_session,
+    public_hex,
+)
 from protocol.verify import check_epoch, check_validity, open_embedded, open_envelope, seal
 
 #: Largest access body: the two envelopes and the JSON around them, bytes.
@@ -45,6 +62,14 @@ MAX_ACCESS_BODY_BYTES = (
     + 64
 )
 ACCESS_BODY_FIELDS = frozenset({"credential", "request"})
+#: A canonical access body (what :meth:`AccessBody.to_bytes` writes), exactly: groups are
+#: the credential's base64 payload, signature and signer, then the request's.
+_CANONICAL_BODY = re.compile(
+    rb'\{"credential":\{"payload":"([A-Za-z0-9+/]+={0,2})","signature":"([0-9a-f]{128})",'
+    rb'"signer":"([0-9a-f]{64})","type":"credential"\},'
+    rb'"request":\{"payload":"([A-Za-z0-9+/]+={0,2})","signature":"([0-9a-f]{128})",'
+    rb'"signer":"([0-9a-f]{64})","type":"access_request"\}\}'
+)
 Random = Callable[[int], bytes]
 
 
@@ -87,14 +112,31 @@ class AccessBody:
     def from_bytes(cls, raw: bytes) -> AccessBody:
         """Parse a body (``too_large`` over :data:`MAX_ACCESS_BODY_BYTES`); the envelopes'
         signatures are not checked here."""
-        obj = check_object(
-            "access body", decode(raw, max_bytes=MAX_ACCESS_BODY_BYTES, max_depth=2),
-            ACCESS_BODY_FIELDS,
-        )
+        return cls.from_obj(decode(raw, max_bytes=MAX_ACCESS_BODY_BYTES, max_depth=2))
+
+    @classmethod
+    def from_obj(cls, value: object) -> AccessBody:
+        """From the decoded JSON object (exactly ``credential`` and ``request``)."""
+        obj = check_object("access body", value, ACCESS_BODY_FIELDS)
         return cls(
             request=Envelope.from_obj(obj["request"]),
             credential=Envelope.from_obj(obj["credential"]),
         )
+
+
+def parse_access(raw: bytes) -> AccessBody | SessionRequest:
+    """What a host endpoint receives: an access body, or (an object with a ``session``
+    field) a session request (README section 7.1). Size, depth and fields as each one's
+    own parser."""
+    fast = parse_canonical_session(raw)
+    if fast is not None:
+        return fast
+    obj = decode(raw, max_bytes=MAX_ACCESS_BODY_BYTES, max_depth=2)
+    if isinstance(obj, dict) and "session" in obj:
+        if len(raw) > MAX_SESSION_BODY_BYTES:
+            raise TooLargeError(f"session request over {MAX_SESSION_BODY_BYTES} bytes")
+        return SessionRequest.from_obj(obj)
+    return AccessBody.from_obj(obj)
 
 
 def make_access_request(
@@ -106,10 +148,13 @@ def make_access_request(
     now: int,
     resource: str | None = None,
     rng: Random = os.urandom,
+    session_key: str | None = None,
 ) -> AccessBody:
     """The body a roamer sends (README section 7, step 1): a fresh nonce from ``rng``,
     ``issued = now`` (the roamer's clock, Unix seconds), signed by ``identity``, which
-    must hold ``credential``'s key (``wrong_signer`` otherwise)."""
+    must hold ``credential``'s key (``wrong_signer`` otherwise). ``session_key``: the
+    roamer's fresh X25519 public key (:func:`protocol.session.public_hex`) to open a
+    session if granted (section 7.1)."""
     cred = _unverified_credential(credential)
     if cred.public_key != identity.public_key:
         raise WrongSignerError("the credential belongs to another key")
@@ -124,6 +169,7 @@ def make_access_request(
         nonce=nonce.hex(),
         amount=amount,
         resource=resource,
+        session_key=session_key,
     )
     return AccessBody(request=seal(identity, request), credential=credential)
 
@@ -172,7 +218,8 @@ class AccessVerifier:
     forgets every remembered credential.
     """
 
-    __slots__ = ("_coordinator_key", "credentials", "host_id", "replays")
+    __slots__ = ("_coordinator_key", "_session_key", "_wire", "credentials", "host_id",
+                 "replays", "sessions")
 
     def __init__(
         self,
@@ -182,6 +229,8 @@ class AccessVerifier:
         skew: int = MAX_CLOCK_SKEW,
         replay_capacity: int = 100_000,
         credential_capacity: int = 1 << 16,
+        session_capacity: int = 1 << 16,
+        sessions_per_requester: int = 4,
     ) -> None:
         self.host_id = host_id
         self._coordinator_key = coordinator_key
@@ -189,6 +238,16 @@ class AccessVerifier:
             capacity=credential_capacity
         )
         self.replays = ReplayWindow(skew=skew, capacity=replay_capacity)
+        # The same verified credentials, by their exact wire strings (base64 payload,
+        # signature and signer hex): a canonical body's credential is found without
+        # building its envelope or digest (:meth:`_fast_body`).
+        self._wire: CredentialCache[tuple[str, Credential]] = CredentialCache(
+            capacity=credential_capacity)
+        self.sessions = SessionTable(host_id=host_id, capacity=session_capacity,
+                                     per_requester=sessions_per_requester)
+        # The host's X25519 key of the epoch sessions are open for: (epoch, key, public
+        # key hex).
+        self._session_key: tuple[int, X25519PrivateKey, str] | None = None
 
     @property
     def coordinator_key(self) -> str | None:
@@ -198,6 +257,7 @@ class AccessVerifier:
     def coordinator_key(self, key: str | None) -> None:
         if key != self._coordinator_key:
             self.credentials.clear()
+            self._wire.clear()
         self._coordinator_key = key
 
     def credential(self, envelope: Envelope) -> tuple[str, Credential]:
@@ -211,6 +271,76 @@ class AccessVerifier:
         _, cred = open_embedded(envelope, Credential, trusted=trusted)
         self.credentials.put(digest, cred)
         return digest, cred
+
+    def end_epoch(self, epoch: int) -> None:
+        """The host enforces ``epoch`` from now on: sessions of other epochs end, and so
+        does the X25519 key they were agreed with."""
+        self.sessions.end_epoch(epoch)
+        if self._session_key is not None and self._session_key[0] != epoch:
+            self._session_key = None
+
+    def open_session(self, verified: VerifiedAccess, *, granted: int) -> str:
+        """Open the session a granted request asked for (its ``session_key``), holding
+        ``granted`` micro-units; return the host's X25519 public key (hex) for the
+        receipt. The host's key is one per epoch (one exchange per session); the keys
+        are bound to the signed request by HKDF's salt (:func:`protocol.session.derive_keys`).
+        Raises ``bad_proof`` for a low-order roamer key (call before consuming anything).
+        """
+        roamer_key = verified.request.session_key
+        if roamer_key is None:
+            raise BadProofError("the request asked for no session")
+        epoch = verified.credential.epoch
+        if self._session_key is None or self._session_key[0] != epoch:
+            fresh = X25519PrivateKey.generate()
+            self._session_key = (epoch, fresh, public_hex(fresh))
+        _, own, host_key = self._session_key
+        keys = derive_keys(own, roamer_key, roamer_key=roamer_key, host_key=host_key,
+                           request=verified.envelope)
+        self.sessions.open(keys, requester_id=verified.requester_id, epoch=epoch,
+                           expires=min(verified.credential.expires + self.replays.skew,
+                                       MAX_TIME),
+                           balance=granted)
+        return host_key
+
+    def check_session(self, request: SessionRequest, *, epoch: int,
+                      now: int) -> VerifiedSession:
+        """Check a session request (:meth:`protocol.session.SessionTable.check`)."""
+        return self.sessions.check(request, epoch=epoch, now=now)
+
+    def _fast_body(self, raw: bytes) -> tuple[str, Credential, Envelope] | None:
+        """A canonical body whose credential is one this verifier verified before, read
+        with one match: ``(digest, credential, request envelope)``; None otherwise (the
+        strict path then decides). The credential is found by its exact wire strings, so
+        neither its envelope nor its digest is rebuilt; the request's envelope is built
+        with every check :meth:`Envelope.from_obj` makes."""
+        m = _CANONICAL_BODY.fullmatch(raw)
+        if m is None:
+            return None
+        c_payload, c_sig, c_signer, r_payload, r_sig, r_signer = m.groups()
+        known = self._wire.get((c_payload + c_sig + c_signer).decode("ascii"))
+        if known is None:
+            return None
+        # The match proved the fields' formats; Envelope still checks its own.
+        request = Envelope(type=AccessRequest.TYPE, signer=r_signer.decode(),
+                           payload=payload_from_b64(r_payload.decode()),
+                           signature=bytes.fromhex(r_sig.decode()))
+        return known[0], known[1], request
+
+    def check_any(self, raw: bytes, *, epoch: int,
+                  now: int) -> VerifiedAccess | VerifiedSession:
+        """Check what a host endpoint received: a session request
+        (:meth:`check_session`) or an access body (:meth:`check`), told apart as
+        :func:`parse_access` does; canonical bodies take the one-match paths."""
+        session = parse_canonical_session(raw)
+        if session is not None:
+            return self.check_session(session, epoch=epoch, now=now)
+        fast = self._fast_body(raw)
+        if fast is not None:
+            return self._check_request(*fast, epoch=epoch, now=now)
+        body = parse_access(raw)
+        if isinstance(body, SessionRequest):
+            return self.check_session(body, epoch=epoch, now=now)
+        return self.check_body(body, epoch=epoch, now=now)
 
     def check(self, raw: bytes, *, epoch: int, now: int,
               relayed: bool = False) -> VerifiedAccess:
@@ -230,13 +360,35 @@ class AccessVerifier:
         section 7, step 7): every check but the last, since the request is an old one the
         host must answer (again) whatever its age; nothing is remembered.
         """
-        body = AccessBody.from_bytes(raw)
+        fast = self._fast_body(raw)
+        if fast is not None:
+            return self._check_request(*fast, epoch=epoch, now=now, relayed=relayed)
+        return self.check_body(AccessBody.from_bytes(raw), epoch=epoch, now=now,
+                               relayed=relayed)
+
+    def check_body(self, body: AccessBody, *, epoch: int, now: int,
+                   relayed: bool = False) -> VerifiedAccess:
+        """:meth:`check` of a parsed body."""
         digest, cred = self.credential(body.credential)
+        verified = self._check_request(digest, cred, body.request, epoch=epoch, now=now,
+                                       relayed=relayed)
+        # Verified (and found by digest): from now on found by its wire strings too.
+        obj = body.credential.to_obj()
+        self._wire.put(obj["payload"] + obj["signature"] + obj["signer"], (digest, cred))
+        return verified
+
+    def _check_request(self, digest: str, cred: Credential, envelope: Envelope, *,
+                       epoch: int, now: int, relayed: bool = False) -> VerifiedAccess:
         check_epoch(cred.epoch, current=epoch)
         check_validity(cred.not_before, cred.expires, now=now, max_skew=self.replays.skew)
-        if body.request.signer != cred.public_key:
+        if envelope.signer != cred.public_key:
             raise BadProofError("access request is not signed by the credential's key")
-        _, request = open_embedded(body.request, AccessRequest, trusted=None)
+        if envelope.type != AccessRequest.TYPE:
+            raise WrongTypeError(f"expected {AccessRequest.TYPE}, got {envelope.type}")
+        if len(envelope.payload) > AccessRequest.MAX_PAYLOAD_BYTES:
+            raise TooLargeError("access request payload over its limit")
+        envelope.verify()  # over the exact received bytes, before they are parsed
+        request = AccessRequest.parse_payload(envelope.payload)
         if request.host_id != self.host_id:
             raise BadProofError("access request is addressed to another host")
         if request.credential_digest != digest:
@@ -246,7 +398,7 @@ class AccessVerifier:
         if not relayed:
             self.replays.check_and_record(cred.node_id, request.nonce, request.issued, now)
         return VerifiedAccess(
-            requester_id=cred.node_id, credential=cred, request=request, envelope=body.request
+            requester_id=cred.node_id, credential=cred, request=request, envelope=envelope
         )
 
 

@@ -192,6 +192,13 @@ class CapacityExhaustedError(RefusedError):
     http_status = 409
 
 
+class UnknownSessionError(RefusedError):
+    """No open session at this host has that id (never opened, closed to make room,
+    spent, or ended with its epoch): open another with a signed request."""
+
+    code = "unknown_session"
+
+
 # --- answers of the HTTP binding (protocol/HTTP.md) -----------------------------------
 #
 # They are about the service, not about one message: nothing published yet, a missing

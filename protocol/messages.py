@@ -22,6 +22,8 @@ the receiver's state (current epoch, clock, registered keys, inclusion): see
 
 from __future__ import annotations
 
+import functools
+import re
 from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
@@ -68,6 +70,8 @@ MAX_ENDPOINT_CHARS = 255
 MAX_RESOURCE_CHARS = 128
 #: A SHA-256 digest as lowercase hex.
 DIGEST_HEX_CHARS = 64
+#: A raw X25519 public key (32 bytes) as lowercase hex.
+SESSION_KEY_HEX_CHARS = 64
 #: theta in [0, 1] as micro-units.
 THETA_MAX_MICRO = 1_000_000
 #: Upper bound of any non-negative quantity: 1e9 units.
@@ -455,6 +459,9 @@ class AccessRequest(Message):
     second request with the same ``nonce`` in that window (``replay``). ``amount`` is how
     much of the host's resource is asked for (micro-units; one WLAN channel is
     1_000_000); ``resource`` optionally names it (a file hash, ``compute``).
+    ``session_key`` (optional) is the requester's fresh X25519 public key: granted, the
+    request opens a session whose later requests draw on ``amount`` under a MAC (README
+    section 7.1, :mod:`protocol.session`).
     """
 
     TYPE = "access_request"
@@ -469,6 +476,7 @@ class AccessRequest(Message):
     nonce: str
     amount: int
     resource: str | None = None
+    session_key: str | None = None
 
     def __post_init__(self) -> None:
         check_hex("credential_digest", self.credential_digest, DIGEST_HEX_CHARS)
@@ -479,6 +487,46 @@ class AccessRequest(Message):
         check_int("amount", self.amount, 1, MAX_QUANTITY_MICRO)
         if self.resource is not None:
             _check_resource("resource", self.resource)
+        if self.session_key is not None:
+            check_hex("session_key", self.session_key, SESSION_KEY_HEX_CHARS)
+
+    @classmethod
+    def parse_payload(cls, payload: bytes) -> AccessRequest:
+        """The request of a (signed) payload: what ``decode_object`` and
+        :meth:`from_payload` give, with a canonical payload (every honest one) matched
+        in one step instead (:data:`_CANONICAL_ACCESS_REQUEST`); anything else goes
+        through the strict decoder, which decides its error."""
+        return _parse_access_request(payload)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_access_request(payload: bytes) -> AccessRequest:
+    # A pure function of the bytes with a frozen result, so remembering the last ones is
+    # safe: a host parses each granted request twice (its check, then the receipt's).
+    m = _CANONICAL_ACCESS_REQUEST.fullmatch(payload)
+    if m is None:
+        return AccessRequest.from_payload(decode_object(
+            payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
+            max_depth=AccessRequest.MAX_DEPTH))
+    amount, digest, epoch, host_id, issued, nonce, resource, session_key = m.groups()
+    return AccessRequest(credential_digest=digest.decode(), host_id=host_id.decode(),
+                         epoch=int(epoch), issued=int(issued), nonce=nonce.decode(),
+                         amount=int(amount),
+                         resource=None if resource is None else resource.decode(),
+                         session_key=None if session_key is None else session_key.decode())
+
+
+#: The canonical payload of an access request, exactly: keys in order, no spaces,
+#: non-negative integers without leading zeros (at most 16 digits; ranges are
+#: ``__post_init__``'s), lowercase hex, a printable ASCII resource without the two
+#: characters JSON escapes. At most 1 024 bytes by construction.
+_CANONICAL_ACCESS_REQUEST = re.compile(
+    rb'\{"amount":(0|[1-9][0-9]{0,15}),"credential_digest":"([0-9a-f]{64})",'
+    rb'"epoch":(0|[1-9][0-9]{0,15}),"host_id":"([0-9a-f]{64})",'
+    rb'"issued":(0|[1-9][0-9]{0,15}),"nonce":"([0-9a-f]{32})"'
+    rb'(?:,"resource":"([\x20\x21\x23-\x5b\x5d-\x7e]{1,128})")?'
+    rb'(?:,"session_key":"([0-9a-f]{64})")?\}'
+)
 
 
 def _embedded_request(request: object) -> tuple[Envelope, AccessRequest]:
@@ -488,9 +536,7 @@ def _embedded_request(request: object) -> tuple[Envelope, AccessRequest]:
     env = _check_embedded("request", request, frozenset({AccessRequest.TYPE}))
     if len(env.payload) > AccessRequest.MAX_PAYLOAD_BYTES:
         raise TooLargeError("request: payload over the access_request limit")
-    return env, AccessRequest.from_payload(decode_object(
-        env.payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
-        max_depth=AccessRequest.MAX_DEPTH))
+    return env, AccessRequest.parse_payload(env.payload)
 
 
 def _answered_request(
@@ -516,6 +562,8 @@ class GrantReceipt(Message):
     make one up (it cannot sign for the requester), so the audit counts a receipt toward
     the host's capacity used only through it (README section 7, step 5). ``nonce`` and
     ``amount`` repeat the request's nonce and what was granted (at most what was asked).
+    ``session_key`` (only if the request has one): the host's X25519 key of the epoch;
+    the session opened holds ``amount`` (README section 7.1).
     """
 
     TYPE = "grant_receipt"
@@ -531,6 +579,7 @@ class GrantReceipt(Message):
     amount: int
     time: int
     request: Envelope
+    session_key: str | None = None
 
     def __post_init__(self) -> None:
         check_epoch("epoch", self.epoch)
@@ -542,9 +591,23 @@ class GrantReceipt(Message):
         req = _answered_request(self, self.request)
         if self.amount > req.amount:
             raise OutOfRangeError(f"amount {self.amount} exceeds the {req.amount} asked")
+        if self.session_key is not None:
+            check_hex("session_key", self.session_key, SESSION_KEY_HEX_CHARS)
+            if req.session_key is None:
+                raise OutOfRangeError("session_key: the request asked for no session")
 
     def signer_node_id(self) -> str:
         return self.host_id
+
+    def canonical_payload(self) -> bytes:
+        """``canonical(self.to_payload())``, written directly: every field is a checked
+        integer or lowercase hex, and the request is an envelope (whose own encoding is
+        canonical), so key order is all there is to it (a property test compares)."""
+        key = "" if self.session_key is None else f',"session_key":"{self.session_key}"'
+        return (f'{{"amount":{self.amount},"epoch":{self.epoch},"host_id":"{self.host_id}",'
+                f'"nonce":"{self.nonce}","request":').encode("ascii") + (
+            self.request.to_bytes() + (f',"requester_id":"{self.requester_id}"{key},'
+                                       f'"time":{self.time}}}').encode("ascii"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,9 +29,11 @@ from protocol import (
     Envelope,
     GrantReceipt,
     Refusal,
+    make_access_request,
     open_embedded,
     seal,
 )
+from protocol.session import RoamerSession, new_session_key, open_roamer_session, public_hex
 
 Build = Callable[[World], bytes]
 
@@ -515,3 +517,143 @@ def test_the_request_class_is_the_protocols() -> None:
     env = AccessBody.from_bytes(w.request(w.alice)).request
     _, req = open_embedded(env, AccessRequest, trusted=None)
     assert req.host_id == w.host.node_id
+
+
+# --- sessions (README section 7.1) -------------------------------------------------------
+
+
+def _open_at(host: Host, w: World, *, amount: int = 3 * MICRO, who: str = "alice",
+             resource: str | None = None) -> tuple[RoamerSession, GrantReceipt]:
+    """``who`` opens a session at ``host`` with one signed request of ``amount``."""
+    person = getattr(w, who)
+    own = new_session_key()
+    body = make_access_request(person, w.credential(person), host_id=w.host.node_id,
+                               amount=amount, now=NOW, resource=resource, rng=w.rng,
+                               session_key=public_hex(own))
+    outcome = host.access(body.to_bytes(), now=NOW, resource=resource)
+    assert outcome.granted and outcome.receipt is not None, outcome.decision.message
+    _, receipt = open_embedded(outcome.receipt, GrantReceipt, trusted=w.host.public_key)
+    assert receipt.session_key is not None
+    return open_roamer_session(own, request=body.request, host_id=w.host.node_id,
+                               host_session_key=receipt.session_key), receipt
+
+
+def test_a_session_draws_on_the_signed_grant_and_adds_nothing_to_the_ledger() -> None:
+    w = World()
+    host = _host(w, None, capacity=5 * MICRO)
+    session, receipt = _open_at(host, w, amount=3 * MICRO)
+    assert receipt.amount == 3 * MICRO and host.resource.remaining(NOW) == 2 * MICRO
+    ledger = host.unfiled(w.epoch)
+    for _ in range(3):
+        req = session.request(MICRO)
+        outcome = host.access(req.to_bytes(), now=NOW + 1)
+        assert outcome.decision.reason == GRANTED and outcome.session_answer is not None
+        assert session.check_answer(outcome.session_answer.to_obj(), req) == MICRO
+        assert outcome.receipt is None and outcome.refusal is None
+    # Capacity was consumed once, by the signed request; the ledger holds only its receipt.
+    assert host.resource.remaining(NOW) == 2 * MICRO
+    assert host.unfiled(w.epoch) == ledger
+    assert host.access(session.request(MICRO).to_bytes(), now=NOW).decision.reason == (
+        "unknown_session")  # spent
+
+
+def _over_balance(w: World, s: RoamerSession, host: Host) -> bytes:
+    return s.request(4 * MICRO).to_bytes()
+
+
+def _revoked_since(w: World, s: RoamerSession, host: Host) -> bytes:
+    host.revoke([w.alice.node_id])
+    return s.request(MICRO).to_bytes()
+
+
+def _other_resource(w: World, s: RoamerSession, host: Host) -> bytes:
+    return s.request(MICRO, resource="file:" + "b" * 64).to_bytes()  # endpoint: "c" * 64
+
+
+def _bad_mac(w: World, s: RoamerSession, host: Host) -> bytes:
+    req = s.request(MICRO)
+    return replace(req, mac="00" * 32).to_bytes()
+
+
+def _replayed(w: World, s: RoamerSession, host: Host) -> bytes:
+    raw = s.request(MICRO).to_bytes()
+    assert host.access(raw, now=NOW).granted
+    return raw
+
+
+def _other_host(w: World, s: RoamerSession, host: Host) -> bytes:
+    s.host_id = w.bob.node_id
+    return s.request(MICRO).to_bytes()
+
+
+SESSION_REFUSALS: list[tuple[str, Callable[[World, RoamerSession, Host], bytes], str, int]] = [
+    ("over the balance", _over_balance, "out_of_range", NOW),
+    ("revoked since it opened", _revoked_since, "revoked", NOW),
+    ("another resource than the endpoint's", _other_resource, "out_of_range", NOW),
+    ("wrong MAC", _bad_mac, "bad_proof", NOW),
+    ("replay", _replayed, "replay", NOW),
+    ("wrong host", _other_host, "bad_proof", NOW),
+    ("expired credential", lambda w, s, h: s.request(MICRO).to_bytes(), "expired",
+     NOW + 3600 + 60),
+    ("unknown session", lambda w, s, h: replace(s.request(MICRO), session="ef" * 16).to_bytes(),
+     "unknown_session", NOW),
+]
+
+
+@pytest.mark.parametrize("build,expected,now", [r[1:] for r in SESSION_REFUSALS],
+                         ids=[r[0] for r in SESSION_REFUSALS])
+def test_a_refused_session_request_gets_a_plain_error_and_consumes_nothing(
+    build: Callable[[World, RoamerSession, Host], bytes], expected: str, now: int
+) -> None:
+    w = World()
+    host = _host(w, None, capacity=5 * MICRO)
+    session, _ = _open_at(host, w, amount=3 * MICRO)
+    raw = build(w, session, host)
+    balance = host.verifier.sessions.balance(session.session_id)
+    remaining = host.resource.remaining(NOW)
+    ledger = host.unfiled(w.epoch)
+    endpoint = "file:" + "c" * 64 if build is _other_resource else None
+    outcome = host.access(raw, now=now, resource=endpoint)
+    assert outcome.decision.reason == expected
+    assert outcome.refusal is None and outcome.receipt is None
+    assert outcome.session_answer is None
+    assert host.verifier.sessions.balance(session.session_id) == balance
+    assert host.resource.remaining(NOW) == remaining and host.unfiled(w.epoch) == ledger
+
+
+def test_a_new_epoch_ends_every_session() -> None:
+    w = World()
+    host = _host(w, None)
+    session, _ = _open_at(host, w, amount=2 * MICRO)
+    host.open_epoch(epoch=w.epoch + 1, included=w.included, opened=3 * MICRO, now=NOW)
+    assert len(host.verifier.sessions) == 0
+    assert host.access(session.request(MICRO).to_bytes(), now=NOW).decision.reason == (
+        "unknown_session")
+
+
+def test_a_request_without_session_key_opens_no_session() -> None:
+    w = World()
+    host = _host(w, None)
+    outcome = host.access(w.request(w.alice), now=NOW)
+    assert outcome.receipt is not None and len(host.verifier.sessions) == 0
+    _, receipt = open_embedded(outcome.receipt, GrantReceipt, trusted=w.host.public_key)
+    assert receipt.session_key is None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(opened=st.integers(MICRO, 5 * MICRO),
+       asks=st.lists(st.integers(1, 2 * MICRO), max_size=15))
+def test_session_grants_never_exceed_what_the_requester_signed_for(
+    opened: int, asks: list[int]
+) -> None:
+    w = World()
+    host = _host(w, None, capacity=opened)
+    session, receipt = _open_at(host, w, amount=3 * MICRO)
+    assert receipt.amount <= 3 * MICRO  # partial when less is open
+    drawn = 0
+    for ask in asks:
+        outcome = host.access(session.request(ask).to_bytes(), now=NOW)
+        if outcome.granted:
+            drawn += outcome.decision.amount
+    assert drawn <= receipt.amount
+    assert host.resource.remaining(NOW) == max(0, host.resource.opened - receipt.amount)

@@ -25,6 +25,7 @@ from node.resources import hash_job, job_iterations
 from node.service import make_app, start_site
 from protocol import MICRO, AccessBody, Identity, InkindError, Refusal, check_refusal
 from protocol.errors import NotFoundError
+from protocol.session import new_session_key, public_hex
 
 
 class Clock:
@@ -303,3 +304,30 @@ async def test_a_large_file_arrives_whole(tmp_path: Path) -> None:
         request, _ = await ask(peers, url, w, w.alice, amount=len(blob), resource="file:" + sha)
         answer, data = await peers.download(url, sha, request, host_key=w.host.public_key)
     assert answer.granted and data == blob
+
+
+@pytest.mark.asyncio
+async def test_a_session_opened_by_one_signed_request_serves_later_macd_requests() -> None:
+    w, clock = World(), Clock()
+    host = make_host(w, "wlan_coverage", 5 * MICRO)
+    own = new_session_key()
+    body = make_access_request(w.alice, w.credential(w.alice), host_id=w.host.node_id,
+                               now=NOW, amount=2 * MICRO, rng=w.rng,
+                               session_key=public_hex(own))
+    async with serving(host, clock) as (url, peers):
+        answer = await peers.access(url, body, host_key=w.host.public_key)
+        session = peers.open_session(own, body, answer)
+        assert session is not None and answer.granted
+        first = await peers.session_access(url, session, amount=MICRO)
+        assert first.granted and first.amount == MICRO
+        # A replay of that very request, and one over the balance, are plain errors.
+        async with peers.session.post(url + "/v1/access", data=first.request.to_bytes()) as r:
+            assert r.status == 409 and (await r.json())["code"] == "replay"
+        over = await peers.session_access(url, session, amount=2 * MICRO)
+        assert not over.granted and over.error is not None
+        assert over.error.code == "out_of_range"
+        second = await peers.session_access(url, session, amount=MICRO)
+        assert second.granted
+        spent = await peers.session_access(url, session, amount=MICRO)
+        assert spent.error is not None and spent.error.code == "unknown_session"
+    assert host.resource.remaining(NOW) == 3 * MICRO  # consumed once, by the signed grant

@@ -119,6 +119,59 @@ def test_refusals_of_the_host_check(make: Callable[[], AccessBody], expected: st
     assert len(v.replays) == 0  # a refused request leaves no trace
 
 
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [(lambda: AccessBody(request=body(MALLORY, credential=cred(MALLORY)).request,
+                         credential=cred()), "bad_proof"),
+     (lambda: body(host_id=MALLORY.node_id), "bad_proof"),
+     (lambda: body(now=NOW - 61), "expired"),
+     (lambda: body(now=NOW + 61), "not_yet_valid"),
+     (lambda: AccessBody(request=_tampered(body()), credential=cred()), "bad_signature"),
+     (lambda: AccessBody(request=body(credential=cred(epoch=EPOCH)).request,
+                         credential=_other_cred()), "bad_proof")],
+)
+def test_the_same_refusals_once_the_credential_is_known(
+    make: Callable[[], AccessBody], expected: str
+) -> None:
+    """A known credential takes the one-match path (:meth:`AccessVerifier._fast_body`):
+    every check of the request still runs, with the same codes, and leaves no trace."""
+    v = verifier()
+    b = make()
+    warm = make_access_request(NODE, b.credential, host_id=HOST.node_id, amount=1, now=NOW,
+                               rng=lambda n: b"\xff" * n)
+    v.check(warm.to_bytes(), epoch=EPOCH, now=NOW)
+    assert code(lambda: v.check(b.to_bytes(), epoch=EPOCH, now=NOW)) == expected
+    assert len(v.replays) == 1
+
+
+def test_a_known_credential_is_forgotten_with_the_coordinator_key() -> None:
+    v = verifier()
+    v.check(body().to_bytes(), epoch=EPOCH, now=NOW)
+    v.coordinator_key = MALLORY.public_key
+    again = body(now=NOW + 1, rng=lambda n: b"\x07" * n)
+    assert code(lambda: v.check(again.to_bytes(), epoch=EPOCH, now=NOW)) == (
+        "unknown_key")
+
+
+def test_a_body_that_is_not_canonical_is_still_decided() -> None:
+    v = verifier()
+    v.check(body().to_bytes(), epoch=EPOCH, now=NOW)  # the credential is known
+    other = body(now=NOW + 1, rng=lambda n: b"\x07" * n)
+    spaced = json.dumps(json.loads(other.to_bytes()), indent=1).encode()
+    assert v.check(spaced, epoch=EPOCH, now=NOW).requester_id == NODE.node_id
+
+
+def _tampered(b: AccessBody) -> Envelope:
+    return Envelope(type=b.request.type, signer=b.request.signer,
+                    payload=b.request.payload.replace(b'"amount":1', b'"amount":9'),
+                    signature=b.request.signature)
+
+
+def _other_cred() -> Envelope:
+    return seal(COORD, Credential(node_id=NODE.node_id, public_key=NODE.public_key,
+                                  epoch=EPOCH, not_before=1_001, expires=2_000, location=0))
+
+
 def test_a_request_naming_another_credential_is_a_bad_proof() -> None:
     # Alice's request for credential 1, presented with credential 2 of hers.
     c1, c2 = cred(), seal(COORD, Credential(node_id=NODE.node_id, public_key=NODE.public_key,

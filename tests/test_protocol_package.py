@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 import protocol
+from protocol.session import RoamerSession, derive_keys, public_hex
 
 PACKAGE = Path(protocol.__file__).parent
 def test_readme_names_every_message_type_and_error_code() -> None:
@@ -57,3 +60,37 @@ def test_readme_access_request_vector_matches_the_implementation() -> None:
         body.request.signature.hex(),
     ):
         assert expected in text
+
+
+def session_vector() -> dict[str, str]:
+    """README section 9's session vector, computed (section 7.1)."""
+    coord = protocol.Identity.from_seed(bytes(range(32)))
+    roamer = protocol.Identity.from_seed(bytes(range(32, 64)))
+    host = protocol.Identity.from_seed(bytes(range(64, 96)))
+    roamer_x = X25519PrivateKey.from_private_bytes(bytes(range(96, 128)))
+    host_x = X25519PrivateKey.from_private_bytes(bytes(range(128, 160)))
+    cred = protocol.seal(coord, protocol.Credential(
+        node_id=roamer.node_id, public_key=roamer.public_key, epoch=3,
+        not_before=1_700_000_000, expires=1_700_086_400, location=2))
+    body = protocol.make_access_request(
+        roamer, cred, host_id=host.node_id, amount=3_000_000, now=1_700_000_100,
+        rng=lambda n: bytes.fromhex("00112233445566778899aabbccddeeff"),
+        session_key=public_hex(roamer_x))
+    keys = derive_keys(host_x, public_hex(roamer_x), roamer_key=public_hex(roamer_x),
+                       host_key=public_hex(host_x), request=body.request)
+    mine = derive_keys(roamer_x, public_hex(host_x), roamer_key=public_hex(roamer_x),
+                       host_key=public_hex(host_x), request=body.request)
+    assert keys == mine
+    req = RoamerSession(keys, host_id=host.node_id).request(1_000_000)
+    return {
+        "roamer_x25519": public_hex(roamer_x), "host_x25519": public_hex(host_x),
+        "payload": body.request.payload.decode(), "signature": body.request.signature.hex(),
+        "request_key": keys.request_key.hex(), "answer_key": keys.answer_key.hex(),
+        "session_id": keys.session_id, "session_request": req.to_bytes().decode(),
+    }
+
+
+def test_readme_session_vector_matches_the_implementation() -> None:
+    text = (PACKAGE / "README.md").read_text(encoding="utf-8")
+    for name, expected in session_vector().items():
+        assert expected in text, name
