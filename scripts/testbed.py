@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_text(report))
     print(f"report: {out / 'report.md'}  (data: {out / 'report.json'})")
     print(f"keys, databases and logs: {args.data_dir / 'testbed' / scenario.name}")
-    pngs = sorted(p.name for p in out.glob("*.png"))
+    pngs = [] if args.no_plots else sorted(p.name for p in out.glob("*.png"))
     if pngs:
         print(f"plots:  {', '.join(str(out / p) for p in pngs)}")
     if board is not None:

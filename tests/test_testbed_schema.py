@@ -128,3 +128,11 @@ def test_loading_refuses_files_that_are_not_reports(tmp_path: Path) -> None:
 
 def test_the_report_names_the_protocols_mechanisms() -> None:
     assert set(typing.get_args(Mechanism)) == set(MECHANISMS)
+
+
+def test_a_run_without_plots_leaves_no_plots_of_an_earlier_run(tmp_path: Path) -> None:
+    for name in ("service.png", "access.png", "welfare_budget.png"):
+        (tmp_path / name).write_bytes(b"an earlier run's plot")
+    written = write_report(tiny_report(tmp_path), tmp_path, plots=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
+    assert [p.name for p in written] == ["report.json", "report.md"]

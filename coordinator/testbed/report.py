@@ -469,8 +469,17 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 # --- writing -----------------------------------------------------------------------------
 
 
+#: The plots write_plots makes (a run without plots removes an earlier run's).
+PLOTS = ("service.png", "access.png", "welfare_budget.png")
+
+
 def write_report(report: dict[str, Any], out: Path, *, plots: bool = True) -> list[Path]:
+    """report.json, report.md and (``plots``) the PNG plots into ``out``; the paths
+    written. Plots of an earlier run in ``out`` are removed first, so the directory
+    never shows plots of another run beside this report."""
     out.mkdir(parents=True, exist_ok=True)
+    for name in PLOTS:
+        (out / name).unlink(missing_ok=True)
     written = [out / "report.json", out / "report.md"]
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     pngs = write_plots(report, out) if plots and report["epochs"] else []
