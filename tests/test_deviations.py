@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -86,6 +87,12 @@ strategy = "free-ride"
 
 
 ROOT = Path(__file__).resolve().parent.parent
+F = TypeVar("F", bound=Any)
+#: The end-to-end tests play a population per deviation; the first one to ask for a
+#: module fixture waits for those runs (minutes on a loaded machine).
+def slow(test: F) -> F:
+    return pytest.mark.slow(pytest.mark.timeout(900)(test))
+
 #: Epochs of the end-to-end runs (seed 5: roamers it owes meet the false committer).
 EPOCHS = 3
 
@@ -191,7 +198,7 @@ def played(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> SeedResult:
                                  DEVIATIONS, Progress(enabled=False), 5, jobs=2))
 
 
-@pytest.mark.slow
+@slow
 def test_control_is_truthful_play_again(played: SeedResult) -> None:
     ctrl, truth = played.runs["control"], played.truthful
     assert [e.deviator_utility for e in ctrl.epochs] == pytest.approx(
@@ -200,7 +207,7 @@ def test_control_is_truthful_play_again(played: SeedResult) -> None:
     assert all(e.deviator_included for e in truth.epochs)
 
 
-@pytest.mark.slow
+@slow
 def test_misreports_were_declared(played: SeedResult) -> None:
     theta = round(played.deviator_theta * MICRO)
     up = played.runs["misreport-up"].mechanics["declared"]
@@ -210,7 +217,7 @@ def test_misreports_were_declared(played: SeedResult) -> None:
     assert set(played.bayes) == {"misreport-up", "misreport-down"}
 
 
-@pytest.mark.slow
+@slow
 @pytest.mark.parametrize("name", ["free-ride", "free-ride-commit-refuse"])
 def test_free_rider_was_included_then_excluded(played: SeedResult, name: str) -> None:
     rv = played.runs[name]
@@ -223,7 +230,7 @@ def test_free_rider_was_included_then_excluded(played: SeedResult, name: str) ->
     assert rv.honest_excluded == []
 
 
-@pytest.mark.slow
+@slow
 def test_false_committer_answers_probes_and_drops_roamers(played: SeedResult) -> None:
     # Its front passed the coordinator's probes to the node and dropped every roamer's
     # request on the wire (no receipt, no refusal); it served nobody.
@@ -237,16 +244,16 @@ def test_false_committer_answers_probes_and_drops_roamers(played: SeedResult) ->
     assert rv.honest_excluded == []
 
 
-@pytest.mark.slow
+@slow
+@pytest.mark.xfail(strict=True, reason="hole H1: a host that answers probes and silently "
+                   "drops roamers leaves no signed evidence (complaint-and-resolve pending)")
 def test_false_committer_that_drops_roamers_is_excluded(played: SeedResult) -> None:
-    # Hole H1, closed by complaint-and-resolve: the roamers it dropped complain, the
-    # coordinator relays their requests, and it answers none or refuses them unjustly.
     rv = played.runs["free-ride-commit"]
     assert rv.mechanics["refused_by_deviator"] > 0
     assert rv.deviator_excluded, "a host that dropped the roamers it owed was never excluded"
 
 
-@pytest.mark.slow
+@slow
 @pytest.mark.parametrize("name", ["hide-no-endpoint", "hide-borrowed-endpoint"])
 def test_hider_registered_elsewhere_and_served_nobody(played: SeedResult, name: str) -> None:
     rv = played.runs[name]
@@ -261,7 +268,7 @@ def test_hider_registered_elsewhere_and_served_nobody(played: SeedResult, name: 
     assert rv.honest_excluded == []
 
 
-@pytest.mark.slow
+@slow
 @pytest.mark.parametrize("name", ["hide-no-endpoint", "hide-borrowed-endpoint"])
 def test_hider_is_caught_by_the_probes(played: SeedResult, name: str) -> None:
     # Included in epoch 0, it owes service; the coordinator's probe (answerable only with
@@ -272,7 +279,7 @@ def test_hider_is_caught_by_the_probes(played: SeedResult, name: str) -> None:
     assert not rv.epochs[1].deviator_included
 
 
-@pytest.mark.slow
+@slow
 @pytest.mark.parametrize("name", ["drain", "frame"])
 def test_drain_took_everything_and_frame_reported_only_the_refusal(played: SeedResult,
                                                                    name: str) -> None:
@@ -283,7 +290,7 @@ def test_drain_took_everything_and_frame_reported_only_the_refusal(played: SeedR
         assert d.get("framed", False) is (name == "frame")
 
 
-@pytest.mark.slow
+@slow
 @pytest.mark.parametrize("name", ["drain", "frame"])
 def test_drained_or_framed_host_was_not_excluded(played: SeedResult, name: str) -> None:
     rv = played.runs[name]
@@ -292,7 +299,7 @@ def test_drained_or_framed_host_was_not_excluded(played: SeedResult, name: str) 
     assert rv.honest_excluded == []
 
 
-@pytest.mark.slow
+@slow
 def test_flood_was_sent_and_no_honest_node_excluded(played: SeedResult) -> None:
     floods = played.runs["flood"].mechanics["floods"]
     assert len(floods) == EPOCHS
@@ -303,14 +310,44 @@ def test_flood_was_sent_and_no_honest_node_excluded(played: SeedResult) -> None:
     assert played.runs["flood"].honest_excluded == []
 
 
-@pytest.mark.slow
+@slow
 def test_sybil_both_identities_took_part(played: SeedResult) -> None:
     m = played.runs["sybil"].mechanics
     assert m["identities"][0] == played.deviator and len(m["identities"]) == 2
     assert all(len(inc) == 2 for inc in m["included_identities"])
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def experiment(played: SeedResult, tiny: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
+    """The experiment's rows over two seeds (5, played above, and 6)."""
+    out = tmp_path_factory.mktemp("dev-run6")
+    second = asyncio.run(play_seed(load_scenario(tiny), "posted_fee", 6, EPOCHS, out,
+                                   "inproc", DEVIATIONS, Progress(enabled=False), 5, jobs=2))
+    return summarise([played, second], DEVIATIONS, EPOCHS)
+
+
+#: Deviations that pay on today's main, each with the hole it shows (notes of issue 11).
+OPEN_HOLES = {
+    "free-ride-commit": "hole H1: a host that answers probes and drops roamers leaves no "
+                        "signed evidence (complaint-and-resolve pending)",
+}
+
+
+@slow
+@pytest.mark.parametrize("name", [
+    pytest.param(d.name, marks=pytest.mark.xfail(strict=True, reason=OPEN_HOLES[d.name]))
+    if d.name in OPEN_HOLES else d.name for d in DEVIATIONS])
+def test_no_deviation_pays_and_no_honest_node_is_excluded(
+        experiment: list[dict[str, object]], name: str) -> None:
+    row = next(r for r in experiment if r["deviation"] == name)
+    ci = row["ci95"]
+    assert isinstance(ci, list) and len(ci) == 2
+    assert not ci[0] > 0.0, f"{name} pays: {row['gain']:+.4f} per epoch, 95% CI {ci}"
+    assert row["honest_excluded"] == 0, row["honest_excluded_nodes"]
+
+
+@slow
 def test_report_shape_and_control_gain_zero(played: SeedResult, tiny: Path,
                                             tmp_path: Path) -> None:
     # Two seeds' worth from the one played seed (the second a copy): the shape, the
@@ -347,7 +384,7 @@ def test_script_refuses_an_unknown_deviation(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "unknown deviations" in proc.stderr
 
 
-@pytest.mark.slow
+@slow
 def test_script_json_prints_one_object_per_deviation(tiny: Path, tmp_path: Path) -> None:
     proc = _script("--scenario", str(tiny), "--quick", "--epochs", "2", "--only", "control",
                    "--out", str(tmp_path), "--json", "--no-plots")

@@ -331,26 +331,35 @@ class DeviantPlayer(Player):
 
     async def start_front(self) -> None:
         """The false committer's front (what its owner would put before its node): a
-        server on 127.0.0.1 that passes every GET -- the coordinator's probes, the file
-        listing -- to the node and answers with the node's own (signed) reply, and drops
-        every POST -- a roamer's access, download or job -- by closing the connection
-        without a word: no receipt, no signed refusal, nothing a roamer can show."""
+        server on 127.0.0.1 that drops every roamer's request -- a POST on an access
+        path (access, a download, a job) -- by closing the connection without a word (no
+        receipt, no signed refusal, nothing a roamer can show), and passes everything
+        else -- the coordinator's probes and relayed requests, the file listing -- to
+        the node, answering with the node's own (signed) reply."""
         assert self.deviator is not None
         node_url = self.fleet.nodes[self.deviator].url
         counts: dict[str, int] = defaultdict(int)
         self.mechanics["front"] = counts
         timeout = aiohttp.ClientTimeout(total=10.0)
 
+        def roamers(request: web.Request) -> bool:
+            return request.method == "POST" and (
+                request.path in ("/v1/access", "/v1/compute")
+                or request.path.startswith("/v1/files/"))
+
         async def handle(request: web.Request) -> web.StreamResponse:
-            if request.method != "GET":
+            if roamers(request):
                 counts["dropped"] += 1
                 if request.transport is not None:
                     request.transport.close()
                 return web.Response(status=204)  # never written: the connection is gone
             counts["passed"] += 1
-            async with self.session.get(node_url + request.path_qs, timeout=timeout) as r:
-                body = await r.read()
-                return web.Response(status=r.status, body=body,
+            body = await request.read()
+            async with self.session.request(
+                    request.method, node_url + request.path_qs, data=body or None,
+                    headers={"Content-Type": request.content_type}, timeout=timeout) as r:
+                answer = await r.read()
+                return web.Response(status=r.status, body=answer,
                                     content_type=r.content_type)
 
         app = web.Application()
