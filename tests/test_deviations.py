@@ -21,6 +21,7 @@ import pytest
 
 from coordinator.mechanism import market_from_dict, solve
 from coordinator.testbed.deviations import (
+    BAIT,
     BY_NAME,
     DEVIATIONS,
     JSON_FIELDS,
@@ -295,6 +296,22 @@ def test_drain_took_everything_and_frame_reported_only_the_refusal(played: SeedR
 def test_drained_or_framed_host_was_not_excluded(played: SeedResult, name: str) -> None:
     rv = played.runs[name]
     targets = {d["target"] for d in rv.mechanics["drains"]}
+    assert targets and not targets & set(rv.honest_excluded)
+    assert rv.honest_excluded == []
+
+
+@slow
+def test_false_complaints_were_relayed_under_flood_and_framed_nobody(
+        played: SeedResult) -> None:
+    rv = played.runs["frame-complaint"]
+    bait, complaints = rv.mechanics["bait"], rv.mechanics["complaints"]
+    assert len(bait) == EPOCHS and len(complaints) == EPOCHS
+    # it was answered (receipts hidden), then complained about those requests and about
+    # as many it never sent, while flooding the host through the relays and the probes
+    assert all(b["answers"] == ["granted"] * BAIT for b in bait)
+    assert all(c["filed"] > 0 for c in complaints)
+    assert rv.mechanics["floods"]
+    targets = {c["target"] for c in complaints}
     assert targets and not targets & set(rv.honest_excluded)
     assert rv.honest_excluded == []
 

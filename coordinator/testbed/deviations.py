@@ -81,7 +81,9 @@ from coordinator.mechanism import Market, Mechanism, solve
 from coordinator.mechanism.audit import interim_outcomes
 from protocol import (
     MICRO,
+    Complaint,
     Credential,
+    Envelope,
     Identity,
     InkindError,
     Registration,
@@ -113,6 +115,8 @@ from .wire import ask
 FLOOD_REQUESTS = 1500
 FLOOD_CONCURRENCY = 64
 FLOOD_STALLED = 30
+#: Requests the false complainer sends its target (and as many it signs and keeps).
+BAIT = 2
 #: Strangers (fresh keys, self-signed credentials) whose requests the flood replays.
 FLOOD_STRANGERS = 16
 #: Profiles of the others' types per seed and epoch for the misreports' expectation.
@@ -167,6 +171,11 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(name="frame",
               description="drains a host, hides the receipt, reports only the next "
                           "request's signed capacity_exhausted refusal", attack="frame"),
+    Deviation(name="frame-complaint",
+              description=f"as an included roamer asks one host {BAIT} times (its receipts "
+                          f"hidden) and signs {BAIT} requests it never sends, then complains "
+                          "that the host answered none of them while flooding it as the "
+                          "coordinator relays the complaints", attack="complain"),
     Deviation(name="flood",
               description=f"{FLOOD_REQUESTS} unauthenticated requests per epoch at one "
                           "host (garbage bodies, replayed requests of strangers, probes), "
@@ -305,6 +314,9 @@ class DeviantPlayer(Player):
         self.stalled: list[asyncio.StreamWriter] = []
         self.front: web.AppRunner | None = None
         self.front_endpoint = ""
+        self.bait: list[Envelope] = []  # signed requests a false complaint will carry
+        self.pressure: asyncio.Task[None] | None = None  # flood while complaints relay
+        self.target_entry: Any = None
         #: Nodes the scenario's faults stop or crash: not honest hosts that fail.
         self.faulty = faulty_nodes(scenario, options.seed)
 
@@ -416,12 +428,17 @@ class DeviantPlayer(Player):
             return await super().roam(index, rec, entries)
         self.close_stalled()
         self.target = self.pick_target(rec)
+        self.target_entry = entries.get(self.target) if self.target else None
         if self.target is None:
             self.mechanics["no_target"].append(rec.epoch)
             return await super().roam(index, rec, entries)
         if attack in ("drain", "frame"):
             if self.deviator in rec.included:
                 await self.drain(rec, entries[self.target], frame=attack == "frame")
+            return await super().roam(index, rec, entries)
+        if attack == "complain":
+            if self.deviator in rec.included:
+                await self.lay_bait(rec, entries[self.target])
             return await super().roam(index, rec, entries)
         flood = asyncio.create_task(self.flood(rec, entries[self.target]))
         try:
@@ -468,6 +485,81 @@ class DeviantPlayer(Player):
                 outcome["framed"] = True
         self.mechanics["drains"].append(outcome)
 
+    def request_for(self, entry: Any) -> tuple[int, str]:
+        """(amount, item) of one ordinary request of the deviator at the target."""
+        assert self.target is not None
+        kind = KINDS[self.scenario.kind]
+        if kind.itemised:
+            item, size = self.files[self.target][0]
+            return max(1, size), item
+        return (kind.granularity if kind.granularity > 1 else self.scenario.access.amount), ""
+
+    async def lay_bait(self, rec: EpochRecord, entry: Any) -> None:
+        """``BAIT`` ordinary requests at the target (answers kept from the audit) and
+        ``BAIT`` more signed and never sent: what the false complaints will carry."""
+        assert self.deviator is not None and self.target is not None
+        url = self.host_url(self.target, entry)
+        cred = self.credentials.get(self.deviator)
+        if url is None or cred is None:
+            return
+        kind = KINDS[self.scenario.kind]
+        ident = self.identities[self.deviator]
+        amount, item = self.request_for(entry)
+        answers = []
+        for _ in range(BAIT):
+            sent: list[Envelope] = []
+            try:
+                answer = await ask(self.session, url, kind=kind, identity=ident,
+                                   credential=cred, host_id=entry.node_id,
+                                   host_key=entry.public_key, amount=amount, item=item,
+                                   timeout=self.roam_timeout, sent=sent)
+                answers.append(answer.reason)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                answers.append(type(exc).__name__)
+            self.bait += sent
+        for _ in range(BAIT):
+            body = make_access_request(ident, cred, host_id=entry.node_id, amount=amount,
+                                       now=int(time.time()), resource=kind.resource_of(item))
+            self.bait.append(body.request)
+        self.mechanics["bait"].append({"epoch": rec.epoch, "target": self.target,
+                                       "answers": answers, "unsent": BAIT})
+
+    async def audit(self, rec: EpochRecord) -> int:
+        """The roamers' reports (and honest complaints); then the false complaints about
+        the target, each relayed by the coordinator while the target is flooded (the
+        flood lasts until the probe round that follows has finished)."""
+        if not self.bait or self.deviator is None or self.target is None:
+            return await super().audit(rec)
+        assert self.client is not None
+        entry = self.target_entry
+        self.pressure = asyncio.create_task(self.flood(rec, entry, forever=True))
+        sent = await super().audit(rec)
+        ident = self.identities[self.deviator]
+        outcome: dict[str, Any] = {"epoch": rec.epoch, "target": self.target,
+                                   "filed": 0, "refused": []}
+        host_id = entry.node_id
+        bait, self.bait = self.bait, []
+        for request in bait:
+            complaint = Complaint(epoch=rec.epoch, requester_id=ident.node_id,
+                                  host_id=host_id, request=request)
+            try:
+                await self.client.complain(seal(ident, complaint))
+                outcome["filed"] += 1
+            except (InkindError, aiohttp.ClientError, TimeoutError) as exc:
+                outcome["refused"].append(getattr(exc, "code", type(exc).__name__))
+        self.mechanics["complaints"].append(outcome)
+        return sent
+
+    async def admin(self, action: str) -> dict[str, Any]:
+        try:
+            return await super().admin(action)
+        finally:
+            if action == "probe" and self.pressure is not None:
+                self.pressure.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.pressure
+                self.pressure = None
+
     def flood_requests(self, rec: EpochRecord, entry: Any) -> list[tuple[str, bytes]]:
         """(path, body) of well-formed access requests by strangers: fresh keys with
         credentials they signed themselves, each replayed many times by the flood."""
@@ -490,11 +582,12 @@ class DeviantPlayer(Player):
             out.append((kind.path(item), req.to_bytes()))
         return out
 
-    async def flood(self, rec: EpochRecord, entry: Any) -> None:
-        """During roaming, at the target: garbage bodies and replayed strangers' requests
-        on its access path, probes with random nonces (each costs it a signature), and
-        stalled connections (a request head whose body never comes) held open until the
-        next epoch's roaming (or the end)."""
+    async def flood(self, rec: EpochRecord, entry: Any, *, forever: bool = False) -> None:
+        """At the target: garbage bodies and replayed strangers' requests on its access
+        path, probes with random nonces (each costs it a signature), and stalled
+        connections (a request head whose body never comes) held open until the next
+        epoch's roaming (or the end). ``FLOOD_REQUESTS`` requests, or ``forever``: until
+        cancelled."""
         url = self.host_url(self.target or "", entry)
         if url is None:
             return
@@ -509,12 +602,12 @@ class DeviantPlayer(Player):
                              "Content-Length: 100000\r\n\r\n".encode())
                 self.stalled.append(writer)
         codes: dict[str, int] = defaultdict(int)
-        sem = asyncio.Semaphore(FLOOD_CONCURRENCY)
         timeout = aiohttp.ClientTimeout(total=2.0)
         headers = {"Content-Type": "application/json"}
+        counter = iter(range(10**12 if forever else FLOOD_REQUESTS))
 
-        async def one(k: int) -> None:
-            async with sem:
+        async def worker() -> None:
+            for k in counter:
                 try:
                     if k % 3 == 0:
                         req = self.session.get(url + f"/v1/probe/{rec.epoch}/{k:032x}",
@@ -532,10 +625,12 @@ class DeviantPlayer(Player):
                 except (aiohttp.ClientError, TimeoutError):
                     codes["failed"] += 1
 
-        await asyncio.gather(*(one(k) for k in range(FLOOD_REQUESTS)))
-        self.mechanics["floods"].append({"epoch": rec.epoch, "target": self.target,
-                                         "answers": dict(codes),
-                                         "stalled": len(self.stalled)})
+        try:
+            await asyncio.gather(*(worker() for _ in range(FLOOD_CONCURRENCY)))
+        finally:
+            self.mechanics["floods"].append({"epoch": rec.epoch, "target": self.target,
+                                             "answers": dict(codes),
+                                             "stalled": len(self.stalled)})
 
     def close_stalled(self) -> None:
         for w in self.stalled:
