@@ -139,6 +139,7 @@ class Deviation:
     endpoint: str | None = None
     attack: str | None = None
     sybil: bool = False
+    whitewash: bool = False
     misreport: float | None = None
 
 
@@ -182,6 +183,11 @@ DEVIATIONS: tuple[Deviation, ...] = (
                           f"{FLOOD_STALLED} stalled connections", attack="flood"),
     Deviation(name="sybil", description="a second identity at home, capacity split",
               sybil=True),
+    Deviation(name="whitewash",
+              description="free rides (no commitment, opens nothing) under a fresh identity "
+                          "every epoch: a new key registered at its home, the last one "
+                          "dropped, so no exclusion ever meets it",
+              strategy="free-ride", withholds=True, whitewash=True),
 )
 BY_NAME = {d.name: d for d in DEVIATIONS}
 
@@ -309,6 +315,7 @@ class DeviantPlayer(Player):
                          script=script)
         self.deviation = deviation
         self.deviator = deviator
+        self.script = list(self.script)  # its epochs' lists are shared by the runs
         self.target: str | None = None  # the host drained or flooded
         self.mechanics: dict[str, Any] = defaultdict(list)
         self.stalled: list[asyncio.StreamWriter] = []
@@ -317,6 +324,10 @@ class DeviantPlayer(Player):
         self.bait: list[Envelope] = []  # signed requests a false complaint will carry
         self.pressure: asyncio.Task[None] | None = None  # flood while complaints relay
         self.target_entry: Any = None
+        #: A whitewasher's identities, one per epoch (the deviator's own first).
+        self.chain = ([deviator] + [p.name for p in plans if p.name not in
+                                    {q.name for q in population(scenario, options.seed)}]
+                      if deviation.whitewash and deviator is not None else [])
         #: Nodes the scenario's faults stop or crash: not honest hosts that fail.
         self.faulty = faulty_nodes(scenario, options.seed)
 
@@ -328,6 +339,9 @@ class DeviantPlayer(Player):
 
     async def start(self) -> None:
         await super().start()
+        for spare in self.chain[1:]:  # registered; kept down until its epoch comes
+            await self.fleet.crash(spare)
+            self.crashed.add(spare)
         if self.deviation.endpoint == "front":
             await self.start_front()
         if self.deviation.endpoint is not None and self.deviator is not None:
@@ -413,6 +427,18 @@ class DeviantPlayer(Player):
             raise DeviationError("the deviator's re-registration was refused as stale")
         self.mechanics["endpoint_registered"] = endpoint
 
+    async def faults(self, index: int, when: str, rec: EpochRecord) -> None:
+        """The scenario's faults; and before epoch ``index`` opens, a whitewasher drops
+        the identity of the last epoch and starts the next (it registers its new key)."""
+        await super().faults(index, when, rec)
+        if when == "before_open" and 0 < index < len(self.chain):
+            old, new = self.chain[index - 1], self.chain[index]
+            await self.fleet.crash(old)
+            self.crashed.add(old)
+            self.crashed.discard(new)
+            await self.fleet.start_node(self.fleet.nodes[new])
+            self.mechanics["identity_of_epoch"].append(new)
+
     def pick_target(self, rec: EpochRecord) -> str | None:
         """The honest included host away from the deviator's home that owes the most."""
         assert self.deviator is not None
@@ -423,6 +449,12 @@ class DeviantPlayer(Player):
         return min(hosts, key=lambda n: (-rec.owed[n], n)) if hosts else None
 
     async def roam(self, index: int, rec: EpochRecord, entries: dict[str, Any]) -> list[Any]:
+        if self.chain and index < len(self.script):
+            # the whitewasher's device roams under the identity of the epoch
+            me = self.chain[min(index, len(self.chain) - 1)]
+            self.script[index] = [dataclasses.replace(a, roamer=me)
+                                  if a.roamer == self.deviator else a
+                                  for a in self.script[index]]
         attack = self.deviation.attack
         if attack is None or self.deviator is None:
             return await super().roam(index, rec, entries)
@@ -689,10 +721,18 @@ def truthful_population(scenario: Scenario, seed: int, epochs: int | None = None
 
 
 def deviant_population(plans: list[NodePlan], deviator: str, deviation: Deviation,
-                       seed: int) -> list[NodePlan]:
-    """The population with the deviator's strategy set (and its sybil appended)."""
+                       seed: int, epochs: int = 1) -> list[NodePlan]:
+    """The population with the deviator's strategy set (and its sybil, or the ``epochs``
+    − 1 fresh identities of a whitewasher, appended)."""
     out = [dataclasses.replace(p, strategy=deviation.strategy) if p.name == deviator else p
            for p in plans]
+    if deviation.whitewash:
+        d = next(p for p in out if p.name == deviator)
+        n_home = sum(p.location == d.location for p in plans)
+        for k in range(1, epochs):
+            name = f"{deviator.rsplit('-', 1)[0]}-{n_home + k - 1}"
+            out.append(dataclasses.replace(d, name=name, index=len(out),
+                                           seed=key_seed(seed, name + "/whitewash")))
     if deviation.sybil:
         d = next(p for p in out if p.name == deviator)
         half = d.capacity // 2
@@ -813,7 +853,7 @@ async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, 
     async def one(dev: Deviation) -> None:
         async with sem:
             t = time.monotonic()
-            dplans = deviant_population(plans, deviator, dev, seed)
+            dplans = deviant_population(plans, deviator, dev, seed, epochs)
             record, mech = await play_run(scenario, mechanism, seed, epochs, out, mode, dplans,
                                           script, dev, deviator)
         rv = value_run(record, market, dplans, deviator, dev, base, mech, faulty)
