@@ -260,6 +260,8 @@ def test_false_committer_answers_probes_and_drops_roamers(played: SeedResult) ->
 
 @slow
 def test_false_committer_that_drops_roamers_is_excluded(played: SeedResult) -> None:
+    # Hole H1, closed by complaint-and-resolve: the roamers it dropped complain, the
+    # coordinator relays their requests, and it answers none or refuses them unjustly.
     rv = played.runs["free-ride-commit"]
     assert rv.mechanics["refused_by_deviator"] > 0
     assert rv.deviator_excluded, "a host that dropped the roamers it owed was never excluded"
