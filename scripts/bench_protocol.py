@@ -184,7 +184,10 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         return {"figure": self.figure, "value": self.value, "unit": self.unit,
-                "ceiling": self.ceiling, "ratio": self.ratio, "goal": self.goal,
+                "ceiling": self.ceiling, "ratio": self.ratio,
+                # A ratio goal where there is a same-run ceiling, else the absolute target
+                # the row is judged by (so a "met" never stands without what it met).
+                "goal": self.goal if self.goal is not None else (self.target or None),
                 "met": self.met}
 
 
