@@ -864,7 +864,15 @@ async def play_seed(scenario: Scenario, mechanism: str, seed: int, epochs: int, 
                      f"{gain:+.4f}/epoch, honest excluded {len(rv.honest_excluded)} "
                      f"{tally.step()}")
 
-    await asyncio.gather(*(one(dev) for dev in deviations))
+    # Every run to its end before a failure is raised: a failure left pending while
+    # asyncio.run cancels the others hung the experiment with no word.
+    outcomes = await asyncio.gather(*(one(dev) for dev in deviations), return_exceptions=True)
+    for dev, outcome in zip(deviations, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            raise DeviationError(f"seed {seed}: the {dev.name} run failed: "
+                                 f"{type(outcome).__name__}: {outcome} (logs in "
+                                 f"{out / 'run' / f'seed{seed}' / dev.name / 'logs'})"
+                                 ) from outcome
     result.runs = {dev.name: result.runs[dev.name] for dev in deviations}
     # CPU-bound: after the runs, so that no in-process node waits on it.
     misreports = [dev for dev in deviations if dev.misreport is not None]
