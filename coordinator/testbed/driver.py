@@ -491,15 +491,14 @@ class Player:
                                sent=sent)
         except TimeoutError:
             res.reason = "timeout"
-            self.unanswered[a.roamer].extend((entry.node_id, r) for r in sent)
+            self.no_answer(a.roamer, entry.node_id, sent, included=included)
             return res
         except aiohttp.ClientError:
             res.reason = "unreachable"
-            self.unanswered[a.roamer].extend((entry.node_id, r) for r in sent)
+            self.no_answer(a.roamer, entry.node_id, sent, included=included)
             return res
-        if answer.evidence is None and included:
-            # No signed answer to a request an included roamer sent: it complains.
-            self.unanswered[a.roamer].extend((entry.node_id, r) for r in sent)
+        if answer.evidence is None:
+            self.no_answer(a.roamer, entry.node_id, sent, included=included)
         # The decision's latency: one POST of the access body (one exchange).
         res.latency_ms = (time.perf_counter() - t0) * 1000.0
         res.reason = answer.reason
@@ -508,6 +507,14 @@ class Player:
         if answer.evidence is not None:
             self.evidence[a.roamer].append(answer.evidence)
         return res
+
+    def no_answer(self, roamer: str, host_id: str, sent: list[Envelope], *,
+                  included: bool) -> None:
+        """Requests ``roamer`` sent ``host_id`` that got no signed answer, kept for its
+        complaints. Only an included roamer complains: one not included this epoch signs
+        with an earlier epoch's credential, and the coordinator owes it nothing."""
+        if included:
+            self.unanswered[roamer].extend((host_id, r) for r in sent)
 
     def host_url(self, host: str, entry: DirectoryEntry) -> str | None:
         """Where a roamer reaches ``host`` (None: nowhere); the directory ``entry`` is
@@ -543,9 +550,11 @@ class Player:
         for name, pending in sorted(unanswered.items()):
             ident = self.identities[name]
             for host_id, request in pending:
-                complaint = Complaint(epoch=rec.epoch, requester_id=ident.node_id,
-                                      host_id=host_id, request=request)
                 try:
+                    # A request that cannot make a complaint (not this epoch's, say) is
+                    # skipped with a warning: one bad complaint never ends the run.
+                    complaint = Complaint(epoch=rec.epoch, requester_id=ident.node_id,
+                                          host_id=host_id, request=request)
                     await client.complain(seal(ident, complaint))
                     rec.complaints += 1
                 except (InkindError, aiohttp.ClientError, TimeoutError) as exc:
@@ -559,6 +568,8 @@ class Player:
         try:
             await self.start()
             for i in range(self.n_epochs):
+                if self.options.stop.is_set():
+                    raise asyncio.CancelledError  # interrupted; see Options.stop
                 rec = await self.play_epoch(i)
                 self.record.epochs.append(rec)
                 self.progress.log(self.summary_line(rec))
@@ -650,13 +661,19 @@ def run_testbed(scenario: Scenario | str | Path, *, out: str | Path, seed: int |
     interrupted = False
 
     async def main() -> None:
-        # SIGTERM ends the run like Ctrl-C: the task is cancelled, so every ``finally``
-        # stops what it started.
+        # Ctrl-C and SIGTERM end the run alike: the task is cancelled, so every ``finally``
+        # stops what it started, and Options.stop is set in case a cancellation is lost.
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+
+        def interrupt() -> None:
+            options.stop.set()
+            task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, interrupt)
         await play_all(sc, options, runs)
 
     try:

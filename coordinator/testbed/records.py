@@ -8,6 +8,7 @@ epoch's free riders are found) has ``cutoff`` set and no roaming.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -82,6 +83,10 @@ class Options:
     epochs: int | None = None  # override the scenario's
     board: Any = None  # the live dashboard (dashboard.Board), if one follows the run
     state: Path | None = None  # keys, databases, logs (default: <out>/run)
+    # Set by Ctrl-C or SIGTERM. The run's task is cancelled too, but a cancellation can be
+    # swallowed on its way (asyncio.wait_for on Python 3.11 loses one that races the
+    # awaited result), so the player also checks this between epochs.
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def run_root(self) -> Path:
