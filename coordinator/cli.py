@@ -48,7 +48,7 @@ Files: the database (and its lock, <db>.lock) and the key live in --data-dir (de
 nothing is written to the current directory.
 Endpoints: protocol/HTTP.md. Example:
   inkind-coordinator --spec scripts/specs/slides.toml --mechanism posted_fee \\
-      --port 0 --epoch-seconds 30
+      --port 0 --epoch-seconds 30 --rebuttal-seconds 10
 """
 
 
@@ -108,8 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds one probe may take (default: %(default)s)")
     p.add_argument("--rebuttal-seconds", type=int, default=REBUTTAL_SECONDS, metavar="S",
                    help="a refusal filed less than S seconds before an audit cut-off is "
-                        "not judged at it: the accused host's window to file its ledger "
+                        "not judged at it: the accused host's window to file its ledger; "
+                        "with the schedule, epoch + pause seconds must exceed it "
                         "(default: %(default)s)")
+    p.add_argument("--probation-epochs", type=int, default=1, metavar="N",
+                   help="after the founding epoch a key gets credentials only once the "
+                        "audits of N epochs in which it owed a positive contribution found "
+                        "it delivering (README 'Probation': newcomers pay dues, so a fresh "
+                        "key cannot escape exclusion); 0 disables it (default: %(default)s)")
     g = p.add_argument_group(
         "graded exclusion", "how long a free rider stays out (README 'Graded exclusion'): "
         "min(MAX, ceil(BASE * GROWTH^(s-1))) epochs, s = offences, each halved every "
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             auto_schedule=not args.manual, admin_token=token,
             probe_attempts=args.probe_attempts, probe_timeout=args.probe_timeout,
             rebuttal_seconds=args.rebuttal_seconds,
-            penalty=penalty)
+            probation_epochs=args.probation_epochs, penalty=penalty)
         identity = load_or_create_key(in_data_dir(args.key, args.data_dir))
         store = Store(in_data_dir(args.db, args.data_dir))
     except (OSError, ValueError, KeyFileError, StoreError) as exc:

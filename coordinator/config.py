@@ -33,7 +33,9 @@ class CoordinatorConfig:
     ``penalty``: how long free riders stay excluded (:mod:`coordinator.penalty`);
     ``rebuttal_seconds``: a refusal filed later than this before an audit cut-off is not
     judged at it, so the host it accuses can still file its rebuttal
-    (:meth:`coordinator.epoch.AuditState.judged`).
+    (:meth:`coordinator.epoch.AuditState.judged`); ``probation_epochs``: audited epochs
+    in which a key must have owed and delivered before it gets credentials (after the
+    founding epoch; 0: no probation; README "Probation").
     """
 
     market: Market
@@ -47,6 +49,7 @@ class CoordinatorConfig:
     probe_timeout: float = 2.0
     penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
     rebuttal_seconds: int = REBUTTAL_SECONDS
+    probation_epochs: int = 1
 
     def __post_init__(self) -> None:
         # The wire name (an alias such as ``second_best`` resolved); ValueError if unknown.
@@ -66,6 +69,18 @@ class CoordinatorConfig:
             raise ValueError("probe_attempts must be in [0, 100]")
         if not 0 <= self.rebuttal_seconds <= 7 * 24 * 3600:
             raise ValueError("rebuttal_seconds must be in [0, 604800]")
+        if self.auto_schedule and self.epoch_seconds + self.pause_seconds <= self.rebuttal_seconds:
+            # The audit cut-off of epoch e is the close of e + 1, pause + epoch seconds
+            # after e's close; evidence filed after e's close is judged only if filed
+            # rebuttal_seconds before it, so a shorter period judges no refusal at all.
+            # (Both times are the coordinator's clock: clock skew does not enter.)
+            raise ValueError(
+                f"epoch_seconds + pause_seconds ({self.epoch_seconds} + "
+                f"{self.pause_seconds} s) must exceed rebuttal_seconds "
+                f"({self.rebuttal_seconds} s): the audit period must leave room for the "
+                "hosts' rebuttal window, or no refusal filed in it is ever judged")
+        if not 0 <= self.probation_epochs <= 1000:
+            raise ValueError("probation_epochs must be in [0, 1000]")
         if not 0.01 <= self.probe_timeout <= 300:
             raise ValueError("probe_timeout must be in [0.01, 300] seconds")
 

@@ -16,7 +16,11 @@ exclusion lasts (:mod:`coordinator.penalty`; their declarations, accepted earlie
 ignored: π = 0, no credential); each owes what it withheld as a debt, which the next
 allocation that includes it charges on top of its contribution (``Allocation.debts``)
 and which is cleared only when that epoch's audit finds no offence by it (restitution,
-README "Graded exclusion"). ``closing`` is transient (the mechanism runs in a worker
+README "Graded exclusion"). Probation (README "Probation"): after the founding epoch
+(:data:`FOUNDING_EPOCH`) an included node gets a credential only once it is established,
+i.e. once the cut-off of an epoch in which it owed a positive amount found no offence by
+it (:class:`Delivery`); until then it owes its contribution and is judged as a host like
+any included node, but cannot roam. ``closing`` is transient (the mechanism runs in a worker
 thread meanwhile) and is never persisted: a coordinator that dies while closing restarts
 in ``open(e)`` and closes again.
 
@@ -98,6 +102,12 @@ from protocol.messages import MAX_CREDENTIAL_LIFETIME, complained_request
 CLOCK_SKEW = MAX_CLOCK_SKEW
 
 
+#: The first epoch a coordinator runs (a new store opens epoch 0): nobody can have
+#: delivered before it, so every key included in it gets a credential (README
+#: "Probation"); from the next epoch on only established keys do.
+FOUNDING_EPOCH = 0
+
+
 #: Complaints one roamer may file per epoch, and about one host: enough for each host
 #: it roams to to drop it a few times (one unanswered complaint suffices to judge a
 #: host), few enough that a roamer cannot flood the coordinator or one host with relays.
@@ -168,6 +178,10 @@ class Settings:
     # The host's rebuttal window (seconds, coordinator clock): a refusal filed later than
     # this before the audit cut-off is not judged at it (AuditState.accusations).
     rebuttal_seconds: int = REBUTTAL_SECONDS
+    # Probation (README "Probation"): audited epochs in which a key must have owed a
+    # positive contribution and been found delivering before it gets credentials; 0
+    # credentials every included key (no probation).
+    probation_epochs: int = 1
 
     @property
     def n_locations(self) -> int:
@@ -242,6 +256,17 @@ class ComplaintRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """A node's probation record (README "Probation"): ``delivered`` audited epochs in
+    which it owed a positive contribution and the audit found no offence by it, the last
+    of them ``last_epoch``. One per node that ever delivered; it only grows."""
+
+    node_id: str
+    delivered: int
+    last_epoch: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Registered:
     node: NodeRecord
 
@@ -268,6 +293,10 @@ class Closed:
     standings: tuple[Standing, ...] = ()  # offenders' new standings (graded exclusion)
     forgotten: tuple[str, ...] = ()  # node ids whose standing is dropped
     history_from: int = 0  # offences whose exclusion ended before this epoch are dropped
+    # Probation: the new delivery records of nodes the cut-off found delivering, and the
+    # included nodes that got no credential (not established yet).
+    delivered: tuple[Delivery, ...] = ()
+    probation: tuple[tuple[str, int], ...] = ()  # (node id, location)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,6 +344,9 @@ class ClosePlan:
     # (node id, debt) of the participants that owe restitution, sorted; the allocation
     # charges those it includes (micro-units).
     debts: tuple[tuple[str, int], ...] = ()
+    # Nodes the audit at this cut-off found delivering what they owed (> 0) in the last
+    # epoch, with their updated records (probation).
+    delivered: tuple[Delivery, ...] = ()
 
 
 @dataclass(slots=True)
@@ -332,6 +364,12 @@ class AuditState:
     complaints: dict[tuple[str, str], ComplaintRecord] = field(default_factory=dict)
     complaints_by: dict[str, int] = field(default_factory=dict)
     complaints_at: dict[tuple[str, str], int] = field(default_factory=dict)  # (roamer, host)
+    # The epoch's included nodes: every one is judged as a host, also one on probation
+    # (included, owing, with no credential, hence no window).
+    members: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.members = frozenset(self.allocation.included)
 
     def answered(self, key: tuple[str, str]) -> bool:
         """Whether the host ``key[0]`` has signed an answer (receipt or refusal) to the
@@ -390,7 +428,7 @@ class AuditState:
         capacity used when one of its capacity refusals is judged). Nothing else is
         stored, so a node that was never included cannot fill the evidence table."""
         window = self.windows.get(item.requester_id)
-        if item.host_id not in self.windows or window is None:
+        if item.host_id not in self.members or window is None:
             return False
         # Twice the skew: the judgement may place an item by its own time or by the
         # request's, each within the skew of the window; storing more never harms.
@@ -425,6 +463,7 @@ class Snapshot:
     complaints: tuple[ComplaintRecord, ...] = ()  # of the audited epoch
     sanctions: tuple[Sanction, ...] = ()  # offences of the recent history
     standings: tuple[Standing, ...] = ()
+    deliveries: tuple[Delivery, ...] = ()  # probation records, one per node
     last_status: str = ""
 
 
@@ -448,6 +487,8 @@ class EpochCore:
         # standing per node with a live record (who is excluded, and how long next time).
         self.sanctions: list[Sanction] = []
         self.standings: dict[str, Standing] = {}
+        # Probation: per node, the audited epochs in which it owed and delivered.
+        self.deliveries: dict[str, Delivery] = {}
         self.last_status = ""
 
     # -- reading -----------------------------------------------------------------------
@@ -458,6 +499,22 @@ class EpochCore:
 
     def excluded_from(self, epoch: int) -> set[str]:
         return {n for n, s in self.standings.items() if s.excludes(epoch)}
+
+    def established(self, node_id: str, delivered: Mapping[str, Delivery] | None = None
+                    ) -> bool:
+        """Whether ``node_id`` has served its probation: at least ``probation_epochs``
+        audited epochs in which it owed a positive contribution and was found delivering
+        (``delivered``: records newer than the core's, from a cut-off not applied yet)."""
+        need = self.settings.probation_epochs
+        rec = (delivered or {}).get(node_id) or self.deliveries.get(node_id)
+        return need == 0 or (rec is not None and rec.delivered >= need)
+
+    def credentialled(self, node_id: str, epoch: int,
+                      delivered: Mapping[str, Delivery] | None = None) -> bool:
+        """Whether ``node_id``, included in ``epoch``, gets a credential: it is
+        established, or ``epoch`` is the founding epoch (:data:`FOUNDING_EPOCH`), in which
+        nobody can have delivered yet. Founding credentials do not establish anyone."""
+        return epoch == FOUNDING_EPOCH or self.established(node_id, delivered)
 
     def next_deadline_after_close(self, now: int) -> int:
         """When the epoch after one closing at ``now`` stops taking declarations."""
@@ -565,18 +622,19 @@ class EpochCore:
         assert self.current is not None
         epoch = self.current.epoch
         new: tuple[Exclusion, ...] = ()
+        delivered: tuple[Delivery, ...] = ()
         if self.audit is not None and self.audit.epoch == epoch - 1:
             known = {(s.offence.node_id, s.offence.reason) for s in self.sanctions
                      if s.offence.excluded_epoch == epoch}
-            new = tuple(
-                x for x in find_free_riders(
-                    allocation=self.audit.allocation, commitments=self.audit.commitments,
-                    evidence=self.audit.judged(now, self.settings.rebuttal_seconds),
-                    credential_windows=self.audit.skewed_windows(), probes=probes,
-                    complaints=self.audit.standing_complaints(
-                        now, self.settings.rebuttal_seconds),
-                    host_kinds={n: r.registration.kind for n, r in self.nodes.items()})
-                if (x.node_id, x.reason) not in known)
+            found = find_free_riders(
+                allocation=self.audit.allocation, commitments=self.audit.commitments,
+                evidence=self.audit.judged(now, self.settings.rebuttal_seconds),
+                credential_windows=self.audit.skewed_windows(), probes=probes,
+                complaints=self.audit.standing_complaints(
+                    now, self.settings.rebuttal_seconds),
+                host_kinds={n: r.registration.kind for n, r in self.nodes.items()})
+            new = tuple(x for x in found if (x.node_id, x.reason) not in known)
+            delivered = self._deliveries(epoch - 1, {x.node_id for x in found})
         policy = self.settings.penalty
         reasons: dict[str, list[str]] = {}
         for x in new:
@@ -611,7 +669,27 @@ class EpochCore:
         self.phase = nxt
         return ClosePlan(epoch=epoch, now=now, participants=participants, exclusions=new,
                          standings=tuple(s for n, s in standings.items() if n not in gone),
-                         forgotten=gone, debts=debts)
+                         forgotten=gone, debts=debts, delivered=delivered)
+
+    def _deliveries(self, audited: int, offenders: Container[str]) -> tuple[Delivery, ...]:
+        """The probation records the cut-off of epoch ``audited`` adds: one more
+        delivering epoch for every node that owed a positive amount in it (contribution
+        plus debt: what every audit rule judged) and against which the audit found no
+        offence (``offenders``: every node it found, for any reason). A node that owed
+        nothing proved nothing, so a key that only ever declares low types never gets
+        established. Idempotent: an epoch already counted for a node is not counted
+        again."""
+        assert self.audit is not None
+        out = []
+        for n, amount in sorted(self.audit.allocation.owed().items()):
+            if amount <= 0 or n in offenders:
+                continue
+            prev = self.deliveries.get(n)
+            if prev is not None and prev.last_epoch >= audited:
+                continue
+            out.append(Delivery(node_id=n, delivered=1 + (prev.delivered if prev else 0),
+                                last_epoch=audited))
+        return tuple(out)
 
     def abort_close(self, plan: ClosePlan) -> None:
         """The mechanism could not run: back to ``open`` (the epoch can be closed again)."""
@@ -632,7 +710,14 @@ class EpochCore:
             plan.now + MAX_CREDENTIAL_LIFETIME)
         expires = max(expires, plan.now + 1)
         creds = []
+        probation = []
+        newer = {d.node_id: d for d in plan.delivered}
         for node_id in outcome.included:
+            if not self.credentialled(node_id, plan.epoch, newer):
+                # Included and owing, but no credential: it cannot roam until an audit
+                # found it delivering (README "Probation").
+                probation.append((node_id, by_id[node_id].location))
+                continue
             p = by_id[node_id]
             cred = Credential(node_id=node_id, public_key=p.public_key, epoch=plan.epoch,
                               not_before=plan.now, expires=expires, location=p.location)
@@ -642,7 +727,8 @@ class EpochCore:
                       envelope=seal_bytes(self.identity, allocation), credentials=tuple(creds),
                       exclusions=plan.exclusions, status=outcome.status,
                       standings=plan.standings, forgotten=plan.forgotten,
-                      history_from=plan.epoch - self.settings.penalty.history_epochs)
+                      history_from=plan.epoch - self.settings.penalty.history_epochs,
+                      delivered=plan.delivered, probation=tuple(probation))
 
     def close(self, now: int, run: Callable[[Sequence[Participant]], Decision]) -> Closed:
         """Synchronous close: begin, run the mechanism, finish and apply."""
@@ -791,6 +877,7 @@ class EpochCore:
                 Sanction(offence=x, last_epoch=self.standings[x.node_id].last_epoch)
                 for x in change.exclusions)
             self.sanctions = [s for s in self.sanctions if s.last_epoch >= change.history_from]
+            self.deliveries.update((d.node_id, d) for d in change.delivered)
             self.audit = AuditState(
                 allocation=change.allocation,
                 windows={c.credential.node_id: (c.credential.not_before, c.credential.expires)
@@ -828,6 +915,7 @@ class EpochCore:
             core.keys.add(node.public_key)
         core.sanctions = list(snap.sanctions)
         core.standings = {s.node_id: s for s in snap.standings}
+        core.deliveries = {d.node_id: d for d in snap.deliveries}
         core.last_status = snap.last_status
         if snap.current is None:
             return core

@@ -89,6 +89,7 @@ from protocol.errors import (
     NoEpochError,
     NotIncludedError,
     OutOfRangeError,
+    ProbationError,
     TooLargeError,
     UnauthorizedError,
     UnknownEpochError,
@@ -151,7 +152,8 @@ class Coordinator:
             mechanism=self.runner.mechanism, payment=self.runner.payment,
             theta_bounds=self.runner.theta_bounds(), epoch_seconds=config.epoch_seconds,
             pause_seconds=config.pause_seconds, credential_grace=config.credential_grace,
-            penalty=config.penalty, rebuttal_seconds=config.rebuttal_seconds)
+            penalty=config.penalty, rebuttal_seconds=config.rebuttal_seconds,
+            probation_epochs=config.probation_epochs)
         store.bind(coordinator_key=identity.public_key, mechanism=self.runner.mechanism,
                    former_names=former_names(self.runner.mechanism))
         self.core = EpochCore.restore(
@@ -586,7 +588,13 @@ class Coordinator:
                 "included": 0 if audit is None else len(audit.allocation.included),
                 "commitments": 0 if audit is None else len(audit.commitments),
                 "evidence": 0 if audit is None else len(audit.evidence),
+                # Probation (README "Probation"): included in the audited epoch without a
+                # credential; keys established (delivered in enough audited epochs).
+                "probation": 0 if audit is None else (
+                    len(audit.allocation.included) - len(audit.windows)),
+                "established": sum(core.established(n) for n in core.deliveries),
             },
+            "probation_epochs": self.settings.probation_epochs,
             "last_close": core.last_status,
             # Offences of the recent history (penalty.history_epochs), each with the
             # epochs it keeps its node out: excluded_epoch … excluded_until.
@@ -690,6 +698,11 @@ async def credential(request: web.Request) -> web.Response:
     c = _coordinator(request)
     c.allocation(epoch)  # unknown_epoch before the close
     raw = c.store.credential(epoch, node_id)
+    if raw is None and c.store.on_probation(epoch, node_id):
+        raise ProbationError(
+            f"node {node_id[:16]}... is included in epoch {epoch} and owes its "
+            "contribution, but gets no credential until an audit of an epoch in which it "
+            "owed something has found it delivering (probation of new keys)")
     if raw is None:
         raise NotIncludedError(f"node {node_id[:16]}... was not included in epoch {epoch}")
     return _envelope(raw)

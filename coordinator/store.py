@@ -16,7 +16,10 @@ announcement envelope), ``declarations`` (unique (epoch, node) and (epoch, nonce
 out), ``standings`` (one decayed offence score and unpaid debt per node,
 :mod:`coordinator.penalty`; a row stays while the node owes a debt),
 ``probes`` (coordinator probe results, :mod:`coordinator.probe`), ``complaints`` (roamers'
-complaints of unanswered requests and how often each was relayed). This
+complaints of unanswered requests and how often each was relayed), ``deliveries`` (one
+probation record per node: the audited epochs in which it owed and delivered,
+README "Probation"), ``probation`` (per closed epoch, the included nodes that got no
+credential: listed in the directory as hosts, told apart from nodes not included). This
 module deliberately makes no decisions: it stores what the state machine accepted.
 
 One writer: a coordinator holds an exclusive ``flock`` on ``<db>.lock`` for as long as
@@ -48,6 +51,7 @@ from coordinator.epoch import (
     ComplaintRecord,
     DeclarationRecord,
     Declared,
+    Delivery,
     EpochRecord,
     NodeRecord,
     Opened,
@@ -117,6 +121,12 @@ CREATE TABLE IF NOT EXISTS complaints (
     requester_id TEXT NOT NULL, filed_at INTEGER NOT NULL,
     relays INTEGER NOT NULL DEFAULT 0, envelope BLOB NOT NULL,
     PRIMARY KEY (epoch, host_id, nonce));
+CREATE TABLE IF NOT EXISTS deliveries (
+    node_id TEXT PRIMARY KEY, delivered INTEGER NOT NULL CHECK (delivered > 0),
+    last_epoch INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS probation (
+    epoch INTEGER NOT NULL, node_id TEXT NOT NULL, location INTEGER NOT NULL,
+    contribution INTEGER NOT NULL, PRIMARY KEY (epoch, node_id));
 """
 
 
@@ -295,6 +305,15 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?)",
                 [(change.epoch, c.credential.node_id, c.credential.location,
                   owed[c.credential.node_id], c.envelope) for c in change.credentials])
+            db.executemany(
+                "INSERT INTO probation (epoch, node_id, location, contribution)"
+                " VALUES (?, ?, ?, ?)",
+                [(change.epoch, n, loc, owed[n]) for n, loc in change.probation])
+            db.executemany(
+                "INSERT INTO deliveries (node_id, delivered, last_epoch) VALUES (?, ?, ?)"
+                " ON CONFLICT (node_id) DO UPDATE SET delivered = excluded.delivered,"
+                " last_epoch = excluded.last_epoch",
+                [(d.node_id, d.delivered, d.last_epoch) for d in change.delivered])
             until = {s.node_id: s.last_epoch for s in change.standings}
             db.executemany(
                 "INSERT OR IGNORE INTO exclusions (node_id, excluded_epoch, detected_epoch,"
@@ -372,8 +391,13 @@ class Store:
             for n, s, d, f, la, o, debt in db.execute(
                 "SELECT node_id, score, detected_epoch, first_epoch, last_epoch, offences,"
                 " debt FROM standings ORDER BY node_id"))
+        deliveries = tuple(
+            Delivery(node_id=n, delivered=int(k), last_epoch=int(e))
+            for n, k, e in db.execute(
+                "SELECT node_id, delivered, last_epoch FROM deliveries ORDER BY node_id"))
         if row is None:
-            return Snapshot(nodes=tuple(nodes), sanctions=sanctions, standings=standings)
+            return Snapshot(nodes=tuple(nodes), sanctions=sanctions, standings=standings,
+                            deliveries=deliveries)
         epoch, phase, deadline, opened_at, raw_ann, status = row
         _, ann = open_envelope(bytes(raw_ann), EpochAnnouncement, trusted=me)
         current = EpochRecord(epoch=epoch, deadline=deadline, opened_at=opened_at,
@@ -431,7 +455,7 @@ class Store:
             commitments=tuple(commits), evidence=tuple(evidence),
             evidence_received=tuple(received), complaints=tuple(complaints),
             sanctions=sanctions,
-            standings=standings, last_status=str(status))
+            standings=standings, deliveries=deliveries, last_status=str(status))
 
     def answer(self, epoch: int, host_id: str, nonce: str) -> bytes | None:
         """The host's signed answer (receipt, else refusal) to the request ``nonce`` of
@@ -457,12 +481,21 @@ class Store:
             (epoch, node_id)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def on_probation(self, epoch: int, node_id: str) -> bool:
+        """Whether ``node_id`` was included in ``epoch`` without a credential."""
+        return self._db.execute(
+            "SELECT 1 FROM probation WHERE epoch = ? AND node_id = ?",
+            (epoch, node_id)).fetchone() is not None
+
     def directory(self, epoch: int) -> list[dict[str, Any]]:
-        """Included hosts of a closed epoch: where they listen and what each owes."""
+        """Included hosts of a closed epoch (credentialled or on probation: both owe
+        their contribution): where they listen and what each owes."""
         rows = self._db.execute(
-            "SELECT c.node_id, n.public_key, c.location, n.endpoint, n.kind, c.contribution"
-            " FROM credentials c JOIN nodes n ON n.node_id = c.node_id"
-            " WHERE c.epoch = ? ORDER BY c.node_id", (epoch,))
+            "SELECT m.node_id, n.public_key, m.location, n.endpoint, n.kind, m.contribution"
+            " FROM (SELECT node_id, location, contribution FROM credentials WHERE epoch = ?"
+            " UNION ALL SELECT node_id, location, contribution FROM probation"
+            " WHERE epoch = ?) m JOIN nodes n ON n.node_id = m.node_id"
+            " ORDER BY m.node_id", (epoch, epoch))
         keys = ("node_id", "public_key", "location", "endpoint", "kind", "contribution")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
@@ -498,10 +531,12 @@ class Store:
 
     def count(self, table: str, epoch: int | None = None) -> int:
         if table not in {"nodes", "epochs", "declarations", "allocations", "credentials",
-                         "commitments", "evidence", "exclusions", "standings"}:
+                         "commitments", "evidence", "exclusions", "standings",
+                         "deliveries", "probation"}:
             raise ValueError(f"no table {table!r}")
         if epoch is None:
             return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-        column = {"exclusions": "excluded_epoch", "standings": "first_epoch"}.get(table, "epoch")
+        column = {"exclusions": "excluded_epoch", "standings": "first_epoch",
+                  "deliveries": "last_epoch"}.get(table, "epoch")
         return int(self._db.execute(
             f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (epoch,)).fetchone()[0])

@@ -359,7 +359,15 @@ class Agent:
         alloc = outcome.allocation
         credential = None
         if alloc.contribution_of(self.node_id) is not None:
-            credential, _ = await self.coordinator.credential(progress.epoch, self.node_id)
+            try:
+                credential, _ = await self.coordinator.credential(progress.epoch, self.node_id)
+            except InkindError as exc:
+                # Probation (coordinator README "Probation"): a new key is included and
+                # owes its contribution but may not roam yet; it provides as usual, and
+                # its delivery is what establishes it.
+                if exc.code != "probation":
+                    raise
+                log.info("epoch %d: on probation (no credential: %s)", progress.epoch, exc)
         self.machine.on_outcome(alloc, node_id=self.node_id, credential=credential)
         self._outcome = outcome
         return True

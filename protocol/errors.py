@@ -235,6 +235,15 @@ class WrongPhaseError(RefusedError):
     http_status = 409
 
 
+class ProbationError(RefusedError):
+    """The node is included in the epoch (it owes its contribution) but gets no
+    credential yet: no audit has found it delivering what it owed (the coordinator's
+    probation of new keys, coordinator README "Probation")."""
+
+    code = "probation"
+    http_status = 403
+
+
 class NotFoundError(ProtocolViolationError):
     """No such path (or no such resource at this path)."""
 
@@ -296,6 +305,7 @@ WIRE_CODES: frozenset[str] = frozenset(ERROR_CLASSES) - {"key_file", "unrecogniz
 SERVICE_CODES: frozenset[str] = frozenset({
     NoEpochError.code, UnknownEpochError.code, UnauthorizedError.code,
     WrongPhaseError.code, NotFoundError.code, MethodNotAllowedError.code,
+    ProbationError.code,
 })
 
 

@@ -165,7 +165,8 @@ async def test_allocations_are_byte_identical_across_coordinators(tmp_path: Path
 @pytest.mark.asyncio
 async def test_auto_schedule_closes_at_the_deadline_and_opens_the_next(tmp_path: Path) -> None:
     store = Store(tmp_path / "auto.db")
-    app = make_app(config(auto_schedule=True, epoch_seconds=1, pause_seconds=0),
+    app = make_app(config(auto_schedule=True, epoch_seconds=1, pause_seconds=0,
+                          rebuttal_seconds=0),
                    store=store, identity=COORDINATOR, runner=runner())
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
         core = app[APP_KEY].core

@@ -21,7 +21,7 @@ def start_coordinator(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, 
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordinator", "--spec", str(SPEC), "--db",
          str(tmp_path / "c.db"), "--key", str(tmp_path / "c.pem"), "--port", "0",
-         "--epoch-seconds", "2", "--grace-seconds", "1"],
+         "--epoch-seconds", "2", "--grace-seconds", "1", "--rebuttal-seconds", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     assert proc.stdout is not None
     return proc, json.loads(proc.stdout.readline())

@@ -46,6 +46,7 @@ SERVICE = {
     "unknown_epoch": (RefusedError, 404),
     "unauthorized": (RefusedError, 401),
     "wrong_phase": (RefusedError, 409),
+    "probation": (RefusedError, 403),
     "not_found": (ProtocolViolationError, 404),
     "method_not_allowed": (ProtocolViolationError, 405),
 }

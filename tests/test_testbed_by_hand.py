@@ -60,7 +60,7 @@ def test_readme_by_hand_flow_runs_as_written(tmp_path: Path) -> None:
 
     coord_argv = argv(commands[0])
     coord_argv[coord_argv.index("--epoch-seconds") + 1] = "2"  # an epoch every few seconds
-    coord_argv += ["--pause-seconds", "1"]
+    coord_argv += ["--pause-seconds", "1", "--rebuttal-seconds", "1"]  # audit period 3 s
     procs: list[subprocess.Popen[str]] = []
     try:
         coord = subprocess.Popen(coord_argv, cwd=checkout, env=env, text=True,

@@ -28,7 +28,8 @@ Status = Literal["ok", "failed", "not_checked"]
 
 #: Every check, in the order the report lists them, with what it asserts.
 TITLES: dict[str, str] = {
-    "excluded_never_granted": "no roamer outside the epoch's allocation was granted",
+    "excluded_never_granted": "no roamer outside the epoch's allocation, or on probation in "
+                              "it, was granted",
     "service_consistent": "included roamers are served at the planned coverage (99.9% "
                           "Wilson interval; capacity-limited location-epochs: not above it)",
     "budget_balanced": "realised budget surplus not in the lower 0.1% tail of the "
@@ -101,12 +102,16 @@ def excluded_never_granted(epochs: Sequence[Mapping[str, Any]]) -> Check:
     failures = []
     for e in epochs:
         for loc in e["locations"]:
-            of += loc["attempts_excluded"]
-            asked += loc["attempts_excluded"] - loc["refusals_excluded"].get("no_coverage", 0)
-            if loc["grants_excluded"]:
-                failures.append(f"{e['mechanism']} epoch {e['epoch']} {loc['name']}: "
-                                f"{loc['grants_excluded']} grants to excluded roamers")
-    return _make("excluded_never_granted", "requests of excluded roamers", asked, of,
+            # A roamer on probation holds no credential of the epoch either.
+            for who in ("excluded", "probation"):
+                n = loc.get(f"attempts_{who}", 0)
+                of += n
+                asked += n - loc.get(f"refusals_{who}", {}).get("no_coverage", 0)
+                if loc.get(f"grants_{who}", 0):
+                    failures.append(f"{e['mechanism']} epoch {e['epoch']} {loc['name']}: "
+                                    f"{loc[f'grants_{who}']} grants to {who} roamers")
+    return _make("excluded_never_granted", "requests of roamers without a credential",
+                 asked, of,
                  failures, why_not="no excluded roamer asked a host",
                  note=f"{of - asked} stood where nobody covers" if of > asked else "")
 

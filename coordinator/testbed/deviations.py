@@ -18,7 +18,8 @@ Realised utility (spec units per epoch; README "Deviation experiment"). In epoch
 with Q_l the allocation's size of location l (engine units), s_l the fraction of the
 included roamers' covered attempts at l that were granted (1 when none were made; a
 refusal, a timeout or an unreachable host counts as not served), π_i = 1 if i is
-included (else the fraction of its own covered attempts that were granted, normally 0),
+included with a credential (else -- not included, or included on probation -- the
+fraction of its own covered attempts that were granted, normally 0),
 W the market's weights and u_l its utilities,
 
     V_i = θ_i · π_i · Σ_l W[home_i, l] · u_l(Q_l · s_l)        (value of service received)
@@ -234,13 +235,18 @@ class EpochValues:
     deviator_paid: float
     deviator_included: bool
     honest_value: dict[str, float]
+    # held a credential of the epoch (included and not on probation: could be served)
+    deviator_credentialled: bool = False
 
 
 def value_epoch(rec: EpochRecord, market: Market, plans: dict[str, NodePlan],
                 deviator: Sequence[str], withholds: bool) -> EpochValues:
     """Value one epoch (module docstring); ``deviator``: its identities (one, or two)."""
     s = service_ratio(rec, market.L)
-    included = set(rec.included)
+    # π = 1 for a node that could roam as included: one on probation (coordinator README
+    # "Probation") owes its contribution but holds no credential, so it is not served.
+    allocated = set(rec.included)
+    included = allocated - set(rec.probation)
 
     def pi(names: Sequence[str]) -> float:
         return 1.0 if any(n in included for n in names) else own_ratio(rec, names)
@@ -255,8 +261,9 @@ def value_epoch(rec: EpochRecord, market: Market, plans: dict[str, NodePlan],
         * benefit(market, p.location, rec.q, s)
         for name, p in plans.items() if name not in deviator}
     return EpochValues(deviator_utility=v - paid, deviator_value=v, deviator_paid=paid,
-                       deviator_included=any(n in included for n in deviator),
-                       honest_value=honest)
+                       deviator_included=any(n in allocated for n in deviator),
+                       honest_value=honest,
+                       deviator_credentialled=any(n in included for n in deviator))
 
 
 def ci95(xs: Sequence[float]) -> tuple[float, float] | None:
@@ -897,7 +904,7 @@ def summarise(results: Sequence[SeedResult], deviations: Sequence[Deviation],
         honest_ex: list[str] = []
         honest_ex_truth: list[str] = []
         faulty_ex: list[str] = []
-        dev_included, dev_excluded = 0, 0
+        dev_included, dev_excluded, dev_credentialled = 0, 0, 0
         for res in results:
             rv, tv = res.runs[dev.name], res.truthful
             pairs = list(zip(rv.epochs, tv.epochs, strict=True))
@@ -910,6 +917,7 @@ def summarise(results: Sequence[SeedResult], deviations: Sequence[Deviation],
             honest_ex_truth += [f"seed{res.seed}:{n}" for n in tv.honest_excluded]
             faulty_ex += [f"seed{res.seed}:{n}" for n in rv.faulty_excluded]
             dev_included += sum(a.deviator_included for a in rv.epochs)
+            dev_credentialled += sum(a.deviator_credentialled for a in rv.epochs)
             dev_excluded += len(rv.deviator_excluded)
         if dev.misreport is not None:
             gains = [res.bayes[dev.name] for res in results]
@@ -937,6 +945,7 @@ def summarise(results: Sequence[SeedResult], deviations: Sequence[Deviation],
             "honest_excluded_truthful": len(honest_ex_truth),
             "faulty_excluded_nodes": faulty_ex,
             "deviator_epochs_included": dev_included,
+            "deviator_epochs_credentialled": dev_credentialled,
             "deviator_exclusions": dev_excluded,
         }
         rows.append(row)
@@ -947,7 +956,8 @@ JSON_FIELDS = ("deviation", "gain", "ci95", "epochs", "seeds", "honest_excluded"
                "service_lost")
 
 FORMULA = ("U_d = θ_d · π_d · Σ_l W[home_d, l] · u_l(Q_l · s_l) − p_d per epoch: π_d = 1 if "
-           "included; s_l = granted / covered attempts of included roamers at l; p_d its "
+           "included with a credential (not on probation); s_l = granted / covered attempts "
+           "of included roamers at l; p_d its "
            "contribution (spec units), charged only if its host delivers; gain = U_d(deviation)"
            " − U_d(truthful), paired by seed")
 
@@ -984,6 +994,7 @@ def build_report(scenario: Scenario, mechanism: str, results: Sequence[SeedResul
                    "deviator_utility": [e.deviator_utility for e in rv.epochs],
                    "deviator_paid": [e.deviator_paid for e in rv.epochs],
                    "deviator_included": [e.deviator_included for e in rv.epochs],
+                   "deviator_credentialled": [e.deviator_credentialled for e in rv.epochs],
                    "warnings": rv.warnings[:20]}
             for name, rv in [("truthful", r.truthful), *r.runs.items()]} for r in results},
         "wall_s": wall_s,

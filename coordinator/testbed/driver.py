@@ -328,10 +328,13 @@ class Player:
         if cutoff:
             return rec
         t = time.monotonic()
-        creds = await asyncio.gather(*(self.client.credential(rec.epoch, n)
+        creds = await asyncio.gather(*(self.credential(rec.epoch, n)
                                        for n in alloc.included))
         for node_id, env in zip(alloc.included, creds, strict=True):
-            self.credentials[self.name_of[node_id]] = env
+            if env is None:
+                rec.probation.append(self.name_of[node_id])
+            else:
+                self.credentials[self.name_of[node_id]] = env
         self.progress.phase("providing")
         await self.fleet.provide_phase(rec.epoch)
         included = set(rec.included)
@@ -378,6 +381,17 @@ class Player:
         rec.durations["audit"] = time.monotonic() - t
         return rec
 
+    async def credential(self, epoch: int, node_id: str) -> Envelope | None:
+        """The included node's credential of ``epoch``; None if the coordinator holds it
+        on probation (a key not established yet: it owes and hosts, but cannot roam)."""
+        assert self.client is not None
+        try:
+            return await self.client.credential(epoch, node_id)
+        except InkindError as exc:
+            if exc.code == "probation":
+                return None
+            raise
+
     # --- roaming -----------------------------------------------------------------------
 
     def coverage(self, rec: EpochRecord, l: int) -> float:
@@ -412,7 +426,10 @@ class Player:
     async def roam(self, index: int, rec: EpochRecord,
                    entries: dict[str, DirectoryEntry]) -> list[AttemptResult]:
         attempts = self.script[index] if index < len(self.script) else []
-        included = set(rec.included)
+        # Roamers served as included: those with this epoch's credential (one on
+        # probation has none; its attempts are recorded apart, AttemptResult.probation).
+        included = set(rec.included) - set(rec.probation)
+        probation = set(rec.probation)
         results: list[AttemptResult | None] = [None] * len(attempts)
         queues: dict[str, list[tuple[int, Attempt]]] = defaultdict(list)
         cover = [self.coverage(rec, l) for l in range(len(self.scenario.locations))]
@@ -457,7 +474,10 @@ class Player:
 
         self.progress.phase(f"roaming {done}/{total}")
         await asyncio.gather(*(serve(h, items) for h, items in queues.items()))
-        return [r for r in results if r is not None]
+        out = [r for r in results if r is not None]
+        for r in out:
+            r.probation = r.roamer in probation
+        return out
 
     async def attempt(self, a: Attempt, host: str, entry: DirectoryEntry, included: bool,
                       used: dict[tuple[str, str], int], rec: EpochRecord) -> AttemptResult:
@@ -607,12 +627,14 @@ class Player:
 
     def summary_line(self, rec: EpochRecord) -> str:
         inc = [a for a in rec.attempts if a.included]
-        exc = [a for a in rec.attempts if not a.included]
+        exc = [a for a in rec.attempts if not a.included and not a.probation]
         g_inc = sum(a.reason == "granted" for a in inc)
         g_exc = sum(a.reason == "granted" for a in exc)
         qs = ", ".join(f"{loc.name} {from_micro(q):.2f}"
                        for loc, q in zip(self.scenario.locations, rec.q, strict=False))
         extra = f"; excluded now: {', '.join(rec.newly_excluded)}" if rec.newly_excluded else ""
+        if rec.probation:
+            extra += f"; on probation: {', '.join(rec.probation)}"
         faults = f"; faults: {'; '.join(rec.faults)}" if rec.faults else ""
         return (f"{self.mechanism} epoch {rec.epoch}: {len(rec.included)}/{rec.declarations} "
                 f"included; Q: {qs}; included roamers served {g_inc}/{len(inc)}, "

@@ -27,6 +27,9 @@ class AttemptResult:
     reason: str  # granted, no_coverage, a refusal code, unreachable, timeout, not_running
     amount: int = 0
     latency_ms: float | None = None
+    # The roamer is included but on probation (no credential of the epoch): ``included``
+    # is then False, since it cannot be served as an included roamer.
+    probation: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -39,6 +42,9 @@ class EpochRecord:
     declarations: int = 0
     q: list[int] = field(default_factory=list)
     included: list[str] = field(default_factory=list)
+    # Included nodes the coordinator holds on probation: they owe and host, but got no
+    # credential (coordinator README "Probation"), so they do not roam as included.
+    probation: list[str] = field(default_factory=list)
     owed: dict[str, int] = field(default_factory=dict)  # contribution + debt
     debts: dict[str, int] = field(default_factory=dict)  # restitution charged (> 0 only)
     participants: dict[str, int] = field(default_factory=dict)  # name -> location

@@ -9,7 +9,8 @@ realised against expected welfare; the decision latency of access requests.
 
 Checks (``summary.checks``), the invariants the integration tests assert:
 
-* ``excluded_never_granted``: no roamer outside the epoch's allocation was ever granted;
+* ``excluded_never_granted``: no roamer outside the epoch's allocation, nor one included
+  on probation (no credential: coordinator README "Probation"), was ever granted;
 * ``service_consistent``: where every covering host delivered what it owes and answered,
   f_l lies in the 99.9% Wilson interval of the included roamers' service rate (with ≥ 20
   attempts; 99.9% rather than 95% because a run checks dozens of location-epochs).
@@ -34,8 +35,13 @@ Checks (``summary.checks``), the invariants the integration tests assert:
   that was running failed every probe. Epochs whose cut-off was not played are skipped.
 
 Realised welfare is Σ over included nodes of θ_i Σ_l W[home_i, l] u_l(Q_l) − Σ_l
-c_l(n_l, Q_l) with the true θ; "delivered" replaces Q_l by Q_l · min(1, rate_l / f_l),
-the size the included roamers actually got. The expected welfare is the mechanism's own
+c_l(n_l, Q_l) with the true θ: what the allocation planned, comparable with the
+mechanism's expectation. "Delivered" replaces Q_l by Q_l · min(1, rate_l / f_l), the size
+the included roamers actually got, and sums only over the included nodes that held a
+credential: a node on probation (coordinator README "Probation") owes its contribution
+but is not served, and the benefit the allocation planned for it is reported apart
+(``welfare_probation``), so realised − delivered shows what probation and undelivered
+service cost. The expected welfare is the mechanism's own
 (ex ante, over the priors) figure from the allocation.
 """
 
@@ -175,6 +181,7 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
                                                                  x["excluded_epoch"])}
     participants = [n for n in rec.declared if n not in excluded_now]
     included = set(rec.included)
+    on_probation = set(rec.probation)
     q = [from_micro(x) for x in rec.q] if rec.q else [0.0] * L
     # The sizes the mechanism was solved for: posted-fee terms are posted (binding) from
     # the spec's n; the optimal mechanism is solved for the participants at close.
@@ -188,7 +195,8 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
     for l, loc in enumerate(sc.locations):
         mine = [a for a in rec.attempts if a.location == l and a.reason != "not_running"]
         inc = [a for a in mine if a.included]
-        exc = [a for a in mine if not a.included]
+        exc = [a for a in mine if not a.included and not a.probation]
+        prob = [a for a in mine if a.probation]
         g_inc = sum(a.reason == "granted" for a in inc)
         g_exc = sum(a.reason == "granted" for a in exc)
         f = min(1.0, q[l] / loc.area)
@@ -234,6 +242,10 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
             "attempts_excluded": len(exc),
             "grants_excluded": g_exc,
             "refusals_excluded": _counts(a.reason for a in exc if a.reason != "granted"),
+            "probation": sum(1 for n in hosts if n in on_probation),
+            "attempts_probation": len(prob),
+            "grants_probation": sum(a.reason == "granted" for a in prob),
+            "refusals_probation": _counts(a.reason for a in prob if a.reason != "granted"),
             "contributions_owed": _r(paid),
             "contributions_opened": _r(from_micro(opened)),
             "contributions_used": _r(from_micro(used)),
@@ -252,14 +264,14 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
         rate = rates[l]
         q_del.append(q[l] if rate is None or f <= 0 else q[l] * min(1.0, rate / f))
 
-    def welfare(sizes: list[float]) -> float:
-        benefit = 0.0
+    def benefit(sizes: list[float], nodes: Iterable[str]) -> float:
         u = [float(market.locations[l].utility(max(0.0, sizes[l]))) for l in range(L)]
-        for n in included:
-            p = plans[n]
-            benefit += (from_micro(p.theta_at(rec.epoch))
-                        * sum(W[p.location, l] * u[l] for l in range(L)))
-        return benefit - total_cost
+        return float(sum(from_micro(plans[n].theta_at(rec.epoch))
+                         * sum(W[plans[n].location, l] * u[l] for l in range(L))
+                         for n in nodes))
+
+    def welfare(sizes: list[float], nodes: Iterable[str] = included) -> float:
+        return benefit(sizes, nodes) - total_cost
 
     tol = (len(included) + 1) * 1e-6  # contributions are rounded up to micro-units
     observed = ([loc_["budget_surplus"] or 0.0 for loc_ in locs] if sc.payment == "in_kind"
@@ -314,7 +326,11 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
         "welfare_expected": _r(from_micro(rec.expected_welfare)),
         "welfare_sd": _r(w_sd),
         "welfare_realised": _r(welfare(q)),
-        "welfare_delivered": _r(welfare(q_del)),
+        # Delivered: only the roamers that could be served (nodes on probation hold no
+        # credential); what the allocation planned for those is welfare_probation.
+        "welfare_delivered": _r(welfare(q_del, included - on_probation)),
+        "welfare_probation": _r(benefit(q, on_probation)),
+        "probation_nodes": sorted(on_probation),
         "welfare_profiles_mean": _r(w_mc),
         "welfare_z": _r(_z(welfare(q), from_micro(rec.expected_welfare), w_sd)),
         "excluded_at_close": rec.newly_excluded,
@@ -343,7 +359,8 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
         for rec in run.epochs:
             if not rec.cutoff:
                 epochs.append(epoch_report(ctx, run, rec))
-    grants_excluded = sum(loc["grants_excluded"] for e in epochs for loc in e["locations"])
+    grants_excluded = sum(loc["grants_excluded"] + loc["grants_probation"]
+                          for e in epochs for loc in e["locations"])
     detections = [
         {"node": x["node"], "epoch": x["detected_epoch"], "excluded_epoch": x["excluded_epoch"],
          "reason": x["reason"], "mechanism": run.mechanism}
@@ -414,8 +431,8 @@ def build_report(scenario: Scenario, options: Options, runs: list[RunRecord], *,
             "by_reason": _counts(d["reason"] for d in detections),
         },
         "attempts": sum(loc["attempts_included"] + loc["attempts_excluded"]
-                        for e in epochs for loc in e["locations"]),
-        "grants": sum(loc["grants_included"] + loc["grants_excluded"]
+                        + loc["attempts_probation"] for e in epochs for loc in e["locations"]),
+        "grants": sum(loc["grants_included"] + loc["grants_excluded"] + loc["grants_probation"]
                       for e in epochs for loc in e["locations"]),
         "latency_ms": latency(lat_all),
         "by_mechanism": by_mech,

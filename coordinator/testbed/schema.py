@@ -101,6 +101,11 @@ class LocationFigures(BaseModel):
     attempts_excluded: Count
     grants_excluded: Count
     refusals_excluded: dict[str, Count]
+    # included nodes on probation (no credential): hosts of l, and their own attempts
+    probation: Count = 0
+    attempts_probation: Count = 0
+    grants_probation: Count = 0
+    refusals_probation: dict[str, Count] = Field(default_factory=dict)
     contributions_owed: float | None
     contributions_opened: float | None
     contributions_used: float | None
@@ -155,7 +160,10 @@ class EpochFigures(BaseModel):
     welfare_expected: float | None  # the mechanism's ex-ante figure (spec units)
     welfare_sd: Annotated[float, Field(ge=0.0)] | None  # over type profiles
     welfare_realised: float | None  # true types of the included, planned Q
-    welfare_delivered: float | None  # Q scaled by the service actually delivered
+    welfare_delivered: float | None  # Q scaled by the service delivered, nodes served
+    # benefit the allocation planned for included nodes on probation (not served)
+    welfare_probation: float | None = None
+    probation_nodes: list[str] = Field(default_factory=list)
     welfare_profiles_mean: float | None
     welfare_z: float | None
     excluded_at_close: list[str]
