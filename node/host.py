@@ -23,15 +23,17 @@ Time is the argument ``now`` (integer Unix seconds). The aiohttp service
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from node.files import FileStore
-from node.gate import Decision, HostView, authorize, decide
+from node.gate import GRANTED, Decision, HostView, authorize, decide
 from node.resources import ComputeResource, Resource, make_resource
 from protocol import (
     MAX_CLOCK_SKEW,
+    AccessRequest,
     AccessVerifier,
     Envelope,
     GrantReceipt,
@@ -41,6 +43,7 @@ from protocol import (
     make_probe_answer,
     seal,
 )
+from protocol.access import grant_receipt
 from protocol.errors import (
     CapacityExhaustedError,
     OutOfRangeError,
@@ -66,6 +69,11 @@ MAX_LEDGER = 10 * MAX_AUDIT_ITEMS
 MAX_ANSWERS = 2 * MAX_LEDGER
 
 
+#: A signed answer kept for relayed complaints: (reason, message, amount granted, the
+#: request, the receipt or refusal envelope).
+_Answered = tuple[str, str, int, AccessRequest, Envelope]
+
+
 @dataclass(slots=True)
 class _Entry:
     """One kept receipt; ``pinned`` once it is part of the proof of a capacity refusal."""
@@ -73,17 +81,49 @@ class _Entry:
     receipt: Envelope
     amount: int
     nonce: str
+    seq: int  # its place in grant order (a ledger's entries are keyed by it)
     pinned: bool = False
 
 
 @dataclass(slots=True)
 class _Ledger:
-    """One epoch's receipts not filed yet (in grant order), the sum and nonces of every
-    receipt kept or filed (a filed receipt is the coordinator's to keep)."""
+    """One epoch's receipts not filed yet (by ``seq``, in grant order), the sum and nonces
+    of every receipt kept or filed (a filed receipt is the coordinator's to keep).
 
-    entries: list[_Entry] = field(default_factory=list)
+    ``loose`` is a heap of the kept, unpinned entries by (amount, -seq): the one a full
+    ledger gives up first (the smallest, the latest of ties) is at its top, so a grant
+    into a full ledger costs O(log n), not a scan. Entries filed, evicted or pinned since
+    they were pushed are skipped when they reach the top (:meth:`smallest_loose`).
+    """
+
+    entries: dict[int, _Entry] = field(default_factory=dict)
     total: int = 0
     nonces: set[str] = field(default_factory=set)  # of the entries and of those filed
+    loose: list[tuple[int, int, _Entry]] = field(default_factory=list)
+    next_seq: int = 0
+
+    def add(self, receipt: Envelope, amount: int, nonce: str) -> None:
+        entry = _Entry(receipt=receipt, amount=amount, nonce=nonce, seq=self.next_seq)
+        self.next_seq += 1
+        self.entries[entry.seq] = entry
+        heapq.heappush(self.loose, (amount, -entry.seq, entry))
+        self.total += amount
+        self.nonces.add(nonce)
+
+    def evict(self, entry: _Entry) -> None:
+        """Give up a kept receipt: its amount and nonce are no longer counted."""
+        del self.entries[entry.seq]
+        self.total -= entry.amount
+        self.nonces.discard(entry.nonce)
+
+    def smallest_loose(self) -> _Entry | None:
+        """The kept, unpinned entry of the smallest amount (the latest of ties), if any."""
+        while self.loose:
+            entry = self.loose[0][2]
+            if not entry.pinned and self.entries.get(entry.seq) is entry:
+                return entry
+            heapq.heappop(self.loose)  # filed, evicted or pinned since it was pushed
+        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,7 +181,8 @@ class Host:
         # rather than refused as ``not_included`` by an empty allocation.
         self.epoch = NO_EPOCH
         self.included: frozenset[str] = frozenset()
-        self.revoked: set[str] = set()
+        # Replaced, never mutated, so each request's view shares it without a copy.
+        self.revoked: frozenset[str] = frozenset()
         self.shares: Mapping[str, int] | None = None
         self.owed = 0
         self.decisions: Counter[str] = Counter()
@@ -150,7 +191,7 @@ class Host:
         self._costs: Mapping[str, int] = self.files.costs()
         self._ledgers: dict[int, _Ledger] = {}
         # Per epoch, (requester, nonce) -> the signed answer given (for relayed complaints).
-        self._answers: dict[int, dict[tuple[str, str], AccessOutcome]] = {}
+        self._answers: dict[int, dict[tuple[str, str], _Answered]] = {}
 
     @property
     def node_id(self) -> str:
@@ -169,7 +210,7 @@ class Host:
         current and the previous epoch are kept: an epoch's audit runs during the next
         one)."""
         book = self._ledgers.get(epoch)
-        return [] if book is None else [e.receipt for e in book.entries]
+        return [] if book is None else [e.receipt for e in book.entries.values()]
 
     def filed(self, epoch: int, receipts: Iterable[Envelope]) -> None:
         """``receipts`` (of :meth:`unfiled`) reached the coordinator, or never will: they
@@ -178,7 +219,10 @@ class Host:
         if book is None:
             return
         sent = {r.signature for r in receipts}
-        book.entries = [e for e in book.entries if e.receipt.signature not in sent]
+        book.entries = {seq: e for seq, e in book.entries.items()
+                        if e.receipt.signature not in sent}
+        book.loose = [item for item in book.loose if item[2].seq in book.entries]
+        heapq.heapify(book.loose)
 
     def ledger_epochs(self) -> list[int]:
         """The epochs whose ledgers are kept, oldest first."""
@@ -221,7 +265,7 @@ class Host:
             del self._answers[old]
 
     def revoke(self, node_ids: Iterable[str]) -> None:
-        self.revoked.update(node_ids)
+        self.revoked = self.revoked | frozenset(node_ids)
 
     def probe(self, *, epoch: int, nonce: str) -> Envelope:
         """The signed answer to the coordinator's probe (README section 7, probes)."""
@@ -236,7 +280,7 @@ class Host:
         return HostView(
             epoch=self.epoch,
             included=self.included,
-            revoked=frozenset(self.revoked),
+            revoked=self.revoked,
             remaining=self.resource.remaining(now),
             partial=self.partial_grants,
             unit=self.resource.UNIT,
@@ -271,8 +315,7 @@ class Host:
         except InkindError as exc:
             return AccessOutcome(decision=Decision(
                 granted=False, reason=exc.code, epoch=self.epoch, message=str(exc)))
-        given = self._answers.get(self.epoch, {}).get(
-            (verified.requester_id, verified.request.nonce))
+        given = self._given(verified.requester_id, verified.request.nonce)
         if given is not None:
             return given
         return self._apply(decide(verified, view), now)
@@ -331,16 +374,16 @@ class Host:
         self.resource.consume(decision.amount, now=now, requester=who)
         if decision.epoch == self.epoch:
             self.granted_to[who] += decision.amount
-        receipt = GrantReceipt(
-            epoch=decision.epoch,
-            host_id=self.node_id,
-            requester_id=who,
-            nonce=request.nonce,
-            amount=decision.amount,
-            time=now,
-            request=signed,
-            session_key=session_key,
-        )
+        access = decision.access
+        if access is not None and access.request is request and request.epoch == decision.epoch:
+            # The request the verifier checked: what it established is not checked again.
+            receipt = grant_receipt(access, host_id=self.node_id, amount=decision.amount,
+                                    time=now, session_key=session_key)
+        else:
+            receipt = GrantReceipt(epoch=decision.epoch, host_id=self.node_id,
+                                   requester_id=who, nonce=request.nonce,
+                                   amount=decision.amount, time=now, request=signed,
+                                   session_key=session_key)
         # seal(), with the receipt's canonical payload written directly (same bytes); the
         # embedded request is at most 1 024 bytes, so the payload is within its limit.
         payload = receipt.canonical_payload()
@@ -355,12 +398,31 @@ class Host:
         # relays its request: the host answers with what it signed, so a grant is never
         # made twice and a refusal never changes its story. Bounded per epoch; past the
         # bound a relayed request it granted gets a plain error (README section 7, step 7).
+        # Kept as one tuple (the decision's verified request, envelope and checks are not
+        # needed to answer again): less for the garbage collector to walk per grant.
         decision = outcome.decision
-        assert decision.request is not None
+        request = decision.request
+        signed = outcome.receipt if outcome.receipt is not None else outcome.refusal
+        assert request is not None and signed is not None
         answers = self._answers.setdefault(decision.epoch, {})
         if len(answers) < MAX_ANSWERS:
-            answers.setdefault((who, decision.request.nonce), outcome)
+            answers.setdefault((who, request.nonce),
+                               (decision.reason, decision.message, decision.amount, request,
+                                signed))
         return outcome
+
+    def _given(self, who: str, nonce: str) -> AccessOutcome | None:
+        """The signed answer this host gave (``who``, ``nonce``) in its epoch, if kept."""
+        kept = self._answers.get(self.epoch, {}).get((who, nonce))
+        if kept is None:
+            return None
+        reason, message, amount, request, signed = kept
+        granted = reason == GRANTED
+        decision = Decision(granted=granted, reason=reason, message=message, epoch=self.epoch,
+                            amount=amount, requester_id=who, request=request)
+        if granted:
+            return AccessOutcome(decision=decision, receipt=signed)
+        return AccessOutcome(decision=decision, refusal=signed)
 
     def _record(self, epoch: int, receipt: Envelope, amount: int, nonce: str) -> None:
         # The audit judges a capacity refusal by the sum of the host's receipts before it
@@ -374,19 +436,14 @@ class Host:
         if book.total >= self.resource.opened:
             return
         if len(book.entries) >= MAX_LEDGER:
-            loose = [e for e in book.entries if not e.pinned]
-            if loose:
-                smallest = min(reversed(loose), key=lambda e: e.amount)  # latest of ties
+            smallest = book.smallest_loose()
+            if smallest is not None:
                 if smallest.amount >= amount:
                     return
-                book.entries.remove(smallest)
-                book.total -= smallest.amount
-                book.nonces.discard(smallest.nonce)
+                book.evict(smallest)
             elif len(book.entries) >= 2 * MAX_LEDGER:
                 return
-        book.entries.append(_Entry(receipt=receipt, amount=amount, nonce=nonce))
-        book.total += amount
-        book.nonces.add(nonce)
+        book.add(receipt, amount, nonce)
 
     def _pin(self, epoch: int, asked: int) -> None:
         # The gate refused ``asked`` for capacity: the receipts granted so far leave less
@@ -396,9 +453,9 @@ class Host:
         if book is None:
             return
         # Filed receipts count too (the coordinator holds them).
-        filed = book.total - sum(e.amount for e in book.entries)
+        filed = book.total - sum(e.amount for e in book.entries.values())
         need = self.resource.opened - asked + 1 - filed
-        order = sorted(book.entries, key=lambda e: (not e.pinned, -e.amount))
+        order = sorted(book.entries.values(), key=lambda e: (not e.pinned, -e.amount))
         chosen: list[_Entry] = []
         total = 0
         for entry in order:

@@ -36,14 +36,33 @@ from protocol.encoding import canonical, decode, decode_object
 from protocol.envelope import Envelope, envelope_size_limit, payload_from_b64, signing_input
 from protocol.errors import (
     BadProofError,
+    OutOfRangeError,
     TooLargeError,
     WrongSignerError,
     WrongTypeError,
 )
-from protocol.fields import MAX_CLOCK_SKEW, MAX_TIME, NONCE_BYTES, check_nonce, check_object
+from protocol.fields import (
+    MAX_CLOCK_SKEW,
+    MAX_TIME,
+    NONCE_BYTES,
+    check_hex,
+    check_int,
+    check_nonce,
+    check_object,
+    check_time,
+)
 from protocol.guards import CredentialCache, ReplayWindow
-from protocol.identity import Identity
-from protocol.messages import AccessRequest, Credential, GrantReceipt, ProbeAnswer, Refusal
+from protocol.identity import Identity, VerifyKey
+from protocol.messages import (
+    MAX_QUANTITY_MICRO,
+    SESSION_KEY_HEX_CHARS,
+    AccessRequest,
+    Credential,
+    GrantReceipt,
+    ProbeAnswer,
+    Refusal,
+    unchecked,
+)
 from protocol.session import (
     MAX_SESSION_BODY_BYTES,
     SessionRequest,
@@ -211,6 +230,32 @@ class VerifiedAccess:
     envelope: Envelope  # the signed request, for the receipt
 
 
+def grant_receipt(verified: VerifiedAccess, *, host_id: str, amount: int, time: int,
+                  session_key: str | None = None) -> GrantReceipt:
+    """The receipt granting ``amount`` micro-units at ``time`` (Unix seconds) of a
+    request :class:`AccessVerifier` verified for the host ``host_id``.
+
+    The same message ``GrantReceipt(...)`` builds, without re-deriving what that
+    verification established (the request's fields and signer, that it names this host,
+    its credential and epoch, that the requester is the credential's node): only what the
+    grant adds is checked -- ``1 <= amount <=`` what was asked, the time, and a
+    ``session_key`` (64 lowercase hex) only for a request that asked for a session
+    (``out_of_range`` otherwise)."""
+    req = verified.request
+    if req.host_id != host_id:
+        raise BadProofError("the request is addressed to another host")
+    if not 1 <= check_int("amount", amount, 1, MAX_QUANTITY_MICRO) <= req.amount:
+        raise OutOfRangeError(f"amount {amount} exceeds the {req.amount} asked")
+    check_time("time", time)
+    if session_key is not None:
+        check_hex("session_key", session_key, SESSION_KEY_HEX_CHARS)
+        if req.session_key is None:
+            raise OutOfRangeError("session_key: the request asked for no session")
+    return unchecked(GrantReceipt, epoch=req.epoch, host_id=host_id,
+                     requester_id=verified.requester_id, nonce=req.nonce, amount=amount,
+                     time=time, request=verified.envelope, session_key=session_key)
+
+
 class AccessVerifier:
     """The host's cryptographic check of access bodies (README section 7, step 2).
 
@@ -241,8 +286,9 @@ class AccessVerifier:
         # The same verified credentials, by their exact wire strings (base64 payload,
         # signature and signer hex): a canonical body's credential is found without
         # building its envelope or digest (:meth:`_fast_body`).
-        self._wire: CredentialCache[tuple[str, Credential]] = CredentialCache(
-            capacity=credential_capacity)
+        # The credential's key is kept loaded with it (:class:`protocol.identity.VerifyKey`).
+        self._wire: CredentialCache[tuple[str, Credential, VerifyKey | None]] = (
+            CredentialCache(capacity=credential_capacity))
         self.sessions = SessionTable(host_id=host_id, capacity=session_capacity,
                                      per_requester=sessions_per_requester)
         # The host's X25519 key of the epoch sessions are open for: (epoch, key, public
@@ -307,12 +353,14 @@ class AccessVerifier:
         """Check a session request (:meth:`protocol.session.SessionTable.check`)."""
         return self.sessions.check(request, epoch=epoch, now=now)
 
-    def _fast_body(self, raw: bytes) -> tuple[str, Credential, Envelope] | None:
+    def _fast_body(self, raw: bytes) -> tuple[str, Credential, Envelope, VerifyKey | None] | None:
         """A canonical body whose credential is one this verifier verified before, read
-        with one match: ``(digest, credential, request envelope)``; None otherwise (the
-        strict path then decides). The credential is found by its exact wire strings, so
-        neither its envelope nor its digest is rebuilt; the request's envelope is built
-        with every check :meth:`Envelope.from_obj` makes."""
+        with one match: ``(digest, credential, request envelope, the credential's key
+        loaded)``; None otherwise (the strict path then decides). The credential is found
+        by its exact wire strings, so neither its envelope nor its digest is rebuilt; the
+        request's envelope holds what the grammar proved (its type, 64 lowercase hex
+        bytes of signer, a 64-byte signature) and its payload in the one canonical
+        base64 spelling (:func:`payload_from_b64`)."""
         m = _CANONICAL_BODY.fullmatch(raw)
         if m is None:
             return None
@@ -320,11 +368,10 @@ class AccessVerifier:
         known = self._wire.get((c_payload + c_sig + c_signer).decode("ascii"))
         if known is None:
             return None
-        # The match proved the fields' formats; Envelope still checks its own.
-        request = Envelope(type=AccessRequest.TYPE, signer=r_signer.decode(),
-                           payload=payload_from_b64(r_payload.decode()),
-                           signature=bytes.fromhex(r_sig.decode()))
-        return known[0], known[1], request
+        request = Envelope.from_checked(type=AccessRequest.TYPE, signer=r_signer.decode(),
+                                        payload=payload_from_b64(r_payload.decode()),
+                                        signature=bytes.fromhex(r_sig.decode()))
+        return known[0], known[1], request, known[2]
 
     def check_any(self, raw: bytes, *, epoch: int,
                   now: int) -> VerifiedAccess | VerifiedSession:
@@ -374,11 +421,13 @@ class AccessVerifier:
                                        relayed=relayed)
         # Verified (and found by digest): from now on found by its wire strings too.
         obj = body.credential.to_obj()
-        self._wire.put(obj["payload"] + obj["signature"] + obj["signer"], (digest, cred))
+        self._wire.put(obj["payload"] + obj["signature"] + obj["signer"],
+                       (digest, cred, VerifyKey.load(cred.public_key)))
         return verified
 
-    def _check_request(self, digest: str, cred: Credential, envelope: Envelope, *,
-                       epoch: int, now: int, relayed: bool = False) -> VerifiedAccess:
+    def _check_request(self, digest: str, cred: Credential, envelope: Envelope,
+                       key: VerifyKey | None = None, *, epoch: int, now: int,
+                       relayed: bool = False) -> VerifiedAccess:
         check_epoch(cred.epoch, current=epoch)
         check_validity(cred.not_before, cred.expires, now=now, max_skew=self.replays.skew)
         if envelope.signer != cred.public_key:
@@ -387,7 +436,7 @@ class AccessVerifier:
             raise WrongTypeError(f"expected {AccessRequest.TYPE}, got {envelope.type}")
         if len(envelope.payload) > AccessRequest.MAX_PAYLOAD_BYTES:
             raise TooLargeError("access request payload over its limit")
-        envelope.verify()  # over the exact received bytes, before they are parsed
+        envelope.verify(key)  # over the exact received bytes, before they are parsed
         request = AccessRequest.parse_payload(envelope.payload)
         if request.host_id != self.host_id:
             raise BadProofError("access request is addressed to another host")

@@ -39,13 +39,17 @@ from protocol.errors import (
     WrongTypeError,
 )
 from protocol.fields import check_hex, check_object, check_public_key, check_str
-from protocol.identity import SIGNATURE_BYTES, Identity, verify_signature
+from protocol.identity import SIGNATURE_BYTES, Identity, VerifyKey, verify_signature
 
 DOMAIN = b"inkind/v1\x00"
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 ENVELOPE_FIELDS = frozenset({"type", "signer", "payload", "signature"})
 #: Bytes the envelope adds around a base64 payload (keys, quotes, key, signature), rounded up.
 ENVELOPE_OVERHEAD_BYTES = 512
+
+
+_new = object.__new__
+_set = object.__setattr__  # builds a frozen dataclass without its checks (from_checked)
 
 
 def envelope_size_limit(max_payload_bytes: int) -> int:
@@ -93,18 +97,40 @@ class Envelope:
             raise OutOfRangeError(f"signature: expected {SIGNATURE_BYTES} bytes")
 
     @classmethod
+    def from_checked(cls, *, type: str, signer: str, payload: bytes,
+                     signature: bytes) -> Envelope:
+        """An envelope of fields whose formats the caller has already established (a
+        match of the canonical grammar, or its own identity's key and a type
+        :func:`signing_input` checked), built without checking them a second time. Any
+        other caller builds ``Envelope(...)``."""
+        env = _new(cls)
+        _set(env, "type", type)
+        _set(env, "signer", signer)
+        _set(env, "payload", payload)
+        _set(env, "signature", signature)
+        return env
+
+    @classmethod
     def seal(cls, identity: Identity, message_type: str, payload: bytes) -> Envelope:
         """Sign ``payload`` as ``message_type`` with ``identity``."""
-        signature = identity.sign(signing_input(message_type, payload))
-        return cls(
-            type=message_type, signer=identity.public_key, payload=payload, signature=signature
-        )
+        if not isinstance(payload, bytes):
+            raise WrongTypeError("payload: expected bytes")
+        signature = identity.sign(signing_input(message_type, payload))  # checks the type
+        # The signer is the identity's own key (Identity writes it from the raw key) and
+        # an Ed25519 signature is 64 bytes: nothing left to check.
+        return cls.from_checked(type=message_type, signer=identity.public_key,
+                                payload=payload, signature=signature)
 
-    def verify(self) -> None:
-        """Raise :class:`BadSignatureError` unless the signature verifies for ``signer``."""
+    def verify(self, key: VerifyKey | None = None) -> None:
+        """Raise :class:`BadSignatureError` unless the signature verifies for ``signer``.
+        ``key``: the signer's key loaded before (used only if it is ``signer``'s)."""
         # The type was checked when the envelope was built: no second check here.
         signed = _signing_bytes(self.type, self.payload)
-        if not verify_signature(self.signer, self.signature, signed):
+        if key is not None and key.public_key == self.signer:
+            ok = key.verify(self.signature, signed)
+        else:
+            ok = verify_signature(self.signer, self.signature, signed)
+        if not ok:
             raise BadSignatureError(f"{self.type} signature does not verify")
 
     def to_obj(self) -> dict[str, str]:

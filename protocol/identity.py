@@ -188,6 +188,38 @@ def verify_signature(public_key: str, signature: bytes, data: bytes) -> bool:
     return _strong(raw)
 
 
+class VerifyKey:
+    """A strong public key loaded once, for verifying many signatures by it (a host
+    verifies every request of a known credential with its key): :func:`verify_signature`
+    without re-reading the key each time. Build with :meth:`load`."""
+
+    __slots__ = ("_key", "public_key")
+
+    def __init__(self, public_key: str, key: Ed25519PublicKey) -> None:
+        self.public_key = public_key
+        self._key = key
+
+    @classmethod
+    def load(cls, public_key: str) -> VerifyKey | None:
+        """The key named by 64 lowercase hex characters; None unless it is strong
+        (:func:`is_strong_public_key`), so no signature by a weak key ever verifies."""
+        if not is_strong_public_key(public_key):
+            return None
+        return cls(public_key, Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key)))
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        """True iff ``signature`` is a valid Ed25519 signature of ``data`` by this key,
+        with :func:`verify_signature`'s rules (64 bytes, canonical S); never raises."""
+        if (not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES
+                or int.from_bytes(signature[32:], "little") >= GROUP_ORDER):
+            return False
+        try:
+            self._key.verify(signature, data)
+        except (InvalidSignature, TypeError, ValueError):
+            return False
+        return True
+
+
 class Identity:
     """A node's (or the coordinator's) signing key with its public key and node id."""
 

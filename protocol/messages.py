@@ -27,7 +27,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from protocol.encoding import MAX_SAFE_INTEGER, JsonObject, JsonValue, decode_object
 from protocol.envelope import Envelope
@@ -42,6 +42,8 @@ from protocol.errors import (
     WrongTypeError,
 )
 from protocol.fields import (
+    MAX_EPOCH,
+    MAX_TIME,
     check_choice,
     check_endpoint,
     check_epoch,
@@ -138,6 +140,24 @@ def _to_json(value: object) -> JsonValue:
     if isinstance(value, int | str):
         return value
     raise WrongTypeError(f"cannot encode {type(value).__name__}")  # unreachable if valid
+
+
+M = TypeVar("M", bound="Message")
+
+
+def unchecked(cls: type[M], **values: Any) -> M:
+    """``cls(**values)`` without ``__post_init__``'s checks, for values already proven
+    valid where they entered (a match of the canonical grammar, a request
+    :class:`protocol.access.AccessVerifier` verified): a message is checked once, at the
+    boundary. Every field must be given (one missing fails when it is read)."""
+    message = _new(cls)
+    for name, value in values.items():
+        _set(message, name, value)
+    return message
+
+
+_new = object.__new__
+_set = object.__setattr__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -509,11 +529,18 @@ def _parse_access_request(payload: bytes) -> AccessRequest:
             payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
             max_depth=AccessRequest.MAX_DEPTH))
     amount, digest, epoch, host_id, issued, nonce, resource, session_key = m.groups()
-    return AccessRequest(credential_digest=digest.decode(), host_id=host_id.decode(),
-                         epoch=int(epoch), issued=int(issued), nonce=nonce.decode(),
-                         amount=int(amount),
-                         resource=None if resource is None else resource.decode(),
-                         session_key=None if session_key is None else session_key.decode())
+    # The grammar proved every string field's format (``__post_init__``'s checks of
+    # them); the integers' ranges are all that is left to check.
+    values = (int(epoch), int(issued), int(amount))
+    if values[0] > MAX_EPOCH or values[1] > MAX_TIME or not 1 <= values[2] <= MAX_QUANTITY_MICRO:
+        return AccessRequest.from_payload(decode_object(  # it raises the field's error
+            payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
+            max_depth=AccessRequest.MAX_DEPTH))
+    return unchecked(AccessRequest, credential_digest=digest.decode(),
+                     host_id=host_id.decode(), epoch=values[0], issued=values[1],
+                     nonce=nonce.decode(), amount=values[2],
+                     resource=None if resource is None else resource.decode(),
+                     session_key=None if session_key is None else session_key.decode())
 
 
 #: The canonical payload of an access request, exactly: keys in order, no spaces,

@@ -23,6 +23,8 @@ from helpers.coordinator import (
     refusal,
 )
 from helpers.node import BedNode, node_bed, step_all
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coordinator.enforcement import UNJUSTIFIED_REFUSAL, find_free_riders
 from coordinator.epoch import EpochCore
@@ -293,3 +295,33 @@ async def test_a_drain_after_the_hosts_report_is_filed_before_the_cut_off(
         n_reports = len(fake.audits)
         assert await step_all(agents) == ["waiting"] * 2
         assert len(fake.audits) == n_reports  # filed once
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=st.lists(st.one_of(st.integers(1, 5), st.just(0)), min_size=1, max_size=30))
+def test_a_full_ledger_gives_up_the_smallest_latest_receipt_across_filings(
+        ops: list[int]) -> None:
+    # ops: an amount to grant, or 0 to file what is unfiled but its last receipt. The
+    # reference is the rule itself over a list: when full, the smallest kept receipt
+    # (the latest of ties) gives way to a larger one; an equal or smaller one is not kept.
+    bound = 4
+    bed = closed_epoch()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(host_module, "MAX_LEDGER", bound)
+        host = bed.host(shares=False)
+        kept: list[tuple[int, bytes]] = []  # (amount, the receipt's signature)
+        for op in ops:
+            if op == 0:
+                filed = host.unfiled(0)[:-1]
+                host.filed(0, filed)
+                kept = kept[len(filed):]
+                continue
+            outcome = bed.ask(host, ROAMER, op, bed.now)
+            assert outcome.receipt is not None
+            if len(kept) >= bound:
+                smallest = min(reversed(range(len(kept))), key=lambda i: kept[i][0])
+                if kept[smallest][0] >= op:
+                    continue
+                del kept[smallest]
+            kept.append((op, outcome.receipt.signature))
+            assert [(item(e).amount, e.signature) for e in host.unfiled(0)] == kept

@@ -27,7 +27,7 @@ from protocol import (
     seal,
 )
 from protocol import identity as ident_mod
-from protocol.access import MAX_ACCESS_BODY_BYTES
+from protocol.access import MAX_ACCESS_BODY_BYTES, grant_receipt
 from protocol.errors import InkindError
 
 COORD = Identity.from_seed(b"\x01" * 32)
@@ -85,9 +85,16 @@ def test_the_credential_is_verified_once_and_later_requests_cost_one_verificatio
 
     original = ident_mod.Ed25519PublicKey.from_public_bytes
 
+    class Counting:  # a loaded key that records each verification it makes
+        def __init__(self, raw: bytes) -> None:
+            self.raw, self.key = raw, original(raw)
+
+        def verify(self, signature: bytes, data: bytes) -> None:
+            calls.append(self.raw.hex())
+            self.key.verify(signature, data)
+
     def counting(raw: bytes) -> Any:
-        calls.append(raw.hex())
-        return original(raw)
+        return Counting(raw)
 
     with mock.patch.object(ident_mod.Ed25519PublicKey, "from_public_bytes", counting):
         v.check(body(credential=c, rng=rng).to_bytes(), epoch=EPOCH, now=NOW)
@@ -248,3 +255,49 @@ def test_probe_answers_are_bound_to_the_host_epoch_and_nonce() -> None:
                                            nonce=nonce)) == "bad_proof"
     assert code(lambda: check_probe_answer(raw, host_key=HOST.public_key, epoch=3,
                                            nonce="cd" * 16)) == "bad_proof"
+
+
+@pytest.mark.parametrize("session", [False, True])
+@pytest.mark.parametrize("amount", [1, 3, 5])
+def test_the_receipt_of_a_verified_request_is_the_receipt_the_checked_constructor_builds(
+        session: bool, amount: int) -> None:
+    v = verifier()
+    key = "12" * 32 if session else None
+    b = make_access_request(NODE, cred(), host_id=HOST.node_id, amount=5, now=NOW,
+                            rng=counter(), session_key=key)
+    verified = v.check(b.to_bytes(), epoch=EPOCH, now=NOW)
+    host_key = "34" * 32 if session else None
+    fast = grant_receipt(verified, host_id=HOST.node_id, amount=amount, time=NOW + 1,
+                         session_key=host_key)
+    checked = GrantReceipt(epoch=EPOCH, host_id=HOST.node_id, requester_id=NODE.node_id,
+                           nonce=verified.request.nonce, amount=amount, time=NOW + 1,
+                           request=b.request, session_key=host_key)
+    assert fast == checked
+    assert fast.canonical_payload() == checked.canonical_payload()
+    # What the grant adds is still checked: the amount, the time, a session key only
+    # for a request that asked for one, and the host the request names.
+    for bad in (0, 6):
+        assert code(lambda a=bad: grant_receipt(verified, host_id=HOST.node_id,  # type: ignore[misc]
+                                                amount=a, time=NOW)) == "out_of_range"
+    assert code(lambda: grant_receipt(verified, host_id=HOST.node_id, amount=1,
+                                      time=-1)) == "out_of_range"
+    assert code(lambda: grant_receipt(verified, host_id=MALLORY.node_id, amount=1,
+                                      time=NOW)) == "bad_proof"
+    assert code(lambda: grant_receipt(verified, host_id=HOST.node_id, amount=1, time=NOW,
+                                      session_key="AB" * 32)) == "out_of_range"
+    if not session:
+        assert code(lambda: grant_receipt(verified, host_id=HOST.node_id, amount=1,
+                                          time=NOW, session_key="34" * 32)) == "out_of_range"
+
+
+def test_an_envelope_from_checked_fields_equals_the_checked_one_and_seal_checks_its_input() -> None:
+    env = seal(NODE, Credential(node_id=NODE.node_id, public_key=NODE.public_key, epoch=1,
+                                not_before=0, expires=10, location=0))
+    again = Envelope.from_checked(type=env.type, signer=env.signer, payload=env.payload,
+                                  signature=env.signature)
+    assert again == Envelope(type=env.type, signer=env.signer, payload=env.payload,
+                             signature=env.signature) == env
+    assert again.to_bytes() == env.to_bytes()
+    assert code(lambda: Envelope.seal(NODE, "Bad Type", b"{}")) == "out_of_range"
+    assert code(lambda: Envelope.seal(NODE, "credential",
+                                      bytearray(b"{}"))) == "wrong_type"  # type: ignore[arg-type]

@@ -371,3 +371,19 @@ def test_a_receipt_writes_its_canonical_payload(
                            nonce="cd" * 16, amount=amount, time=time, request=env,
                            session_key="34" * 32 if with_key else None)
     assert receipt.canonical_payload() == canonical(receipt.to_payload(), max_depth=2)
+
+
+@pytest.mark.parametrize("field,value", [("amount", 0), ("amount", 10**15 + 1),
+                                         ("epoch", 2**53), ("issued", 2**53),
+                                         ("amount", 10**16 - 1)])
+def test_an_out_of_range_integer_in_a_canonical_request_payload_is_refused_alike(
+        field: str, value: int) -> None:
+    # The grammar admits up to 16 digits; the ranges are checked after the match.
+    fields: dict[str, object] = {"amount": 1, "credential_digest": "ab" * 32, "epoch": 1,
+                                 "host_id": HOST.node_id, "issued": 1, "nonce": "cd" * 16}
+    fields[field] = value
+    # Written by hand: the encoder refuses integers past 2**53 - 1 itself.
+    payload = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    strict = code(lambda: AccessRequest.from_payload(decode(payload, max_depth=1)))
+    assert strict == "out_of_range"
+    assert code(lambda: AccessRequest.parse_payload(payload)) == strict

@@ -19,6 +19,7 @@ from protocol.envelope import Envelope, signing_input
 from protocol.errors import BadSignatureError, InkindError
 from protocol.identity import (
     GROUP_ORDER,
+    VerifyKey,
     check_strong_public_key,
     is_strong_public_key,
     verify_signature,
@@ -255,3 +256,25 @@ def test_the_directory_and_the_coordinator_key_refuse_weak_keys(key: str) -> Non
     assert excinfo.value.code == "out_of_range"
     with pytest.raises(InkindError):
         CoordinatorClient(None, "http://x", coordinator_key=key)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ALL_SMALL_ORDER)
+def test_a_weak_key_is_never_loaded_for_verification(key: str) -> None:
+    assert VerifyKey.load(key) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.binary(min_size=32, max_size=32), data=st.binary(max_size=200),
+       flip=st.integers(0, 63))
+def test_a_loaded_key_verifies_exactly_what_verify_signature_does(
+        seed: bytes, data: bytes, flip: int) -> None:
+    who = Identity.from_seed(seed)
+    key = VerifyKey.load(who.public_key)
+    assert key is not None
+    good = who.sign(data)
+    bad = good[:flip] + bytes([good[flip] ^ 1]) + good[flip + 1:]
+    s = int.from_bytes(good[32:], "little")
+    malleated = good[:32] + (s + GROUP_ORDER).to_bytes(32, "little")  # S >= L, same point
+    for signature in (good, bad, malleated, good[:63], b""):
+        assert key.verify(signature, data) == verify_signature(who.public_key, signature, data)
+    assert key.verify(good, data) and not key.verify(malleated, data)
