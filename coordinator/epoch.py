@@ -87,6 +87,7 @@ from protocol.errors import (
     NotIncludedError,
     NotYetValidError,
     OutOfRangeError,
+    ProbationError,
     ReplayError,
     StaleEpochError,
     UnknownKeyError,
@@ -489,6 +490,7 @@ class EpochCore:
         self.standings: dict[str, Standing] = {}
         # Probation: per node, the audited epochs in which it owed and delivered.
         self.deliveries: dict[str, Delivery] = {}
+        self._n_established: int | None = None  # cached count (status reads it often)
         self.last_status = ""
 
     # -- reading -----------------------------------------------------------------------
@@ -508,6 +510,13 @@ class EpochCore:
         need = self.settings.probation_epochs
         rec = (delivered or {}).get(node_id) or self.deliveries.get(node_id)
         return need == 0 or (rec is not None and rec.delivered >= need)
+
+    @property
+    def n_established(self) -> int:
+        """How many nodes are established (counted once per change of the records)."""
+        if self._n_established is None:
+            self._n_established = sum(self.established(n) for n in self.deliveries)
+        return self._n_established
 
     def credentialled(self, node_id: str, epoch: int,
                       delivered: Mapping[str, Delivery] | None = None) -> bool:
@@ -807,7 +816,8 @@ class EpochCore:
         The shell opened the envelope with the registered keys as trusted signers, so the
         signer is registered and is ``c.requester_id``. Refused (no state changed): an
         epoch not being audited (``stale_epoch``, ``future_epoch``); a requester not
-        included in it, or a host that owes nothing in it (``not_included``); a request
+        included in it, or a host that owes nothing in it (``not_included``); a requester
+        included without a credential (``probation``: no host owed it service); a request
         not signed by the requester's registered key (``bad_signature``) or naming
         another credential than the one issued to the requester for the epoch
         (``credential_digest``, from the store; ``bad_proof``); a request issued outside
@@ -826,7 +836,11 @@ class EpochCore:
         key = self.nodes[c.requester_id].public_key
         open_embedded(c.request, AccessRequest, trusted=frozenset({key}))
         request = complained_request(c)
-        if credential_digest is None or request.credential_digest != credential_digest:
+        if credential_digest is None:
+            raise ProbationError(
+                f"node {c.requester_id[:16]}... holds no credential of epoch {c.epoch} "
+                "(on probation): no host owed it service")
+        if request.credential_digest != credential_digest:
             raise BadProofError("the request names another credential than the one issued")
         lo, hi = audit.skewed_windows()[c.requester_id]
         if request.issued < lo:
@@ -878,6 +892,7 @@ class EpochCore:
                 for x in change.exclusions)
             self.sanctions = [s for s in self.sanctions if s.last_epoch >= change.history_from]
             self.deliveries.update((d.node_id, d) for d in change.delivered)
+            self._n_established = None
             self.audit = AuditState(
                 allocation=change.allocation,
                 windows={c.credential.node_id: (c.credential.not_before, c.credential.expires)

@@ -592,7 +592,7 @@ class Coordinator:
                 # credential; keys established (delivered in enough audited epochs).
                 "probation": 0 if audit is None else (
                     len(audit.allocation.included) - len(audit.windows)),
-                "established": sum(core.established(n) for n in core.deliveries),
+                "established": core.n_established,
             },
             "probation_epochs": self.settings.probation_epochs,
             "last_close": core.last_status,

@@ -20,6 +20,7 @@ from helpers.coordinator import (
     EPOCH_SECONDS,
     T0,
     Harness,
+    access_request,
     commitment,
     config,
     declaration,
@@ -41,7 +42,7 @@ from coordinator.decision import Decision, Participant
 from coordinator.enforcement import NO_COMMITMENT, UNJUSTIFIED_REFUSAL
 from coordinator.epoch import FOUNDING_EPOCH, Closed, EpochCore
 from coordinator.store import Store
-from protocol import Identity
+from protocol import Complaint, Identity, InkindError
 
 HIGH, LOW = 950_000, 10_000  # a declared θ the posted fee includes, and one it does not
 
@@ -129,10 +130,17 @@ def test_a_new_key_owes_but_roams_only_after_an_audit_found_it_delivering() -> N
     assert credentialled(c1) == {p.node_id for p in PEOPLE}
     assert core.audit is not None and NEW.node_id in core.audit.members
     assert NEW.node_id not in core.audit.windows
+    # no host owed it service, so it has nothing to complain about
+    t = T0 + 3 * EPOCH_SECONDS
+    c = Complaint(epoch=1, requester_id=NEW.node_id, host_id=PEOPLE[1].node_id,
+                  request=access_request(PEOPLE[1], NEW, epoch=1, issued=t, amount=1))
+    with pytest.raises(InkindError) as info:
+        core.check_complaint(c, raw(NEW, c), now=t, credential_digest=None)
+    assert info.value.code == "probation"
     c2 = play(core, 2, dict.fromkeys([*PEOPLE, NEW], HIGH))
     assert NEW.node_id in credentialled(c2) and c2.probation == ()
     assert core.deliveries[NEW.node_id].last_epoch == 1
-    assert core.established(NEW.node_id)
+    assert core.established(NEW.node_id) and core.n_established == len(PEOPLE) + 1
 
 
 def test_a_stockpiled_key_that_declared_low_in_the_founding_epoch_is_not_established() -> None:
