@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion10, web
 
 from coordinator.allocation import MechanismRunner, former_names
 from coordinator.config import MAX_BODY_BYTES, CoordinatorConfig
@@ -816,6 +816,10 @@ async def error_middleware(
 ) -> web.StreamResponse:
     """The one place errors become ``{"code", "message"}`` with their HTTP status."""
     try:
+        if request.version < HttpVersion10:
+            # HTTP/0.9 (a request line without a version) has no status line or headers
+            # to carry the protocol's answers: the binding is HTTP/1.x (protocol/HTTP.md).
+            raise MalformedError("HTTP/1.0 or HTTP/1.1 required")
         return await handler(request)
     except InkindError as exc:
         return error_response(exc)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
@@ -33,9 +33,16 @@ from protocol.errors import (
 log = logging.getLogger(__name__)
 
 
+def _too_many_headers(exc: BaseException | None) -> bool:
+    """aiohttp refuses a head of more than ``max_headers`` lines with a plain
+    ``BadHttpMessage``; only its message tells it from other malformed heads. A head too
+    large in lines is as much ``too_large`` as one too large in bytes."""
+    return isinstance(exc, BadHttpMessage) and "too many headers" in str(exc).lower()
+
+
 def parser_error(exc: BaseException | None, status: int) -> InkindError | None:
     """The protocol error for a request the parser refused; None for a server fault."""
-    if isinstance(exc, LineTooLong) or status in (413, 431):
+    if isinstance(exc, LineTooLong) or _too_many_headers(exc) or status in (413, 431):
         return TooLargeError("a request line or header is too long")
     if isinstance(exc, BadHttpMethod) or status == 405:
         return MethodNotAllowedError("the request method is not a valid HTTP method")

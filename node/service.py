@@ -34,7 +34,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion10, web
 from aiohttp.web_protocol import RequestHandler
 
 from node.client import RECEIPT_HEADER, SESSION_HEADER
@@ -81,6 +81,10 @@ def _error(code: str, message: str, status: int) -> web.Response:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes ``{"code", "message"}`` with the code's HTTP status."""
     try:
+        if request.version < HttpVersion10:
+            # HTTP/0.9 (a request line without a version) has no status line or headers
+            # to carry the protocol's answers: the binding is HTTP/1.x (protocol/HTTP.md).
+            raise MalformedError("HTTP/1.0 or HTTP/1.1 required")
         return await handler(request)
     except InkindError as exc:
         return web.json_response(to_wire(exc), status=exc.http_status)
@@ -89,6 +93,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _HTTP_CODES.get(exc.status, "malformed" if exc.status < 500 else "internal")
         return _error(code, exc.reason, exc.status)
+    except ConnectionResetError:
+        # The client went away mid-body (aiohttp's body reader raises this): its fault,
+        # not the host's; the answer has nobody to reach.
+        log.debug("client closed the connection during %s %s", request.method, request.path)
+        return _error(MalformedError.code, "connection closed before the body ended",
+                      MalformedError.http_status)
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return _error("internal", "internal error", 500)
