@@ -192,9 +192,16 @@ def main(argv: list[str] | None = None) -> int:
             probe_attempts=args.probe_attempts, probe_timeout=args.probe_timeout,
             rebuttal_seconds=args.rebuttal_seconds,
             probation_epochs=args.probation_epochs, penalty=penalty)
-        identity = load_or_create_key(in_data_dir(args.key, args.data_dir))
+        # The store's lock first: of two coordinators started at once on one data
+        # directory, the one that loses it exits before it can create a key as well.
         store = Store(in_data_dir(args.db, args.data_dir))
-    except (OSError, ValueError, KeyFileError, StoreError) as exc:
+    except (OSError, ValueError, StoreError) as exc:
+        print(f"inkind-coordinator: {exc}", file=sys.stderr)
+        return 2
+    try:
+        identity = load_or_create_key(in_data_dir(args.key, args.data_dir))
+    except (OSError, ValueError, KeyFileError) as exc:
+        store.close()
         print(f"inkind-coordinator: {exc}", file=sys.stderr)
         return 2
     try:

@@ -28,7 +28,10 @@ its :class:`Store` is open, and a second one on the same database refuses to sta
 acknowledged declarations and signing a conflicting allocation. The lock lives on a file
 beside the database, not on the database itself, because SQLite's own locks are taken
 and dropped per transaction; the kernel releases it when the process dies, so a
-``kill -9`` leaves nothing to clean up.
+``kill -9`` leaves nothing to clean up. The lock file is named after the database's
+resolved path (symlinks, ``..`` and relative paths name one lock), and the database file
+itself is ``flock``-ed too, which catches a second name that resolves elsewhere (a hard
+link); ``flock`` locks are separate from SQLite's POSIX record locks on Linux.
 """
 
 from __future__ import annotations
@@ -174,8 +177,11 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._lock_fd: int | None = _lock(self.path + ".lock")
+        self._lock_fd: int | None = _lock(os.path.realpath(self.path) + ".lock")
+        self._db_lock_fd: int | None = None
         try:
+            # An empty file is an empty SQLite database, so creating it here is harmless.
+            self._db_lock_fd = _lock(self.path)
             self._db = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
         except BaseException:
@@ -208,10 +214,13 @@ class Store:
         self._unlock()
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._lock_fd)  # closing the descriptor drops the flock
-            self._lock_fd = None
+        # Only after the connection is closed: closing a descriptor of the database file
+        # drops every POSIX lock this process holds on it, SQLite's included.
+        for fd in (self._db_lock_fd, self._lock_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # closing the descriptor drops the flock
+        self._db_lock_fd = self._lock_fd = None
 
     def pragma(self, name: str) -> Any:
         return self._db.execute(f"PRAGMA {name}").fetchone()[0]
