@@ -33,7 +33,7 @@ from node.resources import Tariff, parse_micro
 from node.strategy import Strategy, parse_strategy
 from protocol import Identity, InkindError
 from protocol.errors import KeyFileError
-from protocol.fields import check_public_key
+from protocol.identity import check_strong_public_key
 from protocol.kinds import KINDS
 
 log = logging.getLogger("inkind.node")
@@ -119,7 +119,7 @@ def _tariff(text: str) -> Tariff:
 
 def _key(text: str) -> str:
     try:
-        return check_public_key("coordinator key", text)
+        return check_strong_public_key("coordinator key", text)
     except InkindError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

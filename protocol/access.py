@@ -52,7 +52,7 @@ from protocol.fields import (
     check_time,
 )
 from protocol.guards import CredentialCache, ReplayWindow
-from protocol.identity import Identity, VerifyKey
+from protocol.identity import Identity, VerifyKey, check_strong_public_key
 from protocol.messages import (
     MAX_QUANTITY_MICRO,
     SESSION_KEY_HEX_CHARS,
@@ -256,6 +256,13 @@ def grant_receipt(verified: VerifiedAccess, *, host_id: str, amount: int, time: 
                      time=time, request=verified.envelope, session_key=session_key)
 
 
+def _trusted_key(key: str | None) -> str | None:
+    """The coordinator key a host trusts: None, or a strong key (``out_of_range``
+    otherwise: a small-order key would make every credential fail, or, were it
+    verified elsewhere, let anyone sign them)."""
+    return None if key is None else check_strong_public_key("coordinator_key", key)
+
+
 class AccessVerifier:
     """The host's cryptographic check of access bodies (README section 7, step 2).
 
@@ -278,7 +285,7 @@ class AccessVerifier:
         sessions_per_requester: int = 4,
     ) -> None:
         self.host_id = host_id
-        self._coordinator_key = coordinator_key
+        self._coordinator_key = _trusted_key(coordinator_key)
         self.credentials: CredentialCache[Credential] = CredentialCache(
             capacity=credential_capacity
         )
@@ -301,6 +308,7 @@ class AccessVerifier:
 
     @coordinator_key.setter
     def coordinator_key(self, key: str | None) -> None:
+        key = _trusted_key(key)
         if key != self._coordinator_key:
             self.credentials.clear()
             self._wire.clear()

@@ -74,6 +74,30 @@ MAX_RESOURCE_CHARS = 128
 DIGEST_HEX_CHARS = 64
 #: A raw X25519 public key (32 bytes) as lowercase hex.
 SESSION_KEY_HEX_CHARS = 64
+_X25519_P = 2**255 - 19
+#: The u-coordinates, reduced mod p, of the X25519 points of small order (RFC 7748 section
+#: 6.1: the exchange with any of them is the all-zero secret): 0, 1, the two of order 8
+#: and p - 1. Their other encodings (u + p, the top bit set) reduce to these.
+_X25519_LOW_ORDER_U = frozenset({
+    0, 1, _X25519_P - 1,
+    int.from_bytes(bytes.fromhex(
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"), "little"),
+    int.from_bytes(bytes.fromhex(
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"), "little"),
+})
+
+
+def check_session_key(name: str, value: object) -> str:
+    """An X25519 public key (README section 7.1): 64 lowercase hex characters naming no
+    point of small order in any encoding (``out_of_range``), so no session can be agreed
+    on the all-zero secret and no message carrying such a key can be built: a request
+    no host could grant a session is refused at the gate, unsigned, and a complaint
+    about it is refused by the coordinator, so an honest host is never blamed for it."""
+    text = check_hex(name, value, SESSION_KEY_HEX_CHARS)
+    u = int.from_bytes(bytes.fromhex(text), "little") & ((1 << 255) - 1)  # RFC 7748 5
+    if u % _X25519_P in _X25519_LOW_ORDER_U:
+        raise OutOfRangeError(f"{name}: an X25519 point of small order")
+    return text
 #: theta in [0, 1] as micro-units.
 THETA_MAX_MICRO = 1_000_000
 #: Upper bound of any non-negative quantity: 1e9 units.
@@ -508,7 +532,7 @@ class AccessRequest(Message):
         if self.resource is not None:
             _check_resource("resource", self.resource)
         if self.session_key is not None:
-            check_hex("session_key", self.session_key, SESSION_KEY_HEX_CHARS)
+            check_session_key("session_key", self.session_key)
 
     @classmethod
     def parse_payload(cls, payload: bytes) -> AccessRequest:
@@ -536,11 +560,15 @@ def _parse_access_request(payload: bytes) -> AccessRequest:
         return AccessRequest.from_payload(decode_object(  # it raises the field's error
             payload, max_bytes=AccessRequest.MAX_PAYLOAD_BYTES,
             max_depth=AccessRequest.MAX_DEPTH))
+    # The grammar proves a session key's format, not that it names a point of large
+    # order (a small-order one must be refused here as by the strict path).
+    key = None if session_key is None else check_session_key("session_key",
+                                                              session_key.decode())
     return unchecked(AccessRequest, credential_digest=digest.decode(),
                      host_id=host_id.decode(), epoch=values[0], issued=values[1],
                      nonce=nonce.decode(), amount=values[2],
                      resource=None if resource is None else resource.decode(),
-                     session_key=None if session_key is None else session_key.decode())
+                     session_key=key)
 
 
 #: The canonical payload of an access request, exactly: keys in order, no spaces,
@@ -619,7 +647,7 @@ class GrantReceipt(Message):
         if self.amount > req.amount:
             raise OutOfRangeError(f"amount {self.amount} exceeds the {req.amount} asked")
         if self.session_key is not None:
-            check_hex("session_key", self.session_key, SESSION_KEY_HEX_CHARS)
+            check_session_key("session_key", self.session_key)
             if req.session_key is None:
                 raise OutOfRangeError("session_key: the request asked for no session")
 

@@ -56,7 +56,6 @@ from protocol.fields import (
     check_str,
     check_time,
 )
-from protocol.messages import SESSION_KEY_HEX_CHARS
 
 SESSION_ID_BYTES = 16
 SESSION_ID_HEX_CHARS = 2 * SESSION_ID_BYTES
@@ -87,12 +86,6 @@ def new_session_key() -> X25519PrivateKey:
 def public_hex(key: X25519PrivateKey) -> str:
     """The raw public key of ``key``, lowercase hex (the ``session_key`` field)."""
     return key.public_key().public_bytes_raw().hex()
-
-
-def check_session_key(name: str, value: object) -> str:
-    """An X25519 public key: 64 lowercase hex characters (its order is checked when the
-    key is used: a low-order point gives no shared secret, ``bad_proof``)."""
-    return check_hex(name, value, SESSION_KEY_HEX_CHARS)
 
 
 def request_digest(request: Envelope) -> bytes:
