@@ -14,14 +14,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from helpers.coordinator import COORDINATOR, FakeClock, config, runner
+from helpers.coordinator import served_on_socket
 from helpers.node import NOW, World
 from helpers.rawhttp import exchange
 
-from coordinator.service import make_app as make_coordinator_app
-from coordinator.service import make_runner
-from coordinator.store import Store
 from node.host import Host
 from node.service import make_app as make_node_app
 from node.service import start_site
@@ -100,20 +96,9 @@ async def node_site() -> AsyncIterator[tuple[str, int]]:
         await node_runner.cleanup()
 
 
-@contextlib.asynccontextmanager
-async def coordinator_site(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
-    store = Store(tmp_path / "coord.db")
-    app = make_coordinator_app(config(), store=store, identity=COORDINATOR, clock=FakeClock(),
-                               runner=runner())
-    site_runner = make_runner(app, access_log=None)
-    await site_runner.setup()
-    site = web.TCPSite(site_runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield "127.0.0.1", int(site_runner.addresses[0][1])
-    finally:
-        await site_runner.cleanup()
-        store.close()
+def coordinator_site(tmp_path: Path) -> contextlib.AbstractAsyncContextManager[
+        tuple[str, int]]:
+    return served_on_socket(tmp_path)
 
 
 PATHS = {"node": [b"/v1/access", b"/v1/resolve"],

@@ -39,11 +39,12 @@ from helpers.coordinator import (
     registration,
     relabel,
     runner,
+    served_on_socket,
 )
 from helpers.rawhttp import PARSER_ERRORS, exchange
 
 from coordinator.service import COORDINATOR as APP_KEY
-from coordinator.service import make_app, make_runner
+from coordinator.service import make_app
 from coordinator.store import Store
 from protocol import (
     Allocation,
@@ -417,9 +418,7 @@ async def raw_site(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
 async def serve_raw(tmp_path: Path, *, entered: asyncio.Event | None = None,
                     ) -> AsyncIterator[tuple[str, int]]:
     """:func:`raw_site`'s server; ``entered`` is set when a request reaches the app."""
-    store = Store(tmp_path / "coord.db")
-    app = make_app(config(), store=store, identity=COORDINATOR, clock=FakeClock(),
-                   runner=runner())
+    middlewares = []
     if entered is not None:
         flag = entered
 
@@ -428,16 +427,9 @@ async def serve_raw(tmp_path: Path, *, entered: asyncio.Event | None = None,
             flag.set()
             return await handler(request)
 
-        app.middlewares.append(note_entry)
-    site_runner = make_runner(app, access_log=None)
-    await site_runner.setup()
-    site = web.TCPSite(site_runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield "127.0.0.1", int(site_runner.addresses[0][1])
-    finally:
-        await site_runner.cleanup()
-        store.close()
+        middlewares.append(note_entry)
+    async with served_on_socket(tmp_path, middlewares=middlewares) as where:
+        yield where
 
 
 @pytest.mark.asyncio

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from coordinator.allocation import MechanismRunner
 from coordinator.config import CoordinatorConfig
 from coordinator.epoch import Closed, EpochCore, Settings
 from coordinator.mechanism import Market, market_from_dict
-from coordinator.service import make_app
+from coordinator.service import make_app, make_runner
 from coordinator.store import Store
 from helpers.clock import NOW, FakeClock
 from helpers.memnet import MemoryNet
@@ -327,4 +328,27 @@ async def coordinator_on(
         yield f"http://{endpoint}"
         await net.stop(endpoint)
     finally:
+        store.close()
+
+
+@asynccontextmanager
+async def served_on_socket(
+    tmp_path: Path, *, middlewares: Sequence[Any] = (), app_kwargs: dict[str, Any] | None = None,
+    runner_kwargs: dict[str, Any] | None = None,
+) -> AsyncIterator[tuple[str, int]]:
+    """A fresh coordinator (database in ``tmp_path``) behind its own runner, as the CLI
+    serves it, on 127.0.0.1 and an ephemeral port: yields ``(host, port)``.
+    ``middlewares`` run after the app's own."""
+    store = Store(tmp_path / "coord.db")
+    app = make_app(config(), store=store, identity=COORDINATOR, clock=FakeClock(),
+                   runner=runner(), **(app_kwargs or {}))
+    app.middlewares.extend(middlewares)
+    site_runner = make_runner(app, access_log=None, **(runner_kwargs or {}))
+    await site_runner.setup()
+    site = web.TCPSite(site_runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield "127.0.0.1", int(site_runner.addresses[0][1])
+    finally:
+        await site_runner.cleanup()
         store.close()
