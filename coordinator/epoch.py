@@ -94,6 +94,7 @@ from protocol.errors import (
     WrongPhaseError,
 )
 from protocol.fields import MAX_CLOCK_SKEW
+from protocol.identity import VerifyKey
 from protocol.messages import MAX_CREDENTIAL_LIFETIME, complained_request
 
 #: The one clock policy: how far apart honest clocks may be (seconds), the same constant
@@ -480,7 +481,9 @@ class EpochCore:
         self.phase = Phase.IDLE
         self.current: EpochRecord | None = None
         self.nodes: dict[str, NodeRecord] = {}
-        self.keys: set[str] = set()  # registered public keys (the trusted signer set)
+        # Registered public keys (the trusted signer set), each loaded once for the
+        # signatures it makes (None: not a strong key, so nothing it signs verifies).
+        self.keys: dict[str, VerifyKey | None] = {}
         self.declarations: dict[str, DeclarationRecord] = {}
         self.guard = ReplayGuard(current_epoch=0, window=2)
         self.audit: AuditState | None = None
@@ -872,7 +875,7 @@ class EpochCore:
         """Apply a validated (and persisted) change. Never raises for a valid change."""
         if isinstance(change, Registered):
             self.nodes[change.node.node_id] = change.node
-            self.keys.add(change.node.public_key)
+            self.keys[change.node.public_key] = VerifyKey.load(change.node.public_key)
         elif isinstance(change, Opened):
             self.phase = step(self.phase, Event.OPEN)
             self.current = change.record
@@ -927,7 +930,7 @@ class EpochCore:
         core = cls(identity=identity, settings=settings)
         for node in snap.nodes:
             core.nodes[node.node_id] = node
-            core.keys.add(node.public_key)
+            core.keys[node.public_key] = VerifyKey.load(node.public_key)
         core.sanctions = list(snap.sanctions)
         core.standings = {s.node_id: s for s in snap.standings}
         core.deliveries = {d.node_id: d for d in snap.deliveries}

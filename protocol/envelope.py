@@ -165,8 +165,32 @@ class Envelope:
 
     @classmethod
     def from_bytes(cls, raw: bytes, *, max_size: int) -> Envelope:
-        """Parse wire bytes (whitespace and key order are tolerated: they are not signed)."""
+        """Parse wire bytes (whitespace and key order are tolerated: they are not signed).
+
+        The canonical encoding (what :meth:`to_bytes` writes, so every honest sender's)
+        is read with one match of its exact grammar (:data:`_CANONICAL_ENVELOPE`), which
+        proves every field's format, so the fields are not checked a second time; the
+        payload's base64 is still required in its one spelling. Anything else goes
+        through the strict parser: same envelope, same errors."""
+        if type(raw) is bytes and len(raw) <= max_size:
+            m = _CANONICAL_ENVELOPE.fullmatch(raw)
+            if m is not None:
+                payload, signature, signer, message_type = m.groups()
+                return cls.from_checked(
+                    type=message_type.decode("ascii"), signer=signer.decode("ascii"),
+                    payload=payload_from_b64(payload.decode("ascii")),
+                    signature=bytes.fromhex(signature.decode("ascii")))
         return cls.from_obj(decode(raw, max_bytes=max_size, max_depth=1))
+
+
+#: The canonical wire form of an envelope, exactly: keys in order, no whitespace, base64
+#: characters, lowercase hex of the right lengths, a message type (TYPE_PATTERN). Every
+#: string in it is ASCII that JSON never escapes, so a match is valid JSON of exactly
+#: the four fields, each of the format :meth:`Envelope.from_obj` checks.
+_CANONICAL_ENVELOPE = re.compile(
+    rb'\{"payload":"([A-Za-z0-9+/]*={0,2})","signature":"([0-9a-f]{128})",'
+    rb'"signer":"([0-9a-f]{64})","type":"([a-z][a-z0-9_]{0,31})"\}'
+)
 
 
 def payload_from_b64(text: str) -> bytes:

@@ -193,11 +193,13 @@ class VerifyKey:
     verifies every request of a known credential with its key): :func:`verify_signature`
     without re-reading the key each time. Build with :meth:`load`."""
 
-    __slots__ = ("_key", "public_key")
+    __slots__ = ("_key", "node_id", "public_key")
 
     def __init__(self, public_key: str, key: Ed25519PublicKey) -> None:
         self.public_key = public_key
         self._key = key
+        #: The key's node id (:func:`node_id_of`), computed once.
+        self.node_id = hashlib.sha256(bytes.fromhex(public_key)).hexdigest()
 
     @classmethod
     def load(cls, public_key: str) -> VerifyKey | None:

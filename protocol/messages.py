@@ -211,6 +211,15 @@ class Message:
         return out
 
     @classmethod
+    def parse_payload(cls, payload: bytes) -> Self:
+        """The message a signed payload holds: :func:`decode_object` (canonical form
+        required) within the type's limits, then :meth:`from_payload`. Types an endpoint
+        receives in bulk read a canonical payload with one match of its exact grammar
+        instead (same message, same errors)."""
+        return cls.from_payload(decode_object(
+            payload, max_bytes=cls.MAX_PAYLOAD_BYTES, max_depth=cls.MAX_DEPTH))
+
+    @classmethod
     def from_payload(cls, payload: object) -> Self:
         """Build the message from a decoded payload, refusing anything not in the catalogue."""
         if not isinstance(payload, dict):
@@ -354,6 +363,33 @@ class Declaration(Message):
 
     def signer_node_id(self) -> str:
         return self.node_id
+
+    @classmethod
+    def parse_payload(cls, payload: bytes) -> Self:
+        """:meth:`Message.parse_payload`, a canonical payload (every honest node's) read
+        with one match of :data:`_CANONICAL_DECLARATION` (the coordinator receives one
+        per node and epoch); anything else through the strict decoder."""
+        m = _CANONICAL_DECLARATION.fullmatch(payload) if type(payload) is bytes else None
+        if m is not None:
+            epoch, theta = int(m[1]), int(m[4])
+            # The grammar proved the strings' formats (``__post_init__``'s checks of
+            # them); only the integers' ranges are left (else the strict path's error).
+            if epoch <= MAX_EPOCH and theta <= THETA_MAX_MICRO:
+                return unchecked(cls, epoch=epoch, node_id=m[2].decode("ascii"),
+                                 theta=theta, nonce=m[3].decode("ascii"))
+        # (Not super(): a slots dataclass is a new class, which zero-argument super()
+        # does not know.)
+        return cls.from_payload(decode_object(
+            payload, max_bytes=cls.MAX_PAYLOAD_BYTES, max_depth=cls.MAX_DEPTH))
+
+
+#: The canonical payload of a declaration, exactly: keys in order, no whitespace,
+#: non-negative integers without leading zeros (at most 16 digits: ranges are checked
+#: after the match), lowercase hex of a node id's and a nonce's lengths.
+_CANONICAL_DECLARATION = re.compile(
+    rb'\{"epoch":(0|[1-9][0-9]{0,15}),"node_id":"([0-9a-f]{64})",'
+    rb'"nonce":"([0-9a-f]{32})","theta":(0|[1-9][0-9]{0,15})\}'
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

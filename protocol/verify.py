@@ -14,10 +14,10 @@ policy (revocation, inclusion, capacity) is the host's ``authorize`` function.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from typing import TypeVar
 
-from protocol.encoding import canonical, decode_object
+from protocol.encoding import canonical
 from protocol.envelope import Envelope, envelope_size_limit
 from protocol.errors import (
     EpochClosedError,
@@ -31,7 +31,7 @@ from protocol.errors import (
     WrongSignerError,
 )
 from protocol.fields import MAX_CLOCK_SKEW, check_int, check_time
-from protocol.identity import Identity, node_id_of
+from protocol.identity import Identity, VerifyKey, node_id_of
 from protocol.messages import (
     MESSAGE_TYPES,
     AccessRequest,
@@ -95,7 +95,9 @@ def open_embedded(
 ) -> tuple[str, M]:
     """:func:`open_envelope` for an already parsed envelope (an embedded one, say).
 
-    A single key passed as a ``str`` is treated as the set of that one key.
+    A single key passed as a ``str`` is treated as the set of that one key. ``trusted``
+    may map each key to its :class:`~protocol.identity.VerifyKey` (loaded once, strong):
+    the signature is then checked with it instead of loading the key again.
     """
     if envelope.type != expected.TYPE:
         raise UnexpectedMessageError(f"expected {expected.TYPE}, got {envelope.type}")
@@ -108,13 +110,14 @@ def open_embedded(
         raise UnknownKeyError(f"{envelope.type} signer {envelope.signer[:16]}... not trusted")
     if len(envelope.payload) > expected.MAX_PAYLOAD_BYTES:
         raise TooLargeError(f"{expected.TYPE} payload of {len(envelope.payload)} bytes")
-    envelope.verify()  # over the exact received bytes, before they are parsed
-    payload = decode_object(
-        envelope.payload, max_bytes=expected.MAX_PAYLOAD_BYTES, max_depth=expected.MAX_DEPTH
-    )
-    message = expected.from_payload(payload)
+    # A mapping of trusted keys holds each one loaded (strong, checked once): used as is.
+    key: VerifyKey | None = (
+        trusted.get(envelope.signer) if isinstance(trusted, Mapping) else None)
+    envelope.verify(key)  # over the exact received bytes, before they are parsed
+    message = expected.parse_payload(envelope.payload)  # canonical form required
     required = message.signer_node_id()
-    if required is not None and node_id_of(envelope.signer) != required:
+    if required is not None and (
+            key.node_id if key is not None else node_id_of(envelope.signer)) != required:
         raise WrongSignerError(f"{expected.TYPE} names another node than its signer")
     return envelope.signer, message
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.encoding import decode
 from protocol.envelope import Envelope, envelope_size_limit, signing_input
 from protocol.errors import InkindError
 from protocol.identity import Identity
@@ -170,3 +171,50 @@ def test_building_an_envelope_checks_formats() -> None:
 def test_parsing_random_bytes_raises_only_project_errors(raw: bytes) -> None:
     with contextlib.suppress(InkindError):
         Envelope.from_bytes(raw, max_size=1000).verify()
+
+
+def _strict(raw: bytes, max_size: int) -> Envelope | str:
+    """What the strict parser makes of ``raw``: the envelope, or its error's code."""
+    try:
+        return Envelope.from_obj(decode(raw, max_bytes=max_size, max_depth=1))
+    except InkindError as exc:
+        return exc.code
+
+
+def _parsed(raw: bytes, max_size: int) -> Envelope | str:
+    try:
+        return Envelope.from_bytes(raw, max_size=max_size)
+    except InkindError as exc:
+        return exc.code
+
+
+@FAST
+@given(payload=st.binary(max_size=300), kind=types, signature=st.binary(min_size=64,
+                                                                         max_size=64))
+def test_a_canonical_envelope_parses_as_the_strict_parser_parses_it(
+        payload: bytes, kind: str, signature: bytes) -> None:
+    env = Envelope(type=kind, signer=ALICE.public_key, payload=payload, signature=signature)
+    raw = env.to_bytes()
+    assert _parsed(raw, 1000) == _strict(raw, 1000) == env
+    assert _parsed(raw, len(raw) - 1) == "too_large"
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=300)
+@given(st.data())
+def test_a_mutated_envelope_is_judged_as_the_strict_parser_judges_it(
+        data: st.DataObject) -> None:
+    # Bytes near the canonical form (what the one-match path sees first): same envelope
+    # or same error code either way.
+    env = Envelope.seal(ALICE, "declaration", data.draw(st.binary(max_size=60)))
+    raw = bytearray(env.to_bytes())
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.sampled_from(b'"{}:,= +/Aa0f9zZ\\\x00\xff'))
+    assert _parsed(bytes(raw), 1000) == _strict(bytes(raw), 1000)
+
+
+@pytest.mark.parametrize("b64", ["e30", "e31=", "====", "e30=="])
+def test_a_canonical_shaped_envelope_with_bad_base64_is_refused(b64: str) -> None:
+    raw = Envelope.seal(ALICE, "declaration", b"{}").to_bytes()
+    raw = raw.replace(b'"e30="', f'"{b64}"'.encode())
+    assert _parsed(raw, 1000) == _strict(raw, 1000) == "malformed"

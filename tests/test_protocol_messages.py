@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.access import credential_digest
-from protocol.encoding import canonical, decode_canonical
+from protocol.encoding import canonical, decode_canonical, decode_object
 from protocol.envelope import Envelope
 from protocol.errors import InkindError
 from protocol.fields import MAX_EPOCH, MAX_TIME
@@ -25,6 +26,7 @@ from protocol.messages import (
     MAX_WELFARE_MICRO,
     MESSAGE_TYPES,
     REFUSAL_REASONS,
+    THETA_MAX_MICRO,
     AccessRequest,
     Allocation,
     AuditReport,
@@ -423,3 +425,53 @@ def test_the_largest_allocation_fits_its_payload_limit() -> None:
     )
     raw = seal_bytes(COORD, alloc)
     assert open_envelope(raw, Allocation, trusted={COORD.public_key})[1] == alloc
+
+
+def _declaration_of(payload: bytes) -> Declaration | str:
+    """``Declaration.parse_payload``: the message, or its error's code."""
+    try:
+        return Declaration.parse_payload(payload)
+    except InkindError as exc:
+        return exc.code
+
+
+def _strict_declaration(payload: bytes) -> Declaration | str:
+    try:
+        return Declaration.from_payload(decode_object(payload, max_bytes=64 * 1024))
+    except InkindError as exc:
+        return exc.code
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=200)
+@given(epoch=st.integers(0, MAX_EPOCH), theta=st.integers(0, THETA_MAX_MICRO),
+       nonce=st.binary(min_size=16, max_size=16))
+def test_a_canonical_declaration_parses_as_the_strict_parser_parses_it(
+        epoch: int, theta: int, nonce: bytes) -> None:
+    decl = Declaration(epoch=epoch, node_id=NODE.node_id, theta=theta, nonce=nonce.hex())
+    payload = canonical(decl.to_payload())
+    assert _declaration_of(payload) == _strict_declaration(payload) == decl
+    assert _declaration_of(b" " + payload) == "malformed"  # not canonical
+
+
+@pytest.mark.parametrize("field,value", [("theta", THETA_MAX_MICRO + 1), ("epoch", 2**53),
+                                         ("theta", 10**16 - 1), ("epoch", 10**16 - 1)])
+def test_an_out_of_range_integer_in_a_canonical_declaration_is_refused_alike(
+        field: str, value: int) -> None:
+    # The grammar admits up to 16 digits; the ranges are checked after the match.
+    fields: dict[str, object] = {"epoch": 1, "node_id": NODE.node_id, "nonce": "ab" * 16,
+                                 "theta": 5}
+    fields[field] = value
+    payload = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    assert _declaration_of(payload) == _strict_declaration(payload) == "out_of_range"
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=300)
+@given(st.data())
+def test_a_mutated_declaration_is_judged_as_the_strict_parser_judges_it(
+        data: st.DataObject) -> None:
+    decl = Declaration(epoch=3, node_id=NODE.node_id, theta=250_000, nonce="cd" * 16)
+    raw = bytearray(canonical(decl.to_payload()))
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.sampled_from(b'"{}:,0123456789aAfgz -\\\x00\xff'))
+    assert _declaration_of(bytes(raw)) == _strict_declaration(bytes(raw))

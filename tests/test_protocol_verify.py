@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from protocol.encoding import canonical
 from protocol.envelope import Envelope
 from protocol.errors import InkindError
-from protocol.identity import Identity
+from protocol.identity import Identity, VerifyKey
 from protocol.messages import (
     AccessRequest,
     Allocation,
@@ -399,3 +399,26 @@ def test_a_single_trusted_key_given_as_a_string_is_not_a_substring_match() -> No
     assert open_envelope(raw, EpochAnnouncement, trusted=COORD.public_key)[1] == ANNOUNCEMENT
     both = NODE.public_key + COORD.public_key
     assert code(lambda: open_envelope(raw, EpochAnnouncement, trusted=both)) == "unknown_key"
+
+
+def test_trusted_keys_given_loaded_open_exactly_what_a_key_set_opens() -> None:
+    # A mapping of trusted keys to their loaded VerifyKey (the coordinator's registered
+    # set): the same message, and the same refusals, as with the plain set of keys.
+    loaded = {k: VerifyKey.load(k) for k in (NODE.public_key, MALLORY.public_key)}
+    plain = set(loaded)
+    raw = seal_bytes(NODE, DECLARATION)
+    assert open_envelope(raw, Declaration, trusted=loaded) == \
+        open_envelope(raw, Declaration, trusted=plain) == (NODE.public_key, DECLARATION)
+    env = Envelope.from_bytes(raw, max_size=4096)
+    tampered = Envelope(type=env.type, signer=env.signer, payload=env.payload,
+                        signature=bytes(64)).to_bytes()
+    # Signed by MALLORY but naming NODE; and a key not trusted at all.
+    forged = Envelope.seal(MALLORY, "declaration", env.payload).to_bytes()
+    stranger = seal_bytes(HOST, Declaration(epoch=EPOCH, node_id=HOST.node_id, theta=1,
+                                            nonce=NONCE))
+    for bad, want in ((tampered, "bad_signature"), (forged, "wrong_signer"),
+                      (stranger, "unknown_key")):
+        assert code(lambda b=bad: open_envelope(b, Declaration, trusted=loaded)) == want
+        assert code(lambda b=bad: open_envelope(b, Declaration, trusted=plain)) == want
+    # A key that would not load (None) is checked the long way, with the same answer.
+    assert open_envelope(raw, Declaration, trusted={NODE.public_key: None})[1] == DECLARATION
