@@ -120,7 +120,9 @@ def refusal_is_legitimate(refusal: Refusal, *, received: int, committed: int,
     ``received_by`` what this requester had been granted by it up to the refusal's time,
     ``indivisible`` whether the request is for an item (a file), whose first grant is not
     held to the share. A ``capacity_exhausted`` refusal is justified when what is left of
-    the commitment, or of the requester's share, is less than the amount asked.
+    the commitment, or of the requester's share, is less than the amount asked -- for a
+    divisible request of a known kind, less than one granule (the gate grants what is
+    left, so it refuses only when nothing whole is).
     ``kind``: the host's resource kind, if known. For a kind whose requests have no item
     and no bought share (coverage, channels) the only thing a request can get wrong is
     an amount that is not a whole number of granules, so an ``out_of_range`` refusal of
@@ -134,10 +136,14 @@ def refusal_is_legitimate(refusal: Refusal, *, received: int, committed: int,
         return True
     if refusal.reason == CAPACITY_REASON:
         asked = refusal.amount if refusal.amount is not None else 1
-        if committed - received < asked:
+        # A divisible request is granted what is left in whole granules (node.gate,
+        # partial grants): refusing it is justified only when not one granule is left,
+        # else a false committer could refuse every request above what it has "left".
+        need = asked if indivisible or kind is None else min(asked, kind.granularity)
+        if committed - received < need:
             return True
         held = share is not None and (received_by > 0 or not indivisible)
-        return held and share is not None and share - received_by < asked
+        return held and share is not None and share - received_by < need
     return False
 
 
