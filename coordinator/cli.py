@@ -26,6 +26,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.enforcement import REBUTTAL_SECONDS
 from coordinator.penalty import PenaltyPolicy
 from coordinator.service import COORDINATOR, make_app, make_runner, new_event_loop
+from coordinator.shoppers import SHOPPERS_PER_HOST
 from coordinator.store import Store, StoreError
 from protocol import Identity
 from protocol.errors import KeyFileError
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "audits of N epochs in which it owed a positive contribution found "
                         "it delivering (README 'Probation': newcomers pay dues, so a fresh "
                         "key cannot escape exclusion); 0 disables it (default: %(default)s)")
+    p.add_argument("--shoppers", type=int, default=SHOPPERS_PER_HOST, metavar="K",
+                   help="mystery shoppers assigned secretly to each owing host per epoch: "
+                        "included nodes that ask it like roamers (0: none; default: "
+                        "%(default)s)")
     g = p.add_argument_group(
         "graded exclusion", "how long a free rider stays out (README 'Graded exclusion'): "
         "min(MAX, ceil(BASE * GROWTH^(s-1))) epochs, s = offences, each halved every "
@@ -190,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             pause_seconds=args.pause_seconds, credential_grace=args.grace_seconds,
             auto_schedule=not args.manual, admin_token=token,
             probe_attempts=args.probe_attempts, probe_timeout=args.probe_timeout,
-            rebuttal_seconds=args.rebuttal_seconds,
+            rebuttal_seconds=args.rebuttal_seconds, shoppers_per_host=args.shoppers,
             probation_epochs=args.probation_epochs, penalty=penalty)
         # The store's lock first: of two coordinators started at once on one data
         # directory, the one that loses it exits before it can create a key as well.

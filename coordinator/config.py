@@ -13,6 +13,7 @@ from coordinator.allocation import coordinator_mechanism
 from coordinator.enforcement import REBUTTAL_SECONDS
 from coordinator.mechanism import Market, check_solvable, load_market
 from coordinator.penalty import PenaltyPolicy
+from coordinator.shoppers import SHOPPERS_PER_HOST
 
 #: Refuse bodies above this many bytes whatever the type (largest inbound: audit reports).
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -35,7 +36,8 @@ class CoordinatorConfig:
     judged at it, so the host it accuses can still file its rebuttal
     (:meth:`coordinator.epoch.AuditState.judged`); ``probation_epochs``: audited epochs
     in which a key must have owed and delivered before it gets credentials (after the
-    founding epoch; 0: no probation; README "Probation").
+    founding epoch; 0: no probation; README "Probation"); ``shoppers_per_host``: mystery
+    shoppers assigned to each owing host per epoch (:mod:`coordinator.shoppers`; 0: none).
     """
 
     market: Market
@@ -50,6 +52,7 @@ class CoordinatorConfig:
     penalty: PenaltyPolicy = field(default_factory=PenaltyPolicy)
     rebuttal_seconds: int = REBUTTAL_SECONDS
     probation_epochs: int = 1
+    shoppers_per_host: int = SHOPPERS_PER_HOST
 
     def __post_init__(self) -> None:
         # The wire name (an alias such as ``second_best`` resolved); ValueError if unknown.
@@ -81,6 +84,8 @@ class CoordinatorConfig:
                 "hosts' rebuttal window, or no refusal filed in it is ever judged")
         if not 0 <= self.probation_epochs <= 1000:
             raise ValueError("probation_epochs must be in [0, 1000]")
+        if not 0 <= self.shoppers_per_host <= 16:
+            raise ValueError("shoppers_per_host must be in [0, 16]")
         if not 0.01 <= self.probe_timeout <= 300:
             raise ValueError("probe_timeout must be in [0.01, 300] seconds")
 

@@ -49,6 +49,7 @@ from coordinator.allocation import MechanismRunner, former_names
 from coordinator.config import MAX_BODY_BYTES, CoordinatorConfig
 from coordinator.epoch import (
     Audited,
+    AuditState,
     Change,
     Closed,
     ComplaintRecord,
@@ -67,29 +68,38 @@ from coordinator.probe import (
     round_times,
     targets,
 )
+from coordinator.shoppers import assign, epoch_secret
 from coordinator.store import Store
 from protocol import (
+    MAX_CLOCK_SKEW,
     AuditReport,
     Commitment,
     Complaint,
     Declaration,
+    DutyRequest,
     Envelope,
     Identity,
     InkindError,
     Message,
     Registration,
+    ShoppingList,
     credential_digest,
     node_id_of,
     open_envelope,
+    seal_bytes,
 )
 from protocol.encoding import MAX_SAFE_INTEGER
 from protocol.envelope import envelope_size_limit
 from protocol.errors import (
+    ExpiredError,
+    FutureEpochError,
     MalformedError,
     NoEpochError,
     NotIncludedError,
+    NotYetValidError,
     OutOfRangeError,
     ProbationError,
+    StaleEpochError,
     TooLargeError,
     UnauthorizedError,
     UnknownEpochError,
@@ -187,6 +197,8 @@ class Coordinator:
         self._background: set[asyncio.Task[Any]] = set()  # complaint relays in flight
         self._relay_lock = asyncio.Lock()  # one relay round at a time
         self._relay_wanted = False  # a background round is waiting to run
+        # The mystery shoppers' duties of one epoch: (epoch, shopper -> hosts, included).
+        self._duties: tuple[int, dict[str, tuple[str, ...]], frozenset[str]] | None = None
 
     # -- epochs ------------------------------------------------------------------------
 
@@ -293,6 +305,55 @@ class Coordinator:
             log.info("epoch %d probes: %d unanswered (%s...)", epoch, len(missed),
                      ", ".join(missed))
         return results
+
+    def shopping_list(self, req: DutyRequest) -> bytes:
+        """The signed ``shopping_list`` answering ``req`` (README section 7, step 8): the
+        hosts ``req.node_id`` shops at in the audited epoch (possibly none). The shell
+        opened ``req`` with the registered keys, so its signer is ``req.node_id``.
+        Refused: ``issued`` off the coordinator's clock by more than ``MAX_CLOCK_SKEW``
+        (``expired``, ``not_yet_valid``); an epoch not being audited (``stale_epoch``,
+        ``future_epoch``); a node not included in it (``not_included``) or included on
+        probation, without a credential to ask with (``probation``)."""
+        now = self.clock()
+        if req.issued < now - MAX_CLOCK_SKEW:
+            raise ExpiredError(f"duty request issued {now - req.issued} s ago")
+        if req.issued > now + MAX_CLOCK_SKEW:
+            raise NotYetValidError(f"duty request issued {req.issued - now} s from now")
+        audit = self.core.audit
+        if audit is None or self.core.phase == Phase.CLOSING or req.epoch > audit.epoch:
+            if audit is not None and req.epoch < audit.epoch:
+                raise StaleEpochError(f"epoch {req.epoch} is no longer audited")
+            raise FutureEpochError(f"epoch {req.epoch} has not closed yet")
+        if req.epoch < audit.epoch:
+            raise StaleEpochError(f"epoch {req.epoch} is no longer audited")
+        duties = self.duties(audit)
+        if req.node_id not in duties[1]:
+            if req.node_id in audit.members:
+                raise ProbationError(f"node {req.node_id[:16]}... holds no credential for "
+                                     f"epoch {req.epoch} (probation): it cannot shop")
+            raise NotIncludedError(
+                f"node {req.node_id[:16]}... was not included in epoch {req.epoch}")
+        return seal_bytes(self.identity, ShoppingList(
+            epoch=req.epoch, shopper_id=req.node_id, hosts=duties[0].get(req.node_id, ())))
+
+    def duties(self, audit: AuditState
+               ) -> tuple[dict[str, tuple[str, ...]], frozenset[str]]:
+        """(shopper -> hosts, possible shoppers) of the audited epoch, drawn once per
+        epoch (:func:`coordinator.shoppers.assign`, keyed by the coordinator's secret) and
+        kept for that epoch only. Shoppers are the included nodes holding a credential
+        (one on probation has none, so it cannot ask like a roamer); hosts are all that
+        owe something, those on probation too."""
+        allocation = audit.allocation
+        if self._duties is None or self._duties[0] != allocation.epoch:
+            home = {n: r.registration.home_location for n, r in self.core.nodes.items()}
+            roamers = {n: home[n] for n in allocation.included
+                       if n in home and n in audit.windows}
+            hosts = {n: home[n] for n, owed in allocation.owed().items()
+                     if owed > 0 and n in home}
+            drawn = assign(epoch_secret(self.identity, allocation.epoch), hosts, roamers,
+                           self.config.shoppers_per_host)
+            self._duties = (allocation.epoch, drawn, frozenset(roamers))
+        return self._duties[1], self._duties[2]
 
     async def relay(self, epoch: int | None = None) -> int:
         """Relay every complaint of the audited epoch whose host has not answered yet
@@ -763,6 +824,15 @@ async def complain(request: web.Request) -> web.Response:
         "answer": None if answer is None else json.loads(answer)})
 
 
+async def duties(request: web.Request) -> web.Response:
+    """``POST /v1/duties``: an included node's signed ``duty_request``, answered with its
+    own signed ``shopping_list`` (README section 7, step 8). Reads nothing but the core."""
+    raw = await read_body(request, _limit(DutyRequest))
+    c = _coordinator(request)
+    _, req = open_envelope(raw, DutyRequest, trusted=c.core.keys)
+    return _envelope(c.shopping_list(req))
+
+
 async def status(request: web.Request) -> web.Response:
     return web.json_response(_coordinator(request).status())
 
@@ -879,6 +949,7 @@ def make_app(
     app.router.add_post("/v1/commitments", commit)
     app.router.add_post("/v1/audit", audit)
     app.router.add_post("/v1/complaints", complain)
+    app.router.add_post("/v1/duties", duties)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/admin/open", admin_open)
     app.router.add_post("/v1/admin/close", admin_close)

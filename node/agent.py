@@ -72,6 +72,7 @@ from protocol import (
     Commitment,
     Complaint,
     Declaration,
+    DutyRequest,
     Envelope,
     EpochAnnouncement,
     Identity,
@@ -138,7 +139,9 @@ class NodeSpec:
     the service listens and the endpoint registered; ``roam_script``: epoch -> locations
     to visit (else ``roam_moves`` random ones); ``seed``: of the roaming (None: random);
     ``thetas``: epoch -> true θ for the epochs whose type differs from ``theta`` (types
-    redrawn every epoch; :meth:`theta_at`).
+    redrawn every epoch; :meth:`theta_at`); ``shops``: the agent does the node's
+    mystery-shopper duties itself (False where another device roams for the node and
+    shops for it too, as the testbed's launcher does).
     """
 
     coordinator: str
@@ -160,6 +163,7 @@ class NodeSpec:
     max_skew: int = 60
     seed: int | None = None
     thetas: Mapping[int, int] | None = None
+    shops: bool = True
 
     def theta_at(self, epoch: int) -> int:
         """The node's true θ (micro-units) in ``epoch`` (the coordinator's numbering)."""
@@ -420,10 +424,16 @@ class Agent:
         return True
 
     async def roam(self, locations: Sequence[int] | None = None) -> list[AccessAnswer]:
-        """Ask hosts in other locations for access; keep their signed answers.
+        """Ask hosts in other locations for access, and the hosts this node shops at; keep
+        their signed answers.
 
         ``locations``: where to go (default: the script for this epoch, else
-        ``roam_moves`` random other locations that have a host with an endpoint).
+        ``roam_moves`` random other locations that have a host with an endpoint). An
+        included node also asks the coordinator for its mystery-shopper duties
+        (protocol README section 7, step 8) and asks each of those hosts once, with an
+        ordinary request exactly as a roamer's, at a random place among its roaming
+        requests; a host that leaves it unanswered is complained about at the report
+        step like any other.
         """
         progress = self._progress()
         credential = progress.credential
@@ -432,19 +442,42 @@ class Agent:
             script = self.spec.roam_script.get(progress.epoch)
         goes = bool(script) if script is not None else self.spec.roam_moves > 0
         answers: list[AccessAnswer] = []
-        if credential is not None and goes:
-            directory = await self.directory()
-            hosts = roam_hosts(directory, node_id=self.node_id, home=self.host.location)
-            for location in roam_locations(hosts, script=script, moves=self.spec.roam_moves,
-                                           rng=self.rng):
-                here = [n for n in hosts if n.location == location]
-                if not here:
-                    continue
-                answer = await self.ask(self.rng.choice(here), credential)
+        if credential is not None:
+            visits: list[DirectoryEntry] = []
+            if goes:
+                directory = await self.directory()
+                hosts = roam_hosts(directory, node_id=self.node_id, home=self.host.location)
+                for location in roam_locations(hosts, script=script,
+                                               moves=self.spec.roam_moves, rng=self.rng):
+                    here = [n for n in hosts if n.location == location]
+                    if here:
+                        visits.append(self.rng.choice(here))
+            duties = await self.shopping(progress.epoch) if self.spec.shops else []
+            for entry in duties:
+                visits.insert(self.rng.randrange(len(visits) + 1), entry)
+            for entry in visits:
+                answer = await self.ask(entry, credential)
                 if answer is not None:
                     answers.append(answer)
         self.machine.on_roamed(answers)
         return answers
+
+    async def shopping(self, epoch: int) -> list[DirectoryEntry]:
+        """The directory entries of the hosts the coordinator told this node to shop at
+        in ``epoch`` (``POST /v1/duties``, signed; none if it has no duty, or the
+        coordinator does not answer: a missed duty costs only detection). Hosts without
+        an endpoint are left to the probes."""
+        try:
+            duty = await self.coordinator.duties(seal(self.identity, DutyRequest(
+                epoch=epoch, node_id=self.node_id, issued=self.clock())))
+        except (*_NETWORK, InkindError) as exc:
+            log.info("node %s: no shopping duties for epoch %d: %s", self.node_id[:16],
+                     epoch, exc)
+            return []
+        if not duty.hosts:
+            return []
+        entries = (await self.directory()).by_id()
+        return [entries[h] for h in duty.hosts if h in entries and entries[h].endpoint]
 
     async def ask(
         self, entry: DirectoryEntry, credential: Envelope, *, amount: int | None = None

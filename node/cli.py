@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute: tariff menu points (contribution p buys share y, units); default y = p",
     )
     p.add_argument("--roam-moves", type=int, default=1, help="random moves per epoch")
+    p.add_argument("--no-shopping", dest="shops", action="store_false",
+                   help="leave this node's mystery-shopper duties to the device that "
+                        "roams for it (the testbed's launcher); default: the agent shops")
     p.add_argument(
         "--roam-amount",
         type=_units,
@@ -264,6 +267,7 @@ def spec_from_args(args: argparse.Namespace) -> NodeSpec:
         session_seconds=args.session_seconds,
         tariff=args.tariff,
         roam_moves=args.roam_moves,
+        shops=args.shops,
         roam_amount=args.roam_amount,
         max_skew=args.max_skew,
         seed=args.seed,

@@ -43,11 +43,13 @@ from protocol import (
     AccessBody,
     Allocation,
     Credential,
+    DutyRequest,
     Envelope,
     EpochAnnouncement,
     GrantReceipt,
     InkindError,
     Refusal,
+    ShoppingList,
     check_receipt,
     check_refusal,
     from_wire,
@@ -393,6 +395,27 @@ class CoordinatorClient:
     async def complain(self, envelope: Envelope) -> dict[str, Any]:
         """``POST /v1/complaints`` with a signed ``complaint`` (protocol README §7, step 7)."""
         return await self._post("/v1/complaints", envelope)
+
+    async def duties(self, envelope: Envelope) -> ShoppingList:
+        """``POST /v1/duties`` with this node's signed ``duty_request``: the hosts it shops
+        at in that epoch (protocol README section 7, step 8), verified as signed by the
+        coordinator for this very request (``out_of_range`` if for another node or
+        epoch)."""
+        _, req = open_embedded(envelope, DutyRequest, trusted={envelope.signer})
+        limit = envelope_size_limit(ShoppingList.MAX_PAYLOAD_BYTES)
+        async with self.session.post(
+            self.url + "/v1/duties",
+            data=envelope.to_bytes(),
+            headers={"Content-Type": "application/json"},
+            timeout=self.timeout,
+        ) as resp:
+            await _raise_for(resp)
+            raw = await _read(resp, limit)
+        _, duty = open_embedded(Envelope.from_bytes(raw, max_size=limit), ShoppingList,
+                                trusted=self._trusted())
+        if duty.epoch != req.epoch or duty.shopper_id != req.node_id:
+            raise OutOfRangeError("shopping list for another epoch or node than asked")
+        return duty
 
     async def status(self) -> dict[str, Any]:
         """``GET /v1/status`` (unsigned operator JSON)."""

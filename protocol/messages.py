@@ -817,6 +817,64 @@ def complained_request(complaint: Complaint) -> AccessRequest:
     return _embedded_request(complaint.request)[1]
 
 
+#: Hosts one shopping list names at most (README section 7, step 8): the coordinator
+#: assigns each host ``shoppers_per_host`` shoppers, so a shopper's expected load is about
+#: that many requests per epoch; the cap bounds the worst draw.
+MAX_SHOPPING_HOSTS = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DutyRequest(Message):
+    """included node -> coordinator: "which hosts do I shop at in ``epoch``?" (README
+    section 7, step 8). Signed by ``node_id``, so only that node learns its duties;
+    ``issued`` (its clock) must be within ``MAX_CLOCK_SKEW`` of the coordinator's, so a
+    request seen later cannot be replayed to read them."""
+
+    TYPE = "duty_request"
+    SIGNER = "node"
+    MAX_PAYLOAD_BYTES = 512
+    MAX_DEPTH = 1
+
+    epoch: int
+    node_id: str
+    issued: int
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_node_id("node_id", self.node_id)
+        check_time("issued", self.issued)
+
+    def signer_node_id(self) -> str:
+        return self.node_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShoppingList(Message):
+    """coordinator -> one shopper: the hosts ``shopper_id`` must ask in ``epoch`` with an
+    ordinary access request, exactly as a roamer would (README section 7, step 8). Sent
+    only in answer to the shopper's own signed ``duty_request``; never published."""
+
+    TYPE = "shopping_list"
+    SIGNER = "coordinator"
+    MAX_PAYLOAD_BYTES = 8192  # 64 ids of 66 bytes, and the rest
+    MAX_DEPTH = 2
+
+    epoch: int
+    shopper_id: str
+    hosts: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        check_epoch("epoch", self.epoch)
+        check_node_id("shopper_id", self.shopper_id)
+        for i, host in enumerate(check_tuple("hosts", self.hosts,
+                                             max_len=MAX_SHOPPING_HOSTS)):
+            check_node_id(f"hosts[{i}]", host)
+        if len(set(self.hosts)) != len(self.hosts):
+            raise OutOfRangeError("hosts: a host is named twice")
+        if self.shopper_id in self.hosts:
+            raise OutOfRangeError("hosts: a shopper never shops at itself")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditReport(Message):
     """node -> coordinator: signed receipts and refusals it holds for ``epoch``.
@@ -862,6 +920,8 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = {
         AuditReport,
         ProbeAnswer,
         Complaint,
+        DutyRequest,
+        ShoppingList,
     )
 }
 

@@ -304,8 +304,10 @@ async def test_agents_play_an_epoch_with_the_real_coordinator_in_memory(
 ) -> None:
     """The coordinator's own app and four nodes on the in-memory network: register,
     declare, close, provide, roam, report; the coordinator holds every commitment and
-    every receipt the roamers reported."""
-    async with coordinator_on(net, tmp_path / "coord.db", clock) as url, net.session() as session:
+    every receipt the roamers reported. Roaming alone: no mystery shoppers (their
+    requests are tests/test_shoppers.py's)."""
+    async with coordinator_on(net, tmp_path / "coord.db", clock, shoppers_per_host=0
+                              ) as url, net.session() as session:
         nodes = []
         for i in range(4):
             spec = NodeSpec(coordinator=url, location=i % 2, kind="wlan_coverage",

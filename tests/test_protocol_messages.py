@@ -34,12 +34,14 @@ from protocol.messages import (
     Complaint,
     Credential,
     Declaration,
+    DutyRequest,
     EpochAnnouncement,
     GrantReceipt,
     Message,
     ProbeAnswer,
     Refusal,
     Registration,
+    ShoppingList,
     message_from_payload,
 )
 from protocol.verify import open_envelope, seal, seal_bytes
@@ -133,6 +135,8 @@ SAMPLES: dict[str, Message] = {
     "probe_answer": ProbeAnswer(epoch=7, host_id=HOST.node_id, nonce=NONCE),
     "complaint": Complaint(epoch=7, requester_id=NODE.node_id, host_id=HOST.node_id,
                            request=ACCESS_ENV),
+    "duty_request": DutyRequest(epoch=7, node_id=NODE.node_id, issued=1_700_000_000),
+    "shopping_list": ShoppingList(epoch=7, shopper_id=NODE.node_id, hosts=(HOST.node_id,)),
 }
 
 

@@ -455,7 +455,8 @@ class DeviantPlayer(Player):
                  and n not in self.faulty]
         return min(hosts, key=lambda n: (-rec.owed[n], n)) if hosts else None
 
-    async def roam(self, index: int, rec: EpochRecord, entries: dict[str, Any]) -> list[Any]:
+    async def roam(self, index: int, rec: EpochRecord, entries: dict[str, Any],
+                   shopping: list[tuple[str, str]] | None = None) -> list[Any]:
         if self.chain and index < len(self.script):
             # the whitewasher's device roams under the identity of the epoch
             me = self.chain[min(index, len(self.chain) - 1)]
@@ -464,24 +465,24 @@ class DeviantPlayer(Player):
                                   for a in self.script[index]]
         attack = self.deviation.attack
         if attack is None or self.deviator is None:
-            return await super().roam(index, rec, entries)
+            return await super().roam(index, rec, entries, shopping)
         self.close_stalled()
         self.target = self.pick_target(rec)
         self.target_entry = entries.get(self.target) if self.target else None
         if self.target is None:
             self.mechanics["no_target"].append(rec.epoch)
-            return await super().roam(index, rec, entries)
+            return await super().roam(index, rec, entries, shopping)
         if attack in ("drain", "frame"):
             if self.deviator in rec.included:
                 await self.drain(rec, entries[self.target], frame=attack == "frame")
-            return await super().roam(index, rec, entries)
+            return await super().roam(index, rec, entries, shopping)
         if attack == "complain":
             if self.deviator in rec.included:
                 await self.lay_bait(rec, entries[self.target])
-            return await super().roam(index, rec, entries)
+            return await super().roam(index, rec, entries, shopping)
         flood = asyncio.create_task(self.flood(rec, entries[self.target]))
         try:
-            return await super().roam(index, rec, entries)
+            return await super().roam(index, rec, entries, shopping)
         finally:
             await flood
 

@@ -16,7 +16,10 @@ each epoch:
 5. faults due after the commitments (crash, a host going silent);
 6. roaming (:meth:`Player.roam`): the driver plays each node's roaming device -- it
    created the node's key, so it signs the node's access requests -- following the
-   seeded roaming script, and records every answer and the decision latency;
+   seeded roaming script, and records every answer and the decision latency; each
+   included node asks the coordinator for its mystery-shopper duties (``POST
+   /v1/duties``) and its device asks each of those hosts once, like a roamer, at a
+   random place in that host's queue (:meth:`Player.duties`);
 7. audit: each roamer's signed receipts and refusals go to the coordinator; then
    ``POST /v1/admin/probe``: the coordinator probes every host that owes something in
    this epoch now (``GET /v1/probe``), while the epoch's faults are still in force,
@@ -47,6 +50,7 @@ import contextlib
 import hashlib
 import json
 import math
+import random
 import secrets
 import shutil
 import signal
@@ -63,6 +67,7 @@ from protocol import (
     AuditReport,
     Complaint,
     Credential,
+    DutyRequest,
     Envelope,
     Identity,
     InkindError,
@@ -361,7 +366,8 @@ class Player:
         await self.faults(index, "after_commit", rec)
         t = time.monotonic()
         entries = {self.name_of[e.node_id]: e for e in directory}
-        rec.attempts = await self.roam(index, rec, entries)
+        shopping = await self.duties(rec)
+        rec.attempts = await self.roam(index, rec, entries, shopping)
         rec.durations["roam"] = time.monotonic() - t
         t = time.monotonic()
         self.progress.phase("audit reports")
@@ -423,9 +429,40 @@ class Player:
                           location=self.by_name[name].location)
         return seal(ident, cred)
 
-    async def roam(self, index: int, rec: EpochRecord,
-                   entries: dict[str, DirectoryEntry]) -> list[AttemptResult]:
-        attempts = self.script[index] if index < len(self.script) else []
+    async def duties(self, rec: EpochRecord) -> list[tuple[str, str]]:
+        """(shopper, host) of every duty the coordinator hands the running included
+        nodes for this epoch, each asked with the node's own signed ``duty_request``.
+        A refused or lost one is a warning: a missed duty costs only detection."""
+        assert self.client is not None
+        client = self.client
+        sem = asyncio.Semaphore(AUDIT_CONCURRENCY)
+        # Only credential holders shop (one on probation has no credential to ask with).
+        probation = set(rec.probation)
+        names = [n for n in rec.included if n not in self.crashed and n not in probation
+                 and n in self.fleet.nodes and self.fleet.nodes[n].alive]
+
+        async def ask_duty(name: str) -> list[tuple[str, str]]:
+            ident = self.identities[name]
+            req = seal(ident, DutyRequest(epoch=rec.epoch, node_id=ident.node_id,
+                                          issued=int(time.time())))
+            try:
+                async with sem:
+                    hosts = await client.duties(req)
+            except (InkindError, aiohttp.ClientError, TimeoutError) as exc:
+                rec.warnings.append(f"shopping duties of {name} refused: {exc}")
+                return []
+            return [(name, self.name_of[h]) for h in hosts if h in self.name_of]
+
+        found = await asyncio.gather(*(ask_duty(n) for n in names))
+        return [d for ds in found for d in ds]
+
+    async def roam(self, index: int, rec: EpochRecord, entries: dict[str, DirectoryEntry],
+                   shopping: list[tuple[str, str]] | None = None) -> list[AttemptResult]:
+        """The roaming script's attempts of epoch ``index`` (returned), and the shoppers'
+        requests ``shopping`` (shopper, host), each put at a seeded random place in its
+        host's queue so that it comes in among the roamers (kept in ``rec.shopping``)."""
+        attempts = list(self.script[index] if index < len(self.script) else [])
+        n_script = len(attempts)
         # Roamers served as included: those with this epoch's credential (one on
         # probation has none; its attempts are recorded apart, AttemptResult.probation).
         included = set(rec.included) - set(rec.probation)
@@ -451,6 +488,17 @@ class Player:
             # The first segment whose upper end is above x (binary search: O(log N)).
             host = names[min(bisect_right(ends, x), len(names) - 1)]
             queues[host].append((k, a))
+        rng = random.Random(f"shoppers:{self.options.seed}:{index}")
+        for shopper, host in shopping or ():
+            if host not in entries:
+                continue
+            k = len(attempts)
+            attempts.append(Attempt(epoch=index, roamer=shopper,
+                                    location=self.by_name[host].location, trip=-1,
+                                    u=0.0, v=rng.random()))
+            results.append(None)
+            queue = queues[host]
+            queue.insert(rng.randrange(len(queue) + 1), (k, attempts[k]))
         total, done = len(attempts), sum(r is not None for r in results)
         used: dict[tuple[str, str], int] = defaultdict(int)
         sem = asyncio.Semaphore(ROAM_CONCURRENCY)
@@ -460,21 +508,22 @@ class Player:
             dead: str | None = None
             for k, a in items:
                 inc = a.roamer in included
-                if dead is not None:
+                if dead is not None and k < n_script:  # a shopper always asks itself
                     results[k] = AttemptResult(roamer=a.roamer, location=a.location,
                                                included=inc, host=host, reason=dead)
                 else:
                     async with sem:
                         res = await self.attempt(a, host, entries[host], inc, used, rec)
                     results[k] = res
-                    if res.reason in ("unreachable", "timeout"):
+                    if res.reason in ("unreachable", "timeout") and k < n_script:
                         dead = res.reason  # the roamers' devices remember for this epoch
                 done += 1
                 self.progress.update(f"roaming {done}/{total}")
 
         self.progress.phase(f"roaming {done}/{total}")
         await asyncio.gather(*(serve(h, items) for h, items in queues.items()))
-        out = [r for r in results if r is not None]
+        rec.shopping = [r for r in results[n_script:] if r is not None]
+        out = [r for r in results[:n_script] if r is not None]
         for r in out:
             r.probation = r.roamer in probation
         return out

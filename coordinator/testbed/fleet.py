@@ -16,9 +16,9 @@ the wire; it imports nothing of ``node``.
     inproc``), stepped by the launcher phase by phase; the cheapest way to run hundreds
     of nodes.
 
-  Process nodes run their own epoch loop (``--roam-moves 0``: the launcher roams for
-  them) and poll the coordinator every ``poll`` seconds; in-process nodes are stepped
-  explicitly in each phase, so they need no polling.
+  Process nodes run their own epoch loop (``--roam-moves 0 --no-shopping``: the
+  launcher roams and shops for them) and poll the coordinator every ``poll`` seconds;
+  in-process nodes are stepped explicitly in each phase, so they need no polling.
 
 Faults: ``crash`` (SIGKILL; in process: the listener closed and the agent dropped),
 ``restart`` (same key and arguments, a new port, registers again), ``silence`` (SIGSTOP;
@@ -261,7 +261,7 @@ class Fleet:
                 "--key", str(key), "--location", str(p.location), "--kind", self.kind,
                 "--capacity", units(p.capacity), "--theta", units(p.theta),
                 "--strategy", p.strategy, "--session-seconds", str(self.session_seconds),
-                "--roam-moves", "0", "--poll", f"{poll:g}", "--seed", "0",
+                "--roam-moves", "0", "--no-shopping", "--poll", f"{poll:g}", "--seed", "0",
                 "--log-level", NODE_LOG_LEVEL]
         if p.name in self.files_dirs:
             argv += ["--files-dir", str(self.files_dirs[p.name])]

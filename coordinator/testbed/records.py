@@ -55,6 +55,9 @@ class EpochRecord:
     expected_commitments: int = 0
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
     attempts: list[AttemptResult] = field(default_factory=list)
+    # The mystery shoppers' requests (protocol README section 7, step 8): asked like
+    # roamers' but kept apart, so the service figures stay those of the roaming script.
+    shopping: list[AttemptResult] = field(default_factory=list)
     evidence_sent: int = 0
     complaints: int = 0  # requests without a signed answer the roamers complained about
     faults: list[str] = field(default_factory=list)

@@ -340,6 +340,10 @@ def epoch_report(ctx: ReportContext, run: RunRecord, rec: EpochRecord) -> dict[s
         "commitments": {"expected": rec.expected_commitments, "received": rec.commitments},
         "evidence_reported": rec.evidence_sent,
         "probes_unanswered": rec.unanswered,
+        "shopping": {
+            "requests": len(rec.shopping),
+            "granted": sum(a.reason == "granted" for a in rec.shopping),
+            "unanswered": sum(a.reason in ("unreachable", "timeout") for a in rec.shopping)},
         "down_at_probe": rec.down_at_probe,
         "latency_ms": latency(lat_all),
         "faults": rec.faults,

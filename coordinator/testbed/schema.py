@@ -142,6 +142,16 @@ class Commitments(BaseModel):
     received: Count
 
 
+class Shopping(BaseModel):
+    """The mystery shoppers' requests of an epoch: asked, granted, and left without any
+    answer (unreachable or timed out: each complained about)."""
+
+    model_config = _Record
+    requests: Count
+    granted: Count
+    unanswered: Count
+
+
 class EpochFigures(BaseModel):
     """One played epoch of one mechanism's run (the audit cut-off is not played and has
     no record here)."""
@@ -172,6 +182,7 @@ class EpochFigures(BaseModel):
     commitments: Commitments
     evidence_reported: Count
     probes_unanswered: list[str]
+    shopping: Shopping | None = None
     down_at_probe: list[str]
     latency_ms: Latency
     faults: list[str]

@@ -28,11 +28,13 @@ import aiohttp
 from protocol import (
     Allocation,
     Credential,
+    DutyRequest,
     Envelope,
     GrantReceipt,
     Identity,
     InkindError,
     Refusal,
+    ShoppingList,
     check_receipt,
     check_refusal,
     make_access_request,
@@ -173,6 +175,23 @@ class Coordinator:
         """``POST /v1/complaints`` with a roamer's signed ``complaint``."""
         return await self._post("/v1/complaints", complaint.to_bytes(),
                                 {"Content-Type": "application/json"})
+
+    async def duties(self, request: Envelope) -> tuple[str, ...]:
+        """``POST /v1/duties`` with a shopper's signed ``duty_request``: the host ids it
+        shops at, from the coordinator-signed ``shopping_list`` for that very request."""
+        limit = envelope_size_limit(ShoppingList.MAX_PAYLOAD_BYTES)
+        async with self.session.post(self.url + "/v1/duties", data=request.to_bytes(),
+                                     headers={"Content-Type": "application/json"},
+                                     timeout=self.timeout) as resp:
+            data = await _body(resp, limit)
+            if resp.status >= 400:
+                raise _error(json.loads(data) if data[:1] == b"{" else None, resp.status)
+        _, duty = open_embedded(Envelope.from_bytes(data, max_size=limit), ShoppingList,
+                                trusted=frozenset({self.key}))
+        _, req = open_embedded(request, DutyRequest, trusted=frozenset({request.signer}))
+        if duty.epoch != req.epoch or duty.shopper_id != req.node_id:
+            raise OutOfRangeError("shopping list for another epoch or node than asked")
+        return duty.hosts
 
     async def admin(self, action: str) -> dict[str, Any]:
         """``POST /v1/admin/{open|close|probe}`` with the admin token."""
