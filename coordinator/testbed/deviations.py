@@ -774,10 +774,13 @@ def value_run(record: RunRecord, market: Market, plans: list[NodePlan], deviator
     mechanics = {**mechanics, "identities": names,
                  "declared": [r.declared.get(deviator) for r in played],
                  "included_identities": [[n for n in names if n in r.included] for r in played],
+                 # the requests it was asked: roamers' and mystery shoppers' alike
                  "served_by_deviator": sum(a.reason == "granted" for r in played
-                                           for a in r.attempts if a.host in names),
+                                           for a in (*r.attempts, *r.shopping)
+                                           if a.host in names),
                  "refused_by_deviator": sum(a.reason not in (*NOT_ASKED, "granted")
-                                            for r in played for a in r.attempts
+                                            for r in played
+                                            for a in (*r.attempts, *r.shopping)
                                             if a.host in names and a.included)}
     return RunValues(deviation=deviation.name, epochs=values, honest_excluded=excluded,
                      faulty_excluded=sorted(others & faulty), deviator_excluded=dev_ex,
