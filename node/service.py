@@ -109,16 +109,16 @@ async def read_body(
 ) -> bytes:
     """The body, refused (``too_large``) as soon as it exceeds ``limit`` bytes, and
     (``malformed``) if it has not arrived within ``seconds``."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}")
     content = request.content
     if content.is_eof():
         # The whole body arrived with the head (a small access body always does): it is
-        # in the buffer, so neither a timer nor a wait is needed.
+        # in the buffer, so neither a timer nor a wait is needed, and its size is known.
         data = content.read_nowait()
         if len(data) > limit:
-            raise TooLargeError(f"body exceeds {limit} bytes")
+            raise TooLargeError(f"body of {len(data)} bytes exceeds {limit}")
         return data
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}")
     buf = bytearray()  # read(n) returns what has arrived, not n bytes: read to EOF
     try:
         async with asyncio.timeout(seconds):

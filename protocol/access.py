@@ -377,7 +377,7 @@ class AccessVerifier:
         if known is None:
             return None
         request = Envelope.from_checked(type=AccessRequest.TYPE, signer=r_signer.decode(),
-                                        payload=payload_from_b64(r_payload.decode()),
+                                        payload=payload_from_b64(r_payload),
                                         signature=bytes.fromhex(r_sig.decode()))
         return known[0], known[1], request, known[2]
 

@@ -193,14 +193,16 @@ _CANONICAL_ENVELOPE = re.compile(
 )
 
 
-def payload_from_b64(text: str) -> bytes:
-    """An envelope's payload from its wire form: standard base64 with padding, in its one
-    canonical spelling (``malformed`` otherwise)."""
+def payload_from_b64(text: str | bytes) -> bytes:
+    """An envelope's payload from its wire form (as text, or its ASCII bytes): standard
+    base64 with padding, in its one canonical spelling (``malformed`` otherwise)."""
     try:
-        raw = base64.b64decode(text, validate=True)
+        data = text.encode("ascii") if isinstance(text, str) else bytes(text)
+        # What base64.b64decode(validate=True) does, without its wrapper.
+        raw = binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
         raise MalformedError("payload: not standard base64") from None
     # Refuse alternative spellings (missing padding, non-zero pad bits): one encoding only.
-    if base64.b64encode(raw).decode("ascii") != text:
+    if binascii.b2a_base64(raw, newline=False) != data:
         raise MalformedError("payload: non-canonical base64")
     return raw
