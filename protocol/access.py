@@ -45,7 +45,6 @@ from protocol.fields import (
     MAX_CLOCK_SKEW,
     MAX_TIME,
     NONCE_BYTES,
-    check_hex,
     check_int,
     check_nonce,
     check_object,
@@ -55,12 +54,12 @@ from protocol.guards import CredentialCache, ReplayWindow
 from protocol.identity import Identity, VerifyKey, check_strong_public_key
 from protocol.messages import (
     MAX_QUANTITY_MICRO,
-    SESSION_KEY_HEX_CHARS,
     AccessRequest,
     Credential,
     GrantReceipt,
     ProbeAnswer,
     Refusal,
+    check_session_key,
     unchecked,
 )
 from protocol.session import (
@@ -239,8 +238,8 @@ def grant_receipt(verified: VerifiedAccess, *, host_id: str, amount: int, time: 
     verification established (the request's fields and signer, that it names this host,
     its credential and epoch, that the requester is the credential's node): only what the
     grant adds is checked -- ``1 <= amount <=`` what was asked, the time, and a
-    ``session_key`` (64 lowercase hex) only for a request that asked for a session
-    (``out_of_range`` otherwise)."""
+    ``session_key`` (an X25519 key of large order, :func:`protocol.messages.check_session_key`)
+    only for a request that asked for a session (``out_of_range`` otherwise)."""
     req = verified.request
     if req.host_id != host_id:
         raise BadProofError("the request is addressed to another host")
@@ -248,7 +247,7 @@ def grant_receipt(verified: VerifiedAccess, *, host_id: str, amount: int, time: 
         raise OutOfRangeError(f"amount {amount} exceeds the {req.amount} asked")
     check_time("time", time)
     if session_key is not None:
-        check_hex("session_key", session_key, SESSION_KEY_HEX_CHARS)
+        check_session_key("session_key", session_key)  # GrantReceipt's own rule
         if req.session_key is None:
             raise OutOfRangeError("session_key: the request asked for no session")
     return unchecked(GrantReceipt, epoch=req.epoch, host_id=host_id,

@@ -283,8 +283,10 @@ def test_the_receipt_of_a_verified_request_is_the_receipt_the_checked_constructo
                                       time=-1)) == "out_of_range"
     assert code(lambda: grant_receipt(verified, host_id=MALLORY.node_id, amount=1,
                                       time=NOW)) == "bad_proof"
-    assert code(lambda: grant_receipt(verified, host_id=HOST.node_id, amount=1, time=NOW,
-                                      session_key="AB" * 32)) == "out_of_range"
+    for bad_key in ("AB" * 32, "00" * 32, "01" + "00" * 31):  # not hex; small order
+        assert code(lambda k=bad_key: grant_receipt(  # type: ignore[misc]
+            verified, host_id=HOST.node_id, amount=1, time=NOW,
+            session_key=k)) == "out_of_range"
     if not session:
         assert code(lambda: grant_receipt(verified, host_id=HOST.node_id, amount=1,
                                           time=NOW, session_key="34" * 32)) == "out_of_range"
