@@ -72,3 +72,56 @@ def test_a_run_with_no_epoch_checks_nothing(tmp_path: Path) -> None:
     assert {c["status"] for c in report["summary"]["checks"]} == {"not_checked"}
     assert report["summary"]["ok"] is False
     assert all(c["why"] for c in report["summary"]["checks"])
+
+
+def _probation_run(granted_to_probation: bool) -> tuple[Options, object, list[object]]:
+    from coordinator.testbed.records import AttemptResult, EpochRecord, RunRecord
+    from coordinator.testbed.scenario import population
+
+    sc = load_scenario(SCENARIOS / "commuters.toml")
+    plans = population(sc, sc.seed)
+    here = [p for p in plans if p.location == 0][:3]
+    away = next(p for p in plans if p.location == 1)
+    newcomer = here[2].name
+    rec = EpochRecord(index=0, run=0, mechanism="posted_fee", epoch=1,
+                      declared={p.name: 900_000 for p in [*here, away]},
+                      q=[500_000] * len(sc.locations),
+                      included=sorted(p.name for p in [*here, away]),
+                      owed={p.name: 100_000 for p in [*here, away]},
+                      probation=[newcomer])
+    rec.attempts = [
+        AttemptResult(roamer=away.name, location=0, included=True, host=here[0].name,
+                      reason="granted", amount=1),
+        AttemptResult(roamer=newcomer, location=1, included=False, host=away.name,
+                      reason="granted" if granted_to_probation else "stale_epoch",
+                      probation=True),
+    ]
+    return Options(out=Path("."), seed=sc.seed), sc, [RunRecord(run=0, mechanism="posted_fee",
+                                                               epochs=[rec])]
+
+
+def test_a_node_on_probation_is_counted_apart_and_never_granted(tmp_path: Path) -> None:
+    """Probation (README "Probation"): a node included without a credential is neither an
+    included roamer nor an excluded one; a grant to it fails excluded_never_granted, and
+    the welfare it was planned is reported apart from what was delivered."""
+    options, sc, runs = _probation_run(granted_to_probation=False)
+    report = build_report(sc, options, runs, wall_s=0.0)  # type: ignore[arg-type]
+    e = report["epochs"][0]
+    loc = {x["name"]: x for x in e["locations"]}
+    first, second = (x.name for x in sc.locations[:2])
+    assert loc[first]["probation"] == 1 and loc[first]["attempts_included"] == 1
+    assert loc[second]["attempts_probation"] == 1 and loc[second]["attempts_excluded"] == 0
+    assert loc[second]["refusals_probation"] == {"stale_epoch": 1}
+    assert e["probation_nodes"] == [runs[0].epochs[0].probation[0]]  # type: ignore[attr-defined]
+    assert e["welfare_probation"] > 0
+    # every included roamer's covered attempt was granted (or none was made), so the
+    # sizes delivered are those planned, and what the newcomer was planned is the gap
+    assert math.isclose(e["welfare_delivered"] + e["welfare_probation"], e["welfare_realised"],
+                        abs_tol=1e-5)
+    check = {c["name"]: c for c in report["summary"]["checks"]}["excluded_never_granted"]
+    assert check["status"] == "ok"
+    options, sc, runs = _probation_run(granted_to_probation=True)
+    report = build_report(sc, options, runs, wall_s=0.0)  # type: ignore[arg-type]
+    check = {c["name"]: c for c in report["summary"]["checks"]}["excluded_never_granted"]
+    assert check["status"] == "failed" and "probation" in check["failures"][0]
+    assert report["summary"]["grants_to_excluded"] == 1
