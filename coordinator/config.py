@@ -17,6 +17,15 @@ from coordinator.shoppers import SHOPPERS_PER_HOST
 
 #: Refuse bodies above this many bytes whatever the type (largest inbound: audit reports).
 MAX_BODY_BYTES = 2 * 1024 * 1024
+#: A connection without a whole request head for this many seconds (from its start or its
+#: last answer) is closed, so stalled clients cannot hold the coordinator's descriptors
+#: (issue 11 item 5; the node's limit is 5 s). Longer than aiohttp clients keep an idle
+#: pooled connection (15 s), so an honest node's client always lets go first and never
+#: reuses a connection the coordinator is closing.
+IDLE_SECONDS = 30.0
+#: A request body must have arrived this many seconds after its head (``malformed`` and
+#: the connection closed otherwise): a 2 MiB audit report at 70 KB/s.
+BODY_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

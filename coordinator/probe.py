@@ -139,8 +139,11 @@ async def probe_host(
         return False
     nonce = rng(NONCE_BYTES).hex()
     try:
+        # A redirect is not the host's answer (protocol/HTTP.md: a 200 signed by it), and
+        # following one would let a host point the coordinator at any other address.
         async with session.get(f"{url_of(target.endpoint)}/v1/probe/{epoch}/{nonce}",
-                               timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                               timeout=aiohttp.ClientTimeout(total=timeout),
+                               allow_redirects=False) as resp:
             if resp.status != 200:
                 return False
             raw = bytearray()  # read(n) returns what has arrived: read to the end
@@ -180,7 +183,8 @@ async def relay_complaint(
     try:
         async with session.post(f"{url_of(target.endpoint)}/v1/resolve", data=body,
                                 headers={"Content-Type": "application/json"},
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                                timeout=aiohttp.ClientTimeout(total=timeout),
+                                allow_redirects=False) as resp:  # as in probe_host
             raw = bytearray()
             while chunk := await resp.content.read(MAX_RELAY_ANSWER_BYTES + 1 - len(raw)):
                 raw += chunk

@@ -46,7 +46,7 @@ import orjson
 from aiohttp import HttpVersion10, web
 
 from coordinator.allocation import MechanismRunner, former_names
-from coordinator.config import MAX_BODY_BYTES, CoordinatorConfig
+from coordinator.config import BODY_SECONDS, IDLE_SECONDS, MAX_BODY_BYTES, CoordinatorConfig
 from coordinator.epoch import (
     Audited,
     AuditState,
@@ -669,6 +669,8 @@ class Coordinator:
 
 
 COORDINATOR: web.AppKey[Coordinator] = web.AppKey("coordinator", Coordinator)
+#: Seconds a request body may take to arrive (:func:`read_body`).
+BODY_SECONDS_KEY: web.AppKey[float] = web.AppKey("body_seconds", float)
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -679,18 +681,27 @@ def _limit(cls: type[Message]) -> int:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused as ``too_large`` before reading past ``limit`` bytes."""
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}")
-        # The parser delivers at most Content-Length bytes: one read, no chunk loop.
-        return await request.read()
-    buf = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        buf += chunk
-        if len(buf) > limit:
-            raise TooLargeError(f"body exceeds {limit} bytes")
-    return bytes(buf)
+    """The request body, refused as ``too_large`` before reading past ``limit`` bytes, and
+    as ``malformed`` (the connection closed) if it has not arrived within the app's
+    ``body_seconds`` (:func:`make_app`): a trickled body cannot hold a connection."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}")
+    seconds = request.app[BODY_SECONDS_KEY]
+    try:
+        async with asyncio.timeout(seconds):
+            if request.content_length is not None:
+                # The parser delivers at most Content-Length bytes: one read, no loop.
+                return await request.read()
+            buf = bytearray()
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                buf += chunk
+                if len(buf) > limit:
+                    raise TooLargeError(f"body exceeds {limit} bytes")
+            return bytes(buf)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.close()  # a slow sender loses its connection
+        raise MalformedError(f"body not received within {seconds} s") from None
 
 
 def _int_arg(request: web.Request, name: str) -> int:
@@ -910,11 +921,14 @@ async def error_middleware(
         return error_response(None)
 
 
-def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+def make_runner(app: web.Application, *, idle_seconds: float = IDLE_SECONDS,
+                **kwargs: Any) -> web.AppRunner:
     """The runner the coordinator is served with: aiohttp's, except that requests its
     HTTP parser refuses are answered in the protocol's error shape too
-    (:mod:`coordinator.http`). ``kwargs`` go to ``web.AppRunner``."""
-    return JsonErrorRunner(app, **kwargs)
+    (:mod:`coordinator.http`), and a connection without a whole request head for
+    ``idle_seconds`` (from its start or its last answer: silent, trickled heads, idle
+    keep-alive) is closed. ``kwargs`` go to ``web.AppRunner``."""
+    return JsonErrorRunner(app, keepalive_timeout=idle_seconds, **kwargs)
 
 
 def make_app(
@@ -924,11 +938,13 @@ def make_app(
     identity: Identity,
     clock: Clock = wall_clock,
     runner: MechanismRunner | None = None,
+    body_seconds: float = BODY_SECONDS,
 ) -> web.Application:
     """The coordinator app. The store is the caller's to close; the schedule task and the
     mechanism thread start and stop with the app. ``runner`` lets tests share solved
-    mechanisms between apps."""
+    mechanisms between apps; a request body must arrive within ``body_seconds``."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[BODY_SECONDS_KEY] = body_seconds
     coordinator = Coordinator(config, store=store, identity=identity, clock=clock,
                               runner=runner)
     app[COORDINATOR] = coordinator

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from helpers.node import NOW, World
-from helpers.rawhttp import PARSER_ERRORS, exchange
+from helpers.rawhttp import PARSER_ERRORS, closed_within, exchange
 
 from node.host import Host
 from node.service import make_app, start_site
@@ -77,18 +77,6 @@ async def stalled(port: int, n: int) -> list[tuple[asyncio.StreamReader, asyncio
         await writer.drain()
         out.append((reader, writer))
     return out
-
-
-async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
-    try:
-        async with asyncio.timeout(seconds):
-            while await reader.read(4096):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        return True
-    return True
 
 
 @pytest.mark.asyncio
