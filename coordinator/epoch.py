@@ -115,6 +115,11 @@ FOUNDING_EPOCH = 0
 #: host), few enough that a roamer cannot flood the coordinator or one host with relays.
 MAX_COMPLAINTS = 32
 MAX_COMPLAINTS_PER_HOST = 4
+#: Refusals of one requester by one host stored per epoch. One unjustified refusal is
+#: enough to convict a host, so more add nothing; and since they are outside the host's
+#: evidence quota, a roamer collecting many of an honest host's genuine refusals cannot
+#: fill that quota and crowd out the receipts that justify them (issue 11 item 7).
+MAX_REFUSALS_PER_PAIR = 4
 
 
 class Phase(enum.StrEnum):
@@ -359,7 +364,9 @@ class AuditState:
     windows: dict[str, tuple[int, int]]
     commitments: dict[str, int] = field(default_factory=dict)
     evidence: dict[tuple[str, str, str], GrantReceipt | Refusal] = field(default_factory=dict)
-    per_signer: dict[str, int] = field(default_factory=dict)  # stored items by host
+    per_signer: dict[str, int] = field(default_factory=dict)  # stored receipts by host
+    # Stored refusals by (host, requester): at most MAX_REFUSALS_PER_PAIR each.
+    refusals_at: dict[tuple[str, str], int] = field(default_factory=dict)
     # When each item was first filed (coordinator clock; None: untimed).
     received: dict[tuple[str, str, str], int | None] = field(default_factory=dict)
     # Roamers' complaints by (host, nonce), and how many each roamer filed.
@@ -399,7 +406,11 @@ class AuditState:
         if key not in self.evidence:
             self.evidence[key] = item
             self.received[key] = received_at
-            self.per_signer[item.host_id] = self.per_signer.get(item.host_id, 0) + 1
+            if isinstance(item, GrantReceipt):
+                self.per_signer[item.host_id] = self.per_signer.get(item.host_id, 0) + 1
+            else:
+                pair = (item.host_id, item.requester_id)
+                self.refusals_at[pair] = self.refusals_at.get(pair, 0) + 1
 
     def judged(self, cutoff: int, rebuttal: int) -> list[GrantReceipt | Refusal]:
         """The evidence the audit cut-off at ``cutoff`` reads (README section 7, step 5,
@@ -788,26 +799,40 @@ class EpochCore:
         epoch); the first bad item refuses the whole report. A verified report is never
         refused for its volume; of its items, only those that can matter
         (:meth:`AuditState.matters`) and are not held yet (same host, nonce and kind)
-        are stored, up to ``max_evidence_per_signer`` per signing host and epoch: a host
-        flooding its own evidence fills only its own quota, never another's. ``now``
+        are stored: receipts up to ``max_evidence_per_signer`` per signing host and
+        epoch (a host flooding its own evidence fills only its own quota, never
+        another's), refusals up to :data:`MAX_REFUSALS_PER_PAIR` per host and requester
+        (outside that quota, so a roamer's flood of a host's refusals cannot crowd out the
+        receipts that justify them), and a host's answer to a complaint always (bounded
+        by the complaint limits: it is the host's rebuttal). ``now``
         (the coordinator's clock) dates the new items for the rebuttal window
         (:meth:`AuditState.judged`); None leaves them untimed."""
         audit = self._check_audit_epoch(report.epoch, Event.AUDIT)
         opened = open_evidence(report, host_keys=self.keys)
         new: dict[tuple[str, str, str], EvidenceRecord] = {}
         added: dict[str, int] = {}
+        added_pair: dict[tuple[str, str], int] = {}
         quota = self.settings.max_evidence_per_signer
         for (_, item), envelope in zip(opened, report.evidence, strict=True):
             if not audit.matters(item):
                 continue
             rec = EvidenceRecord(item=item, envelope=envelope.to_bytes(),
                                  reporter_id=reporter_id, received_at=now)
-            host = item.host_id
-            if (rec.key in audit.evidence or rec.key in new
-                    or audit.per_signer.get(host, 0) + added.get(host, 0) >= quota):
+            if rec.key in audit.evidence or rec.key in new:
                 continue
+            host = item.host_id
+            pair = (host, item.requester_id)
+            answers = (host, item.nonce) in audit.complaints
+            if isinstance(item, GrantReceipt):
+                if not answers and audit.per_signer.get(host, 0) + added.get(host, 0) >= quota:
+                    continue
+                added[host] = added.get(host, 0) + 1
+            else:
+                if not answers and (audit.refusals_at.get(pair, 0) + added_pair.get(pair, 0)
+                                    >= MAX_REFUSALS_PER_PAIR):
+                    continue
+                added_pair[pair] = added_pair.get(pair, 0) + 1
             new[rec.key] = rec
-            added[host] = added.get(host, 0) + 1
         return Audited(epoch=report.epoch, reporter_id=reporter_id,
                        new_items=tuple(new.values()), n_items=len(opened), received_at=now)
 

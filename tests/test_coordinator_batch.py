@@ -31,7 +31,7 @@ from helpers.coordinator import (
     node,
     open_now,
     raw,
-    refusal,
+    receipt,
     register_all,
     registered,
     runner,
@@ -316,15 +316,15 @@ async def test_reports_naming_one_host_respect_its_quota_as_if_filed_one_by_one(
     roamers = included[2:6] if len(included) >= 6 else included[2:]
     t = h.clock() + 1
     futures = []
-    for i, r in enumerate(roamers):  # each reports two refusals by the same host
-        evidence = [refusal(host, r, reason="capacity_exhausted", time=t, n=10 * i + k)
-                    for k in range(2)]
+    # Receipts: what the quota bounds (refusals are bounded per host and requester).
+    for i, r in enumerate(roamers):  # each reports two receipts by the same host
+        evidence = [receipt(host, r, amount=1, time=t, n=10 * i + k) for k in range(2)]
         futures.append(submit_report(c, r, evidence))
     # One by another host, and the first report again (nothing new in it).
     futures.append(submit_report(c, roamers[0], [
-        refusal(other, roamers[0], reason="capacity_exhausted", time=t, n=99)]))
+        receipt(other, roamers[0], amount=1, time=t, n=99)]))
     futures.append(submit_report(c, roamers[0], [
-        refusal(host, roamers[0], reason="capacity_exhausted", time=t, n=k) for k in range(2)]))
+        receipt(host, roamers[0], amount=1, time=t, n=k) for k in range(2)]))
     changes = await asyncio.gather(*futures)
     new = [len(ch.new_items) for ch in changes]  # type: ignore[union-attr]
     assert new == [2, 1] + [0] * (len(roamers) - 2) + [1, 0]

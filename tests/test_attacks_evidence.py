@@ -1,0 +1,62 @@
+"""Evidence flooding, more instances (issue 11 item 7): a roamer that collects many of an
+honest host's genuine refusals cannot fill that host's evidence quota and so crowd out
+the receipts that justify them (the host would be judged on refusals alone)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from helpers.coordinator import (
+    COORDINATOR,
+    EPOCH_SECONDS,
+    T0,
+    audit_report,
+    commitment,
+    declaration,
+    open_now,
+    raw,
+    receipt,
+    refusal,
+    registered,
+    runner,
+    settings,
+)
+
+from coordinator.epoch import MAX_REFUSALS_PER_PAIR, EpochCore
+
+
+def test_a_roamers_refusal_flood_does_not_crowd_out_the_hosts_receipts() -> None:
+    core = EpochCore(identity=COORDINATOR,
+                     settings=dataclasses.replace(settings(runner()),
+                                                  max_evidence_per_signer=5))
+    host, flooder, honest = registered(core, 3)
+    open_now(core)
+    for p in (host, flooder, honest):
+        d = declaration(p, theta=950_000)
+        core.apply(core.check_declaration(d, raw(p, d), T0 + 1))
+    closed = core.close(T0 + EPOCH_SECONDS, runner().run)
+    owed = closed.allocation.contribution_of(host.node_id) or 0
+    assert owed > 0
+    for p in (host, flooder, honest):
+        c = commitment(p, amount=closed.allocation.contribution_of(p.node_id) or 0)
+        core.apply(core.check_commitment(c, raw(p, c)))
+    t = T0 + EPOCH_SECONDS + 10
+    # The host gave the honest roamer all it owed, then (rightly) refused the flooder,
+    # who asked again and again and reports every refusal first.
+    refusals = [refusal(host, flooder, reason="capacity_exhausted", time=t + 1, n=100 + i,
+                        amount=1) for i in range(20)]
+    flood = core.check_audit(flooder.node_id, audit_report(flooder, refusals), now=t + 2)
+    assert len(flood.new_items) == MAX_REFUSALS_PER_PAIR  # one convicts; more add nothing
+    core.apply(flood)
+    grant = receipt(host, honest, amount=owed, time=t, n=1)
+    stored = core.check_audit(honest.node_id, audit_report(honest, [grant]), now=t + 2)
+    assert len(stored.new_items) == 1  # the receipt that justifies every refusal
+    core.apply(stored)
+    # Judged at the next close: the honest host is not excluded (the flooder's refusals
+    # were justified by the receipt it could not crowd out).
+    open_now(core, T0 + 2 * EPOCH_SECONDS)
+    for p in (host, flooder, honest):
+        d = declaration(p, epoch=1, theta=950_000)
+        core.apply(core.check_declaration(d, raw(p, d), T0 + 2 * EPOCH_SECONDS + 1))
+    nxt = core.close(T0 + 4 * EPOCH_SECONDS, runner().run)
+    assert host.node_id not in {x.node_id for x in nxt.exclusions}
