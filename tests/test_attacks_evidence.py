@@ -11,8 +11,11 @@ from helpers.coordinator import (
     EPOCH_SECONDS,
     T0,
     audit_report,
+    close_epoch_zero,
     commitment,
     declaration,
+    new_core,
+    node,
     open_now,
     raw,
     receipt,
@@ -23,6 +26,9 @@ from helpers.coordinator import (
 )
 
 from coordinator.epoch import MAX_REFUSALS_PER_PAIR, EpochCore
+from protocol import Complaint, GrantReceipt, Refusal, make_access_request, seal, seal_bytes
+from protocol.access import credential_digest
+from protocol.messages import complained_request
 
 
 def test_a_roamers_refusal_flood_does_not_crowd_out_the_hosts_receipts() -> None:
@@ -60,3 +66,40 @@ def test_a_roamers_refusal_flood_does_not_crowd_out_the_hosts_receipts() -> None
         core.apply(core.check_declaration(d, raw(p, d), T0 + 2 * EPOCH_SECONDS + 1))
     nxt = core.close(T0 + 4 * EPOCH_SECONDS, runner().run)
     assert host.node_id not in {x.node_id for x in nxt.exclusions}
+
+
+def test_a_hosts_answer_to_a_complaint_is_kept_beyond_every_cap() -> None:
+    """Its rebuttal: neither a full receipt quota nor the refusal cap keeps it out."""
+    core = new_core()
+    host, roamer, other = (node(i) for i in (40, 41, 42))
+    _, creds = close_epoch_zero(core, [host, roamer, other])
+    core.settings = dataclasses.replace(core.settings, max_evidence_per_signer=2)
+    t = T0 + EPOCH_SECONDS + 5
+    # The quota of host's receipts and its refusals of the roamer are full.
+    full = [receipt(host, other, amount=1, time=t, n=500 + i) for i in range(2)]
+    full += [refusal(host, roamer, reason="capacity_exhausted", time=t, n=600 + i, amount=1)
+             for i in range(MAX_REFUSALS_PER_PAIR)]
+    core.apply(core.check_audit(other.node_id, audit_report(other, full), now=t))
+    for answer_kind in ("receipt", "refusal"):
+        body = make_access_request(roamer, creds[roamer.node_id], host_id=host.node_id,
+                                   amount=1, now=t + 1)
+        c = Complaint(epoch=0, requester_id=roamer.node_id, host_id=host.node_id,
+                      request=body.request)
+        data = seal_bytes(roamer, c)
+        filed = core.check_complaint(c, data, now=t + 1,
+                                     credential_digest=credential_digest(creds[roamer.node_id]))
+        assert filed is not None
+        core.apply(filed)
+        req = complained_request(c)
+        if answer_kind == "receipt":
+            answer = seal(host, GrantReceipt(
+                epoch=0, host_id=host.node_id, requester_id=roamer.node_id, nonce=req.nonce,
+                amount=1, time=t + 2, request=body.request))
+        else:
+            answer = seal(host, Refusal(
+                epoch=0, host_id=host.node_id, requester_id=roamer.node_id, nonce=req.nonce,
+                reason="capacity_exhausted", time=t + 2, request=body.request, amount=1))
+        kept = core.check_audit(host.node_id, audit_report(host, [answer]), now=t + 2)
+        assert len(kept.new_items) == 1, answer_kind
+        core.apply(kept)
+        assert core.audit is not None and core.audit.answered((host.node_id, req.nonce))
