@@ -9,14 +9,34 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from helpers.coordinator import served_on_socket
+from aiohttp.test_utils import TestClient, TestServer
+from helpers.coordinator import (
+    COORDINATOR,
+    FakeClock,
+    Harness,
+    audit_report,
+    commitment,
+    config,
+    declaration,
+    flip_signature,
+    forge_payload,
+    node,
+    raw,
+    register_all,
+    relabel,
+    runner,
+    served_on_socket,
+)
 from helpers.node import NOW, World
 from helpers.rawhttp import closed_within
 
 from coordinator.config import BODY_SECONDS, IDLE_SECONDS
+from coordinator.service import make_app as make_coordinator_app
+from coordinator.store import Store
 from node.host import Host
 from node.service import make_app as make_node_app
 from node.service import start_site
@@ -114,3 +134,48 @@ async def test_a_flood_of_any_endpoint_stores_nothing_and_the_host_still_serves(
                                    nonce=nonce)
     finally:
         await node_runner.cleanup()
+
+
+# --- every coordinator endpoint, flooded with what no registered node signed ---------------
+
+
+@pytest.mark.asyncio
+async def test_a_flood_of_every_coordinator_endpoint_changes_nothing(tmp_path: Path) -> None:
+    """Unsigned, forged, weak-key and outsider-signed bodies at every POST endpoint are
+    refused with an error body and change no state; an honest node is served after."""
+    store = Store(tmp_path / "coord.db")
+    clock = FakeClock()
+    app = make_coordinator_app(config(), store=store, identity=COORDINATOR, clock=clock,
+                               runner=runner())
+    people = [node(i) for i in range(3)]
+    outsider = node(9)  # never registered
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+            h = Harness(client=client, store=store, clock=clock)
+            await register_all(h, people[:2])
+            await h.ok("/v1/admin/open", admin=True)
+            before = await h.fingerprint()
+            weak = forge_payload(outsider, "registration", {
+                "public_key": "01" + "00" * 31, "epoch": 0, "home_location": 0,
+                "capacity": 1, "kind": "wlan_channels"})
+            junk = [b"", b"{", b"\xff" * 64, b"[]" * 1000, weak,
+                    flip_signature(raw(people[0], declaration(people[0]))),
+                    raw(outsider, declaration(outsider)),
+                    raw(outsider, commitment(outsider, amount=1)),
+                    raw(outsider, audit_report(outsider, [])),
+                    relabel(raw(people[0], declaration(people[0])), "commitment")]
+            paths = ["/v1/register", "/v1/declarations", "/v1/commitments", "/v1/audit",
+                     "/v1/complaints", "/v1/admin/open", "/v1/admin/close",
+                     "/v1/admin/probe"]
+
+            async def one(i: int) -> tuple[int, Any]:
+                return await h.post(paths[i % len(paths)], junk[i % len(junk)])
+
+            answers = await asyncio.gather(*(one(i) for i in range(400)))
+            assert all(400 <= st < 500 and set(body) == {"code", "message"}
+                       for st, body in answers), {st for st, _ in answers}
+            assert await h.fingerprint() == before
+            data = await h.ok("/v1/declarations", raw(people[1], declaration(people[1])))
+            assert data["accepted"] == 1
+    finally:
+        store.close()
