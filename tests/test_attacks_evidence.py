@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from helpers.coordinator import (
     COORDINATOR,
     EPOCH_SECONDS,
@@ -26,7 +27,15 @@ from helpers.coordinator import (
 )
 
 from coordinator.epoch import MAX_REFUSALS_PER_PAIR, EpochCore
-from protocol import Complaint, GrantReceipt, Refusal, make_access_request, seal, seal_bytes
+from protocol import (
+    Complaint,
+    GrantReceipt,
+    InkindError,
+    Refusal,
+    make_access_request,
+    seal,
+    seal_bytes,
+)
 from protocol.access import credential_digest
 from protocol.messages import complained_request
 
@@ -103,3 +112,27 @@ def test_a_hosts_answer_to_a_complaint_is_kept_beyond_every_cap() -> None:
         assert len(kept.new_items) == 1, answer_kind
         core.apply(kept)
         assert core.audit is not None and core.audit.answered((host.node_id, req.nonce))
+
+
+def test_replayed_and_foreign_epoch_evidence_changes_nothing() -> None:
+    """Framing with selective evidence: an item of another epoch refuses the whole report
+    (its code, nothing stored); the same item filed again, by anyone, is one item."""
+    core = new_core()
+    host, roamer, other = (node(i) for i in (50, 51, 52))
+    close_epoch_zero(core, [host, roamer, other])
+    t = T0 + EPOCH_SECONDS + 5
+    good = refusal(host, roamer, reason="capacity_exhausted", time=t, n=1, amount=1)
+    for wrong in (1, 7):
+        foreign = refusal(host, roamer, reason="capacity_exhausted", time=t, n=2, amount=1,
+                          epoch=wrong)
+        with pytest.raises(InkindError) as exc:
+            core.check_audit(roamer.node_id, audit_report(roamer, [good, foreign]), now=t)
+        assert exc.value.code in ("future_epoch", "stale_epoch")
+        assert core.audit is not None and core.audit.evidence == {}
+    first = core.check_audit(roamer.node_id, audit_report(roamer, [good, good]), now=t)
+    assert len(first.new_items) == 1
+    core.apply(first)
+    for reporter in (roamer, other, host):
+        again = core.check_audit(reporter.node_id, audit_report(reporter, [good]), now=t + 1)
+        assert again.new_items == ()
+    assert core.audit is not None and len(core.audit.evidence) == 1
