@@ -47,7 +47,11 @@ def kkt_multipliers(values: Callable[[FloatArray], tuple[float, FloatArray]],
             return np.asarray(values(full)[1][active] / scale, dtype=np.float64)
 
         sol = optimize.root(binding, lam[active], method="hybr", options={"xtol": 1e-14})
-        if sol.success and np.all(sol.x >= 0.0):
+        # Judged by its residual, not its status: hybr reports failure ("xtol is too small")
+        # when it has already converged past what xtol can resolve, and discarding that
+        # root left a small location's budget met only to the welfare scale's tolerance.
+        start_residual = float(np.max(np.abs(np.asarray(res.jac, dtype=float)[active])))
+        if np.all(sol.x >= 0.0) and float(np.max(np.abs(sol.fun))) <= start_residual:
             lam[active] = sol.x
     c = values(lam)[1] / scale
     feasible = bool(np.all(c >= -FEASIBILITY))
