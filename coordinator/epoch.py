@@ -439,9 +439,14 @@ class AuditState:
         for a reason that is not the requester's own fault; receipts by an included host to
         another included node inside that node's window (they count toward the host's
         capacity used when one of its capacity refusals is judged). Nothing else is
-        stored, so a node that was never included cannot fill the evidence table."""
+        stored, so a node that was never included cannot fill the evidence table. What a
+        host signs about a request of its own is never held: no host owes itself
+        service, and an answer is known by (host, nonce), so a host's refusal of a
+        request it made to itself with the nonce of a roamer's request it dropped would
+        read as its answer to that roamer's complaint."""
         window = self.windows.get(item.requester_id)
-        if item.host_id not in self.members or window is None:
+        if (item.host_id not in self.members or window is None
+                or item.requester_id == item.host_id):
             return False
         # Twice the skew: the judgement may place an item by its own time or by the
         # request's, each within the skew of the window; storing more never harms.
@@ -450,7 +455,7 @@ class AuditState:
         if (item.host_id, item.nonce) in self.complaints:
             return True  # it answers a complaint
         if isinstance(item, GrantReceipt):
-            return item.requester_id != item.host_id
+            return True
         # out_of_range is judged by the host's kind (coordinator.enforcement): keep it.
         return item.reason not in LEGITIMATE_REASONS or item.reason == "out_of_range"
 
