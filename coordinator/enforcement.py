@@ -186,12 +186,15 @@ def ledger_grants(
     (``owed``), issued inside that node's credential window (as given: the coordinator
     passes the windows its hosts' gates accept) widened by the clock skew (a request is
     issued by the roamer's clock, within the skew of the host's),
-    granted within the skew of its issue, and the host did not also sign a refusal of the
-    very same request (``refused``: (host, request signature) pairs; an equivocating
-    host's grant counts for nothing -- the same request, not just the same nonce, so a
-    roamer reusing a nonce cannot void a grant). So a host cannot excuse itself with
-    receipts to itself, to non-members, for requests never made, or outside the window;
-    and a roamer cannot frame a host by hiding the receipts the host files itself.
+    granted no earlier than the skew before its issue (a request relayed from a complaint
+    is granted long after it; a grant counts only from its own time,
+    :meth:`LedgerGrant.counts_before`, so dating it late gains a host nothing), and the
+    host did not also sign a refusal of the very same request (``refused``: (host,
+    request signature) pairs; an equivocating host's grant counts for nothing -- the same
+    request, not just the same nonce, so a roamer reusing a nonce cannot void a grant).
+    So a host cannot excuse itself with receipts to itself, to non-members, for requests
+    never made, or outside the window; and a roamer cannot frame a host by hiding the
+    receipts the host files itself.
     """
     out: dict[str, list[LedgerGrant]] = defaultdict(list)
     for r in receipts:
@@ -200,8 +203,11 @@ def ledger_grants(
                 or (r.host_id, r.request.signature) in refused):
             continue
         issued = request_of(r).issued
+        # Never granted before it was asked (beyond the skew); granted later is how a
+        # request relayed from a complaint is answered (node.host.Host.resolve decides it
+        # whatever its age), and such a grant counts from when it was made.
         if not (window[0] - MAX_CLOCK_SKEW <= issued < window[1] + MAX_CLOCK_SKEW
-                and abs(r.time - issued) <= MAX_CLOCK_SKEW):
+                and r.time >= issued - MAX_CLOCK_SKEW):
             continue
         out[r.host_id].append(LedgerGrant(time=r.time, issued=issued, amount=r.amount,
                                           requester=r.requester_id))

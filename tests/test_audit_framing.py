@@ -86,12 +86,19 @@ def test_receipts_the_host_could_fabricate_never_excuse_it() -> None:
         receipt(HOST, OUTSIDER, amount=OWED, time=T0 + 5, n=3),  # to a non-member
         receipt(HOST, ROAMER, amount=OWED, time=T0 - MAX_CLOCK_SKEW - 5, n=3),  # before
         receipt(HOST, ROAMER, amount=OWED, time=T0 + 1000 + MAX_CLOCK_SKEW, n=3),  # after
-        # granted long after the roamer asked (a stale request the gate would refuse),
-        # or back-dated before it was asked
-        receipt(HOST, ROAMER, amount=OWED, time=T0 + 9, n=3, issued=T0 + 9 - 61),
+        # back-dated before it was asked
         receipt(HOST, ROAMER, amount=OWED, time=T0 + 5, n=3, issued=T0 + 5 + 61),
+        # granted (a relayed request, asked long ago) only after the refusal
+        receipt(HOST, ROAMER, amount=OWED, time=T0 + 11, n=3, issued=T0 + 11 - 61),
     ):
         assert excluded([REFUSED, fake])
+
+
+def test_a_relayed_request_granted_long_after_it_was_asked_counts_when_granted() -> None:
+    # A request relayed from a complaint is decided whatever its age (Host.resolve): its
+    # receipt is dated when the host granted it, more than the skew after it was asked.
+    relayed = receipt(HOST, ROAMER, amount=OWED, time=T0 + 9, n=3, issued=T0 - 55)
+    assert not excluded([REFUSED, relayed])
 
 
 def test_a_grant_counts_toward_a_refusal_only_if_it_came_before() -> None:
@@ -201,6 +208,25 @@ def test_end_to_end_the_ledger_a_host_files_rebuts_a_drain_and_hide() -> None:
     ledger = host.unfiled(0)
     assert len(ledger) == 1
     bed.file(HOST, ledger)
+    assert HOST.node_id not in bed.judged()
+
+
+def test_a_roamer_cannot_frame_a_host_with_its_own_stale_request_relayed() -> None:
+    # The roamer signs a request for its whole share and never sends it; more than the
+    # skew later it complains that it went unanswered, so the coordinator relays it and
+    # the host grants it then (Host.resolve decides a relayed request whatever its age).
+    # Its next request is refused for its share: the relayed grant must count, or the
+    # host that served the roamer its share is excluded for refusing it more.
+    bed = closed_epoch()
+    host = bed.host()
+    stale = make_access_request(ROAMER, bed.creds[ROAMER.node_id], host_id=HOST.node_id,
+                                amount=bed.owed, now=bed.now)
+    late = bed.now + MAX_CLOCK_SKEW + 1  # inside the credential window
+    assert host.resolve(stale.to_bytes(), now=late).granted
+    outcome = bed.ask(host, ROAMER, 1, late + 1)
+    assert outcome.refusal is not None and outcome.decision.reason == "capacity_exhausted"
+    bed.file(ROAMER, [outcome.refusal])
+    bed.file(HOST, host.unfiled(0))
     assert HOST.node_id not in bed.judged()
 
 
