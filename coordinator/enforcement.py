@@ -223,6 +223,7 @@ def find_free_riders(
     probes: Iterable[ProbeResult] = (),
     complaints: Iterable[Complaint] = (),
     host_kinds: Mapping[str, str] | None = None,
+    complained: Container[tuple[str, str, str]] = frozenset(),
 ) -> list[Exclusion]:
     """The exclusions for ``allocation.epoch + 1``, sorted, one per (node, reason).
 
@@ -236,7 +237,14 @@ def find_free_riders(
     receipt or refusal: :meth:`coordinator.epoch.AuditState.standing_complaints`);
     ``host_kinds`` each host's resource kind (its registration's), for the requester's
     share of it (:func:`protocol.messages.roamer_share` of what it owes, at the kind's
-    granularity; a host of unknown kind at granularity 1, never stricter than its gate).
+    granularity; a host of unknown kind at granularity 1, never stricter than its gate);
+    ``complained``: (host, nonce, requester) of every complaint held for the epoch, answered
+    or not. A refusal is placed at its own time, but no later than the skew after its
+    request was issued (the gate decides only fresh requests), so a refusal dated late
+    cannot borrow later grants; a refusal of a complained request may answer its relay,
+    decided whatever the request's age (:meth:`node.host.Host.resolve`), so it is placed
+    at its own time (the coordinator holds none dated past its clock by more than the skew:
+    :meth:`coordinator.epoch.EpochCore.check_audit`).
     """
     epoch = allocation.epoch
     found: dict[tuple[str, str], Exclusion] = {}
@@ -290,7 +298,9 @@ def find_free_riders(
             continue  # the credential was not valid then: any refusal is fair
         # The refused request's issued time (the requester's word) bounds when the host
         # may say it refused, so a refusal dated late cannot borrow later grants.
-        cutoff = min(refusal.time, request_of(refusal).issued + MAX_CLOCK_SKEW)
+        cutoff = refusal.time
+        if (host, refusal.nonce, refusal.requester_id) not in complained:
+            cutoff = min(cutoff, request_of(refusal).issued + MAX_CLOCK_SKEW)
         counted = [g for g in ledgers.get(host, ()) if g.counts_before(cutoff)]
         received = sum(g.amount for g in counted)
         committed = commitments.get(host, 0)

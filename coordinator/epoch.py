@@ -387,6 +387,12 @@ class AuditState:
         return ((host, nonce, "grant_receipt") in self.evidence
                 or (host, nonce, "refusal") in self.evidence)
 
+    def complained(self) -> frozenset[tuple[str, str, str]]:
+        """(host, nonce, requester) of every complaint held (answered or not): the
+        requests a host may have decided when they were relayed, whatever their age."""
+        return frozenset((h, n, c.complaint.requester_id)
+                         for (h, n), c in self.complaints.items())
+
     def pending(self) -> list[ComplaintRecord]:
         """Complaints whose host has not answered yet (to relay), oldest first."""
         return sorted((c for k, c in self.complaints.items() if not self.answered(k)),
@@ -660,7 +666,8 @@ class EpochCore:
                 credential_windows=self.audit.skewed_windows(), probes=probes,
                 complaints=self.audit.standing_complaints(
                     now, self.settings.rebuttal_seconds),
-                host_kinds={n: r.registration.kind for n, r in self.nodes.items()})
+                host_kinds={n: r.registration.kind for n, r in self.nodes.items()},
+                complained=self.audit.complained())
             new = tuple(x for x in found if (x.node_id, x.reason) not in known)
             delivered = self._deliveries(epoch - 1, {x.node_id for x in found})
         policy = self.settings.penalty
@@ -799,7 +806,7 @@ class EpochCore:
         return Committed(commitment=c, envelope=envelope)
 
     def check_audit(self, reporter_id: str, report: AuditReport, *,
-                    now: int | None = None) -> Audited:
+                    now: int | None = None, at: int | None = None) -> Audited:
         """Verify every evidence item (registered host, the host it names, the report's
         epoch); the first bad item refuses the whole report. A verified report is never
         refused for its volume; of its items, only those that can matter
@@ -811,16 +818,24 @@ class EpochCore:
         receipts that justify them), and a host's answer to a complaint always (bounded
         by the complaint limits: it is the host's rebuttal). ``now``
         (the coordinator's clock) dates the new items for the rebuttal window
-        (:meth:`AuditState.judged`); None leaves them untimed."""
+        (:meth:`AuditState.judged`); None leaves them untimed. ``at`` (default ``now``):
+        the coordinator's clock as the report arrives; a refusal dated more than the
+        clock skew after it is not held (nobody refused anything in the future, and a
+        refusal answering a relayed request is judged at its own time:
+        :func:`coordinator.enforcement.find_free_riders`)."""
         audit = self._check_audit_epoch(report.epoch, Event.AUDIT)
         opened = open_evidence(report, host_keys=self.keys)
         new: dict[tuple[str, str, str], EvidenceRecord] = {}
         added: dict[str, int] = {}
         added_pair: dict[tuple[str, str], int] = {}
         quota = self.settings.max_evidence_per_signer
+        arrived = now if at is None else at
         for (_, item), envelope in zip(opened, report.evidence, strict=True):
             if not audit.matters(item):
                 continue
+            if (arrived is not None and isinstance(item, Refusal)
+                    and item.time > arrived + CLOCK_SKEW):
+                continue  # post-dated
             rec = EvidenceRecord(item=item, envelope=envelope.to_bytes(),
                                  reporter_id=reporter_id, received_at=now)
             if rec.key in audit.evidence or rec.key in new:

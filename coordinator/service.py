@@ -393,7 +393,8 @@ class Coordinator:
                 if answer is not None:
                     report = AuditReport(epoch=c.epoch, reporter_id=c.host_id,
                                          evidence=(answer,))
-                    filed = self.core.check_audit(c.host_id, report, now=rec.filed_at)
+                    filed = self.core.check_audit(c.host_id, report, now=rec.filed_at,
+                                                  at=self.clock())
                     self.store.persist(filed)
                     self.core.apply(filed)
                     answered += 1

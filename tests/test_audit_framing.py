@@ -33,7 +33,9 @@ from node.host import AccessOutcome, Host
 from protocol import (
     MAX_CLOCK_SKEW,
     MICRO,
+    AccessRequest,
     Allocation,
+    Complaint,
     Credential,
     Envelope,
     GrantReceipt,
@@ -44,6 +46,7 @@ from protocol import (
     open_envelope,
     seal,
 )
+from protocol.access import credential_digest
 from protocol.messages import MAX_AUDIT_ITEMS
 
 HOST, ROAMER, OTHER, OUTSIDER = node(0), node(1), node(2), node(3)
@@ -181,7 +184,7 @@ class Closed:
         return {x.node_id for x in find_free_riders(
             allocation=self.alloc, commitments=audit.commitments,
             evidence=list(audit.evidence.values()) if evidence is None else evidence,
-            credential_windows=audit.windows)}
+            credential_windows=audit.windows, complained=audit.complained())}
 
 
 def closed_epoch() -> Closed:
@@ -228,6 +231,56 @@ def test_a_roamer_cannot_frame_a_host_with_its_own_stale_request_relayed() -> No
     bed.file(ROAMER, [outcome.refusal])
     bed.file(HOST, host.unfiled(0))
     assert HOST.node_id not in bed.judged()
+
+
+def _complain(bed: Closed, request: Envelope, at: int) -> None:
+    data = seal(ROAMER, Complaint(epoch=0, requester_id=ROAMER.node_id,
+                                  host_id=HOST.node_id, request=request)).to_bytes()
+    change = bed.core.check_complaint(
+        open_envelope(data, Complaint, trusted=bed.core.keys)[1], data, now=at,
+        credential_digest=credential_digest(bed.creds[ROAMER.node_id]))
+    assert change is not None
+    bed.core.apply(change)
+
+
+def test_a_roamer_cannot_frame_a_host_with_the_refusal_of_its_stale_request_relayed() -> None:
+    # The roamer signs a request and never sends it; more than the skew later it takes
+    # its whole share with another request, then complains that the first went
+    # unanswered. Relayed, it is refused for the share the roamer has just taken -- a
+    # refusal given (as a relay's answer must be) long after the request was issued, so
+    # the grants before it count up to the refusal's own time, not the request's.
+    bed = closed_epoch()
+    host = bed.host()
+    stale = make_access_request(ROAMER, bed.creds[ROAMER.node_id], host_id=HOST.node_id,
+                                amount=bed.owed, now=bed.now)
+    later = bed.now + MAX_CLOCK_SKEW + 1  # inside the credential window
+    assert bed.ask(host, ROAMER, bed.owed, later).granted
+    _complain(bed, stale.request, later + 1)
+    answer = host.resolve(stale.to_bytes(), now=later + 2)
+    assert answer.refusal is not None and answer.decision.reason == "capacity_exhausted"
+    bed.core.apply(bed.core.check_audit(HOST.node_id, audit_report(HOST, [answer.refusal]),
+                                        now=later + 1, at=later + 2))
+    bed.file(HOST, host.unfiled(0))
+    assert HOST.node_id not in bed.judged()
+
+
+def test_a_refusal_answering_a_complaint_cannot_be_post_dated_to_borrow_later_grants() -> None:
+    # A host answering a relayed request dates its refusal past the coordinator's clock
+    # (so that grants it makes later would justify it): not held.
+    bed = closed_epoch()
+    stale = make_access_request(ROAMER, bed.creds[ROAMER.node_id], host_id=HOST.node_id,
+                                amount=1, now=bed.now)
+    _complain(bed, stale.request, bed.now + 5)
+    req = open_envelope(stale.request.to_bytes(), AccessRequest,
+                        trusted={ROAMER.public_key})[1]
+    for late, held in ((MAX_CLOCK_SKEW, True), (MAX_CLOCK_SKEW + 1, False)):
+        refused = seal(HOST, Refusal(epoch=0, host_id=HOST.node_id,
+                                     requester_id=ROAMER.node_id, nonce=req.nonce,
+                                     reason="capacity_exhausted", time=bed.now + 6 + late,
+                                     request=stale.request, amount=1))
+        audited = bed.core.check_audit(HOST.node_id, audit_report(HOST, [refused]),
+                                       now=bed.now + 5, at=bed.now + 6)
+        assert bool(audited.new_items) is held
 
 
 @pytest.mark.parametrize("colluders", [(ROAMER,), (ROAMER, OTHER)])
