@@ -33,6 +33,7 @@ from node.host import AccessOutcome, Host
 from protocol import (
     MAX_CLOCK_SKEW,
     MICRO,
+    AccessBody,
     AccessRequest,
     Allocation,
     Complaint,
@@ -214,17 +215,22 @@ def test_end_to_end_the_ledger_a_host_files_rebuts_a_drain_and_hide() -> None:
     assert HOST.node_id not in bed.judged()
 
 
+def _stale_request() -> tuple[Closed, Host, AccessBody, int]:
+    """A closed epoch, the host, the roamer's request for all the host owes, signed and
+    never sent, and a moment more than the skew later, inside the credential window."""
+    bed = closed_epoch()
+    stale = make_access_request(ROAMER, bed.creds[ROAMER.node_id], host_id=HOST.node_id,
+                                amount=bed.owed, now=bed.now)
+    return bed, bed.host(), stale, bed.now + MAX_CLOCK_SKEW + 1
+
+
 def test_a_roamer_cannot_frame_a_host_with_its_own_stale_request_relayed() -> None:
     # The roamer signs a request for its whole share and never sends it; more than the
     # skew later it complains that it went unanswered, so the coordinator relays it and
     # the host grants it then (Host.resolve decides a relayed request whatever its age).
     # Its next request is refused for its share: the relayed grant must count, or the
     # host that served the roamer its share is excluded for refusing it more.
-    bed = closed_epoch()
-    host = bed.host()
-    stale = make_access_request(ROAMER, bed.creds[ROAMER.node_id], host_id=HOST.node_id,
-                                amount=bed.owed, now=bed.now)
-    late = bed.now + MAX_CLOCK_SKEW + 1  # inside the credential window
+    bed, host, stale, late = _stale_request()
     assert host.resolve(stale.to_bytes(), now=late).granted
     outcome = bed.ask(host, ROAMER, 1, late + 1)
     assert outcome.refusal is not None and outcome.decision.reason == "capacity_exhausted"
@@ -249,11 +255,7 @@ def test_a_roamer_cannot_frame_a_host_with_the_refusal_of_its_stale_request_rela
     # unanswered. Relayed, it is refused for the share the roamer has just taken -- a
     # refusal given (as a relay's answer must be) long after the request was issued, so
     # the grants before it count up to the refusal's own time, not the request's.
-    bed = closed_epoch()
-    host = bed.host()
-    stale = make_access_request(ROAMER, bed.creds[ROAMER.node_id], host_id=HOST.node_id,
-                                amount=bed.owed, now=bed.now)
-    later = bed.now + MAX_CLOCK_SKEW + 1  # inside the credential window
+    bed, host, stale, later = _stale_request()
     assert bed.ask(host, ROAMER, bed.owed, later).granted
     _complain(bed, stale.request, later + 1)
     answer = host.resolve(stale.to_bytes(), now=later + 2)
