@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 import platformdirs
-from aiohttp import web
 
 from coordinator.config import CoordinatorConfig
+from coordinator.connections import MAX_CONNECTIONS_PER_CLIENT, LimitedSite
 from coordinator.enforcement import REBUTTAL_SECONDS
 from coordinator.penalty import PenaltyPolicy
 from coordinator.service import COORDINATOR, make_app, make_runner, new_event_loop
@@ -65,6 +65,17 @@ def in_data_dir(path: Path, data_dir: Path) -> Path:
         return path
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return data_dir / path
+
+
+def _cap(text: str) -> int:
+    """A connection cap from the command line: an integer >= 0 (0: no cap)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0 (0: no cap)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "audits of N epochs in which it owed a positive contribution found "
                         "it delivering (README 'Probation': newcomers pay dues, so a fresh "
                         "key cannot escape exclusion); 0 disables it (default: %(default)s)")
+    p.add_argument("--max-connections-per-client", type=_cap,
+                   default=MAX_CONNECTIONS_PER_CLIENT, metavar="N",
+                   help="connections one client address may hold at once; beyond it the "
+                        "address's oldest idle connection is closed (0: no cap; default: "
+                        "%(default)s)")
+    p.add_argument("--max-connections", type=_cap, default=None, metavar="N",
+                   help="connections held in all; beyond it the oldest idle connection of "
+                        "the busiest address is closed (0: no cap; default: the descriptor "
+                        "limit less room for probes and the database)")
     p.add_argument("--shoppers", type=int, default=SHOPPERS_PER_HOST, metavar="K",
                    help="mystery shoppers assigned secretly to each owing host per epoch: "
                         "included nodes that ask it like roamers (0: none; default: "
@@ -156,7 +176,8 @@ def load_or_create_key(path: Path) -> Identity:
 
 
 async def serve(config: CoordinatorConfig, store: Store, identity: Identity, host: str,
-                port: int) -> None:
+                port: int, *, per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+                total: int | None = None) -> None:
     app = make_app(config, store=store, identity=identity)
     runner = make_runner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -165,7 +186,7 @@ async def serve(config: CoordinatorConfig, store: Store, identity: Identity, hos
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, host, port)
+        site = LimitedSite(runner, host, port, per_client=per_client, total=total)
         await site.start()
         addresses = runner.addresses
         bound = int(addresses[0][1]) if addresses else port
@@ -211,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as loop_runner:
-            loop_runner.run(serve(config, store, identity, args.host, args.port))
+            loop_runner.run(serve(config, store, identity, args.host, args.port,
+                                  per_client=args.max_connections_per_client,
+                                  total=args.max_connections))
     except (StoreError, OSError) as exc:
         print(f"inkind-coordinator: {exc}", file=sys.stderr)
         return 1

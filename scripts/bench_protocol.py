@@ -399,6 +399,10 @@ def serve(kind: str, arg: Any, conn: Connection) -> None:
                 runner = make_runner(app, handle_signals=False, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
+            if kind == "coordinator":
+                from coordinator.connections import LimitedSite
+
+                site = LimitedSite(runner, "127.0.0.1", 0)
             await site.start()
             address = f"127.0.0.1:{runner.addresses[0][1]}"
         else:

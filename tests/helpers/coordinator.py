@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from coordinator.allocation import MechanismRunner
 from coordinator.config import CoordinatorConfig
+from coordinator.connections import LimitedSite
 from coordinator.epoch import Closed, EpochCore, Settings
 from coordinator.mechanism import Market, market_from_dict
 from coordinator.service import make_app, make_runner
@@ -345,7 +345,7 @@ async def served_on_socket(
     app.middlewares.extend(middlewares)
     site_runner = make_runner(app, access_log=None, **(runner_kwargs or {}))
     await site_runner.setup()
-    site = web.TCPSite(site_runner, "127.0.0.1", 0)
+    site = LimitedSite(site_runner, "127.0.0.1", 0)
     await site.start()
     try:
         yield "127.0.0.1", int(site_runner.addresses[0][1])
