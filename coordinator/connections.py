@@ -157,6 +157,8 @@ class _Counted(asyncio.Protocol):
         self._books.forget(self)
         self._inner.connection_lost(exc)
 
+    # The rest only forwards, as node.service._PerClient does: not shared, see the module
+    # docstring (no layer below both may import asyncio or aiohttp).
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)
 
