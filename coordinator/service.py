@@ -199,6 +199,9 @@ class Coordinator:
         self._relay_wanted = False  # a background round is waiting to run
         # The mystery shoppers' duties of one epoch: (epoch, shopper -> hosts, included).
         self._duties: tuple[int, dict[str, tuple[str, ...]], frozenset[str]] | None = None
+        # Each shopper's signed list of that epoch, once signed (at most one per included
+        # node): a node asking again and again costs a verification, never a signature.
+        self._lists: dict[str, bytes] = {}
 
     # -- epochs ------------------------------------------------------------------------
 
@@ -313,7 +316,8 @@ class Coordinator:
         Refused: ``issued`` off the coordinator's clock by more than ``MAX_CLOCK_SKEW``
         (``expired``, ``not_yet_valid``); an epoch not being audited (``stale_epoch``,
         ``future_epoch``); a node not included in it (``not_included``) or included on
-        probation, without a credential to ask with (``probation``)."""
+        probation, without a credential to ask with (``probation``). A shopper's list is
+        signed once per epoch and kept, so repeated requests cost no signature."""
         now = self.clock()
         if req.issued < now - MAX_CLOCK_SKEW:
             raise ExpiredError(f"duty request issued {now - req.issued} s ago")
@@ -333,8 +337,11 @@ class Coordinator:
                                      f"epoch {req.epoch} (probation): it cannot shop")
             raise NotIncludedError(
                 f"node {req.node_id[:16]}... was not included in epoch {req.epoch}")
-        return seal_bytes(self.identity, ShoppingList(
-            epoch=req.epoch, shopper_id=req.node_id, hosts=duties[0].get(req.node_id, ())))
+        signed = self._lists.get(req.node_id)
+        if signed is None:
+            signed = self._lists[req.node_id] = seal_bytes(self.identity, ShoppingList(
+                epoch=req.epoch, shopper_id=req.node_id, hosts=duties[0].get(req.node_id, ())))
+        return signed
 
     def duties(self, audit: AuditState
                ) -> tuple[dict[str, tuple[str, ...]], frozenset[str]]:
@@ -353,6 +360,7 @@ class Coordinator:
             drawn = assign(epoch_secret(self.identity, allocation.epoch), hosts, roamers,
                            self.config.shoppers_per_host)
             self._duties = (allocation.epoch, drawn, frozenset(roamers))
+            self._lists = {}
         return self._duties[1], self._duties[2]
 
     async def relay(self, epoch: int | None = None) -> int:

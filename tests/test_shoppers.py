@@ -40,6 +40,7 @@ from helpers.node import step_all
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coordinator import service as service_module
 from coordinator.enforcement import (
     UNANSWERED_COMPLAINT,
     UNJUSTIFIED_REFUSAL,
@@ -293,6 +294,30 @@ async def test_a_duty_request_not_from_the_shopper_itself_now_is_refused(
         env["signature"] = json.loads(duty_request(alice, at=now - 1))["signature"]
         status, code = await w.duty(json.dumps(env).encode())
         assert status >= 400 and code == "bad_signature"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_shopper_asking_again_and_again_costs_no_signature(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A flood of fresh, valid duty requests by one included node: each is verified (as
+    # any signed request), but its list is signed once for the epoch and answered as is.
+    signed: list[str] = []
+
+    def counting(identity: Identity, message: Any) -> bytes:
+        signed.append(message.TYPE)
+        return seal_bytes(identity, message)
+
+    monkeypatch.setattr(service_module, "seal_bytes", counting)
+    async with closed_epoch(tmp_path) as w:
+        answers = set()
+        for i in range(20):
+            status, body = await w.duty(duty_request(PEOPLE[0], at=w.clock() - i))
+            assert status == 200
+            answers.add(body)
+        assert len(answers) == 1 and signed.count(ShoppingList.TYPE) == 1
+        status, _ = await w.duty(duty_request(PEOPLE[1], at=w.clock()))
+        assert status == 200 and signed.count(ShoppingList.TYPE) == 2
 
 
 # --- over 127.0.0.1: a false committer nobody roams to -------------------------------------
