@@ -229,7 +229,9 @@ def find_free_riders(
 
     ``commitments`` maps node id to the contribution it committed for the epoch;
     ``evidence`` holds the verified receipts and refusals of that epoch, from roamers and
-    from the hosts' own ledgers (duplicates of one (host, nonce) are counted once);
+    from the hosts' own ledgers (duplicates of one (host, requester, nonce) are counted
+    once: a request is its requester's nonce, so two requesters' requests with one nonce
+    are two requests);
     ``credential_windows`` maps each included node to its credential's ``(not_before,
     expires)``; ``probes`` the coordinator's probe results (other epochs' are ignored);
     ``complaints`` the roamers' complaints that stand at the cut-off (relayed to the
@@ -238,7 +240,7 @@ def find_free_riders(
     ``host_kinds`` each host's resource kind (its registration's), for the requester's
     share of it (:func:`protocol.messages.roamer_share` of what it owes, at the kind's
     granularity; a host of unknown kind at granularity 1, never stricter than its gate);
-    ``complained``: (host, nonce, requester) of every complaint held for the epoch, answered
+    ``complained``: (host, requester, nonce) of every complaint held for the epoch, answered
     or not. A refusal is placed at its own time, but no later than the skew after its
     request was issued (the gate decides only fresh requests), so a refusal dated late
     cannot borrow later grants; a refusal of a complained request may answer its relay,
@@ -278,19 +280,20 @@ def find_free_riders(
                  f"left a request of {c.requester_id[:16]}... unanswered, also when the "
                  "coordinator relayed it")
 
-    receipts: dict[tuple[str, str], GrantReceipt] = {}
-    refusals: dict[tuple[str, str], Refusal] = {}
+    receipts: dict[tuple[str, str, str], GrantReceipt] = {}
+    refusals: dict[tuple[str, str, str], Refusal] = {}
     for item in evidence:
         if item.epoch != epoch:
             continue
+        key = (item.host_id, item.requester_id, item.nonce)
         if isinstance(item, GrantReceipt):
-            receipts.setdefault((item.host_id, item.nonce), item)
+            receipts.setdefault(key, item)
         else:
-            refusals.setdefault((item.host_id, item.nonce), item)
+            refusals.setdefault(key, item)
     refused = {(r.host_id, r.request.signature) for r in refusals.values()}
     ledgers = ledger_grants(receipts.values(), refused, owed, credential_windows)
 
-    for (host, _), refusal in sorted(refusals.items()):
+    for (host, _, _), refusal in sorted(refusals.items()):
         if host not in owed or refusal.requester_id not in owed:
             continue  # a host that was not included owes nothing; nor to a non-included
         window = credential_windows.get(refusal.requester_id)
@@ -299,7 +302,7 @@ def find_free_riders(
         # The refused request's issued time (the requester's word) bounds when the host
         # may say it refused, so a refusal dated late cannot borrow later grants.
         cutoff = refusal.time
-        if (host, refusal.nonce, refusal.requester_id) not in complained:
+        if (host, refusal.requester_id, refusal.nonce) not in complained:
             cutoff = min(cutoff, request_of(refusal).issued + MAX_CLOCK_SKEW)
         counted = [g for g in ledgers.get(host, ()) if g.counts_before(cutoff)]
         received = sum(g.amount for g in counted)

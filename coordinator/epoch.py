@@ -242,9 +242,11 @@ class EvidenceRecord:
     received_at: int | None = None  # coordinator clock; None: untimed (judged as early)
 
     @property
-    def key(self) -> tuple[str, str, str]:
+    def key(self) -> tuple[str, str, str, str]:
+        """(host, requester, nonce, kind): a request is its requester's nonce, so two
+        requesters' requests with one nonce are two requests (README section 7, step 5)."""
         kind = "grant_receipt" if isinstance(self.item, GrantReceipt) else "refusal"
-        return (self.item.host_id, self.item.nonce, kind)
+        return (self.item.host_id, self.item.requester_id, self.item.nonce, kind)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,8 +260,9 @@ class ComplaintRecord:
     relays: int = 0
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.complaint.host_id, self.complaint.nonce)
+    def key(self) -> tuple[str, str, str]:
+        """(host, requester, nonce): the request complained about."""
+        return (self.complaint.host_id, self.complaint.requester_id, self.complaint.nonce)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -328,11 +331,12 @@ class Complained:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Relayed:
-    """One attempt to relay the complaint ``key`` (host, nonce) of ``epoch`` to its host;
-    its signed answer, if it gave one, is filed as evidence by a separate ``Audited``."""
+    """One attempt to relay the complaint ``key`` (host, requester, nonce) of ``epoch`` to
+    its host; its signed answer, if it gave one, is filed as evidence by a separate
+    ``Audited``."""
 
     epoch: int
-    key: tuple[str, str]
+    key: tuple[str, str, str]
 
 
 Change = Registered | Opened | Declared | Closed | Committed | Audited | Complained | Relayed
@@ -363,14 +367,16 @@ class AuditState:
     allocation: Allocation
     windows: dict[str, tuple[int, int]]
     commitments: dict[str, int] = field(default_factory=dict)
-    evidence: dict[tuple[str, str, str], GrantReceipt | Refusal] = field(default_factory=dict)
+    # By (host, requester, nonce, kind): EvidenceRecord.key.
+    evidence: dict[tuple[str, str, str, str], GrantReceipt | Refusal] = field(
+        default_factory=dict)
     per_signer: dict[str, int] = field(default_factory=dict)  # stored receipts by host
     # Stored refusals by (host, requester): at most MAX_REFUSALS_PER_PAIR each.
     refusals_at: dict[tuple[str, str], int] = field(default_factory=dict)
     # When each item was first filed (coordinator clock; None: untimed).
-    received: dict[tuple[str, str, str], int | None] = field(default_factory=dict)
-    # Roamers' complaints by (host, nonce), and how many each roamer filed.
-    complaints: dict[tuple[str, str], ComplaintRecord] = field(default_factory=dict)
+    received: dict[tuple[str, str, str, str], int | None] = field(default_factory=dict)
+    # Roamers' complaints by (host, requester, nonce), and how many each roamer filed.
+    complaints: dict[tuple[str, str, str], ComplaintRecord] = field(default_factory=dict)
     complaints_by: dict[str, int] = field(default_factory=dict)
     complaints_at: dict[tuple[str, str], int] = field(default_factory=dict)  # (roamer, host)
     # The epoch's included nodes: every one is judged as a host, also one on probation
@@ -380,18 +386,18 @@ class AuditState:
     def __post_init__(self) -> None:
         self.members = frozenset(self.allocation.included)
 
-    def answered(self, key: tuple[str, str]) -> bool:
+    def answered(self, key: tuple[str, str, str]) -> bool:
         """Whether the host ``key[0]`` has signed an answer (receipt or refusal) to the
-        request with nonce ``key[1]`` that the coordinator holds."""
-        host, nonce = key
-        return ((host, nonce, "grant_receipt") in self.evidence
-                or (host, nonce, "refusal") in self.evidence)
+        request of requester ``key[1]`` with nonce ``key[2]`` that the coordinator holds.
+        The requester is part of the request's identity: an answer to an accomplice's
+        request reusing a roamer's nonce answers nothing of the roamer's."""
+        return (((*key, "grant_receipt") in self.evidence)
+                or ((*key, "refusal") in self.evidence))
 
     def complained(self) -> frozenset[tuple[str, str, str]]:
-        """(host, nonce, requester) of every complaint held (answered or not): the
+        """(host, requester, nonce) of every complaint held (answered or not): the
         requests a host may have decided when they were relayed, whatever their age."""
-        return frozenset((h, n, c.complaint.requester_id)
-                         for (h, n), c in self.complaints.items())
+        return frozenset(self.complaints)
 
     def pending(self) -> list[ComplaintRecord]:
         """Complaints whose host has not answered yet (to relay), oldest first."""
@@ -408,7 +414,7 @@ class AuditState:
 
     def add(self, item: GrantReceipt | Refusal, received_at: int | None = None) -> None:
         kind = "grant_receipt" if isinstance(item, GrantReceipt) else "refusal"
-        key = (item.host_id, item.nonce, kind)
+        key = (item.host_id, item.requester_id, item.nonce, kind)
         if key not in self.evidence:
             self.evidence[key] = item
             self.received[key] = received_at
@@ -447,9 +453,8 @@ class AuditState:
         capacity used when one of its capacity refusals is judged). Nothing else is
         stored, so a node that was never included cannot fill the evidence table. What a
         host signs about a request of its own is never held: no host owes itself
-        service, and an answer is known by (host, nonce), so a host's refusal of a
-        request it made to itself with the nonce of a roamer's request it dropped would
-        read as its answer to that roamer's complaint."""
+        service. (An answer is known by (host, requester, nonce), so neither that nor an
+        accomplice's request reusing a dropped request's nonce answers a complaint.)"""
         window = self.windows.get(item.requester_id)
         if (item.host_id not in self.members or window is None
                 or item.requester_id == item.host_id):
@@ -458,7 +463,7 @@ class AuditState:
         # request's, each within the skew of the window; storing more never harms.
         if not window[0] - 2 * CLOCK_SKEW <= item.time < window[1] + 2 * CLOCK_SKEW:
             return False
-        if (item.host_id, item.nonce) in self.complaints:
+        if (item.host_id, item.requester_id, item.nonce) in self.complaints:
             return True  # it answers a complaint
         if isinstance(item, GrantReceipt):
             return True
@@ -810,7 +815,8 @@ class EpochCore:
         """Verify every evidence item (registered host, the host it names, the report's
         epoch); the first bad item refuses the whole report. A verified report is never
         refused for its volume; of its items, only those that can matter
-        (:meth:`AuditState.matters`) and are not held yet (same host, nonce and kind)
+        (:meth:`AuditState.matters`) and are not held yet (same host, requester, nonce and
+        kind)
         are stored: receipts up to ``max_evidence_per_signer`` per signing host and
         epoch (a host flooding its own evidence fills only its own quota, never
         another's), refusals up to :data:`MAX_REFUSALS_PER_PAIR` per host and requester
@@ -825,7 +831,7 @@ class EpochCore:
         :func:`coordinator.enforcement.find_free_riders`)."""
         audit = self._check_audit_epoch(report.epoch, Event.AUDIT)
         opened = open_evidence(report, host_keys=self.keys)
-        new: dict[tuple[str, str, str], EvidenceRecord] = {}
+        new: dict[tuple[str, str, str, str], EvidenceRecord] = {}
         added: dict[str, int] = {}
         added_pair: dict[tuple[str, str], int] = {}
         quota = self.settings.max_evidence_per_signer
@@ -842,7 +848,7 @@ class EpochCore:
                 continue
             host = item.host_id
             pair = (host, item.requester_id)
-            answers = (host, item.nonce) in audit.complaints
+            answers = (host, item.requester_id, item.nonce) in audit.complaints
             if isinstance(item, GrantReceipt):
                 if not answers and audit.per_signer.get(host, 0) + added.get(host, 0) >= quota:
                     continue
@@ -859,7 +865,7 @@ class EpochCore:
     def check_complaint(self, c: Complaint, envelope: bytes, *, now: int,
                         credential_digest: str | None) -> Complained | None:
         """A roamer's complaint for the last closed epoch (README section 7, step 7);
-        None if the same complaint (host, nonce) is already held (idempotent).
+        None if the same complaint (host, requester, nonce) is already held (idempotent).
 
         The shell opened the envelope with the registered keys as trusted signers, so the
         signer is registered and is ``c.requester_id``. Refused (no state changed): an
@@ -907,7 +913,7 @@ class EpochCore:
                 "and epoch")
         return Complained(record=record)
 
-    def check_relay(self, epoch: int, key: tuple[str, str]) -> Relayed:
+    def check_relay(self, epoch: int, key: tuple[str, str, str]) -> Relayed:
         """Record one attempt to relay the complaint ``key`` of ``epoch``."""
         audit = self._check_audit_epoch(epoch, Event.AUDIT)
         if key not in audit.complaints:

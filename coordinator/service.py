@@ -838,7 +838,8 @@ async def complain(request: web.Request) -> web.Response:
         c.core.apply(change)
         if c.config.probe_attempts > 0:
             c.schedule_relay(complaint.epoch)
-    answer = c.store.answer(complaint.epoch, complaint.host_id, complaint.nonce)
+    answer = c.store.answer(complaint.epoch, complaint.host_id, complaint.requester_id,
+                            complaint.nonce)
     return web.json_response({
         "accepted": 1,
         "answer": None if answer is None else json.loads(answer)})

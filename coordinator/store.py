@@ -11,12 +11,15 @@ or a different coordinator key is noticed at start-up rather than served.
 
 Tables: ``meta`` (coordinator key, mechanism), ``nodes``, ``epochs`` (phase, deadline,
 announcement envelope), ``declarations`` (unique (epoch, node) and (epoch, nonce)),
-``allocations`` (envelope), ``credentials``, ``commitments``, ``evidence``,
+``allocations`` (envelope), ``credentials``, ``commitments``, ``evidence`` (one
+receipt and one refusal per (epoch, host, requester, nonce): a request is its
+requester's nonce),
 ``exclusions`` (offences of the recent history and the last epoch each keeps its node
 out), ``standings`` (one decayed offence score and unpaid debt per node,
 :mod:`coordinator.penalty`; a row stays while the node owes a debt),
 ``probes`` (coordinator probe results, :mod:`coordinator.probe`), ``complaints`` (roamers'
-complaints of unanswered requests and how often each was relayed), ``deliveries`` (one
+complaints of unanswered requests, by (epoch, host, requester, nonce), and how often
+each was relayed), ``deliveries`` (one
 probation record per node: the audited epochs in which it owed and delivered,
 README "Probation"), ``probation`` (per closed epoch, the included nodes that got no
 credential: listed in the directory as hosts, told apart from nodes not included). This
@@ -106,7 +109,7 @@ CREATE TABLE IF NOT EXISTS evidence (
     epoch INTEGER NOT NULL, host_id TEXT NOT NULL, challenge TEXT NOT NULL,
     kind TEXT NOT NULL, requester_id TEXT NOT NULL, reporter_id TEXT NOT NULL,
     envelope BLOB NOT NULL, received_at INTEGER,
-    PRIMARY KEY (epoch, host_id, challenge, kind));
+    PRIMARY KEY (epoch, host_id, requester_id, challenge, kind));
 CREATE TABLE IF NOT EXISTS exclusions (
     node_id TEXT NOT NULL, excluded_epoch INTEGER NOT NULL, detected_epoch INTEGER NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, last_epoch INTEGER,
@@ -123,7 +126,7 @@ CREATE TABLE IF NOT EXISTS complaints (
     epoch INTEGER NOT NULL, host_id TEXT NOT NULL, nonce TEXT NOT NULL,
     requester_id TEXT NOT NULL, filed_at INTEGER NOT NULL,
     relays INTEGER NOT NULL DEFAULT 0, envelope BLOB NOT NULL,
-    PRIMARY KEY (epoch, host_id, nonce));
+    PRIMARY KEY (epoch, host_id, requester_id, nonce));
 CREATE TABLE IF NOT EXISTS deliveries (
     node_id TEXT PRIMARY KEY, delivered INTEGER NOT NULL CHECK (delivered > 0),
     last_epoch INTEGER NOT NULL);
@@ -142,6 +145,12 @@ def _declaration_row(change: Declared) -> tuple[int, str, int, str, int, bytes]:
     d = change.record.declaration
     return (d.epoch, d.node_id, d.theta, d.nonce, change.record.received_at,
             change.record.envelope)
+
+
+def _create(table: str) -> str:
+    """The ``CREATE TABLE`` statement of ``table`` in :data:`SCHEMA`."""
+    head = f"CREATE TABLE IF NOT EXISTS {table} ("
+    return next(stmt.strip() for stmt in SCHEMA.split(";") if stmt.strip().startswith(head))
 
 
 class StoreError(RuntimeError):
@@ -207,7 +216,34 @@ class Store:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(evidence)")}
         if "received_at" not in columns:  # before the rebuttal window: untimed evidence
             self._db.execute("ALTER TABLE evidence ADD COLUMN received_at INTEGER")
+        self._key_by_requester()
         self._meta_default("schema_version", SCHEMA_VERSION)
+
+    def _key_by_requester(self) -> None:
+        """Migrate a database whose ``evidence`` and ``complaints`` were keyed by (host,
+        nonce): a request is (requester, nonce), so the requester joins both primary
+        keys. SQLite cannot change a primary key in place: each table is copied into one
+        of the new shape, every row kept (a wider key never merges two rows), in one
+        transaction, so a crash leaves the old tables or the new ones."""
+        old = [table for table in ("evidence", "complaints")
+               if "requester_id" not in {r[1] for r in self._db.execute(
+                   f"PRAGMA table_info({table})") if r[5] > 0}]
+        if not old:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table in old:
+                columns = ", ".join(r[1] for r in db.execute(f"PRAGMA table_info({table})"))
+                db.execute(f"ALTER TABLE {table} RENAME TO {table}_by_nonce")
+                db.execute(_create(table))
+                db.execute(f"INSERT INTO {table} ({columns}) SELECT {columns}"
+                           f" FROM {table}_by_nonce")
+                db.execute(f"DROP TABLE {table}_by_nonce")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -355,7 +391,7 @@ class Store:
                 "INSERT OR IGNORE INTO evidence (epoch, host_id, challenge, kind,"
                 " requester_id, reporter_id, envelope, received_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(change.epoch, rec.item.host_id, rec.item.nonce, rec.key[2],
+                [(change.epoch, rec.item.host_id, rec.item.nonce, rec.key[3],
                   rec.item.requester_id, rec.reporter_id, rec.envelope, rec.received_at)
                  for rec in change.new_items])
         elif isinstance(change, Complained):
@@ -368,7 +404,7 @@ class Store:
                  filed.envelope))
         elif isinstance(change, Relayed):
             db.execute("UPDATE complaints SET relays = relays + 1"
-                       " WHERE epoch = ? AND host_id = ? AND nonce = ?",
+                       " WHERE epoch = ? AND host_id = ? AND requester_id = ? AND nonce = ?",
                        (change.epoch, *change.key))
         else:  # pragma: no cover - the Change union is closed
             raise TypeError(f"not a change: {change!r}")
@@ -466,12 +502,15 @@ class Store:
             sanctions=sanctions,
             standings=standings, deliveries=deliveries, last_status=str(status))
 
-    def answer(self, epoch: int, host_id: str, nonce: str) -> bytes | None:
-        """The host's signed answer (receipt, else refusal) to the request ``nonce`` of
-        ``epoch``, if stored: what a complaint about it is answered with."""
+    def answer(self, epoch: int, host_id: str, requester_id: str, nonce: str) -> bytes | None:
+        """The host's signed answer (receipt, else refusal) to the request of
+        ``requester_id`` with ``nonce`` in ``epoch``, if stored: what a complaint about it
+        is answered with (never an answer to another requester's request reusing the
+        nonce)."""
         row = self._db.execute(
-            "SELECT envelope FROM evidence WHERE epoch = ? AND host_id = ? AND challenge = ?"
-            " ORDER BY kind LIMIT 1", (epoch, host_id, nonce)).fetchone()
+            "SELECT envelope FROM evidence WHERE epoch = ? AND host_id = ?"
+            " AND requester_id = ? AND challenge = ? ORDER BY kind LIMIT 1",
+            (epoch, host_id, requester_id, nonce)).fetchone()
         return None if row is None else bytes(row[0])
 
     def allocation(self, epoch: int) -> bytes | None:

@@ -80,15 +80,16 @@ class _Entry:
 
     receipt: Envelope
     amount: int
-    nonce: str
+    request: tuple[str, str]  # (requester, nonce): the request it grants
     seq: int  # its place in grant order (a ledger's entries are keyed by it)
     pinned: bool = False
 
 
 @dataclass(slots=True)
 class _Ledger:
-    """One epoch's receipts not filed yet (by ``seq``, in grant order), the sum and nonces
-    of every receipt kept or filed (a filed receipt is the coordinator's to keep).
+    """One epoch's receipts not filed yet (by ``seq``, in grant order), the sum and the
+    requests ((requester, nonce)) of every receipt kept or filed (a filed receipt is the
+    coordinator's to keep).
 
     ``loose`` is a heap of the kept, unpinned entries by (amount, -seq): the one a full
     ledger gives up first (the smallest, the latest of ties) is at its top, so a grant
@@ -98,23 +99,24 @@ class _Ledger:
 
     entries: dict[int, _Entry] = field(default_factory=dict)
     total: int = 0
-    nonces: set[str] = field(default_factory=set)  # of the entries and of those filed
+    # (requester, nonce) of the entries and of those filed.
+    requests: set[tuple[str, str]] = field(default_factory=set)
     loose: list[tuple[int, int, _Entry]] = field(default_factory=list)
     next_seq: int = 0
 
-    def add(self, receipt: Envelope, amount: int, nonce: str) -> None:
-        entry = _Entry(receipt=receipt, amount=amount, nonce=nonce, seq=self.next_seq)
+    def add(self, receipt: Envelope, amount: int, request: tuple[str, str]) -> None:
+        entry = _Entry(receipt=receipt, amount=amount, request=request, seq=self.next_seq)
         self.next_seq += 1
         self.entries[entry.seq] = entry
         heapq.heappush(self.loose, (amount, -entry.seq, entry))
         self.total += amount
-        self.nonces.add(nonce)
+        self.requests.add(request)
 
     def evict(self, entry: _Entry) -> None:
-        """Give up a kept receipt: its amount and nonce are no longer counted."""
+        """Give up a kept receipt: its amount and request are no longer counted."""
         del self.entries[entry.seq]
         self.total -= entry.amount
-        self.nonces.discard(entry.nonce)
+        self.requests.discard(entry.request)
 
     def smallest_loose(self) -> _Entry | None:
         """The kept, unpinned entry of the smallest amount (the latest of ties), if any."""
@@ -214,7 +216,7 @@ class Host:
 
     def filed(self, epoch: int, receipts: Iterable[Envelope]) -> None:
         """``receipts`` (of :meth:`unfiled`) reached the coordinator, or never will: they
-        leave the ledger, their sum and nonces stay."""
+        leave the ledger, their sum and requests stay."""
         book = self._ledgers.get(epoch)
         if book is None:
             return
@@ -332,13 +334,17 @@ class Host:
             answer = self.verifier.sessions.grant(decision.session, decision.amount)
             return AccessOutcome(decision=decision, session_answer=answer)
         book = self._ledgers.get(decision.epoch)
-        if decision.granted and decision.request is not None and book is not None and (
-                decision.request.nonce in book.nonces):
-            # The audit knows a grant by (host, nonce): a second grant under a nonce of
-            # the ledger (a requester reusing it once the replay window forgot it) would
-            # shadow the ledger entry. Plain error, nothing signed, nothing consumed.
+        if (decision.granted and decision.request is not None and book is not None
+                and decision.requester_id is not None
+                and (decision.requester_id, decision.request.nonce) in book.requests):
+            # The audit knows a grant by (host, requester, nonce): a second grant of one
+            # requester's nonce (reused once the replay window forgot it) would shadow the
+            # ledger entry. Plain error, nothing signed, nothing consumed. Another
+            # requester's request with the same nonce is another request: decided and
+            # answered with a signature like any, so two colluders sharing a nonce cannot
+            # leave one of them without a signed answer to complain about.
             decision = Decision(granted=False, reason=ReplayError.code, epoch=decision.epoch,
-                                message="nonce already granted in this epoch")
+                                message="request already granted in this epoch")
         self.decisions[decision.reason] += 1
         request = decision.request
         who = decision.requester_id
@@ -390,7 +396,7 @@ class Host:
         if len(payload) > GrantReceipt.MAX_PAYLOAD_BYTES:
             raise TooLargeError(f"receipt payload of {len(payload)} bytes")
         envelope = Envelope.seal(self.identity, GrantReceipt.TYPE, payload)
-        self._record(decision.epoch, envelope, decision.amount, request.nonce)
+        self._record(decision.epoch, envelope, decision.amount, (who, request.nonce))
         return self._remember(who, AccessOutcome(decision=decision, receipt=envelope))
 
     def _remember(self, who: str, outcome: AccessOutcome) -> AccessOutcome:
@@ -424,7 +430,8 @@ class Host:
             return AccessOutcome(decision=decision, receipt=signed)
         return AccessOutcome(decision=decision, refusal=signed)
 
-    def _record(self, epoch: int, receipt: Envelope, amount: int, nonce: str) -> None:
+    def _record(self, epoch: int, receipt: Envelope, amount: int,
+                request: tuple[str, str]) -> None:
         # The audit judges a capacity refusal by the sum of the host's receipts before it
         # (coordinator.enforcement): once the receipts kept or filed add up to what was
         # opened, every later refusal is justified and later receipts need not be kept.
@@ -443,7 +450,7 @@ class Host:
                 book.evict(smallest)
             elif len(book.entries) >= 2 * MAX_LEDGER:
                 return
-        book.add(receipt, amount, nonce)
+        book.add(receipt, amount, request)
 
     def _pin(self, epoch: int, asked: int) -> None:
         # The gate refused ``asked`` for capacity: the receipts granted so far leave less

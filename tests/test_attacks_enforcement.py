@@ -83,8 +83,8 @@ def test_a_host_cannot_answer_a_complaint_with_a_refusal_of_its_own_request() ->
     core.apply(audited)
     audit = core.audit
     assert audit is not None
-    assert not audit.answered((HOST.node_id, nonce))
-    core.apply(Relayed(epoch=0, key=(HOST.node_id, nonce)))
+    assert not audit.answered((HOST.node_id, ROAMER.node_id, nonce))
+    core.apply(Relayed(epoch=0, key=(HOST.node_id, ROAMER.node_id, nonce)))
     standing = audit.standing_complaints(at + 1000, core.settings.rebuttal_seconds)
     assert [c.nonce for c in standing] == [nonce]
 
@@ -136,7 +136,7 @@ def test_an_honest_host_is_never_an_unjustified_refuser(steps: list[Step], kind:
         else:
             nonce = open_envelope(body.request.to_bytes(), AccessRequest,
                                   trusted={roamer.public_key})[1].nonce
-            complained.add((HOST.node_id, nonce, roamer.node_id))
+            complained.add((HOST.node_id, roamer.node_id, nonce))
             now += relayed  # the host's clock only moves on
             out = h.resolve(body.to_bytes(), now=now)
         if out.refusal is not None:

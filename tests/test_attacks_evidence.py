@@ -111,7 +111,8 @@ def test_a_hosts_answer_to_a_complaint_is_kept_beyond_every_cap() -> None:
         kept = core.check_audit(host.node_id, audit_report(host, [answer]), now=t + 2)
         assert len(kept.new_items) == 1, answer_kind
         core.apply(kept)
-        assert core.audit is not None and core.audit.answered((host.node_id, req.nonce))
+        assert core.audit is not None and core.audit.answered(
+            (host.node_id, roamer.node_id, req.nonce))
 
 
 def test_replayed_and_foreign_epoch_evidence_changes_nothing() -> None:
