@@ -334,17 +334,20 @@ class Host:
             answer = self.verifier.sessions.grant(decision.session, decision.amount)
             return AccessOutcome(decision=decision, session_answer=answer)
         book = self._ledgers.get(decision.epoch)
-        if (decision.granted and decision.request is not None and book is not None
-                and decision.requester_id is not None
-                and (decision.requester_id, decision.request.nonce) in book.requests):
-            # The audit knows a grant by (host, requester, nonce): a second grant of one
-            # requester's nonce (reused once the replay window forgot it) would shadow the
-            # ledger entry. Plain error, nothing signed, nothing consumed. Another
-            # requester's request with the same nonce is another request: decided and
-            # answered with a signature like any, so two colluders sharing a nonce cannot
-            # leave one of them without a signed answer to complain about.
+        asked = None if decision.request is None or decision.requester_id is None else (
+            decision.requester_id, decision.request.nonce)
+        if asked is not None and (asked in self._answers.get(decision.epoch, {}) or (
+                book is not None and asked in book.requests)):
+            # One signed answer per (requester, nonce): the audit knows a request by
+            # (host, requester, nonce) and voids a grant whose request the host also
+            # refused. A request answered on its relay (outside the replay window) and
+            # then sent directly, or reused once the replay window forgot it, would get a
+            # second answer: a plain error, nothing signed, nothing consumed. Another
+            # requester's request with the same nonce is another request, decided and
+            # signed like any, so two colluders sharing a nonce cannot leave one of them
+            # without a signed answer to complain about.
             decision = Decision(granted=False, reason=ReplayError.code, epoch=decision.epoch,
-                                message="request already granted in this epoch")
+                                message="request already answered in this epoch")
         self.decisions[decision.reason] += 1
         request = decision.request
         who = decision.requester_id
