@@ -399,3 +399,26 @@ def test_a_database_keyed_by_host_and_nonce_keeps_its_evidence_and_complaints(
         assert restored.audit.complaints == core.audit.complaints
         [(_, kept)] = restored.audit.complaints.items()
         assert kept.relays == 1
+
+
+def test_a_request_answered_on_its_relay_is_not_answered_again_when_sent() -> None:
+    """A roamer complains about a request it never sent; the relay is granted (its share
+    used). Sent directly afterwards -- the replay window never saw a relayed request --
+    it was decided again and refused for capacity: two signed answers to one request,
+    and the audit voids a grant whose request the host also refused, so the honest host
+    was framed. Now the second arrival is a plain replay."""
+    core = new_core()
+    _, creds = close_epoch_zero(core, PEOPLE)
+    audit = core.audit
+    assert audit is not None
+    owed = audit.allocation.owed()[HOST.node_id]
+    h = Host(HOST, kind="wlan_coverage", location=0,
+             coordinator_key=core.identity.public_key)
+    start = max(a for a, _ in audit.windows.values())
+    h.open_epoch(epoch=0, included=audit.allocation.included, opened=owed, now=start,
+                 owed=owed)
+    body = _body(ROAMER, creds, now=start, amount=owed)
+    relayed = h.resolve(body.to_bytes(), now=start)
+    assert relayed.receipt is not None
+    sent = h.access(body.to_bytes(), now=start + 1)
+    assert (sent.decision.reason, sent.receipt, sent.refusal) == ("replay", None, None)
