@@ -77,6 +77,24 @@ def _item(envelope: Envelope) -> GrantReceipt | Refusal:
     return open_envelope(envelope.to_bytes(), Refusal, trusted=None)[1]
 
 
+def _honest_host(*, extra: bool = False
+                 ) -> tuple[EpochCore, dict[str, Envelope], Host, int]:
+    """Epoch 0 closed on a core (the audit running), its credentials, and an honest
+    coverage host that opened what it owes (``extra``: twice that, and more) at the
+    windows' start, the time it returns."""
+    core = new_core()
+    _, creds = close_epoch_zero(core, PEOPLE, kind="wlan_coverage")
+    audit = core.audit
+    assert audit is not None
+    owed = audit.allocation.owed()[HOST.node_id]
+    h = Host(HOST, kind="wlan_coverage", location=0,
+             coordinator_key=core.identity.public_key)
+    start = max(a for a, _ in audit.windows.values())
+    h.open_epoch(epoch=0, included=audit.allocation.included,
+                 opened=2 * owed + 2 if extra else owed, now=start, owed=owed)
+    return core, creds, h, start
+
+
 # --- (1) a host and one accomplice cannot shadow a roamer's complaint --------------------
 
 
@@ -175,16 +193,10 @@ def test_two_colluders_reusing_one_nonce_never_get_an_honest_host_excluded(
     them (or not, or again) in any order, complain about both and have them relayed at
     any moment. Every request gets a signed answer from the host (directly or to the
     relay), every complaint is answered, and the audit finds nothing against the host."""
-    core = new_core()
-    _, creds = close_epoch_zero(core, PEOPLE, kind="wlan_coverage")
+    core, creds, h, start = _honest_host()
     audit = core.audit
     assert audit is not None
     owed = audit.allocation.owed()[HOST.node_id]
-    h = Host(HOST, kind="wlan_coverage", location=0,
-             coordinator_key=core.identity.public_key)
-    start = max(a for a, _ in audit.windows.values())
-    h.open_epoch(epoch=0, included=audit.allocation.included, opened=owed, now=start,
-                 owed=owed)
     colluders = (ROAMER, ACCOMPLICE)
     now = start
     bodies = [_body(c, creds, now=now + offsets[i], amount=units[i] * max(1, owed // 2))
@@ -243,16 +255,7 @@ def test_another_requesters_request_with_a_granted_nonce_gets_a_signed_answer() 
     """The host's ledger knew granted nonces, not requests: the second colluder's request
     reusing the first's granted nonce got a plain replay error -- nothing signed for the
     complaint -- also when relayed."""
-    core = new_core()
-    _, creds = close_epoch_zero(core, PEOPLE)
-    audit = core.audit
-    assert audit is not None
-    owed = audit.allocation.owed()[HOST.node_id]
-    h = Host(HOST, kind="wlan_coverage", location=0,
-             coordinator_key=core.identity.public_key)
-    start = max(a for a, _ in audit.windows.values())
-    h.open_epoch(epoch=0, included=audit.allocation.included, opened=owed, now=start,
-                 owed=owed)
+    _, creds, h, start = _honest_host()
     first = h.access(_body(ACCOMPLICE, creds, now=start).to_bytes(), now=start)
     assert first.receipt is not None
     second = _body(ROAMER, creds, now=start)
@@ -270,16 +273,7 @@ def test_the_same_requesters_nonce_is_still_refused_as_a_replay() -> None:
     new request (new time, new signature) with the same nonce, and a relay of that new
     request get no second signed answer; the relay gets the first receipt, byte for byte,
     and the capacity is consumed once."""
-    core = new_core()
-    _, creds = close_epoch_zero(core, PEOPLE)
-    audit = core.audit
-    assert audit is not None
-    owed = audit.allocation.owed()[HOST.node_id]
-    h = Host(HOST, kind="wlan_coverage", location=0,
-             coordinator_key=core.identity.public_key)
-    start = max(a for a, _ in audit.windows.values())
-    h.open_epoch(epoch=0, included=audit.allocation.included, opened=owed, now=start,
-                 owed=owed)
+    _, creds, h, start = _honest_host()
     body = _body(ROAMER, creds, now=start)
     first = h.access(body.to_bytes(), now=start)
     assert first.receipt is not None
@@ -300,16 +294,7 @@ def test_a_requester_reusing_its_nonce_past_the_kept_answers_gets_no_second_gran
     """Past the bound on kept answers a relay is decided again; the ledger still refuses
     a second grant of the same (requester, nonce) with a plain replay error."""
     monkeypatch.setattr("node.host.MAX_ANSWERS", 0)
-    core = new_core()
-    _, creds = close_epoch_zero(core, PEOPLE)
-    audit = core.audit
-    assert audit is not None
-    owed = audit.allocation.owed()[HOST.node_id]
-    h = Host(HOST, kind="wlan_coverage", location=0,
-             coordinator_key=core.identity.public_key)
-    start = max(a for a, _ in audit.windows.values())
-    h.open_epoch(epoch=0, included=audit.allocation.included, opened=2 * owed + 2,
-                 now=start, owed=owed)
+    _, creds, h, start = _honest_host(extra=True)
     assert h.access(_body(ROAMER, creds, now=start).to_bytes(), now=start).receipt is not None
     later = start + 2 * CLOCK_SKEW + 1  # the second request is stale: only a relay
     relayed = h.resolve(_body(ROAMER, creds, now=start + 2).to_bytes(), now=later)
@@ -407,16 +392,10 @@ def test_a_request_answered_on_its_relay_is_not_answered_again_when_sent() -> No
     it was decided again and refused for capacity: two signed answers to one request,
     and the audit voids a grant whose request the host also refused, so the honest host
     was framed. Now the second arrival is a plain replay."""
-    core = new_core()
-    _, creds = close_epoch_zero(core, PEOPLE)
+    core, creds, h, start = _honest_host()
     audit = core.audit
     assert audit is not None
     owed = audit.allocation.owed()[HOST.node_id]
-    h = Host(HOST, kind="wlan_coverage", location=0,
-             coordinator_key=core.identity.public_key)
-    start = max(a for a, _ in audit.windows.values())
-    h.open_epoch(epoch=0, included=audit.allocation.included, opened=owed, now=start,
-                 owed=owed)
     body = _body(ROAMER, creds, now=start, amount=owed)
     relayed = h.resolve(body.to_bytes(), now=start)
     assert relayed.receipt is not None
