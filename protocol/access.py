@@ -411,8 +411,10 @@ class AccessVerifier:
         decided again once the host enforces that epoch.
 
         ``relayed``: the body is a roamer's complaint relayed by the coordinator (README
-        section 7, step 7): every check but the last, since the request is an old one the
-        host must answer (again) whatever its age; nothing is remembered.
+        section 7, step 7): the credential's window is judged at the request's ``issued``
+        (widened by :data:`MAX_CLOCK_SKEW`), not at ``now``, and freshness and replay are
+        not checked, since the request is an old one the host must answer (again)
+        whatever its age; nothing is remembered.
         """
         fast = self._fast_body(raw)
         if fast is not None:
@@ -436,7 +438,8 @@ class AccessVerifier:
                        key: VerifyKey | None = None, *, epoch: int, now: int,
                        relayed: bool = False) -> VerifiedAccess:
         check_epoch(cred.epoch, current=epoch)
-        check_validity(cred.not_before, cred.expires, now=now, max_skew=self.replays.skew)
+        if not relayed:
+            check_validity(cred.not_before, cred.expires, now=now, max_skew=self.replays.skew)
         if envelope.signer != cred.public_key:
             raise BadProofError("access request is not signed by the credential's key")
         if envelope.type != AccessRequest.TYPE:
@@ -451,7 +454,17 @@ class AccessVerifier:
             raise BadProofError("access request names another credential")
         if request.epoch != cred.epoch:
             raise BadProofError("access request is bound to another epoch")
-        if not relayed:
+        if relayed:
+            # A relay reaches the host whenever the coordinator gets to it -- after the
+            # credential expired if the roamer filed late, a relay was retried or the
+            # epoch was closed late -- so its window is judged at the request's own
+            # ``issued``, by the rule the coordinator accepted the complaint under
+            # (``EpochCore.check_complaint``: the window widened by the protocol's skew).
+            # Judged at ``now``, a late relay would get a plain error and the complaint
+            # would stand against an honest host (README section 7, step 7).
+            check_validity(cred.not_before, cred.expires, now=request.issued,
+                           max_skew=MAX_CLOCK_SKEW)
+        else:
             self.replays.check_and_record(cred.node_id, request.nonce, request.issued, now)
         return VerifiedAccess(
             requester_id=cred.node_id, credential=cred, request=request, envelope=envelope
