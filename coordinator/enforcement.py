@@ -246,7 +246,8 @@ def find_free_riders(
     cannot borrow later grants; a refusal of a complained request may answer its relay,
     decided whatever the request's age (:meth:`node.host.Host.resolve`), so it is placed
     at its own time (the coordinator holds none dated past its clock by more than the skew:
-    :meth:`coordinator.epoch.EpochCore.check_audit`).
+    :meth:`coordinator.epoch.EpochCore.check_audit`), and judged if its request was issued
+    inside the credential window, however late the relay that it answers.
     """
     epoch = allocation.epoch
     found: dict[tuple[str, str], Exclusion] = {}
@@ -297,12 +298,19 @@ def find_free_riders(
         if host not in owed or refusal.requester_id not in owed:
             continue  # a host that was not included owes nothing; nor to a non-included
         window = credential_windows.get(refusal.requester_id)
-        if window is None or not window[0] <= refusal.time < window[1]:
+        relayed = (host, refusal.requester_id, refusal.nonce) in complained
+        # A complained request may be decided on its relay whenever that reaches the host,
+        # after the credential expired too (its window is judged at the request's
+        # ``issued``: protocol.access ``check(relayed=True)``), so its refusal is in the
+        # window if the request was -- else a host that drops requests and answers only
+        # the relays that come late would escape with refusals "outside" the window.
+        at = request_of(refusal).issued if relayed else refusal.time
+        if window is None or not window[0] <= at < window[1]:
             continue  # the credential was not valid then: any refusal is fair
         # The refused request's issued time (the requester's word) bounds when the host
         # may say it refused, so a refusal dated late cannot borrow later grants.
         cutoff = refusal.time
-        if (host, refusal.requester_id, refusal.nonce) not in complained:
+        if not relayed:
             cutoff = min(cutoff, request_of(refusal).issued + MAX_CLOCK_SKEW)
         counted = [g for g in ledgers.get(host, ()) if g.counts_before(cutoff)]
         received = sum(g.amount for g in counted)

@@ -459,12 +459,15 @@ class AuditState:
         if (item.host_id not in self.members or window is None
                 or item.requester_id == item.host_id):
             return False
+        if (item.host_id, item.requester_id, item.nonce) in self.complaints:
+            # It answers a complaint, whenever it was signed: a relay may reach the host
+            # long after the credential expired (a late close, a retried relay), and the
+            # judgement places the answer of a complained request by the request's time.
+            return True
         # Twice the skew: the judgement may place an item by its own time or by the
         # request's, each within the skew of the window; storing more never harms.
         if not window[0] - 2 * CLOCK_SKEW <= item.time < window[1] + 2 * CLOCK_SKEW:
             return False
-        if (item.host_id, item.requester_id, item.nonce) in self.complaints:
-            return True  # it answers a complaint
         if isinstance(item, GrantReceipt):
             return True
         # out_of_range is judged by the host's kind (coordinator.enforcement): keep it.
