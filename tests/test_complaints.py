@@ -39,6 +39,8 @@ from helpers.coordinator import (
     runner,
 )
 from helpers.node import BedNode, node_bed, step_all
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coordinator.config import CoordinatorConfig
 from coordinator.enforcement import UNANSWERED_COMPLAINT, UNJUSTIFIED_REFUSAL
@@ -319,8 +321,30 @@ def dropper_front(host: Host, clock: Callable[[], int], *, relays: bool) -> web.
     return app
 
 
+def losing_relays(app: web.Application, lost: int) -> web.Application:
+    """``app`` behind a network that loses the first ``lost`` relays to it (the
+    connection closed before the node sees them): the coordinator must retry."""
+    seen = [0]
+
+    @web.middleware
+    async def lose(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/v1/resolve" and seen[0] < lost:
+            seen[0] += 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        return await handler(request)
+
+    app.middlewares.append(lose)
+    return app
+
+
 @contextlib.asynccontextmanager
-async def world(tmp_path: Path, *, relays: bool, probes: int = 2) -> AsyncIterator[World]:
+async def world(tmp_path: Path, *, relays: bool, probes: int = 2, lost_relays: int = 0,
+                lossy: Identity = HONEST) -> AsyncIterator[World]:
+    """Epoch 0 closed and served: HONEST, ROAMER and OTHER honest nodes, DROPPER a false
+    committer; the network (or the node) loses the first ``lost_relays`` relays to
+    ``lossy``."""
     clock = FakeClock()
     hosts = {p.node_id: Host(p, kind="wlan_coverage", location=0,
                              coordinator_key=COORDINATOR.public_key) for p in PEOPLE}
@@ -330,6 +354,8 @@ async def world(tmp_path: Path, *, relays: bool, probes: int = 2) -> AsyncIterat
         host = hosts[p.node_id]
         app = (dropper_front(host, clock, relays=relays) if p is DROPPER
                else node_app(host, clock=clock))
+        if p is lossy and lost_relays:
+            app = losing_relays(app, lost_relays)
         r, ep = await start_site(app)
         runners.append(r)
         endpoints[p.node_id] = ep
@@ -524,3 +550,136 @@ async def test_a_node_complains_about_every_request_without_a_signed_answer(
         assert request.host_id == host.node_id and request.epoch == 1
         assert await step_all(agents) == ["waiting"] * 2
         assert len(fake.complaints) == 1  # filed once
+
+
+# --- late relays (issue 11: an honest host framed by a relay after the credential expired) --
+
+
+def expiry_of(cred: Envelope) -> int:
+    return open_envelope(cred.to_bytes(), Credential, trusted={COORDINATOR.public_key})[1].expires
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=st.integers(1, 200), delay=st.integers(0, 100_000))
+def test_a_relay_is_answered_with_a_signed_answer_however_late_it_lands(
+        before: int, delay: int) -> None:
+    """A request issued inside its credential's window (widened by the skew, the rule the
+    coordinator accepts a complaint under) gets a signed answer on its relay at any later
+    time of the epoch: 61 s, 200 s or a day after the credential expired."""
+    core, creds = audited_core()
+    assert core.audit is not None
+    expires = expiry_of(creds[ROAMER.node_id])
+    host = Host(HONEST, kind="wlan_coverage", location=0,
+                coordinator_key=COORDINATOR.public_key)
+    host.open_epoch(epoch=0, included=core.audit.allocation.included, opened=10**6,
+                    now=T0 + EPOCH_SECONDS + 1)
+    issued = expires + MAX_CLOCK_SKEW - before
+    body = make_access_request(ROAMER, creds[ROAMER.node_id], host_id=HONEST.node_id,
+                               amount=5, now=issued)
+    # the coordinator holds such a complaint ...
+    assert check(core, creds, complaint(ROAMER, HONEST, body.request), now=issued + delay)
+    # ... and the host signs an answer to its relay, whenever it lands
+    outcome = host.resolve(body.to_bytes(), now=issued + delay)
+    assert outcome.receipt is not None or outcome.refusal is not None
+
+
+@pytest.mark.parametrize("late", [0, 1, 500])
+def test_a_relayed_request_issued_outside_its_credential_window_is_not_decided(
+        late: int) -> None:
+    core, creds = audited_core()
+    assert core.audit is not None
+    expires = expiry_of(creds[ROAMER.node_id])
+    host = Host(HONEST, kind="wlan_coverage", location=0,
+                coordinator_key=COORDINATOR.public_key)
+    host.open_epoch(epoch=0, included=core.audit.allocation.included, opened=10**6,
+                    now=T0 + EPOCH_SECONDS + 1)
+    issued = expires + MAX_CLOCK_SKEW + late
+    body = make_access_request(ROAMER, creds[ROAMER.node_id], host_id=HONEST.node_id,
+                               amount=5, now=issued)
+    with pytest.raises(InkindError) as refused:  # the coordinator refuses the complaint
+        check(core, creds, complaint(ROAMER, HONEST, body.request), now=issued)
+    assert refused.value.code == "not_yet_valid"
+    outcome = host.resolve(body.to_bytes(), now=issued)
+    assert outcome.decision.reason == "expired" and outcome.refusal is None
+    assert host.resource.granted_total == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("after", [MAX_CLOCK_SKEW + 1, 200])
+async def test_a_complaint_filed_at_the_last_moment_cannot_frame_an_honest_host(
+        tmp_path: Path, after: int) -> None:
+    """The roamer files its complaint just before its credential expires; the first relay
+    is lost and the retry lands ``after`` seconds after expiry: the host still signs."""
+    async with world(tmp_path, relays=True, lost_relays=1) as w:
+        expires = expiry_of(w.creds[ROAMER.node_id])
+        w.clock.now = expires - 1
+        never_sent = make_access_request(ROAMER, w.creds[ROAMER.node_id],
+                                         host_id=HONEST.node_id, amount=1000,
+                                         now=w.clock()).request
+        await w.post("/v1/complaints", complaint(ROAMER, HONEST, never_sent))  # its relay lost
+        w.clock.now = expires + after
+        await w.post("/v1/admin/probe", admin=True)
+        got = await w.post("/v1/complaints", complaint(ROAMER, HONEST, never_sent))
+        assert got["answer"] is not None
+        assert (await w.cut_off()) & {(HONEST.node_id, r) for r in
+                                      (UNANSWERED_COMPLAINT, UNJUSTIFIED_REFUSAL)} == set()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_complaint_after_a_late_manual_close_cannot_frame_an_honest_host(
+        tmp_path: Path) -> None:
+    """The next close is late (an admin's): the audit of epoch 0 is still open long after
+    its credentials expired, and a complaint about a request issued in time is filed and
+    relayed then."""
+    async with world(tmp_path, relays=True) as w:
+        expires = expiry_of(w.creds[ROAMER.node_id])
+        request = make_access_request(ROAMER, w.creds[ROAMER.node_id],
+                                      host_id=HONEST.node_id, amount=1000,
+                                      now=expires - 10).request
+        w.clock.now = expires + 3600
+        await w.post("/v1/complaints", complaint(ROAMER, HONEST, request))
+        await w.post("/v1/admin/probe", admin=True)
+        got = await w.post("/v1/complaints", complaint(ROAMER, HONEST, request))
+        assert got["answer"] is not None
+        assert (await w.cut_off()) & {(HONEST.node_id, r) for r in
+                                      (UNANSWERED_COMPLAINT, UNJUSTIFIED_REFUSAL)} == set()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("relays", [False, True])
+async def test_a_dropper_complained_about_early_is_still_caught_after_a_late_close(
+        tmp_path: Path, relays: bool) -> None:
+    async with world(tmp_path, relays=relays) as w:
+        request, answer = await w.ask(ROAMER, DROPPER)
+        assert answer is None
+        await w.post("/v1/complaints", complaint(ROAMER, DROPPER, request))
+        await w.post("/v1/admin/probe", admin=True)
+        w.clock.now = expiry_of(w.creds[ROAMER.node_id]) + 3600  # the close is late
+        await w.post("/v1/admin/probe", admin=True)
+        expected = UNJUSTIFIED_REFUSAL if relays else UNANSWERED_COMPLAINT
+        assert (DROPPER.node_id, expected) in await w.cut_off()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_dropper_that_answers_only_the_relays_after_expiry_is_still_caught(
+        tmp_path: Path) -> None:
+    """It drops the request and every relay while the credential is valid, and signs a
+    refusal only for a relay after it expired: the refusal is judged at its request's
+    time (inside the window), not excused as "outside" it."""
+    async with world(tmp_path, relays=True, lost_relays=2, lossy=DROPPER) as w:
+        request, answer = await w.ask(ROAMER, DROPPER)
+        assert answer is None
+        await w.post("/v1/complaints", complaint(ROAMER, DROPPER, request))  # relay lost
+        await w.post("/v1/admin/probe", admin=True)  # relay lost
+        expires = expiry_of(w.creds[ROAMER.node_id])
+        w.clock.now = expires + 3600
+        await w.post("/v1/admin/probe", admin=True)
+        got = await w.post("/v1/complaints", complaint(ROAMER, DROPPER, request))
+        refusal = open_embedded(Envelope.from_obj(got["answer"]), Refusal,
+                                trusted={DROPPER.public_key})[1]
+        assert refusal.time > expires + MAX_CLOCK_SKEW
+        assert (DROPPER.node_id, UNJUSTIFIED_REFUSAL) in await w.cut_off()
