@@ -270,6 +270,15 @@ class World:
         except (aiohttp.ClientError, TimeoutError):
             return body.request, None
 
+    async def complain(self, who: Identity, host: Identity, request: Envelope) -> Any:
+        """``who`` files (or files again) its complaint: the host's answer held, or None."""
+        return (await self.post("/v1/complaints", complaint(who, host, request)))["answer"]
+
+    async def honest_framed(self) -> set[tuple[str, str]]:
+        """:meth:`cut_off`: HONEST's offences that complaints can bring."""
+        return await self.cut_off() & {(HONEST.node_id, r) for r in
+                                       (UNANSWERED_COMPLAINT, UNJUSTIFIED_REFUSAL)}
+
     async def cut_off(self) -> set[tuple[str, str]]:
         """Close epoch 1, REBUTTAL seconds after the complaints: the offences of epoch 0."""
         self.clock.now += REBUTTAL + 1
@@ -403,8 +412,11 @@ async def world(tmp_path: Path, *, relays: bool, probes: int = 2, lost_relays: i
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("relays", [False, True])
+@pytest.mark.parametrize("late_close", [False, True])
 async def test_a_false_committer_that_drops_roamers_is_caught_by_their_complaints(
-        tmp_path: Path, relays: bool) -> None:
+        tmp_path: Path, relays: bool, late_close: bool) -> None:
+    """``late_close``: the next close comes long after the credentials expired, with
+    relays meanwhile (the complaint was filed early): still caught."""
     async with world(tmp_path, relays=relays) as w:
         request, answer = await w.ask(ROAMER, DROPPER)
         assert answer is None  # dropped: nothing signed, no evidence
@@ -413,6 +425,9 @@ async def test_a_false_committer_that_drops_roamers_is_caught_by_their_complaint
         got = await w.post("/v1/complaints", complaint(ROAMER, DROPPER, request))
         assert got["accepted"] == 1
         await w.post("/v1/admin/probe", admin=True)  # a round: probes and relays
+        if late_close:
+            w.clock.now = expiry_of(w.creds[ROAMER.node_id]) + 3600
+            await w.post("/v1/admin/probe", admin=True)
         again = await w.post("/v1/complaints", complaint(ROAMER, DROPPER, request))
         if relays:
             # its node answered the relay, and had nothing open: a signed refusal the
@@ -474,8 +489,7 @@ async def test_complaints_never_frame_an_honest_host(tmp_path: Path) -> None:
         for req in flood:
             again_flood = await w.post("/v1/complaints", complaint(ROAMER, HONEST, req))
             assert again_flood["answer"] is not None
-        assert (await w.cut_off()) & {(HONEST.node_id, r) for r in
-                                      (UNANSWERED_COMPLAINT, UNJUSTIFIED_REFUSAL)} == set()
+        assert await w.honest_framed() == set()
 
 
 @pytest.mark.asyncio
@@ -491,13 +505,19 @@ async def test_a_complaint_filed_inside_the_rebuttal_window_or_never_relayed_is_
         assert (DROPPER.node_id, UNANSWERED_COMPLAINT) not in await w.cut_off()
 
 
-def test_a_relayed_request_is_checked_like_any_other() -> None:
-    core, creds = audited_core()
+def serving_host(core: EpochCore) -> Host:
+    """HONEST's host enforcing the audited epoch 0 of ``core``, with room to grant."""
+    assert core.audit is not None
     host = Host(HONEST, kind="wlan_coverage", location=0,
                 coordinator_key=COORDINATOR.public_key)
-    assert core.audit is not None
     host.open_epoch(epoch=0, included=core.audit.allocation.included, opened=10**6,
                     now=T0 + EPOCH_SECONDS + 1)
+    return host
+
+
+def test_a_relayed_request_is_checked_like_any_other() -> None:
+    core, creds = audited_core()
+    host = serving_host(core)
     at = T0 + EPOCH_SECONDS + 1
     other_host = make_access_request(ROAMER, creds[ROAMER.node_id], host_id=OTHER.node_id,
                                      amount=1, now=at)
@@ -567,12 +587,7 @@ def test_a_relay_is_answered_with_a_signed_answer_however_late_it_lands(
     coordinator accepts a complaint under) gets a signed answer on its relay at any later
     time of the epoch: 61 s, 200 s or a day after the credential expired."""
     core, creds = audited_core()
-    assert core.audit is not None
-    expires = expiry_of(creds[ROAMER.node_id])
-    host = Host(HONEST, kind="wlan_coverage", location=0,
-                coordinator_key=COORDINATOR.public_key)
-    host.open_epoch(epoch=0, included=core.audit.allocation.included, opened=10**6,
-                    now=T0 + EPOCH_SECONDS + 1)
+    host, expires = serving_host(core), expiry_of(creds[ROAMER.node_id])
     issued = expires + MAX_CLOCK_SKEW - before
     body = make_access_request(ROAMER, creds[ROAMER.node_id], host_id=HONEST.node_id,
                                amount=5, now=issued)
@@ -587,12 +602,7 @@ def test_a_relay_is_answered_with_a_signed_answer_however_late_it_lands(
 def test_a_relayed_request_issued_outside_its_credential_window_is_not_decided(
         late: int) -> None:
     core, creds = audited_core()
-    assert core.audit is not None
-    expires = expiry_of(creds[ROAMER.node_id])
-    host = Host(HONEST, kind="wlan_coverage", location=0,
-                coordinator_key=COORDINATOR.public_key)
-    host.open_epoch(epoch=0, included=core.audit.allocation.included, opened=10**6,
-                    now=T0 + EPOCH_SECONDS + 1)
+    host, expires = serving_host(core), expiry_of(creds[ROAMER.node_id])
     issued = expires + MAX_CLOCK_SKEW + late
     body = make_access_request(ROAMER, creds[ROAMER.node_id], host_id=HONEST.node_id,
                                amount=5, now=issued)
@@ -606,61 +616,28 @@ def test_a_relayed_request_issued_outside_its_credential_window_is_not_decided(
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("after", [MAX_CLOCK_SKEW + 1, 200])
-async def test_a_complaint_filed_at_the_last_moment_cannot_frame_an_honest_host(
-        tmp_path: Path, after: int) -> None:
-    """The roamer files its complaint just before its credential expires; the first relay
-    is lost and the retry lands ``after`` seconds after expiry: the host still signs."""
-    async with world(tmp_path, relays=True, lost_relays=1) as w:
-        expires = expiry_of(w.creds[ROAMER.node_id])
-        w.clock.now = expires - 1
-        never_sent = make_access_request(ROAMER, w.creds[ROAMER.node_id],
-                                         host_id=HONEST.node_id, amount=1000,
-                                         now=w.clock()).request
-        await w.post("/v1/complaints", complaint(ROAMER, HONEST, never_sent))  # its relay lost
-        w.clock.now = expires + after
-        await w.post("/v1/admin/probe", admin=True)
-        got = await w.post("/v1/complaints", complaint(ROAMER, HONEST, never_sent))
-        assert got["answer"] is not None
-        assert (await w.cut_off()) & {(HONEST.node_id, r) for r in
-                                      (UNANSWERED_COMPLAINT, UNJUSTIFIED_REFUSAL)} == set()
-
-
-@pytest.mark.asyncio
-@pytest.mark.timeout(60)
-async def test_a_complaint_after_a_late_manual_close_cannot_frame_an_honest_host(
-        tmp_path: Path) -> None:
-    """The next close is late (an admin's): the audit of epoch 0 is still open long after
-    its credentials expired, and a complaint about a request issued in time is filed and
-    relayed then."""
-    async with world(tmp_path, relays=True) as w:
+@pytest.mark.parametrize(("filed", "relayed", "lost"), [
+    (-1, MAX_CLOCK_SKEW + 1, 1),  # filed at the last moment, its relay lost, retried late
+    (-1, 200, 1),
+    (3600, 3600, 0),  # the next close is late (an admin's): filed and relayed then
+])
+async def test_a_late_complaint_or_relay_cannot_frame_an_honest_host(
+        tmp_path: Path, filed: int, relayed: int, lost: int) -> None:
+    """A request issued just before its credential expires; the complaint is filed
+    ``filed`` seconds after expiry (while the audit of epoch 0 is still open), the first
+    ``lost`` relays are lost and a relay lands ``relayed`` seconds after expiry: the
+    honest host signs an answer and is not excluded."""
+    async with world(tmp_path, relays=True, lost_relays=lost) as w:
         expires = expiry_of(w.creds[ROAMER.node_id])
         request = make_access_request(ROAMER, w.creds[ROAMER.node_id],
                                       host_id=HONEST.node_id, amount=1000,
-                                      now=expires - 10).request
-        w.clock.now = expires + 3600
-        await w.post("/v1/complaints", complaint(ROAMER, HONEST, request))
+                                      now=expires - 1).request
+        w.clock.now = expires + filed
+        await w.complain(ROAMER, HONEST, request)
+        w.clock.now = expires + relayed
         await w.post("/v1/admin/probe", admin=True)
-        got = await w.post("/v1/complaints", complaint(ROAMER, HONEST, request))
-        assert got["answer"] is not None
-        assert (await w.cut_off()) & {(HONEST.node_id, r) for r in
-                                      (UNANSWERED_COMPLAINT, UNJUSTIFIED_REFUSAL)} == set()
-
-
-@pytest.mark.asyncio
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("relays", [False, True])
-async def test_a_dropper_complained_about_early_is_still_caught_after_a_late_close(
-        tmp_path: Path, relays: bool) -> None:
-    async with world(tmp_path, relays=relays) as w:
-        request, answer = await w.ask(ROAMER, DROPPER)
-        assert answer is None
-        await w.post("/v1/complaints", complaint(ROAMER, DROPPER, request))
-        await w.post("/v1/admin/probe", admin=True)
-        w.clock.now = expiry_of(w.creds[ROAMER.node_id]) + 3600  # the close is late
-        await w.post("/v1/admin/probe", admin=True)
-        expected = UNJUSTIFIED_REFUSAL if relays else UNANSWERED_COMPLAINT
-        assert (DROPPER.node_id, expected) in await w.cut_off()
+        assert await w.complain(ROAMER, HONEST, request) is not None
+        assert await w.honest_framed() == set()
 
 
 @pytest.mark.asyncio
@@ -673,13 +650,13 @@ async def test_a_dropper_that_answers_only_the_relays_after_expiry_is_still_caug
     async with world(tmp_path, relays=True, lost_relays=2, lossy=DROPPER) as w:
         request, answer = await w.ask(ROAMER, DROPPER)
         assert answer is None
-        await w.post("/v1/complaints", complaint(ROAMER, DROPPER, request))  # relay lost
+        await w.complain(ROAMER, DROPPER, request)  # relay lost
         await w.post("/v1/admin/probe", admin=True)  # relay lost
         expires = expiry_of(w.creds[ROAMER.node_id])
         w.clock.now = expires + 3600
         await w.post("/v1/admin/probe", admin=True)
-        got = await w.post("/v1/complaints", complaint(ROAMER, DROPPER, request))
-        refusal = open_embedded(Envelope.from_obj(got["answer"]), Refusal,
+        refusal = open_embedded(Envelope.from_obj(await w.complain(ROAMER, DROPPER, request)),
+                                Refusal,
                                 trusted={DROPPER.public_key})[1]
         assert refusal.time > expires + MAX_CLOCK_SKEW
         assert (DROPPER.node_id, UNJUSTIFIED_REFUSAL) in await w.cut_off()
