@@ -202,6 +202,12 @@ class LimitedSite(web.TCPSite):
     def closed_for_room(self) -> int:
         return self._books.closed_for_room
 
+    @property
+    def busy_connections(self) -> int:
+        """Open connections in the middle of a request (a head received): those a cap
+        never closes to make room."""
+        return sum(1 for conn in self._books.everyone if not conn.idle())
+
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server

@@ -125,7 +125,9 @@ async def test_busy_connections_are_never_closed_for_room(tmp_path: Path) -> Non
                              b"Content-Length: 100\r\n\r\n{")
                 await writer.drain()
                 busy.append((reader, writer))
-            await asyncio.sleep(0.2)  # let the handlers start on the heads
+            async with asyncio.timeout(5.0):  # until the server has read all four heads
+                while site.busy_connections < 4:
+                    await asyncio.sleep(0.005)
             newest, writer = await stall("127.0.0.1", port)
             busy.append((newest, writer))
             assert await closed_within(newest, 5.0)
