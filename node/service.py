@@ -12,8 +12,10 @@ closed (aiohttp's keep-alive timer, which also covers a connection that sends no
 a body must arrive within :data:`BODY_SECONDS` (else ``malformed`` and the connection
 is closed);
 and one client address holds at most :data:`MAX_CONNECTIONS_PER_CLIENT` connections at
-once, further ones are closed on accept. So stalled connections cannot exhaust the host's
-file descriptors and crowd out roamers and the coordinator's probes, and since no
+once: a further one closes that address's oldest idle connection (one waiting for a
+request head), or is closed on accept if none is idle. So stalled connections cannot
+exhaust the host's file descriptors nor crowd out roamers and the coordinator's probes,
+even from the flooder's own address, and since no
 request reserves state before it verified (no challenge book), unauthenticated calls
 cost the host CPU only, never a roamer's access.
 
@@ -271,32 +273,67 @@ def make_app(
     return app
 
 
-class _PerClient(asyncio.Protocol):
-    """Wraps aiohttp's protocol for one connection: counts it against its client address
-    and closes it on accept when that address already holds ``limit`` connections."""
+def _is_idle(handler: RequestHandler) -> bool:
+    """Whether aiohttp's handler waits for a request head: its ``_waiter`` (the future its
+    keep-alive timer checks for the same purpose) is pending. aiohttp has no public
+    accessor; a handler without one counts as busy, which only makes the cap refuse the
+    newest connection instead of closing an idle one."""
+    waiter = getattr(handler, "_waiter", None)
+    return isinstance(waiter, asyncio.Future) and not waiter.done()
 
-    def __init__(self, inner: RequestHandler, open_by: dict[str, int], limit: int) -> None:
+
+class _PerClient(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection and books it under its client address,
+    oldest first. When that address already holds ``limit`` connections, its oldest *idle*
+    one (waiting for a request head: a stalled half head or a kept-alive connection, whose
+    honest owner simply reconnects) is closed to make room; only if all are in the middle
+    of a request is the new connection closed instead. So a flooder that shares an address
+    with roamers or with the coordinator's probes (as everything on 127.0.0.1 does) cannot
+    crowd them out: their new connections displace its stalled ones. The coordinator's
+    ``LimitedSite`` does the same; the code is not shared because node and coordinator
+    never import each other and ``protocol`` may not import asyncio or aiohttp."""
+
+    def __init__(self, inner: RequestHandler, open_by: dict[str, dict[_PerClient, None]],
+                 limit: int) -> None:
         self._inner, self._open_by, self._limit = inner, open_by, limit
-        self._client: str | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._client = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        if self._open_by.get(client, 0) >= self._limit:
-            transport.close()  # never handed to aiohttp: it holds no state for it
-            return
-        self._client = client
-        self._open_by[client] = self._open_by.get(client, 0) + 1
+        self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        mine = self._open_by.setdefault(self._client, {})
+        if len(mine) >= self._limit:
+            oldest_idle = next((c for c in mine if c._idle()), None)  # oldest first
+            if oldest_idle is None:
+                transport.close()  # never handed to aiohttp: it holds no state for it
+                return
+            oldest_idle._drop()
+            mine = self._open_by.setdefault(self._client, {})  # the drop may have emptied it
+        mine[self] = None
+        self._transport = transport
         self._inner.connection_made(transport)
 
+    def _idle(self) -> bool:
+        return self._transport is not None and _is_idle(self._inner)
+
+    def _drop(self) -> None:
+        """Close this idle connection to make room (unbooked now: its count frees at once)."""
+        self._forget()
+        assert self._transport is not None
+        self._transport.close()
+
+    def _forget(self) -> None:
+        mine = self._open_by.get(self._client)
+        if mine is not None:
+            mine.pop(self, None)
+            if not mine:
+                del self._open_by[self._client]
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._client is None:
+        if self._transport is None:
             return
-        left = self._open_by[self._client] - 1
-        if left:
-            self._open_by[self._client] = left
-        else:
-            del self._open_by[self._client]
+        self._forget()
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -323,7 +360,7 @@ class _LimitedSite(web.TCPSite):
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
         assert server is not None
-        open_by: dict[str, int] = {}
+        open_by: dict[str, dict[_PerClient, None]] = {}
         limit = self._per_client
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _PerClient(server(), open_by, limit), self._host, self._port,

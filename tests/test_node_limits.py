@@ -19,7 +19,7 @@ from helpers.node import NOW, World
 from helpers.rawhttp import PARSER_ERRORS, closed_within, exchange
 
 from node.host import Host
-from node.service import make_app, start_site
+from node.service import _is_idle, make_app, start_site
 from protocol import MICRO, check_probe_answer
 
 
@@ -126,17 +126,51 @@ async def test_a_slow_body_is_cut_off() -> None:
 
 @pytest.mark.asyncio
 async def test_one_client_address_holds_a_bounded_number_of_connections() -> None:
+    """Stalled connections beyond the cap displace the address's oldest stalled one; the
+    address never holds more than the cap, and a roamer and a probe from that same
+    address (127.0.0.1, like every flooder here) are answered while the flood goes on."""
     w = World()
-    async with site(make_host(w), idle=10.0, per_client=5) as (endpoint, port):
-        conns = await stalled(port, 5)
+    async with site(make_host(w), idle=30.0, per_client=5) as (endpoint, port):
+        conns = await stalled(port, 20)
+        try:
+            # The first 15 were displaced by the later ones (an event each: the close).
+            results = await asyncio.gather(*(closed_within(r, 5.0) for r, _ in conns[:15]))
+            assert all(results)
+            assert not any(r.at_eof() for r, _ in conns[15:])
+            assert await served(endpoint, w) == (200, 200)
+            async with aiohttp.ClientSession() as s, \
+                    s.get(f"http://{endpoint}/v1/probe/9/{'cd' * 16}") as r:
+                assert r.status == 200
+        finally:
+            for _, wr in conns:
+                wr.close()
+
+
+@pytest.mark.asyncio
+async def test_a_connection_in_the_middle_of_a_request_is_never_closed_for_room() -> None:
+    w = World()
+    app = make_app(make_host(w), clock=Clock(), body_seconds=30.0)
+    runner, endpoint = await start_site(app, port=0, idle_seconds=30.0, per_client=3)
+    port = int(endpoint.rsplit(":", 1)[1])
+    busy = []
+    try:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /v1/access HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            await writer.drain()
+            busy.append((reader, writer))
+        assert runner.server is not None
+        async with asyncio.timeout(5.0):  # until the server has read the three heads
+            while sum(not _is_idle(h) for h in runner.server.connections) < 3:
+                await asyncio.sleep(0.005)
         extra, writer = await asyncio.open_connection("127.0.0.1", port)
-        assert await closed_within(extra, 2.0)  # the sixth is closed on accept
-        writer.close()
-        for _, wr in conns:
+        busy.append((extra, writer))
+        assert await closed_within(extra, 2.0)  # no idle connection to close: refused
+        assert not any(r.at_eof() for r, _ in busy[:3])
+    finally:
+        for _, wr in busy:
             wr.close()
-            await wr.wait_closed()
-        # Served again once the server has seen them go (an event, not a fixed delay).
-        assert await served_once_freed(endpoint, w, within=5.0) == (200, 200)
+        await runner.cleanup()
 
 
 @pytest.mark.asyncio
