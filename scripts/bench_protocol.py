@@ -30,11 +30,20 @@ beside it; ``--json`` prints a list of objects with ``figure``, ``value``, ``uni
    process (the load generator), against servers in child processes on 127.0.0.1: the
    node app (:func:`node.service.make_app`, its connection limits included); bare aiohttp
    apps whose handler reads the body and does a first decision's cryptography and nothing
-   else -- verify one Ed25519 signature (its key loaded once, as the node keeps a known
-   credential's key), sign a reply of the receipt's size, and (for a request opening a
-   session) one X25519 exchange and HKDF-SHA256 -- (the ceilings of
-   first decisions); and a bare aiohttp app answering a fixed short body (the trivial
-   ceiling of session decisions). Three node figures: first decisions opening a session
+   else -- verify one Ed25519 signature over a request's signing input (its key loaded
+   once, as the node keeps a known credential's key), sign a receipt's signing input and
+   answer a receipt's size (the sizes of a real grant by the node, with or without a
+   session key), and (for a request opening a session) one X25519 exchange and
+   HKDF-SHA256 -- (the ceilings of first decisions); and a bare aiohttp app answering a
+   fixed short body (the trivial ceiling of session decisions). For context, a *floor*:
+   a bare app doing the least an honest host must do besides that cryptography, as
+   tersely as Python allows (one match of the canonical body and one of the payload, the
+   known credential by its wire strings, the request's checks, a nonce set, the capacity,
+   a receipt formatted in place; no ledger, no answers kept for complaints, no share or
+   revocation checks), whose answers the roamer's client accepts as receipts. A host that
+   also keeps what the audit and complaints need does at least this much, so the floor's
+   ratio is about the most the node's can reach with this stack. Three node figures:
+   first decisions opening a session
    (the request carries a ``session_key``), first decisions without one, and session
    decisions (MACed requests on sessions opened before the clock starts, by requesters
    the first-decision runs do not use, so no session is closed to make room). Bodies are
@@ -45,8 +54,9 @@ beside it; ``--json`` prints a list of objects with ``figure``, ``value``, ``uni
    ``--quick``) and each figure is its median round; session and trivial runs send 4
    times as many requests, so all runs last about as long. The same three comparisons
    are printed per CPU-second of the server process (1 / its CPU per request), which
-   other work on a shared machine disturbs much less than the wall rates. A receipt and a
-   session answer are verified afterwards.
+   other work on a shared machine disturbs much less than the wall rates. A receipt, a
+   session answer and the floor's receipts (with and without a session) are verified
+   afterwards.
 3. Coordinator ingest: the coordinator app (:func:`coordinator.service.make_app`, served by
    :func:`coordinator.service.make_runner` on :func:`coordinator.service.new_event_loop`, as
    its command line does: uvloop where installed) in a child process, a
@@ -77,6 +87,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import cProfile
 import hashlib
@@ -122,7 +133,11 @@ from protocol import (
     seal_bytes,
     verify_signature,
 )
+from protocol.access import _CANONICAL_BODY, AccessBody, AccessVerifier
+from protocol.envelope import DOMAIN, payload_from_b64, signing_input
+from protocol.fields import MAX_CLOCK_SKEW
 from protocol.identity import VerifyKey
+from protocol.messages import _CANONICAL_ACCESS_REQUEST
 from protocol.session import RoamerSession, new_session_key, public_hex
 
 # The coordinator (numpy, scipy) is imported only where it is used, so the node's child
@@ -312,24 +327,41 @@ def _add_bench_routes(app: web.Application, stop: asyncio.Event) -> None:
     app.router.add_post("/bench/stop", halt)
 
 
-#: A reply of a receipt's size (an envelope around a request, base64 twice), bytes.
-BARE_REPLY_BYTES = 1500
+
+def _access_sizes(opening: bool) -> tuple[int, int, int]:
+    """``(request signing input, receipt signing input, receipt on the wire)``, bytes, of
+    a real first decision at a :class:`node.host.Host` (with or without a session key),
+    so each ceiling hashes, signs and sends exactly what the node does."""
+    coord, host_id, who = ident("coordinator", 0), ident("host", 0), ident("req", 0)
+    now = int(time.time())
+    host = Host(host_id, kind="wlan_coverage", location=0, coordinator_key=coord.public_key)
+    host.open_epoch(epoch=EPOCH, included=[who.node_id], opened=MICRO, now=now)
+    body = make_access_request(who, credential(coord, who, now=now), host_id=host_id.node_id,
+                               amount=MICRO, now=now,
+                               session_key=public_hex(new_session_key()) if opening else None)
+    receipt = host.access(body.to_bytes(), now=now).receipt
+    if receipt is None:
+        raise RuntimeError("the sample request was not granted")
+    return (len(signing_input(body.request.type, body.request.payload)),
+            len(signing_input(receipt.type, receipt.payload)), len(receipt.to_bytes()))
 
 
 def _bare_app(crypto: str) -> tuple[web.Application, Callable[[], None]]:
     """The ceilings of figure 2: a handler doing a first decision's cryptography and
     nothing else -- ``crypto`` "sign": verify one Ed25519 signature over an access
-    request's bytes, sign a reply; "session": that, plus one X25519 exchange and
-    HKDF-SHA256 as when a session opens -- or ("none") only reading the body and
-    answering."""
+    request's signing input, sign a receipt's, answer a receipt's size (the node's sizes,
+    :func:`_access_sizes`); "session": that, plus one X25519 exchange and HKDF-SHA256 as
+    when a session opens -- or ("none") only reading the body and answering."""
     key = ident("bare", 0)
-    data = b"r" * 330  # an access request's payload size with a session key (README 9)
+    request_bytes, receipt_bytes, reply_bytes = _access_sizes(crypto == "session")
+    data = b"r" * request_bytes
     signature = key.sign(data)
     # Loaded once, as the node keeps a known credential's key loaded: the ceiling does the
     # cryptography the cheapest way the node could.
     loaded = VerifyKey.load(key.public_key)
     assert loaded is not None
-    reply = b"x" * BARE_REPLY_BYTES
+    to_sign = b"s" * receipt_bytes
+    reply = b"x" * reply_bytes
     own = X25519PrivateKey.generate()  # the host's key of the epoch
     peer = X25519PublicKey.from_public_bytes(X25519PrivateKey.generate().public_key()
                                              .public_bytes_raw())
@@ -343,10 +375,94 @@ def _bare_app(crypto: str) -> tuple[web.Application, Callable[[], None]]:
         if crypto == "session":
             okm = HKDF(algorithm=hashes.SHA256(), length=80, salt=data[:32],
                        info=data[:64]).derive(own.exchange(peer))
-            data_signed = reply[:-80] + okm
+            signed = to_sign[:-80] + okm
         else:
-            data_signed = reply
-        return web.Response(body=reply[:-64] + key.sign(data_signed)[:64],
+            signed = to_sign
+        return web.Response(body=reply[:-64] + key.sign(signed)[:64],
+                            content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/access", handle)
+    return app, lambda: None
+
+
+#: The request signing input's prefix (protocol README section 4: domain, type, NUL).
+_REQUEST_PREFIX = DOMAIN + b"access_request\x00"
+_RECEIPT_PREFIX = DOMAIN + b"grant_receipt\x00"
+
+
+def _floor_app() -> tuple[web.Application, Callable[[], None]]:
+    """A lower bound on a host's Python per first decision (context for figure 2): the
+    least an honest host must do besides the cryptography, written as tersely as Python
+    allows, on the very bodies the node gets. One match of the canonical body and one of
+    the request's payload (the protocol's grammars), the known credential by its wire
+    strings (learnt once, as the node does: coordinator signature verified, payload
+    parsed), the request's Ed25519 signature, its host, credential, epoch, window, skew,
+    nonce (a set) and inclusion, the capacity, and a receipt formatted in place and
+    signed; for a request with a session key, also the X25519 exchange, HKDF and a
+    session table entry. It
+    keeps nothing else -- no ledger for the audit, no answer for a relayed complaint, no
+    per-roamer share, no revocation, no error bodies -- so a host that keeps what the
+    audit and complaints need does at least this much, and the floor's ratio is about
+    the most the node's can reach with this stack."""
+    coord, host = ident("coordinator", 0), ident("host", 0)
+    verifier = AccessVerifier(host_id=host.node_id, coordinator_key=coord.public_key)
+    host_id = host.node_id.encode()
+    signer = host.public_key.encode()
+    known: dict[bytes, tuple[str, Credential, VerifyKey]] = {}
+    seen: set[tuple[str, bytes]] = set()
+    sessions: dict[bytes, tuple[str, bytes]] = {}
+    left = [10**15]
+    own = X25519PrivateKey.generate()  # the host's key of the epoch, and its public half
+    own_public = b',"session_key":"%s"' % public_hex(own).encode()
+
+    async def handle(request: web.Request) -> web.Response:
+        raw = await request.read()
+        now = int(time.time())
+        m = _CANONICAL_BODY.fullmatch(raw)
+        if m is None:
+            raise web.HTTPBadRequest()
+        c_payload, c_sig, c_signer, r_payload, r_sig, r_signer = m.groups()
+        entry = known.get(c_payload + c_sig + c_signer)
+        if entry is None:  # learnt once per credential, as the node remembers it
+            digest, cred = verifier.credential(AccessBody.from_bytes(raw).credential)
+            key = VerifyKey.load(cred.public_key)
+            assert key is not None
+            entry = known[c_payload + c_sig + c_signer] = (digest, cred, key)
+        digest, cred, key = entry
+        payload = payload_from_b64(r_payload)
+        if r_signer.decode() != cred.public_key or not key.verify(
+                bytes.fromhex(r_sig.decode()),
+                _REQUEST_PREFIX + len(payload).to_bytes(8, "big") + payload):
+            raise web.HTTPForbidden()
+        p = _CANONICAL_ACCESS_REQUEST.fullmatch(payload)
+        if p is None:
+            raise web.HTTPBadRequest()
+        amount, r_digest, epoch, r_host, issued, nonce, _, session_key = p.groups()
+        if (r_host != host_id or r_digest.decode() != digest or int(epoch) != cred.epoch
+                or not cred.not_before - MAX_CLOCK_SKEW <= now <= cred.expires + MAX_CLOCK_SKEW
+                or abs(int(issued) - now) > MAX_CLOCK_SKEW or (cred.node_id, nonce) in seen
+                or int(amount) > left[0]):
+            raise web.HTTPForbidden()
+        seen.add((cred.node_id, nonce))
+        left[0] -= int(amount)
+        envelope = raw[m.start(4) - 12:m.end(6) + 26]  # the request's canonical envelope
+        extra = b""
+        if session_key is not None:
+            shared = own.exchange(X25519PublicKey.from_public_bytes(bytes.fromhex(
+                session_key.decode())))
+            okm = HKDF(algorithm=hashes.SHA256(), length=80,
+                       salt=hashlib.sha256(envelope).digest(), info=session_key).derive(shared)
+            sessions[okm[64:]] = (cred.node_id, okm[:64])
+            extra = own_public
+        receipt = (b'{"amount":%s,"epoch":%s,"host_id":"%s","nonce":"%s","request":%s,'
+                   b'"requester_id":"%s"%s,"time":%d}' % (
+                       amount, epoch, host_id, nonce, envelope, cred.node_id.encode(), extra,
+                       now))
+        sig = host.sign(_RECEIPT_PREFIX + len(receipt).to_bytes(8, "big") + receipt)
+        return web.Response(body=b'{"payload":"%s","signature":"%s","signer":"%s",'
+                                 b'"type":"grant_receipt"}' % (
+                                     base64.b64encode(receipt), sig.hex().encode(), signer),
                             content_type="application/json")
 
     app = web.Application()
@@ -385,11 +501,13 @@ def serve(kind: str, arg: Any, conn: Connection) -> None:
             app, close = _node_app(arg)
         elif kind == "bare":
             app, close = _bare_app(arg)
+        elif kind == "floor":
+            app, close = _floor_app()
         else:
             app, close = _coordinator_app(arg)
         stop = asyncio.Event()
         _add_bench_routes(app, stop)
-        if kind in ("bare", "coordinator"):
+        if kind in ("bare", "floor", "coordinator"):
             # Plain aiohttp for the ceilings (no limits of the node's own); the coordinator
             # with the runner its command line serves it with.
             runner = web.AppRunner(app, access_log=None)
@@ -541,7 +659,8 @@ async def bench_http(sizes: Sizes) -> list[Row]:
         children = {"node": await asyncio.to_thread(Child, "node", sizes.requesters),
                     "bare-session": await asyncio.to_thread(Child, "bare", "session"),
                     "bare-crypto": await asyncio.to_thread(Child, "bare", "sign"),
-                    "bare-trivial": await asyncio.to_thread(Child, "bare", "none")}
+                    "bare-trivial": await asyncio.to_thread(Child, "bare", "none"),
+                    "floor": await asyncio.to_thread(Child, "floor", None)}
         try:
             now0 = int(time.time())
             creds = [credential(coord, w, now=now0) for w in people]
@@ -603,6 +722,8 @@ async def bench_http(sizes: Sizes) -> list[Row]:
                 "bare-session": ("bare-session", lambda k: bodies(k, opening=True)),
                 "bare-crypto": ("bare-crypto", lambda k: bodies(k, opening=False)),
                 "bare-trivial": ("bare-trivial", session_bodies),
+                "floor, opening a session": ("floor", lambda k: bodies(k, opening=True)),
+                "floor, no session": ("floor", lambda k: bodies(k, opening=False)),
             }
             # Warm up: every requester once at the node (its credential is then known),
             # and every server's connections.
@@ -634,6 +755,16 @@ async def bench_http(sizes: Sizes) -> list[Row]:
             grant = await peer.session_access(children["node"].url, sessions[0], amount=1)
             if not grant.granted:
                 raise RuntimeError(f"session request refused: {grant.error}")
+            # The floor's answers are receipts a roamer accepts too (so it did the work).
+            for opening in (False, True):
+                sample = make_access_request(
+                    people[1], creds[1], host_id=host.node_id, amount=MICRO,
+                    now=int(time.time()),
+                    session_key=public_hex(new_session_key()) if opening else None)
+                answer = await peer.access(children["floor"].url, sample,
+                                           host_key=host.public_key)
+                if not answer.granted:
+                    raise RuntimeError(f"the floor's answer is no receipt: {answer.reason}")
         finally:
             for child in children.values():
                 await child.stop(session)
@@ -661,6 +792,15 @@ async def bench_http(sizes: Sizes) -> list[Row]:
         rows.append(Row(f"{figure.replace('/s', '')} per server CPU-second", value, "/CPU-s",
                         f">= {100 * goal:.0f}% of the {what}", value >= goal * ceiling,
                         ceiling=ceiling, goal=goal))
+    # The floor (context, no goal): the most any correct host could reach here.
+    for label, ceiling_name, what in (
+            ("floor, opening a session", "bare-session", "opening a session"),
+            ("floor, no session", "bare-crypto", "no session")):
+        rows.append(Row(f"  floor: least Python a first decision needs, {what}, {tag}",
+                        rates[label], "/s", ceiling=rates[ceiling_name]))
+        rows.append(Row(f"  floor: least Python a first decision needs, {what}, per server "
+                        "CPU-second", 1e6 / rates[label + ":server"], "/CPU-s",
+                        ceiling=1e6 / rates[ceiling_name + ":server"]))
     for label, ceiling_label in (("bare-session", "bare handler, Ed25519 + X25519 + HKDF"),
                                  ("bare-crypto", "bare handler, Ed25519 verify + sign"),
                                  ("bare-trivial", "bare trivial handler")):
