@@ -4,7 +4,8 @@ Handlers read the body (bounded), open the envelope with :func:`protocol.open_en
 before anything else, call the pure core, persist its change record in one SQLite
 transaction, apply it, and only then answer; there is no ``await`` between the check and
 the apply, so requests never interleave inside one change. Declarations are group
-committed: a checked one is queued (queued ones count as seen by later checks) and one
+committed: a checked one is queued (queued ones count as seen by later checks) and, once
+the queue has stopped growing for a loop turn (:data:`FLUSH_TURNS` turns at most), one
 loop callback persists the whole queue in one transaction, applies it and only then
 acknowledges each (:meth:`Coordinator.flush_declarations`; a close flushes first).
 Commitments and audit reports are group committed too (:meth:`Coordinator.submit`): each
@@ -112,6 +113,9 @@ Clock = Callable[[], int]
 JSON = "application/json"
 #: Closed epochs whose directory answers are kept (as bytes) at once.
 DIRECTORY_EPOCHS = 2
+#: Loop turns a declaration batch may wait for more declarations before it is committed
+#: (:meth:`Coordinator._settle`): it waits only while it is still growing.
+FLUSH_TURNS = 4
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -451,9 +455,21 @@ class Coordinator:
         self._queued_nodes.add(decl.node_id)
         self._queued_nonces.add((decl.epoch, decl.nonce))
         if self._flush_handle is None:
-            # After the callbacks already ready (other requests' reads) have run.
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush_declarations)
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._settle, 0, 0)
         return done
+
+    def _settle(self, size: int, turns: int) -> None:
+        """Flush once a loop turn has passed without the queue growing, or after
+        :data:`FLUSH_TURNS` turns. Declarations read in the same few turns (aiohttp takes
+        two per request: the connection's task, then the request's) join one batch, so
+        a burst shares one transaction and one fsync instead of several; a turn costs no
+        timer and no wait when nothing else is ready. ``size``: the queue's length at the
+        last turn; ``turns``: the turns waited so far."""
+        if turns < FLUSH_TURNS and len(self._queue) != size:
+            self._flush_handle = asyncio.get_running_loop().call_soon(
+                self._settle, len(self._queue), turns + 1)
+        else:
+            self.flush_declarations()
 
     def flush_declarations(self) -> None:
         """Persist the queue in one transaction, apply it, then resolve each future.
@@ -695,6 +711,10 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     ``body_seconds`` (:func:`make_app`): a trickled body cannot hold a connection."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}")
+    if request.content_length is not None and request.content.is_eof():
+        # The whole body has arrived (a small one comes with its head): reading it cannot
+        # wait, so no timer is armed (a timer costs about 4 µs of CPU per request).
+        return await request.read()
     seconds = request.app[BODY_SECONDS_KEY]
     try:
         async with asyncio.timeout(seconds):

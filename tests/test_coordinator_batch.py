@@ -39,7 +39,7 @@ from helpers.coordinator import (
 
 from coordinator.epoch import Change
 from coordinator.service import COORDINATOR as APP_KEY
-from coordinator.service import Coordinator, make_app
+from coordinator.service import FLUSH_TURNS, Coordinator, make_app
 from coordinator.store import Store
 from protocol import Allocation, Envelope, Identity, open_envelope
 from protocol.errors import DuplicateDeclarationError, ReplayError
@@ -107,6 +107,42 @@ async def test_acknowledged_only_after_commit(opened: tuple[Harness, Coordinator
     await asyncio.gather(*futures)
     assert batches.sizes == [5]  # one transaction for the whole queue
     assert committed(h) == 5 and len(c.core.declarations) == 5
+
+
+@pytest.mark.asyncio
+async def test_declarations_of_the_next_loop_turns_join_a_growing_batch(
+        opened: tuple[Harness, Coordinator, Batches]) -> None:
+    h, c, batches = opened
+    futures = []
+    for p in PEOPLE[:3]:  # one declaration per loop turn, as requests read turn by turn
+        futures.append(c.declare(raw(p, declaration(p)), declaration(p)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*futures)
+    assert batches.sizes == [3]  # one transaction, one fsync
+    assert committed(h) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_batch_is_committed_within_a_few_loop_turns_even_while_it_grows(
+        opened: tuple[Harness, Coordinator, Batches]) -> None:
+    h, c, batches = opened
+    lone = c.declare(raw(PEOPLE[0], declaration(PEOPLE[0])), declaration(PEOPLE[0]))
+    turns = 0
+    while not lone.done():  # nothing else arrives: it waits one turn, not for ever
+        await asyncio.sleep(0)
+        turns += 1
+    assert turns <= 2 and batches.sizes == [1]
+    # A declaration arriving in every turn delays a batch by FLUSH_TURNS turns at most.
+    stream: list[asyncio.Future[None]] = []
+    for p in PEOPLE[1:]:
+        stream.append(c.declare(raw(p, declaration(p)), declaration(p)))
+        await asyncio.sleep(0)
+        if stream[0].done():
+            break
+    assert stream[0].done() and len(stream) <= FLUSH_TURNS + 1
+    await asyncio.gather(*stream)
+    assert batches.sizes[1] <= FLUSH_TURNS + 1
+    assert committed(h) == sum(batches.sizes) == len(c.core.declarations) == 1 + len(stream)
 
 
 @pytest.mark.asyncio
