@@ -701,7 +701,9 @@ BODY_SECONDS_KEY: web.AppKey[float] = web.AppKey("body_seconds", float)
 # --- helpers -----------------------------------------------------------------------------
 
 
+@functools.cache
 def _limit(cls: type[Message]) -> int:
+    """The largest body an endpoint taking ``cls`` reads (a constant of the type)."""
     return min(envelope_size_limit(cls.MAX_PAYLOAD_BYTES), MAX_BODY_BYTES)
 
 
@@ -709,16 +711,18 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, refused as ``too_large`` before reading past ``limit`` bytes, and
     as ``malformed`` (the connection closed) if it has not arrived within the app's
     ``body_seconds`` (:func:`make_app`): a trickled body cannot hold a connection."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}")
-    if request.content_length is not None and request.content.is_eof():
-        # The whole body has arrived (a small one comes with its head): reading it cannot
-        # wait, so no timer is armed (a timer costs about 4 µs of CPU per request).
-        return await request.read()
+    length = request.content_length  # parsed from the header on every access
+    if length is not None and length > limit:
+        raise TooLargeError(f"body of {length} bytes exceeds {limit}")
+    if length is not None and request.content.is_eof():
+        # The whole body has arrived (a small one comes with its head, and the parser
+        # delivers exactly Content-Length bytes): it is taken as it is, with no timer
+        # armed (about 4 µs of CPU per request) and no copy.
+        return request.content.read_nowait()
     seconds = request.app[BODY_SECONDS_KEY]
     try:
         async with asyncio.timeout(seconds):
-            if request.content_length is not None:
+            if length is not None:
                 # The parser delivers at most Content-Length bytes: one read, no loop.
                 return await request.read()
             buf = bytearray()
@@ -782,9 +786,10 @@ async def announcement(request: web.Request) -> web.Response:
 
 
 async def declare(request: web.Request) -> web.Response:
-    raw = await read_body(request, _limit(Declaration))
+    limit = _limit(Declaration)
+    raw = await read_body(request, limit)
     c = _coordinator(request)
-    _, decl = open_envelope(raw, Declaration, trusted=c.core.keys)
+    _, decl = open_envelope(raw, Declaration, trusted=c.core.keys, max_size=limit)
     await c.declare(raw, decl)  # durable (group commit) before it is acknowledged
     return _json({"epoch": decl.epoch, "node_id": decl.node_id, "accepted": 1})
 
