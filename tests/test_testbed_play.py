@@ -225,7 +225,13 @@ def test_other_kinds(tmp_path: Path, kind: str) -> None:
     path = scenario(tmp_path, name=kind, epochs=1, n=5, kind=kind, area=20.0)
     report = play(path, tmp_path / "out", plots=False)
     assert_invariants(report)
-    assert report["summary"]["grants"] > 0
+    # The kind's access path grants requests: the scripted roamers' or the mystery
+    # shoppers'. Which of them a host serves first follows the shoppers' draw, keyed by the
+    # coordinator's key (a fresh one each run): with one channel per host (wlan_channels)
+    # a shopper that comes first takes the host's whole contribution, and in this small
+    # scenario every roamer that found a host could then be refused for capacity.
+    shoppers = sum(e["shopping"]["granted"] for e in report["epochs"])
+    assert report["summary"]["grants"] + shoppers > 0
 
 
 def test_cli(tmp_path: Path) -> None:
